@@ -1,0 +1,129 @@
+"""Reading a prepared dataset and sampling training windows from it.
+
+:class:`TokenDataset` memory-maps the shards written by ``prepare``. :class:`WindowSampler`
+draws random windows of ``context + 1`` tokens from training pieces (windows never cross a
+piece boundary; a piece shorter than the window is padded, and its padding is ignored by the
+loss) and augments each window on the fly with the tokenizer's ``augment``.
+
+Why on the fly rather than at prepare time: every epoch sees fresh transpositions, stretches
+and velocity shifts, the dataset on disk stays one copy of the music (12x smaller than
+storing every transposition), and valid/test cannot be touched because only this sampler,
+which only ever reads the train split, augments. ``augment`` is a pure function of
+(window, rng), so tests check it directly.
+
+The sampler's whole state is its numpy Generator state, saved in checkpoints for exact
+resume. Under DDP every rank draws the same *global* batch and keeps its own slice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import FORMAT_VERSION, AugmentConfig
+from .tokenizers import PAD, Tokenizer, build_tokenizer
+
+IGNORE = -100  # target id the loss skips (padding)
+
+
+class DatasetError(ValueError):
+    pass
+
+
+class TokenDataset:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        mf = self.path / "manifest.json"
+        if not self.path.is_dir():
+            raise DatasetError(f"--data {self.path}: no such dataset directory "
+                               "(create one with `cadenza prepare`)")
+        if not mf.exists():
+            raise DatasetError(f"--data {self.path}: no manifest.json; not a prepared dataset "
+                               "or an interrupted one (run `cadenza prepare` again)")
+        self.manifest: dict[str, Any] = json.loads(mf.read_text())
+        v = self.manifest.get("format_version")
+        if v != FORMAT_VERSION:
+            raise DatasetError(f"--data {self.path}: dataset format {v}, this Cadenza reads "
+                               f"{FORMAT_VERSION}; prepare it again")
+        t = self.manifest["tokenizer"]
+        self.tokenizer: Tokenizer = build_tokenizer(t["name"], **t["config"])
+        if self.tokenizer.vocab != t["vocab"]:
+            raise DatasetError(f"--data {self.path}: vocabulary differs from tokenizer "
+                               f"{t['name']} of this version; prepare it again")
+        self._splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens uint16 memmap, offsets int64) of a split."""
+        if name not in self._splits:
+            tok, off = self.path / f"{name}.tokens.npy", self.path / f"{name}.offsets.npy"
+            if name not in self.manifest["splits"]:
+                raise DatasetError(f"--data {self.path}: has no '{name}' split "
+                                   f"(it has {', '.join(self.splits)})")
+            if not tok.exists() or not off.exists():
+                raise DatasetError(f"--data {self.path}: {tok.name} or {off.name} is missing")
+            self._splits[name] = (np.load(tok, mmap_mode="r"), np.load(off))
+        return self._splits[name]
+
+    def pieces(self, name: str) -> list[np.ndarray]:
+        """Every piece of a split as int64 [BOS, content..., EOS]."""
+        tokens, off = self.split(name)
+        return [np.asarray(tokens[a:b], np.int64) for a, b in zip(off[:-1], off[1:])]
+
+
+class WindowSampler:
+    def __init__(self, ds: TokenDataset, context: int, batch_size: int,
+                 augment: AugmentConfig | None, seed: int, period: int = 0,
+                 rank: int = 0, world: int = 1) -> None:
+        self.tokens, self.offsets = ds.split("train")
+        self.tok = ds.tokenizer
+        self.context, self.batch_size = context, batch_size
+        self.augment = augment
+        self.rank, self.world = rank, world
+        # Windows start at multiples of `period` from the piece start, so that a voice
+        # embedding (position mod period) means the same voice in every window.
+        self.period = max(1, period)
+        lengths = np.diff(self.offsets)
+        starts = np.maximum(lengths - (context + 1), 0) // self.period + 1
+        self.cum = np.cumsum(starts)
+        self.rng = np.random.default_rng(seed)
+        # time-stretch may shorten a window: read a margin of extra tokens
+        self.margin = context // 8 + 8 if augment and augment.stretch != (1.0, 1.0) else 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """This rank's slice of the global batch: inputs and targets (B, context), and the
+        number of real targets in the *global* batch (so a sum-then-divide loss averaged
+        by DDP equals the single-process loss exactly)."""
+        T = self.context
+        u = self.rng.integers(0, self.cum[-1], size=self.batch_size)
+        piece = np.searchsorted(self.cum, u, side="right")
+        first = u - np.concatenate([[0], self.cum[:-1]])[piece]
+        x = np.full((self.batch_size, T + 1), PAD, np.int64)
+        mask = np.zeros((self.batch_size, T + 1), bool)
+        for b in range(self.batch_size):  # B is small; each row is one numpy slice
+            a = self.offsets[piece[b]] + first[b] * self.period
+            end = self.offsets[piece[b] + 1]
+            w = np.asarray(self.tokens[a: min(a + T + 1 + self.margin, end)], np.int64)
+            if self.augment is not None:
+                w = self.tok.augment(w, self.rng, self.augment)
+            w = w[: T + 1]
+            x[b, : len(w)] = w
+            mask[b, : len(w)] = True
+        lo = self.rank * self.batch_size // self.world
+        hi = (self.rank + 1) * self.batch_size // self.world
+        inp = torch.from_numpy(x[lo:hi, :-1])
+        tgt = torch.from_numpy(np.where(mask[lo:hi, 1:], x[lo:hi, 1:], IGNORE))
+        return inp, tgt, int(mask[:, 1:].sum())

@@ -1,0 +1,158 @@
+"""Reading and writing MIDI safely, and the flat note arrays the tokenizers work on.
+
+Every rejection raises :class:`BadInput` with a one-line reason; ``prepare`` records it
+against the file and moves on (or stops, with ``--strict``). Times here are seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import symusic
+
+MIN_PITCH, MAX_PITCH = 21, 108  # the piano's keys: A0..C8
+MAX_SECONDS = 3 * 3600.0
+
+
+class BadInput(ValueError):
+    """A source that cannot be used; the message is the reason, without the path."""
+
+
+@dataclass
+class Notes:
+    """All notes of a piece as parallel arrays, sorted by (start, pitch). Seconds."""
+
+    start: np.ndarray  # float64 (N,)
+    end: np.ndarray  # float64 (N,)
+    pitch: np.ndarray  # int64 (N,)
+    velocity: np.ndarray  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.pitch)
+
+    @classmethod
+    def make(cls, start, end, pitch, velocity) -> Notes:
+        start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
+        pitch, velocity = np.asarray(pitch, np.int64), np.asarray(velocity, np.int64)
+        order = np.lexsort((pitch, start))
+        return cls(start[order], end[order], pitch[order], velocity[order])
+
+    @property
+    def duration(self) -> float:
+        return float(self.end.max()) if len(self) else 0.0
+
+
+def load_score(path: str | Path, max_mb: float = 20.0) -> symusic.Score:
+    """Load a MIDI file, rejecting what is not a usable MIDI file with a reason."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise BadInput("empty file")
+    if size > max_mb * 1e6:
+        raise BadInput(f"file too large ({size / 1e6:.1f} MB > --max-file-mb {max_mb:g})")
+    with open(path, "rb") as f:
+        head = f.read(14)
+    if head[:4] == b"RIFF":  # RMID wrapper: symusic cannot read it, say so plainly
+        raise BadInput("RIFF/RMID-wrapped MIDI is not supported; extract the MThd data")
+    if head[:4] != b"MThd":
+        raise BadInput("not a MIDI file (no MThd header)")
+    if len(head) < 14:
+        raise BadInput("truncated MIDI header")
+    division = int.from_bytes(head[12:14], "big")
+    if division & 0x8000:
+        raise BadInput("SMPTE time division is not supported")
+    if division < 1:
+        raise BadInput(f"absurd tick resolution ({division} ticks per quarter)")
+    try:
+        score = symusic.Score(str(path))
+    except Exception as e:  # symusic raises RuntimeError/ValueError on corrupt data
+        raise BadInput(f"corrupt or truncated MIDI ({str(e).splitlines()[0][:120]})") from e
+    for t in score.tempos:
+        if not (1.0 <= t.qpm <= 1000.0):
+            raise BadInput(f"absurd tempo ({t.qpm:.3g} quarter notes per minute)")
+    return score
+
+
+def notes_from_score(score: symusic.Score, sustain_pedal: bool = True,
+                     unit: str = "second") -> Notes:
+    """Merge every non-drum track into one piano part, in seconds (or ``unit``).
+
+    With ``sustain_pedal`` a note released while the pedal (CC64 >= 64) is down sounds
+    until the pedal lifts, or until the same key is struck again, whichever is first.
+    """
+    sec = score.to(unit)
+    parts = []
+    n_drum = 0
+    for track in sec.tracks:
+        if track.is_drum:
+            n_drum += len(track.notes)
+            continue
+        if len(track.notes) == 0:
+            continue
+        a = track.notes.numpy()
+        start = a["time"].astype(np.float64)
+        end = start + a["duration"].astype(np.float64)
+        if sustain_pedal and len(track.pedals):
+            p = track.pedals.numpy()
+            end = _extend_by_pedal(start, end, a["pitch"].astype(np.int64),
+                                   p["time"].astype(np.float64),
+                                   (p["time"] + p["duration"]).astype(np.float64))
+        parts.append((start, end, a["pitch"], a["velocity"]))
+    if not parts:
+        raise BadInput("drum-only file" if n_drum else "no notes")
+    notes = Notes.make(*(np.concatenate(x) for x in zip(*parts)))
+    keep = notes.velocity > 0
+    notes = Notes(notes.start[keep], notes.end[keep], notes.pitch[keep], notes.velocity[keep])
+    if len(notes) == 0:
+        raise BadInput("no notes")
+    if notes.duration > MAX_SECONDS:
+        raise BadInput(f"absurdly long ({notes.duration / 3600:.1f} hours)")
+    return notes
+
+
+def _extend_by_pedal(start, end, pitch, p_start, p_end) -> np.ndarray:
+    """Vectorised sustain: extend each release that falls inside a pedal-down interval."""
+    order = np.argsort(p_start)
+    p_start, p_end = p_start[order], p_end[order]
+    k = np.searchsorted(p_start, end, side="right") - 1  # last pedal pressed before release
+    inside = (k >= 0) & (end < p_end[np.maximum(k, 0)])
+    ext = np.where(inside, p_end[np.maximum(k, 0)], end)
+    # A key struck again ends its previous (sustained) sounding: clip at the next onset.
+    idx = np.lexsort((start, pitch))
+    nxt = np.full(len(start), np.inf)
+    same = pitch[idx][1:] == pitch[idx][:-1]
+    nxt[idx[:-1][same]] = start[idx][1:][same]
+    return np.maximum(end, np.minimum(ext, nxt))
+
+
+def score_from_notes(notes: Notes, program: int = 0) -> symusic.Score:
+    """A one-track score (tick resolution 480 at 120 bpm, so 1 s = 960 ticks)."""
+    tpq = 480
+    score = symusic.Score(tpq)
+    score.tempos.append(symusic.Tempo(0, 120.0))
+    track = symusic.Track(name="Piano", program=program)
+    if len(notes):
+        t0 = np.round(notes.start * 2 * tpq).astype(np.int32)
+        t1 = np.round(notes.end * 2 * tpq).astype(np.int32)
+        track.notes = symusic.Note.from_numpy(
+            time=t0, duration=np.maximum(t1 - t0, 1).astype(np.int32),
+            pitch=notes.pitch.astype(np.int8), velocity=notes.velocity.astype(np.int8))
+    score.tracks.append(track)
+    return score
+
+
+def write_midi(score: symusic.Score, path: str | Path) -> None:
+    """Write atomically: a temp file in the same folder, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        score.dump_midi(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

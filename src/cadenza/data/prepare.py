@@ -1,0 +1,217 @@
+"""``cadenza prepare``: sources -> a tokenized dataset directory, split by piece.
+
+Layout of the output directory::
+
+    manifest.json            tokenizer (name, config, vocabulary), splits, per-file records,
+                             skipped files with reasons, totals, format version
+    train.tokens.npy         uint16, every piece as [BOS, content..., EOS], concatenated
+    train.offsets.npy        int64 (n_pieces + 1,) boundaries into train.tokens.npy
+    valid.* / test.*         the same
+
+Splits are decided per piece *before* augmentation, from the content hash (benchmark files
+keep their own splits). Augmentation is not stored: the training loader applies it on the
+fly to training windows only (see dataset.py), so valid and test can never see it and the
+dataset stays one copy of the music. The directory is built under a temporary name and
+renamed into place; the same command twice gives byte-identical files.
+
+Try it: ``cadenza prepare builtin:chorales --out data/chorales``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import FORMAT_VERSION, PrepareConfig
+from .midi import BadInput, load_score
+from .sources import SPLITS, Item, expand_sources, file_digest, hash_split
+from .tokenizers import BOS, EOS, build_tokenizer
+from .tokenizers.grid import Roll
+
+
+class PrepareError(ValueError):
+    """A fatal problem (with --strict, the first bad file)."""
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    manifest: dict[str, Any]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        m = self.manifest
+        lines = [f"dataset {self.out}  tokenizer {m['tokenizer']['name']}  "
+                 f"vocabulary {len(m['tokenizer']['vocab'])}"]
+        for s, info in m["splits"].items():
+            lines.append(f"  {s:<5} {info['pieces']:>6} pieces {info['tokens']:>11,} tokens")
+        lines.append(f"  skipped {len(self.skipped)} files")
+        for sk in self.skipped[:20]:
+            lines.append(f"    {sk['path']}: {sk['reason']}")
+        if len(self.skipped) > 20:
+            lines.append(f"    ... {len(self.skipped) - 20} more in manifest.json")
+        return "\n".join(lines)
+
+
+def _encode_midi(args: tuple[str, str, dict, float, bool]) -> tuple[str, Any]:
+    """Worker: one MIDI file -> ("ok", (digest, ids)) or ("skip", reason)."""
+    path, tok_name, tok_cfg, max_mb, sustain = args
+    tok = build_tokenizer(tok_name, **tok_cfg)
+    try:
+        score = load_score(path, max_mb)
+        ids = tok.encode(tok.piece_from_source(score, sustain))
+        if len(ids) == 0:
+            raise BadInput("no notes the tokenizer can use")
+        if ids.max() >= 65535:
+            raise BadInput("token id does not fit uint16")
+        return "ok", (file_digest(path), ids.astype(np.uint16))
+    except BadInput as e:
+        return "skip", str(e)
+    except Exception as e:  # a file that crashes a library is a bad file, not a bad run
+        return "skip", f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
+
+
+def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
+    out = Path(cfg.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                               and not (out / "manifest.json").exists())):
+        raise PrepareError(f"--out {out}: exists and is not a Cadenza dataset; "
+                           "refusing to replace it")
+    items = expand_sources(cfg.sources, workers=cfg.workers)
+    tok_cfg: dict[str, Any] = {}
+    rolls = [it.grid for it in items if isinstance(it.grid, Roll)]
+    if cfg.tokenizer == "pianoroll" and rolls:
+        tok_cfg["step_seconds"] = rolls[0].step_seconds  # keep the benchmark's frame rate
+    tok = build_tokenizer(cfg.tokenizer, **tok_cfg)
+    tok_cfg = tok.config()
+
+    records: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    encoded: list[tuple[Item, np.ndarray]] = []
+
+    def skip(item: Item, reason: str) -> None:
+        if cfg.strict:
+            raise PrepareError(f"{item.name}: {reason}")
+        skipped.append({"path": item.name, "reason": reason})
+
+    midi = [it for it in items if it.grid is None]
+    bench = [it for it in items if it.grid is not None]
+    for it in bench:
+        try:
+            ids = tok.encode(tok.piece_from_source(it.grid, cfg.sustain_pedal))
+            if len(ids) == 0:
+                raise BadInput("empty piece")
+            encoded.append((it, ids.astype(np.uint16)))
+        except BadInput as e:
+            skip(it, str(e))
+    jobs = [(it.path, tok.name, tok_cfg, cfg.max_file_mb, cfg.sustain_pedal) for it in midi]
+    with _pool(cfg.workers) as pool:
+        results = pool.map(_encode_midi, jobs, chunksize=4) if pool else map(_encode_midi, jobs)
+        for it, (status, val) in tqdm(zip(midi, results), total=len(midi), unit="file",
+                                      desc="tokenizing", disable=not progress or not midi):
+            if status == "skip":
+                skip(it, val)
+            else:
+                it.digest, ids = val
+                encoded.append((it, ids))
+
+    # Split by piece before any augmentation; exact duplicates share a split (and are
+    # kept once) so a piece can never leak from train into valid/test.
+    seen: dict[str, str] = {}
+    by_split: dict[str, list[tuple[Item, np.ndarray]]] = {s: [] for s in SPLITS}
+    for it, ids in sorted(encoded, key=lambda x: (x[0].path, x[0].split or "", x[0].index or 0)):
+        if it.digest in seen and it.split is None:
+            skip(it, f"duplicate of {seen[it.digest]}")
+            continue
+        seen.setdefault(it.digest, it.name)
+        split = it.split or hash_split(it.digest, cfg.valid_frac, cfg.test_frac)
+        by_split[split].append((it, ids))
+    _ensure_nonempty(by_split, cfg, midi_only=not bench)
+    if not any(by_split.values()):
+        raise PrepareError("no usable pieces in " + ", ".join(cfg.sources)
+                           + (f" ({len(skipped)} skipped, e.g. {skipped[0]['path']}: "
+                              f"{skipped[0]['reason']})" if skipped else ""))
+    if hasattr(tok, "fit_grammar"):
+        tok.fit_grammar([ids.astype(np.int64) for _, ids in by_split["train"]])
+        tok_cfg = tok.config()
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        splits_info = {}
+        for split, pieces in by_split.items():
+            if not pieces:
+                continue
+            framed = [np.concatenate([[BOS], ids, [EOS]]).astype(np.uint16) for _, ids in pieces]
+            lengths = np.array([len(f) for f in framed], np.int64)
+            np.save(tmp / f"{split}.tokens.npy", np.concatenate(framed))
+            np.save(tmp / f"{split}.offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
+            splits_info[split] = {"pieces": len(pieces), "tokens": int(lengths.sum())}
+            for (it, ids), k in zip(pieces, range(len(pieces))):
+                records.append({"path": it.name, "sha1": it.digest, "split": split,
+                                "piece": k, "tokens": int(len(ids))})
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "tokenizer": {"name": tok.name, "config": tok_cfg, "vocab": tok.vocab},
+            "sources": list(cfg.sources),
+            "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac,
+            "sustain_pedal": cfg.sustain_pedal,
+            "splits": splits_info,
+            "files": sorted(records, key=lambda r: (r["split"], r["piece"])),
+            "skipped": sorted(skipped, key=lambda s: s["path"]),
+            "totals": {"pieces": len(records), "skipped": len(skipped),
+                       "tokens": sum(s["tokens"] for s in splits_info.values())},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PrepareResult(out, manifest, manifest["skipped"])
+
+
+def _ensure_nonempty(by_split: dict, cfg: PrepareConfig, midi_only: bool) -> None:
+    """Small collections: make sure valid (and test) get a piece when there are >= 3."""
+    if not midi_only:
+        return
+    for split, frac in (("valid", cfg.valid_frac), ("test", cfg.test_frac)):
+        train = by_split["train"]
+        if frac > 0 and not by_split[split] and len(train) >= 3:
+            k = max(range(len(train)), key=lambda i: train[i][0].digest)  # deterministic
+            by_split[split].append(train.pop(k))
+
+
+class _pool:
+    """A process pool for workers > 1, nothing (in-process) for 1."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ProcessPoolExecutor(workers) if workers > 1 else None
+
+    def __enter__(self):
+        return self.pool
+
+    def __exit__(self, *exc) -> None:
+        if self.pool:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move a finished directory into place. An existing target is first renamed aside,
+    so at every instant either the old or the new complete directory exists."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        else:
+            os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

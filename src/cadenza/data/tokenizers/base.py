@@ -1,0 +1,170 @@
+"""The tokenizer contract and the grammar every generator obeys.
+
+A tokenizer turns a *piece* (its own representation: note arrays, a voice grid, a binary
+piano roll) into content token ids and back, converts pieces to and from MIDI scores, and
+provides a :class:`Grammar`: a small per-sample state machine that says which tokens may
+follow a prefix, so that sampling never produces a sequence that cannot be decoded.
+
+Ids 0, 1, 2 are PAD, BOS and EOS in every scheme. Content ids never include them; the
+dataset frames each piece as ``[BOS, content..., EOS]``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import symusic
+
+from ..midi import MAX_PITCH, MIN_PITCH, Notes, notes_from_score
+
+PAD, BOS, EOS = 0, 1, 2
+SPECIALS = ["PAD", "BOS", "EOS"]
+
+
+class Grammar:
+    """Which tokens may come next, for a batch of sequences being generated.
+
+    The default allows any content token or EOS after BOS and nothing after EOS but PAD.
+    Subclasses keep extra per-sample state (sounding notes, position in a frame) in numpy
+    arrays so that one call serves the whole batch.
+    """
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.done = np.zeros(0, bool)
+
+    def reset(self, batch: int) -> None:
+        self.done = np.zeros(batch, bool)
+
+    def allowed(self) -> np.ndarray:
+        """(B, V) bool: tokens allowed at the next position."""
+        m = np.ones((len(self.done), self.vocab_size), bool)
+        m[:, [PAD, BOS]] = False
+        m[self.done] = False
+        m[self.done, PAD] = True
+        return m
+
+    def advance(self, tokens: np.ndarray) -> None:
+        """Consume one token per sample (a (B,) array)."""
+        self.done |= tokens == EOS
+
+    def elapsed(self) -> np.ndarray:
+        """(B,) seconds of music so far (for ``--seconds``)."""
+        return np.zeros(len(self.done))
+
+    def feed(self, ids: np.ndarray) -> None:
+        """Advance through a (B, T) prefix; BOS and PAD are skipped."""
+        for t in range(ids.shape[1]):
+            col = ids[:, t]
+            if np.all((col == BOS) | (col == PAD)):
+                continue
+            self.advance(col)
+
+
+class Tokenizer(ABC):
+    """Base class. ``name`` identifies the scheme; ``config()`` rebuilds it exactly."""
+
+    name: str = ""
+    #: seconds per grid step for grid schemes (used for time axes and --seconds)
+    step_seconds: float = 0.0
+
+    def __init__(self) -> None:
+        self.vocab: list[str] = list(SPECIALS)
+
+    # --- identity -------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able options; ``build_tokenizer(name, **config)`` recreates the tokenizer."""
+        return {}
+
+    # --- pieces <-> tokens ----------------------------------------------------------
+    @abstractmethod
+    def encode(self, piece: Any) -> np.ndarray:
+        """Content ids (int64) of a piece, without BOS/EOS."""
+
+    @abstractmethod
+    def decode(self, ids: np.ndarray) -> Any:
+        """The piece of a token sequence. Specials are ignored; never raises on a
+        sequence its grammar allows."""
+
+    # --- pieces <-> MIDI ------------------------------------------------------------
+    @abstractmethod
+    def piece_from_notes(self, notes: Notes) -> Any:
+        """Raise :class:`BadInput` when the notes have nothing this scheme can use."""
+
+    def piece_from_score(self, score: symusic.Score, sustain_pedal: bool = True) -> Any:
+        return self.piece_from_notes(notes_from_score(score, sustain_pedal))
+
+    def piece_from_source(self, src: Any, sustain_pedal: bool = True) -> Any:
+        """A source item: a MIDI score, or a benchmark ``Grid``/``Roll`` (see grid.py)."""
+        if isinstance(src, symusic.Score):
+            return self.piece_from_score(src, sustain_pedal)
+        return self.piece_from_notes(src.notes())
+
+    @abstractmethod
+    def notes_of(self, piece: Any) -> Notes:
+        """Notes (seconds) of a piece: for MIDI output, piano rolls and statistics."""
+
+    def encode_score(self, score: symusic.Score, sustain_pedal: bool = True) -> np.ndarray:
+        return self.encode(self.piece_from_score(score, sustain_pedal))
+
+    def decode_notes(self, ids: np.ndarray) -> Notes:
+        return self.notes_of(self.decode(np.asarray(ids)))
+
+    # --- grammar and augmentation -----------------------------------------------------
+    def grammar(self) -> Grammar:
+        return Grammar(self.vocab_size)
+
+    def pitch_table(self) -> np.ndarray:
+        """(V,) MIDI pitch carried by each token, -1 for tokens without one."""
+        return np.full(self.vocab_size, -1, np.int64)
+
+    def transpose_table(self, shift: int) -> np.ndarray:
+        """(V,) id -> id of the token transposed by ``shift`` semitones (pitch tokens only;
+        targets outside 21..108 map to -1)."""
+        pitch = self.pitch_table()
+        table = np.arange(self.vocab_size, dtype=np.int64)
+        lookup = {int(p): i for i, p in enumerate(pitch) if p >= 0}
+        for i, p in enumerate(pitch):
+            if p >= 0:
+                table[i] = lookup.get(int(p) + shift, -1)
+        return table
+
+    def augment(self, ids: np.ndarray, rng: np.random.Generator, aug) -> np.ndarray:
+        """Randomly transpose one training window, never outside the piano's keys."""
+        return transpose_window(ids, self, rng, aug.transpose)
+
+
+def transpose_window(ids: np.ndarray, tok: Tokenizer, rng: np.random.Generator,
+                     span: tuple[int, int]) -> np.ndarray:
+    lo, hi = span
+    if lo == hi == 0:
+        return ids
+    pitches = tok.pitch_table()[ids]
+    pitches = pitches[pitches >= 0]
+    if len(pitches):  # only shifts that keep every note on the keyboard
+        lo = max(lo, MIN_PITCH - int(pitches.min()))
+        hi = min(hi, MAX_PITCH - int(pitches.max()))
+    if lo > hi:
+        return ids
+    shift = int(rng.integers(lo, hi + 1))
+    if shift == 0:
+        return ids
+    out = _tables(tok, shift)[ids]
+    assert (out >= 0).all(), "transposition left the keyboard"
+    return out
+
+
+_TABLE_CACHE: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _tables(tok: Tokenizer, shift: int) -> np.ndarray:
+    key = (id(tok), shift)
+    if key not in _TABLE_CACHE:
+        _TABLE_CACHE[key] = tok.transpose_table(shift)
+    return _TABLE_CACHE[key]

@@ -1,0 +1,102 @@
+"""``chorale16``: the Music Transformer's serialisation of 4-voice chorales (Huang et al.
+2018, following Coconet): at each 16th-note step the pitches of soprano, alto, tenor and
+bass, one token each (a pitch 21..108 or SILENCE). A held note repeats its pitch.
+
+Try it: ``cadenza prepare ../shared/data/benchmarks/jsb16/jsb16_separated.trainvalid.json
+--tokenizer chorale16 --out data/jsb16``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import symusic
+
+from ..midi import MAX_PITCH, MIN_PITCH, BadInput, Notes, notes_from_score
+from .base import EOS, SPECIALS, Grammar, Tokenizer
+from .grid import Grid, Roll, roll_from_notes, roll_to_columns
+
+VOICES = 4
+SILENCE = len(SPECIALS)  # 3
+P0 = SILENCE + 1  # pitch p -> P0 + p - 21
+
+
+class Chorale16Tokenizer(Tokenizer):
+    name = "chorale16"
+    step_seconds = 0.125  # a 16th note at 120 bpm
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vocab += ["SILENCE"] + [f"PITCH_{p}" for p in range(MIN_PITCH, MAX_PITCH + 1)]
+
+    def encode(self, grid: np.ndarray) -> np.ndarray:
+        g = np.asarray(grid, np.int64)
+        assert g.ndim == 2 and g.shape[1] == VOICES, g.shape
+        if ((g >= 0) & ((g < MIN_PITCH) | (g > MAX_PITCH))).any():
+            raise BadInput("pitch outside the piano range 21..108")
+        return np.where(g < 0, SILENCE, P0 + g - MIN_PITCH).reshape(-1)
+
+    def decode(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, np.int64)
+        eos = np.flatnonzero(ids == EOS)
+        if len(eos):
+            ids = ids[: eos[0]]
+        ids = ids[ids >= SILENCE]
+        ids = ids[: len(ids) - len(ids) % VOICES].reshape(-1, VOICES)
+        return np.where(ids == SILENCE, -1, ids - P0 + MIN_PITCH)
+
+    def piece_from_source(self, src, sustain_pedal: bool = True) -> np.ndarray:
+        if isinstance(src, Grid) and src.array.shape[1] == VOICES:
+            return src.array.astype(np.int64)
+        if isinstance(src, Roll):
+            return roll_to_columns(src.array, VOICES)
+        return super().piece_from_source(src, sustain_pedal)
+
+    def piece_from_score(self, score: symusic.Score, sustain_pedal: bool = True) -> np.ndarray:
+        """Quantise on the score's own beat (4 steps a quarter note, whatever the tempo)."""
+        beats = notes_from_score(score, sustain_pedal=False, unit="quarter")
+        return self.piece_from_notes(
+            Notes(beats.start * 0.5, beats.end * 0.5, beats.pitch, beats.velocity))
+
+    def piece_from_notes(self, notes: Notes) -> np.ndarray:
+        """The four highest pitches sounding at each 16th step, highest first."""
+        return roll_to_columns(roll_from_notes(notes, self.step_seconds), VOICES)
+
+    def notes_of(self, grid: np.ndarray) -> Notes:
+        return Grid(np.asarray(grid), self.step_seconds).notes()
+
+    def pitch_table(self) -> np.ndarray:
+        t = np.full(self.vocab_size, -1, np.int64)
+        t[P0:] = np.arange(MIN_PITCH, MAX_PITCH + 1)
+        return t
+
+    def frame_index(self, ids: np.ndarray) -> np.ndarray:
+        """Step index of each content token (for per-step NLL)."""
+        return np.arange(len(ids)) // VOICES
+
+    def grammar(self) -> Grammar:
+        return StepGrammar(self.vocab_size, VOICES, self.step_seconds)
+
+
+class StepGrammar(Grammar):
+    """Fixed-size steps: EOS only at a step boundary, after at least one step."""
+
+    def __init__(self, vocab_size: int, period: int, step_seconds: float) -> None:
+        super().__init__(vocab_size)
+        self.period, self.step_seconds = period, step_seconds
+
+    def reset(self, batch: int) -> None:
+        super().reset(batch)
+        self.count = np.zeros(batch, np.int64)
+
+    def allowed(self) -> np.ndarray:
+        m = super().allowed()
+        live = ~self.done
+        m[live, EOS] = (self.count[live] % self.period == 0) & (self.count[live] > 0)
+        return m
+
+    def advance(self, tokens: np.ndarray) -> None:
+        self.count += (~self.done) & (tokens > EOS)
+        super().advance(tokens)
+
+    def elapsed(self) -> np.ndarray:
+        return (self.count // self.period) * self.step_seconds
