@@ -1,0 +1,126 @@
+"""Self-describing checkpoint directories, written atomically.
+
+A checkpoint directory holds::
+
+    model.safetensors   weights of the unwrapped, uncompiled module
+    config.json         format version, model / train / augment configs, tokenizer name,
+                        config and vocabulary, the dataset it was trained on
+    metrics.json        step, validation NLL, best NLL, tokens seen, elapsed seconds
+    state.pt            (``last/`` only) optimizer, scheduler, RNG and sampler state
+
+``generate`` and ``evaluate`` need nothing else. Saving writes a temporary sibling
+directory, then swaps it in with two renames (old aside, new in place); a crash between
+the two leaves ``.NAME.old`` beside it, which :func:`resolve` falls back to, so a kill at any
+moment leaves a loadable checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import FORMAT_VERSION, ModelConfig, TrainConfig
+from .data.tokenizers import Tokenizer, build_tokenizer
+from .models import build_model
+
+REQUIRED = ("model.safetensors", "config.json")
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, config: dict[str, Any],
+                    metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        weights.pop("head.weight", None)  # tied to tok.weight
+        save_file(weights, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        if state is not None:
+            torch.save(state, tmp / "state.pt")
+        _fsync_dir(tmp)
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.rename(path, old)
+        os.rename(tmp, path)  # a crash right before this leaves `old` complete
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(d: Path) -> None:
+    for f in d.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def resolve(path: str | Path) -> Path:
+    """The checkpoint directory to read: ``path``, or its complete ``.old`` twin."""
+    path = Path(path)
+    if path.is_dir() and all((path / f).exists() for f in REQUIRED):
+        return path
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and all((old / f).exists() for f in REQUIRED):
+        return old
+    if not path.exists():
+        raise CheckpointError(f"--checkpoint {path}: no such checkpoint directory")
+    missing = [f for f in REQUIRED if not (path / f).exists()]
+    raise CheckpointError(f"--checkpoint {path}: incomplete checkpoint, missing "
+                          f"{', '.join(missing)}")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model: torch.nn.Module
+    model_cfg: ModelConfig
+    train: TrainConfig
+    tokenizer: Tokenizer
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    path = resolve(path)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path / 'config.json'}: not valid JSON ({e})") from e
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path / 'config.json'}: checkpoint format "
+                              f"{config.get('format_version')}, expected {FORMAT_VERSION}")
+    model_cfg = ModelConfig.from_dict(config["model"])
+    train_cfg = TrainConfig.from_dict(config["train"])
+    t = config["tokenizer"]
+    tokenizer = build_tokenizer(t["name"], **t["config"])
+    if tokenizer.vocab != t["vocab"]:
+        raise CheckpointError(f"{path / 'config.json'}: vocabulary does not match "
+                              f"tokenizer {t['name']} of this Cadenza version")
+    model = build_model(model_cfg)
+    weights = load_file(str(path / "model.safetensors"))
+    if "tok.weight" in weights and hasattr(model, "head"):
+        weights["head.weight"] = weights["tok.weight"]
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path / 'model.safetensors'}: weights do not match "
+                              f"config.json ({str(e).splitlines()[0]})") from e
+    model.to(device).eval()
+    metrics_file = path / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    return Checkpoint(path, model, model_cfg, train_cfg, tokenizer, config, metrics)

@@ -1,0 +1,212 @@
+"""The ``cadenza`` console script: one subcommand per pipeline stage, built on the Python API.
+
+    cadenza demo                                   # everything, on the built-in corpus
+    cadenza prepare SOURCE... --out DIR            # MIDI / benchmark files -> token shards
+    cadenza train --data DIR --out RUN             # -> RUN/best, RUN/last
+    cadenza generate --checkpoint RUN/best --out DIR
+    cadenza evaluate --checkpoint RUN/best --data DIR
+    cadenza stats GENERATED --reference DIR_OR_FOLDER
+    cadenza bench jsb16|pianoroll|models ...
+    cadenza report RUN
+
+User errors print one line, ``cadenza: error: ...``, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .config import PRESETS, AugmentConfig, ConfigError, ModelConfig, TrainConfig
+
+
+def _range(kind: Callable[[str], Any]):
+    def parse(s: str) -> tuple:
+        parts = s.split(",") if "," in s else s.split(":")
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(f"expected LO,HI, got {s!r}")
+        return kind(parts[0]), kind(parts[1])
+    return parse
+
+
+def _add_prepare(sub) -> None:
+    from .data.tokenizers import tokenizer_names
+    p = sub.add_parser("prepare", help="tokenize MIDI / benchmark files into a dataset",
+                       description="Tokenize MIDI files, folders, built-in corpora "
+                       "(builtin:chorales, builtin:keyboard, builtin:classical) or benchmark "
+                       "files into a split, memory-mappable dataset directory.")
+    p.add_argument("sources", nargs="+", help="MIDI files, folders, builtin:NAME, benchmark "
+                   "files (.json chorales, .mat/.pickle piano rolls)")
+    p.add_argument("--out", required=True, help="dataset directory to write")
+    p.add_argument("--tokenizer", default="performance",
+                   help=f"tokenization scheme: {', '.join(tokenizer_names())}")
+    p.add_argument("--valid-frac", type=float, default=0.05, help="share of pieces for valid")
+    p.add_argument("--test-frac", type=float, default=0.05, help="share of pieces for test")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad file")
+    p.add_argument("--max-file-mb", type=float, default=20.0, help="skip larger MIDI files")
+    p.add_argument("--no-sustain-pedal", action="store_true",
+                   help="do not extend notes held by the sustain pedal")
+    p.set_defaults(func=cmd_prepare)
+
+
+def cmd_prepare(a) -> int:
+    from .config import PrepareConfig
+    from .data.prepare import prepare
+    cfg = PrepareConfig(sources=tuple(a.sources), out=a.out, tokenizer=a.tokenizer,
+                        valid_frac=a.valid_frac, test_frac=a.test_frac, workers=a.workers,
+                        strict=a.strict, max_file_mb=a.max_file_mb,
+                        sustain_pedal=not a.no_sustain_pedal)
+    print(prepare(cfg).summary())
+    return 0
+
+
+MODEL_FLAGS = ("n_layer", "d_model", "n_head", "d_ff", "dropout", "position", "voice_period")
+TRAIN_FLAGS = ("context", "batch_size", "lr", "min_lr_frac", "warmup_steps", "weight_decay",
+               "grad_clip", "max_steps", "minutes", "eval_every", "eval_stride", "patience",
+               "precision", "seed", "log_every")
+
+
+def add_model_train_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (defaults come from --preset)")
+    g.add_argument("--preset", choices=sorted(PRESETS), default="small",
+                   help="debug: ~1 min on CPU; small: CPU default; music-transformer-jsb: the "
+                   "paper's JSB setup; base: for GPUs")
+    g.add_argument("--model", choices=("transformer", "rnn", "lstm", "gru"), default=None,
+                   help="architecture (default transformer)")
+    g.add_argument("--position", choices=("sinusoidal", "learned", "rope", "relative"),
+                   help="Transformer positional scheme")
+    g.add_argument("--n-layer", type=int, help="layers")
+    g.add_argument("--d-model", type=int, help="hidden size")
+    g.add_argument("--n-head", type=int, help="attention heads")
+    g.add_argument("--d-ff", type=int, help="feed-forward size")
+    g.add_argument("--dropout", type=float, help="dropout probability")
+    g.add_argument("--voice-period", type=int,
+                   help="add an embedding of (position mod P), e.g. 4 for chorale16 voices")
+    t = p.add_argument_group("training")
+    t.add_argument("--context", type=int, help="tokens per training window")
+    t.add_argument("--batch-size", type=int, help="global batch (windows per step)")
+    t.add_argument("--lr", type=float, help="peak learning rate")
+    t.add_argument("--min-lr-frac", type=float, help="final LR as a fraction of the peak")
+    t.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
+    t.add_argument("--weight-decay", type=float, help="AdamW weight decay")
+    t.add_argument("--grad-clip", type=float, help="gradient norm clip (0: off)")
+    t.add_argument("--max-steps", type=int, help="step budget")
+    t.add_argument("--minutes", type=float, help="time budget in minutes")
+    t.add_argument("--eval-every", type=int, help="validate every N steps")
+    t.add_argument("--eval-stride", type=int, help="sliding-window stride for long pieces")
+    t.add_argument("--patience", type=int, help="early stop after N evals without gain")
+    t.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="numeric precision")
+    t.add_argument("--seed", type=int, help="random seed")
+    t.add_argument("--log-every", type=int, help="progress line every N steps")
+    t.add_argument("--transpose", type=_range(int), help="augmentation semitones LO,HI")
+    t.add_argument("--stretch", type=_range(float), help="augmentation time-stretch LO,HI")
+    t.add_argument("--velocity-shift", type=int, help="augmentation velocity bins +-N")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if any)")
+
+
+def configs_from_args(a, data: str, out: str) -> tuple[ModelConfig, TrainConfig]:
+    m_over, t_over = PRESETS[a.preset]
+    m = dict(m_over)
+    if a.model:
+        m["kind"] = a.model
+    m.update({k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k, None) is not None})
+    t = dict(t_over)
+    t.update({k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k, None) is not None})
+    if a.minutes is not None and a.max_steps is None:
+        t["max_steps"] = 0  # a time budget replaces the preset's step budget
+    aug = {k: getattr(a, k) for k in ("transpose", "stretch", "velocity_shift")
+           if getattr(a, k, None) is not None}
+    t["augment"] = AugmentConfig(**aug)
+    if not t.get("max_steps") and not t.get("minutes"):
+        t["minutes"] = 5.0
+    m["max_context"] = max(m.get("max_context", 0), t.get("context", 512))
+    return (ModelConfig(**m),
+            TrainConfig(data=data, out=out, compile=a.compile, resume=getattr(a, "resume", False),
+                        **t))
+
+
+def default_device(requested: str | None) -> str:
+    import torch
+    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model on a prepared dataset",
+                       description="Train a Transformer or RNN/LSTM/GRU; writes OUT/best, "
+                       "OUT/last, OUT/metrics.csv and OUT/loss.png. Under torchrun it runs DDP.")
+    p.add_argument("--data", required=True, help="dataset directory from `cadenza prepare`")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last exactly")
+    add_model_train_flags(p)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(a) -> int:
+    from .train import train
+    model_cfg, train_cfg = configs_from_args(a, a.data, a.out)
+    train(model_cfg, train_cfg, device=default_device(a.device))
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="NLL of a split under a checkpoint",
+                       description="Exact mean NLL per token (nats, bits), perplexity, and per "
+                       "frame/step for pianoroll/chorale16, with a sliding window for long "
+                       "pieces.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (RUN/best)")
+    p.add_argument("--data", required=True, help="dataset directory or benchmark file")
+    p.add_argument("--split", default="valid", choices=("train", "valid", "test"))
+    p.add_argument("--stride", type=int, default=0, help="sliding-window stride (0: context/2)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(a) -> int:
+    from .evaluate import evaluate, format_result
+    res = evaluate(a.checkpoint, a.data, a.split, a.batch_size, a.stride, a.device)
+    print(format_result(res, a.json))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="cadenza", description="Folder of MIDI in, trained music "
+                                 "Transformer and new music out.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_prepare, _add_train, _add_evaluate, *EXTRA_COMMANDS):
+        add(sub)
+    return ap
+
+
+EXTRA_COMMANDS: list[Callable] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .data.dataset import DatasetError
+    from .data.midi import BadInput
+    from .data.prepare import PrepareError
+    from .data.sources import SourceError
+    from .train import TrainingError
+
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    try:
+        return a.func(a)
+    except (ConfigError, SourceError, PrepareError, DatasetError, CheckpointError, BadInput,
+            TrainingError, FileNotFoundError, PermissionError, ValueError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"cadenza: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cadenza: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

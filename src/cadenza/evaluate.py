@@ -1,0 +1,163 @@
+"""``cadenza evaluate``: exact negative log-likelihood of a split under a checkpoint.
+
+NLL is scored on every *content* token of each piece (BOS is given, EOS is not scored: the
+published JSB and piano-roll numbers score the music only). A piece longer than the model's
+context is scored with a sliding window: windows of ``context`` tokens advance by ``stride``
+(default context // 2, rounded down to the voice period), and each window scores only the
+targets the previous one did not, so every target after the first window sees at least
+``context - stride`` tokens of history. Per-frame (pianoroll) and per-step (chorale16) NLL
+are sums of their tokens' NLL.
+
+Try it: ``cadenza evaluate --checkpoint runs/demo/best --data data/chorales --split valid``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows over a piece of n tokens whose targets are positions 1..n-2 (no EOS):
+    (start, width, first scored target position)."""
+    last = n - 2  # last content position
+    if last < 1:
+        return []
+    out, s, scored = [], 0, 0
+    while scored < last:
+        w = min(context, last - s)  # inputs s..s+w-1 predict targets s+1..s+w
+        out.append((s, w, scored + 1))
+        scored = s + w
+        s += stride
+    return out
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def score_pieces(model: torch.nn.Module, pieces: list[np.ndarray], context: int, stride: int,
+                 batch_size: int = 16, precision: str = "fp32",
+                 period: int = 1) -> list[np.ndarray]:
+    """Per piece, the NLL (nats) of each content token, shape (len(piece) - 2,)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    period = max(1, period)
+    stride = max(period, stride - stride % period)
+    out = [np.zeros(max(len(p) - 2, 0)) for p in pieces]
+    jobs = [(i, s, w, f) for i, p in enumerate(pieces) for s, w, f in windows(len(p), context,
+                                                                             stride)]
+    jobs.sort(key=lambda j: -j[2])
+    for b in range(0, len(jobs), batch_size):
+        chunk = jobs[b: b + batch_size]
+        W = chunk[0][2]
+        x = torch.zeros(len(chunk), W, dtype=torch.long)
+        y = torch.zeros(len(chunk), W, dtype=torch.long)
+        for r, (i, s, w, _) in enumerate(chunk):
+            x[r, :w] = torch.from_numpy(pieces[i][s: s + w])
+            y[r, :w] = torch.from_numpy(pieces[i][s + 1: s + w + 1])
+        with autocast(device, precision):
+            logits = model(x.to(device))
+        nll = -F.log_softmax(logits.float(), -1).gather(2, y.to(device)[..., None])[..., 0]
+        nll = nll.cpu().numpy()
+        for r, (i, s, w, f) in enumerate(chunk):
+            # window column c predicts position s+1+c; keep positions f..s+w
+            out[i][f - 1: s + w] = nll[r, f - s - 1: w]
+    model.train(was_training)
+    return out
+
+
+@dataclass
+class NLLResult:
+    nll: float  # nats per token
+    tokens: int
+    pieces: int
+    frame_nll: float | None = None  # nats per frame (pianoroll) or per step (chorale16)
+    frames: int | None = None
+
+    @property
+    def bits(self) -> float:
+        return self.nll / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nll)
+
+    def as_dict(self) -> dict:
+        d = {"nll": self.nll, "bits": self.bits, "perplexity": self.perplexity,
+             "tokens": self.tokens, "pieces": self.pieces}
+        if self.frame_nll is not None:
+            d.update(frame_nll=self.frame_nll, frames=self.frames)
+        return d
+
+
+def summarize(token_nll: list[np.ndarray], tokenizer=None,
+              pieces: list[np.ndarray] | None = None) -> NLLResult:
+    allv = np.concatenate(token_nll) if token_nll else np.zeros(0)
+    res = NLLResult(float(allv.mean()) if len(allv) else float("nan"), len(allv), len(token_nll))
+    if tokenizer is not None and hasattr(tokenizer, "frame_index") and pieces is not None:
+        total, frames = 0.0, 0
+        for nll, p in zip(token_nll, pieces):
+            fi = tokenizer.frame_index(p[1:-1])
+            per = np.bincount(fi, weights=nll)
+            total, frames = total + per.sum(), frames + len(per)
+        res.frame_nll, res.frames = total / max(frames, 1), frames
+    return res
+
+
+def evaluate(checkpoint: str | Path, data: str | Path, split: str = "valid",
+             batch_size: int = 16, stride: int = 0, device: str = "cpu",
+             precision: str = "fp32") -> NLLResult:
+    """NLL of a prepared dataset's split, or of a benchmark file's split."""
+    from .checkpoint import load_checkpoint
+    from .data.dataset import TokenDataset
+
+    ck = load_checkpoint(checkpoint, device=device)
+    data = Path(data)
+    if data.is_dir():
+        ds = TokenDataset(data)
+        if ds.tokenizer.vocab != ck.tokenizer.vocab:
+            raise ValueError(f"--data {data}: its vocabulary differs from the checkpoint's "
+                             f"({ds.tokenizer.name} vs {ck.tokenizer.name})")
+        pieces = ds.pieces(split)
+    else:
+        pieces = benchmark_pieces(data, split, ck.tokenizer)
+    ctx = ck.train.context
+    nll = score_pieces(ck.model, pieces, ctx, stride or ck.train.stride, batch_size,
+                       precision, ck.model_cfg.voice_period)
+    return summarize(nll, ck.tokenizer, pieces)
+
+
+def benchmark_pieces(path: Path, split: str, tokenizer) -> list[np.ndarray]:
+    """Tokenize one split of a benchmark file directly, with the checkpoint's tokenizer."""
+    from .data.sources import read_benchmark
+    from .data.tokenizers import BOS, EOS
+
+    items = [it for it in read_benchmark(path) if it.split == split]
+    if not items:
+        raise ValueError(f"--split: {path} has no '{split}' split")
+    return [np.concatenate([[BOS], tokenizer.encode(tokenizer.piece_from_source(it.grid)),
+                            [EOS]]).astype(np.int64) for it in items]
+
+
+def format_result(res: NLLResult, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(res.as_dict(), indent=1)
+    s = (f"NLL {res.nll:.4f} nats/token ({res.bits:.4f} bits), perplexity "
+         f"{res.perplexity:.3f} over {res.tokens:,} tokens in {res.pieces} pieces")
+    if res.frame_nll is not None:
+        s += f"\nNLL {res.frame_nll:.4f} nats per frame/step over {res.frames:,} frames"
+    return s

@@ -1,0 +1,22 @@
+"""Models over token ids: ``build_model(ModelConfig)``. Nothing here knows about MIDI."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..config import ModelConfig
+from .recurrent import Recurrent
+from .transformer import Transformer
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.vocab_size < 4:
+        raise ValueError(f"vocab_size {cfg.vocab_size}: set it from the dataset")
+    return Transformer(cfg) if cfg.kind == "transformer" else Recurrent(cfg)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["Recurrent", "Transformer", "build_model", "count_params"]

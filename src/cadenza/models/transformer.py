@@ -1,0 +1,208 @@
+"""Decoder-only Transformer (Vaswani et al. 2017, "Attention is all you need"), pre-LayerNorm,
+tied input/output embeddings, with four positional schemes:
+
+- ``sinusoidal``: fixed sines/cosines added to the input (Vaswani et al. 2017, sec. 3.5)
+- ``learned``: a trained position embedding added to the input (GPT-2)
+- ``rope``: rotary embeddings applied to queries and keys (Su et al. 2021)
+- ``relative``: relative attention (Shaw et al. 2018) as in the Music Transformer (Huang et
+  al. 2018): logits gain q_i . E[i - j]; the full-sequence path uses the "skewing" trick so
+  the relative embeddings cost O(L*D) memory instead of Shaw's O(L^2*D) tensor.
+
+All schemes run through ``F.scaled_dot_product_attention``; relative attention passes its
+position logits as an additive float mask. The model sees token ids only. ``forward(idx,
+cache)`` with a :class:`KVCache` appends keys/values and returns logits for the new tokens:
+the same code path serves training (no cache), prefill and one-token decoding.
+
+Shapes in comments: B batch, T new tokens, S cached + new tokens, H heads, hs head size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: (n_layer, B, H, max_len, hs)."""
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_size: int,
+                 device, dtype) -> None:
+        shape = (n_layer, batch, n_head, max_len, head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # tokens already cached
+        self.max_len = max_len
+
+
+def sinusoids(n: int, d: int) -> torch.Tensor:
+    """(n, d) table of Vaswani et al. 2017: PE[p, 2i] = sin(p / 10000^(2i/d)), cos for 2i+1."""
+    pos = torch.arange(n, dtype=torch.float32)[:, None]
+    inv = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2, dtype=torch.float32) / d)
+    pe = torch.zeros(n, d)
+    pe[:, 0::2] = torch.sin(pos * inv)
+    pe[:, 1::2] = torch.cos(pos * inv)[:, : d // 2]
+    return pe
+
+
+def rope_tables(n: int, hs: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / base ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs)
+    ang = torch.arange(n, dtype=torch.float32)[:, None] * inv[None]  # (n, hs/2)
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., :hs/2], x[..., hs/2:]) by position angles; x (B, H, T, hs)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+def skew(qe: torch.Tensor) -> torch.Tensor:
+    """Huang et al. 2018, sec. 3.4.1. qe (B, H, L, L) with column c = distance L-1-c
+    -> srel (B, H, L, L) with srel[i, j] = q_i . E[i - j] for j <= i (upper part: junk,
+    masked by causality). Pad one column on the left, reshape (L+1, L), drop the first row."""
+    B, H, L, _ = qe.shape
+    padded = F.pad(qe, (1, 0))  # (B, H, L, L+1)
+    return padded.reshape(B, H, L + 1, L)[:, :, 1:, :]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.hs = cfg.n_head, cfg.d_model // cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.position = cfg.position
+        if self.position == "relative":
+            # one embedding per head and distance 0..max_context-1 (Music Transformer)
+            self.rel = nn.Parameter(torch.randn(cfg.n_head, cfg.max_context, self.hs) * 0.02)
+
+    def forward(self, x: torch.Tensor, start: int, rope: tuple | None,
+                cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.hs).transpose(1, 2) for t in (q, k, v))
+        if rope is not None:  # rotate by absolute positions start..start+T-1
+            cos, sin = rope[0][start: start + T], rope[1][start: start + T]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # append, then attend over everything cached: (B, H, S, hs)
+            cache.k[layer, :, :, start: start + T] = k
+            cache.v[layer, :, :, start: start + T] = v
+            k, v = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]
+        S = k.shape[2]
+        if self.position == "relative":
+            # SDPA would take the position logits as a mask, but a mask that needs a gradient
+            # sends it down its slowest path; written out, it is about 2x faster on CPU.
+            q = q * (1.0 / math.sqrt(self.hs))
+            att = torch.matmul(q, k.transpose(-2, -1)) + self._relative_logits(q, start, S)
+            att = att.masked_fill(self._future(start, T, S, x.device), float("-inf"))
+            y = torch.matmul(torch.softmax(att, dim=-1, dtype=torch.float32).to(v.dtype), v)
+        elif T > 1 and S != T:  # a multi-token step after a cached prefix
+            y = F.scaled_dot_product_attention(q, k, v,
+                                               attn_mask=~self._future(start, T, S, x.device))
+        else:  # T == S: plain causal; T == 1 with a cache: attend to everything
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+    @staticmethod
+    def _future(start: int, T: int, S: int, device) -> torch.Tensor:
+        """(T, S) True where key j lies in the future of query start + i."""
+        qpos = torch.arange(start, start + T, device=device)[:, None]
+        return torch.arange(S, device=device)[None, :] > qpos
+
+    def _relative_logits(self, q: torch.Tensor, start: int, S: int) -> torch.Tensor:
+        """q_i . E[pos_i - pos_j] for queries at start.. and keys 0..S-1: (B, H, T, S)."""
+        T = q.shape[2]
+        if start == 0 and T == S:  # full sequence: the memory-efficient skewing path
+            e = self.rel[:, :S].flip(1)  # (H, S, hs), column c = distance S-1-c
+            return skew(torch.einsum("bhtd,hsd->bhts", q, e.to(q.dtype)))
+        # cached decoding: gather distances from q . E^T over the distances in use
+        qe = torch.einsum("bhtd,hsd->bhts", q, self.rel[:, :S].to(q.dtype))  # (B,H,T,S)
+        qpos = torch.arange(start, start + T, device=q.device)[:, None]
+        dist = (qpos - torch.arange(S, device=q.device)[None, :]).clamp(min=0)  # (T, S)
+        return qe.gather(3, dist.expand(q.shape[0], q.shape[1], T, S))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.out = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, start, rope, cache, layer):
+        x = x + self.drop(self.attn(self.ln1(x), start, rope, cache, layer))
+        return x + self.drop(self.out(F.gelu(self.fc(self.ln2(x)))))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.max_len = cfg.max_context
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.position == "learned":
+            self.pos = nn.Embedding(cfg.max_context, cfg.d_model)
+        if cfg.position == "sinusoidal":
+            self.register_buffer("pe", sinusoids(cfg.max_context, cfg.d_model), persistent=False)
+        if cfg.position == "rope":
+            cos, sin = rope_tables(cfg.max_context, cfg.d_model // cfg.n_head)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        if cfg.voice_period:  # "instrument labels" of Huang et al. 2018: position mod P
+            self.voice = nn.Embedding(cfg.voice_period, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head.weight = self.tok.weight  # tied embeddings (Press & Wolf 2017)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections
+            if name.endswith("attn.proj.weight") or name.endswith("out.weight"):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def new_cache(self, batch: int, device=None, dtype=None) -> KVCache:
+        c = self.cfg
+        p = self.tok.weight
+        return KVCache(c.n_layer, batch, c.n_head, c.max_context, c.d_model // c.n_head,
+                       device or p.device, dtype or p.dtype)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) -> logits (B, T, V). With a cache, idx continues the cached tokens."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.max_len:
+            raise ValueError(f"--context: {start + T} tokens exceed the model's maximum "
+                             f"context {self.max_len} ({self.cfg.position} positions)")
+        x = self.tok(idx)
+        pos = torch.arange(start, start + T, device=idx.device)
+        if self.cfg.position == "learned":
+            x = x + self.pos(pos)
+        elif self.cfg.position == "sinusoidal":
+            x = x + self.pe[pos].to(x.dtype)
+        if self.cfg.voice_period:
+            x = x + self.voice((pos - 1) % self.cfg.voice_period)
+        x = self.drop(x)
+        rope = (self.rope_cos, self.rope_sin) if self.cfg.position == "rope" else None
+        for i, block in enumerate(self.blocks):
+            x = block(x, start, rope, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.head(self.ln_f(x))

@@ -1,0 +1,342 @@
+"""``cadenza train``: one training loop for every model, on CPU, GPU or several processes.
+
+AdamW (decoupled weight decay on matrices only), linear warm-up then cosine decay to
+``min_lr_frac * lr``, gradient clipping, dropout. The budget is ``--max-steps`` and/or
+``--minutes``; with minutes alone, the schedule's horizon is fixed after timing the first
+steps and saved, so a resumed run follows the same schedule. Validation NLL (exact, over the
+whole valid split, see evaluate.py) every ``--eval-every`` steps decides ``best/`` and early
+stopping (``--patience``). ``last/`` also holds optimizer, scheduler, RNG and sampler state:
+``--resume`` continues exactly (on CPU in fp32, bit for bit).
+
+Under ``torchrun --nproc-per-node N`` this runs DistributedDataParallel (gloo on CPU, NCCL
+on GPU): every rank draws the same global batch and trains on its slice; the loss is a sum
+over the slice divided by the global number of targets, so the averaged gradient equals the
+single-process one. Rank 0 logs and checkpoints.
+
+Debug preset, about a minute on 2 CPU cores::
+
+    cadenza prepare builtin:chorales --out data/chorales
+    cadenza train --data data/chorales --out runs/debug --preset debug
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig
+from .data.dataset import IGNORE, TokenDataset, WindowSampler
+from .evaluate import autocast, score_pieces, summarize
+from .models import build_model, count_params
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return Dist()
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(d.local_rank)
+    return d
+
+
+def lr_at(step: int, cfg: TrainConfig, horizon: int) -> float:
+    """Multiplier of cfg.lr: linear warm-up, then cosine down to min_lr_frac."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    frac = min(1.0, (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps))
+    return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False):
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "rel" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "rel" not in n)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
+                             **({"fused": True} if fused else {}))
+
+
+def _fmt_time(s: float) -> str:
+    s = int(max(s, 0))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
+          stop_at: int | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Train; returns the final metrics. ``stop_at`` ends the run after that step as if it
+    were killed there (after saving ``last/``): resume tests and interruptions use it."""
+    d = setup_distributed(device)
+    if d.world > 1 and device.startswith("cuda"):
+        device = f"cuda:{d.local_rank}"
+    dev = torch.device(device)
+    log = (lambda *a: print(*a, flush=True)) if d.main and not quiet else (lambda *a: None)
+    ds = TokenDataset(cfg.data)
+    if "valid" not in ds.splits:
+        raise TrainingError(f"--data {cfg.data}: no valid split to evaluate on")
+    out = Path(cfg.out)
+    state: dict[str, Any] | None = None
+    if cfg.resume:
+        last = out / "last"
+        try:
+            ck = load_checkpoint(last)
+        except Exception as e:
+            raise TrainingError(f"--resume: cannot load {last}: {e}") from e
+        if ck.tokenizer.vocab != ds.tokenizer.vocab:
+            raise TrainingError(f"--resume: {ck.path}/config.json was trained on another "
+                                f"vocabulary than --data {cfg.data}")
+        model_cfg = ck.model_cfg
+        keep = {k: getattr(cfg, k) for k in ("max_steps", "minutes", "patience", "log_every",
+                                             "eval_every", "resume", "out", "data")}
+        cfg = ck.train.replace(**keep)
+        model = ck.model.train()
+        state = torch.load(ck.path / "state.pt", weights_only=False)
+    else:
+        model_cfg = model_cfg.replace(vocab_size=ds.tokenizer.vocab_size)
+        if model_cfg.kind == "transformer" and model_cfg.max_context < cfg.context:
+            raise ConfigError(f"--context: {cfg.context} exceeds the {model_cfg.position} "
+                              f"positions' maximum {model_cfg.max_context}")
+        torch.manual_seed(cfg.seed)
+        model = build_model(model_cfg)
+    model.to(dev)
+    raw = model
+    if d.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if dev.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    opt = make_optimizer(raw, cfg, fused=dev.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and dev.type == "cuda")
+    if cfg.precision == "fp16" and dev.type != "cuda":
+        raise ConfigError("--precision: fp16 needs a GPU; use bf16 on CPU")
+    sampler = WindowSampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
+                            period=model_cfg.voice_period, rank=d.rank, world=d.world)
+    valid = ds.pieces("valid")
+    step, best, since_best, elapsed0 = 0, math.inf, 0, 0.0
+    horizon = cfg.max_steps or 0
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        step, best, since_best = state["step"], state["best"], state["since_best"]
+        elapsed0, horizon = state["elapsed"], cfg.max_steps or state["horizon"]
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": model_cfg.to_dict(), "train": cfg.to_dict(),
+        "tokenizer": ds.manifest["tokenizer"],
+        "data": {"path": str(cfg.data), "sources": ds.manifest["sources"],
+                 "splits": ds.manifest["splits"]},
+        "parameters": count_params(raw),
+    }
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    log(f"model {model_cfg.kind} ({model_cfg.position if model_cfg.kind == 'transformer' else ''})"
+        f" {count_params(raw) / 1e6:.2f}M parameters | data {cfg.data} "
+        f"{ds.manifest['splits']['train']['tokens']:,} train tokens | device {dev} "
+        f"{cfg.precision} | world {d.world}")
+    metrics_path = out / "metrics.csv"
+    new_csv = d.main and (not metrics_path.exists() or not cfg.resume)
+    csv_file = open(metrics_path, "w" if new_csv else "a", newline="") if d.main else None
+    writer = csv.writer(csv_file) if csv_file else None
+    if new_csv and writer:
+        writer.writerow(["step", "train_loss", "val_nll", "lr", "tokens_per_s", "elapsed_s"])
+    tb = _tensorboard(out) if d.main else None
+
+    def evaluate_now() -> float:
+        nll = score_pieces(raw, valid, cfg.context, cfg.stride, batch_size=cfg.batch_size,
+                           precision=cfg.precision, period=model_cfg.voice_period)
+        return summarize(nll).nll
+
+    def checkpoint(name: str, metrics: dict[str, Any], with_state: bool) -> None:
+        if not d.main:
+            return
+        st = None
+        if with_state:
+            st = {"optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
+                  "torch_rng": torch.get_rng_state(), "step": step, "best": best,
+                  "since_best": since_best, "elapsed": elapsed, "horizon": horizon}
+        save_checkpoint(out / name, raw, config, metrics, st)
+
+    t_start = time.perf_counter() - elapsed0
+    t_log, tokens_log = time.perf_counter(), 0
+    loss_acc, loss_n = 0.0, 0
+    val = math.nan
+    elapsed = elapsed0
+    stop_reason = ""
+    model.train()
+    session_steps, t_calib = 0, time.perf_counter()
+    while True:
+        elapsed = time.perf_counter() - t_start
+        if cfg.minutes and elapsed >= cfg.minutes * 60:
+            stop_reason = "time budget reached"
+        if horizon and step >= horizon:
+            stop_reason = stop_reason or "step budget reached"
+        if stop_reason or (stop_at is not None and step >= stop_at):
+            break
+        if not horizon and session_steps == 8:  # --minutes only: fix the horizon now
+            per_step = (time.perf_counter() - t_calib) / 5
+            horizon = step + int(0.9 * (cfg.minutes * 60 - elapsed) / per_step)
+            log(f"schedule horizon {horizon} steps ({per_step * 1000:.0f} ms/step)")
+        if session_steps == 3:
+            t_calib = time.perf_counter()
+        session_steps += 1
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_at(step, cfg, horizon or 10**9)
+        x, y, n_global = sampler.next_batch()
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        with autocast(dev, cfg.precision):
+            logits = model(x)
+        loss_sum = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1),
+                                   ignore_index=IGNORE, reduction="sum")
+        loss = loss_sum * d.world / n_global  # DDP averages over ranks -> global mean
+        if not torch.isfinite(loss):
+            raise TrainingError(f"step {step}: loss is {loss.item()}; stopped. The last good "
+                                f"checkpoint is {out / 'last'} (try a lower --lr)")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        step += 1
+        lval = loss.detach()
+        if d.world > 1:
+            dist.all_reduce(lval)
+            lval /= d.world
+        loss_acc += lval.item()
+        loss_n += 1
+        tokens_log += n_global
+        last_loss = lval.item()
+        is_eval = step % cfg.eval_every == 0
+        if step % cfg.log_every == 0 or is_eval:
+            now = time.perf_counter()
+            tps = tokens_log / max(now - t_log, 1e-9)
+            elapsed = now - t_start
+            if is_eval:
+                val = evaluate_now()
+                improved = val < best
+                if improved:
+                    best, since_best = val, 0
+                else:
+                    since_best += 1
+            lr = opt.param_groups[0]["lr"]
+            left = []
+            if horizon:
+                left.append((horizon - step) * elapsed / max(step, 1))
+            if cfg.minutes:
+                left.append(cfg.minutes * 60 - elapsed)
+            eta = min(left) if left else 0
+            log(f"step {step:>6} | loss {loss_acc / loss_n:.4f} | val "
+                f"{val:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | {_fmt_time(elapsed)} | "
+                f"eta {_fmt_time(eta)}")
+            if writer:
+                writer.writerow([step, f"{loss_acc / loss_n:.5f}",
+                                 f"{val:.5f}" if is_eval else "", f"{lr:.3e}", f"{tps:.0f}",
+                                 f"{elapsed:.1f}"])
+                csv_file.flush()
+            if tb:
+                tb.add_scalar("loss/train", loss_acc / loss_n, step)
+                tb.add_scalar("lr", lr, step)
+                if is_eval:
+                    tb.add_scalar("nll/valid", val, step)
+            loss_acc, loss_n, tokens_log, t_log = 0.0, 0, 0, time.perf_counter()
+            if is_eval:
+                m = _metrics(step, val, best, elapsed, sampler, cfg, last_loss)
+                if improved:
+                    checkpoint("best", m, with_state=False)
+                checkpoint("last", m, with_state=True)
+                if cfg.patience and since_best >= cfg.patience:
+                    stop_reason = f"no improvement in {cfg.patience} evaluations"
+    elapsed = time.perf_counter() - t_start
+    if step % cfg.eval_every != 0 and step > 0:  # final evaluation and checkpoint
+        val = evaluate_now()
+        improved = val < best
+        if improved:
+            best, since_best = val, 0
+        m = _metrics(step, val, best, elapsed, sampler, cfg, loss_acc / max(loss_n, 1))
+        if improved:
+            checkpoint("best", m, with_state=False)
+        checkpoint("last", m, with_state=True)
+    if csv_file:
+        csv_file.close()
+    if tb:
+        tb.close()
+    if d.main and not stop_at:
+        plot_losses(out)
+    log(f"done: {stop_reason or f'stopped at step {step}'} | step {step} | best val NLL "
+        f"{best:.4f} | {_fmt_time(elapsed)} | checkpoints in {out}/best and {out}/last")
+    if d.world > 1:
+        dist.barrier()
+    return {"step": step, "val_nll": val, "best_val_nll": best, "elapsed": elapsed,
+            "parameters": count_params(raw)}
+
+
+def _metrics(step, val, best, elapsed, sampler, cfg, loss) -> dict[str, Any]:
+    return {"step": step, "val_nll": val, "best_val_nll": best, "train_loss": loss,
+            "elapsed_s": round(elapsed, 2), "tokens_seen": step * cfg.batch_size * cfg.context}
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter(str(out / "tensorboard"))
+    except Exception:  # tensorboard not installed: the CSV and the PNG remain
+        return None
+
+
+def plot_losses(out: Path) -> Path | None:
+    """loss.png from metrics.csv: training loss and validation NLL against step."""
+    path = out / "metrics.csv"
+    if not path.exists():
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = list(csv.DictReader(open(path)))
+    if not rows:
+        return None
+    steps = np.array([int(r["step"]) for r in rows])
+    loss = np.array([float(r["train_loss"]) for r in rows])
+    vrows = [(int(r["step"]), float(r["val_nll"])) for r in rows if r["val_nll"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, loss, label="train loss", lw=1)
+    if vrows:
+        ax.plot(*zip(*vrows), "o-", label="valid NLL", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats / token")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png = out / "loss.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
