@@ -6,13 +6,13 @@ against the file and moves on (or stops, with ``--strict``). Times here are seco
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import symusic
+
+from ..atomic import atomic_path
 
 MIN_PITCH, MAX_PITCH = 21, 108  # the piano's keys: A0..C8
 MAX_SECONDS = 3 * 3600.0
@@ -72,7 +72,7 @@ def load_score(path: str | Path, max_mb: float = 20.0) -> symusic.Score:
     except Exception as e:  # symusic raises RuntimeError/ValueError on corrupt data
         raise BadInput(f"corrupt or truncated MIDI ({str(e).splitlines()[0][:120]})") from e
     for t in score.tempos:
-        if not (1.0 <= t.qpm <= 1000.0):
+        if not (10.0 <= t.qpm <= 1000.0):
             raise BadInput(f"absurd tempo ({t.qpm:.3g} quarter notes per minute)")
     return score
 
@@ -96,11 +96,10 @@ def notes_from_score(score: symusic.Score, sustain_pedal: bool = True,
         a = track.notes.numpy()
         start = a["time"].astype(np.float64)
         end = start + a["duration"].astype(np.float64)
-        if sustain_pedal and len(track.pedals):
-            p = track.pedals.numpy()
-            end = _extend_by_pedal(start, end, a["pitch"].astype(np.int64),
-                                   p["time"].astype(np.float64),
-                                   (p["time"] + p["duration"]).astype(np.float64))
+        if sustain_pedal and len(track.controls):
+            p_start, p_end = _pedal_intervals(track, float(end.max()))
+            if len(p_start):
+                end = _extend_by_pedal(start, end, a["pitch"].astype(np.int64), p_start, p_end)
         parts.append((start, end, a["pitch"], a["velocity"]))
     if not parts:
         raise BadInput("drum-only file" if n_drum else "no notes")
@@ -112,6 +111,20 @@ def notes_from_score(score: symusic.Score, sustain_pedal: bool = True,
     if notes.duration > MAX_SECONDS:
         raise BadInput(f"absurdly long ({notes.duration / 3600:.1f} hours)")
     return notes
+
+
+def _pedal_intervals(track, last: float) -> tuple[np.ndarray, np.ndarray]:
+    """(down, up) times of the sustain pedal (CC64 >= 64 is down) from the raw controls."""
+    c = track.controls.numpy()
+    sel = c["number"] == 64
+    t, down = c["time"][sel].astype(np.float64), c["value"][sel] >= 64
+    order = np.argsort(t, kind="stable")
+    t, down = t[order], down[order]
+    change = np.flatnonzero(down != np.r_[False, down[:-1]])
+    starts, ends = t[change[down[change]]], t[change[~down[change]]]
+    if len(ends) < len(starts):  # held to the end of the piece
+        ends = np.r_[ends, max(last, starts[-1])]
+    return starts, ends
 
 
 def _extend_by_pedal(start, end, pitch, p_start, p_end) -> np.ndarray:
@@ -147,12 +160,5 @@ def score_from_notes(notes: Notes, program: int = 0) -> symusic.Score:
 
 def write_midi(score: symusic.Score, path: str | Path) -> None:
     """Write atomically: a temp file in the same folder, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        score.dump_midi(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        score.dump_midi(str(tmp))

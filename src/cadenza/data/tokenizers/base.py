@@ -129,10 +129,12 @@ class Tokenizer(ABC):
         targets outside 21..108 map to -1)."""
         pitch = self.pitch_table()
         table = np.arange(self.vocab_size, dtype=np.int64)
-        lookup = {int(p): i for i, p in enumerate(pitch) if p >= 0}
+        # a pitch token's kind is its name without the number: NOTE_ON_60 -> NOTE_ON
+        kind = [name.rsplit("_", 1)[0] for name in self.vocab]
+        lookup = {(kind[i], int(p)): i for i, p in enumerate(pitch) if p >= 0}
         for i, p in enumerate(pitch):
             if p >= 0:
-                table[i] = lookup.get(int(p) + shift, -1)
+                table[i] = lookup.get((kind[i], int(p) + shift), -1)
         return table
 
     def augment(self, ids: np.ndarray, rng: np.random.Generator, aug) -> np.ndarray:

@@ -86,7 +86,7 @@ def roll_from_notes(notes: Notes, step_seconds: float) -> np.ndarray:
 def roll_notes(roll: np.ndarray, step_seconds: float, velocity: int = 80) -> Notes:
     """Notes of a (T, 88) roll: each run of consecutive on-frames of a key is one note."""
     edges = np.diff(np.pad(np.asarray(roll, np.int8), ((1, 1), (0, 0))), axis=0)
-    s_t, s_k = np.nonzero(edges.T == 1)  # by key, then time: starts and ends pair up
-    e_t, _ = np.nonzero(edges.T == -1)
-    return Notes.make(s_k * step_seconds, e_t * step_seconds, s_t + MIN_PITCH,
+    s_k, s_t = np.nonzero(edges.T == 1)  # by key, then time: starts and ends pair up
+    _, e_t = np.nonzero(edges.T == -1)
+    return Notes.make(s_t * step_seconds, e_t * step_seconds, s_k + MIN_PITCH,
                       np.full(len(s_t), velocity))

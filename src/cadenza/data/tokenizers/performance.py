@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+
 from ..midi import Notes
 from .base import EOS, SPECIALS, Grammar, Tokenizer
 
@@ -128,10 +129,13 @@ class PerformanceTokenizer(Tokenizer):
         on_o, off_o = np.lexsort((on, on_p)), np.lexsort((off, off_p))
         on_key = _group_rank_key(on_p[on_o])
         off_key = _group_rank_key(off_p[off_o])
-        j = np.searchsorted(off_key, on_key)
-        matched = (j < len(off_key)) & (off_key[np.minimum(j, len(off_key) - 1)] == on_key)
+        j = np.minimum(np.searchsorted(off_key, on_key), len(off_key) - 1)
         on_pos = on[on_o]
-        off_pos = np.where(matched, off[off_o][np.minimum(j, max(len(off_o) - 1, 0))], -1)
+        if len(off_key):
+            matched = off_key[j] == on_key
+            off_pos = np.where(matched, off[off_o][j], -1)
+        else:
+            matched, off_pos = np.zeros(len(on_key), bool), np.full(len(on_key), -1)
         if np.any(matched & (off_pos < on_pos)):  # an off before its on: not FIFO-clean
             return self._decode_slow(ids, time, vbin)
         t_on = time[on_pos]
@@ -199,7 +203,8 @@ def stretch_time(ids: np.ndarray, factor: float) -> np.ndarray:
     run_id = np.cumsum(run_start) - 1
     amounts = np.zeros(run_start.sum(), np.int64)
     np.add.at(amounts, run_id[is_shift], ids[is_shift] - SHIFT0 + 1)
-    new = np.round(amounts * factor).astype(np.int64)
+    # scale cumulative time, then difference: rounding errors do not accumulate
+    new = np.diff(np.round(np.cumsum(amounts) * factor).astype(np.int64), prepend=0)
     count, owner, within, shift_ids = _shift_runs(new)
     # Rebuild: each non-shift token keeps its order; each run is replaced by its new tokens.
     pieces_len = np.where(is_shift, 0, 1)

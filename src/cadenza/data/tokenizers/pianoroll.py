@@ -11,6 +11,7 @@ Try it: ``cadenza prepare ../shared/data/benchmarks/boulanger/JSB_Chorales.train
 from __future__ import annotations
 
 import numpy as np
+
 from ..midi import MIN_PITCH, Notes
 from .base import EOS, SPECIALS, Grammar, Tokenizer
 from .grid import Grid, Roll, grid_to_roll, roll_from_notes

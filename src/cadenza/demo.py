@@ -1,0 +1,68 @@
+"""``cadenza demo``: the whole pipeline on the built-in Bach chorales, on a laptop CPU.
+
+1. build ``builtin:chorales`` from music21's corpus (cached under ``$CADENZA_HOME``),
+2. prepare it with the ``performance`` tokenizer (cached too: a second run reuses it),
+3. train a small Transformer for ``--minutes`` (default 5) with bf16 autocast,
+4. continue the openings of three held-out (test split) chorales, writing MIDI, WAV, PNG,
+5. print a table: validation NLL and what was written where.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import AugmentConfig, ModelConfig, PrepareConfig, TrainConfig
+from .data.corpus import cadenza_home
+
+
+def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu",
+             precision: str = "bf16", seconds: float = 20.0, primer_seconds: float = 6.0,
+             seed: int = 0) -> dict:
+    from .data.dataset import TokenDataset
+    from .data.prepare import prepare
+    from .generate import SampleConfig, run_generate
+    from .train import train
+
+    data = cadenza_home() / "datasets" / "chorales-performance"
+    if not (data / "manifest.json").exists():
+        print(f"[1/3] preparing builtin:chorales -> {data}")
+        print(prepare(PrepareConfig(sources=("builtin:chorales",), out=str(data),
+                                    workers=2)).summary())
+    else:
+        print(f"[1/3] reusing the prepared corpus in {data}")
+    out_dir = Path(out)
+    run = out_dir / "run"
+    print(f"[2/3] training a small Transformer for {minutes:g} minutes -> {run}")
+    # Rotary positions: on CPU they train ~2x faster per token than relative attention,
+    # which matters more than the scheme within a 5-minute budget.
+    model_cfg = ModelConfig(n_layer=4, d_model=256, n_head=4, d_ff=1024, dropout=0.1,
+                            position="rope", max_context=512)
+    train_cfg = TrainConfig(data=str(data), out=str(run), context=512, batch_size=16, lr=1e-3,
+                            warmup_steps=50, minutes=minutes, eval_every=100, log_every=25,
+                            precision=precision, augment=AugmentConfig(), seed=seed)
+    result = train(model_cfg, train_cfg, device=device)
+    print("[3/3] continuing the openings of three held-out chorales")
+    ds = TokenDataset(data)
+    held_out = [f["path"] for f in ds.manifest["files"] if f["split"] == "test"][:3]
+    written = []
+    for i, primer in enumerate(held_out):
+        sdir = out_dir / "samples" / f"{i}-{Path(primer).stem.split('__')[-1]}"
+        infos = run_generate(str(run / "best"), str(sdir), primer, primer_seconds, 0,
+                             SampleConfig(seconds=seconds, temperature=0.95, top_p=0.95,
+                                          seed=seed + i), device=device)
+        written.append((primer, sdir, infos[0]))
+    print()
+    print(f"{'validation NLL':<24}{result['best_val_nll']:.4f} nats/token "
+          f"({result['step']} steps, {result['parameters'] / 1e6:.1f}M parameters)")
+    print(f"{'checkpoint':<24}{run / 'best'}")
+    print(f"{'loss curve':<24}{run / 'loss.png'}")
+    for primer, sdir, info in written:
+        files = ", ".join(v for v in info["files"].values() if v)
+        print(f"{Path(primer).stem.split('__')[-1]:<24}{sdir}/ ({files}; "
+              f"{info['new_seconds']:.1f} s new, "
+              f"{info['tokens_per_second']:.0f} tokens/s)")
+    summary = {"val_nll": result["best_val_nll"], "steps": result["step"],
+               "samples": [str(s) for _, s, _ in written]}
+    (out_dir / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary

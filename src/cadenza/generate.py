@@ -1,0 +1,278 @@
+"""``cadenza generate``: continue a primer into new music, as MIDI, JSON, PNG and WAV.
+
+The sampler works on token ids: the model gives logits, the tokenizer's grammar masks every
+token that would make the sequence undecodable, then temperature, top-k and top-p shape the
+distribution and a seeded ``torch.Generator`` draws (same seed, same music). With a cache
+(key/value for the Transformer, hidden state for RNNs) each new token costs one position;
+past the model's context the Transformer keeps the most recent half and re-reads it.
+
+Python API, two lines::
+
+    from cadenza.generate import Generator
+    score = Generator.load("runs/demo/best").continue_midi("primer.mid", seconds=20)
+
+Try it: ``cadenza generate --checkpoint runs/demo/best --primer builtin:chorales --out out``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import symusic
+import torch
+
+from .atomic import write_bytes
+from .checkpoint import Checkpoint, load_checkpoint
+from .data.midi import BadInput, Notes, load_score, notes_from_score, score_from_notes, write_midi
+from .data.tokenizers import BOS, EOS, PAD
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    tokens: int = 0  # new tokens (0: decided by seconds)
+    seconds: float = 0.0  # new music in seconds (0: decided by tokens)
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    num_samples: int = 1
+
+    def __post_init__(self) -> None:
+        from .config import ConfigError
+        if self.tokens and self.seconds:
+            raise ConfigError(f"--tokens {self.tokens} and --seconds {self.seconds:g}: "
+                              "give one of them, not both")
+        if self.tokens < 0 or self.seconds < 0:
+            raise ConfigError("--tokens/--seconds: must be positive")
+        if not self.temperature > 0:
+            raise ConfigError(f"--temperature: must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top-p: must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"--top-k: must be >= 0, got {self.top_k}")
+        if self.num_samples < 1:
+            raise ConfigError(f"--num-samples: must be >= 1, got {self.num_samples}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the k most likely tokens and/or the smallest set with mass >= top_p."""
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_l, idx = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_l, -1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(model: torch.nn.Module, prompt: np.ndarray, grammar, cfg: SampleConfig,
+           max_new: int, use_cache: bool = True, period: int = 1) -> list[np.ndarray]:
+    """Continue ``prompt`` ((B, T0) ids starting with BOS) by up to ``max_new`` tokens.
+
+    Returns each sample's new tokens, cut at EOS or where ``cfg.seconds`` is reached.
+    """
+    device = next(model.parameters()).device
+    B = prompt.shape[0]
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    grammar.reset(B)
+    grammar.feed(prompt)
+    t0_seconds = grammar.elapsed().copy()
+    max_len = getattr(model, "max_len", None)
+    seq = torch.as_tensor(prompt, dtype=torch.long, device=device)
+    ends = np.full(B, -1)
+
+    def window(s: torch.Tensor) -> torch.Tensor:
+        """The latest tokens that fit, starting on a voice-period boundary."""
+        if max_len is None or s.shape[1] <= max_len:
+            return s
+        keep = max_len // 2 if use_cache else max_len
+        drop = s.shape[1] - keep
+        drop += (-drop) % max(1, period)
+        return s[:, drop:]
+
+    cache = model.new_cache(B) if use_cache else None
+    logits = model(window(seq), cache)[:, -1] if use_cache else None
+    for i in range(max_new):
+        if not use_cache:
+            logits = model(window(seq))[:, -1]
+        allowed = torch.from_numpy(grammar.allowed()).to(device)
+        lg = logits.float().masked_fill(~allowed, float("-inf")) / cfg.temperature
+        lg = filter_logits(lg, cfg.top_k, cfg.top_p)
+        probs = torch.softmax(lg, -1).cpu()
+        nxt = torch.multinomial(probs, 1, generator=gen)[:, 0]
+        tokens = nxt.numpy()
+        grammar.advance(tokens)
+        seq = torch.cat([seq, nxt.to(device)[:, None]], 1)
+        new_end = (ends < 0) & ((tokens == EOS) | (tokens == PAD))
+        if cfg.seconds:
+            new_end |= (ends < 0) & (grammar.elapsed() - t0_seconds >= cfg.seconds)
+        ends[new_end] = i + 1
+        if (ends >= 0).all():
+            break
+        if use_cache:
+            if max_len is not None and cache.length >= max_len:  # slide: re-read recent half
+                cache = model.new_cache(B)
+                logits = model(window(seq), cache)[:, -1]
+            else:
+                logits = model(nxt.to(device)[:, None], cache)[:, -1]
+    new = seq[:, prompt.shape[1]:].cpu().numpy()
+    return [new[b, : ends[b] if ends[b] >= 0 else new.shape[1]] for b in range(B)]
+
+
+def _cut_notes(notes: Notes, seconds: float) -> Notes:
+    keep = notes.start < seconds
+    return Notes(notes.start[keep], np.minimum(notes.end[keep], seconds), notes.pitch[keep],
+                 notes.velocity[keep])
+
+
+def resolve_primer(spec: str) -> Path:
+    """A MIDI path, or ``builtin:CORPUS[/NAME]`` (the first file whose name contains NAME)."""
+    if spec.startswith("builtin:"):
+        from .data.corpus import build_corpus
+        corpus, _, name = spec[len("builtin:"):].partition("/")
+        folder = build_corpus(corpus)
+        files = sorted(f for f in folder.glob("*.mid") if name in f.name)
+        if not files:
+            raise BadInput(f"--primer {spec}: no piece matching '{name}' in builtin:{corpus}")
+        return files[0]
+    p = Path(spec)
+    if not p.exists():
+        raise FileNotFoundError(f"--primer {spec}: no such file")
+    return p
+
+
+class Generator:
+    def __init__(self, ck: Checkpoint) -> None:
+        self.ck = ck
+        self.model, self.tok = ck.model, ck.tokenizer
+        h = hashlib.sha1((ck.path / "model.safetensors").read_bytes()).hexdigest()
+        self.checkpoint_hash = h
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> Generator:
+        return cls(load_checkpoint(path, device=device))
+
+    def encode_primer(self, primer: str | None, seconds: float = 0.0,
+                      tokens: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+        """BOS + the primer's tokens, cut to its first seconds/tokens and to the context."""
+        info: dict[str, Any] = {"source": primer, "seconds": 0.0, "tokens": 0}
+        ids = np.zeros(0, np.int64)
+        if primer:
+            path = resolve_primer(primer)
+            try:
+                score = load_score(path)
+                notes = notes_from_score(score)
+            except BadInput as e:
+                raise BadInput(f"--primer {path}: {e}") from e
+            if seconds:
+                notes = _cut_notes(notes, seconds)
+                if len(notes) == 0:
+                    raise BadInput(f"--primer {path}: no notes in its first {seconds:g} s")
+            ids = self.tok.encode(self.tok.piece_from_notes(notes))
+            if tokens:
+                ids = ids[:tokens]
+            info["source"] = str(path)
+        limit = self.model.max_len
+        if limit is not None and len(ids) + 1 > limit - 1:
+            keep = limit // 2
+            print(f"notice: primer of {len(ids)} tokens exceeds the context ({limit}); "
+                  f"using its last {keep}")
+            ids = ids[-keep:]
+            # start on a whole step/frame for grid schemes
+            p = max(1, self.ck.model_cfg.voice_period)
+            ids = ids[len(ids) % p:]
+        info["tokens"] = int(len(ids))
+        info["seconds"] = float(self.tok.decode_notes(ids).duration) if len(ids) else 0.0
+        return np.concatenate([[BOS], ids]).astype(np.int64), info
+
+    def generate(self, prompt: np.ndarray, cfg: SampleConfig,
+                 use_cache: bool = True) -> list[np.ndarray]:
+        max_new = cfg.tokens or int(max(cfg.seconds, 1) * 200)  # a generous token ceiling
+        prompts = np.repeat(prompt[None], cfg.num_samples, 0)
+        return sample(self.model, prompts, self.tok.grammar(), cfg, max_new, use_cache,
+                      period=max(1, self.ck.model_cfg.voice_period))
+
+    def continue_midi(self, primer: str | None = None, seconds: float = 20.0,
+                      primer_seconds: float = 10.0, **kw) -> symusic.Score:
+        """One continuation (primer included) as a symusic Score."""
+        prompt, _ = self.encode_primer(primer, primer_seconds)
+        new = self.generate(prompt, SampleConfig(seconds=seconds, **kw))[0]
+        return score_from_notes(self.tok.decode_notes(np.concatenate([prompt[1:], new])))
+
+
+def run_generate(checkpoint: str, out: str, primer: str | None, primer_seconds: float,
+                 primer_tokens: int, cfg: SampleConfig, continuation_only: bool = False,
+                 soundfont: str | None = None, device: str = "cpu", audio: bool = True,
+                 reference: str | None = None) -> list[dict[str, Any]]:
+    """The ``generate`` command: everything is validated before the first file is written."""
+    from .render import piano_roll_png, render_wav
+
+    gen = Generator.load(checkpoint, device)
+    prompt, pinfo = gen.encode_primer(primer, primer_seconds, primer_tokens)
+    out_dir = Path(out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-")
+        probe.close()
+    except OSError as e:
+        raise PermissionError(f"--out {out}: cannot write there ({e.strerror})") from e
+    t = time.perf_counter()
+    news = gen.generate(prompt, cfg)
+    gen_s = time.perf_counter() - t
+    primer_notes = gen.tok.decode_notes(prompt[1:])
+    t_split = primer_notes.duration if len(primer_notes) else 0.0
+    mem_index = _memorization_index(gen, reference)
+    results = []
+    for k, new in enumerate(news):
+        full = gen.tok.decode_notes(np.concatenate([prompt[1:], new]))
+        cont = gen.tok.decode_notes(new) if continuation_only else full
+        base = out_dir / f"sample-{k}"
+        write_midi(score_from_notes(cont), base.with_suffix(".mid"))
+        piano_roll_png(full, t_split, base.with_suffix(".png"),
+                       title=f"sample {k}: primer (blue) + continuation (orange)")
+        wav = None
+        if audio:
+            wav, why = render_wav(base.with_suffix(".mid"), base.with_suffix(".wav"), soundfont)
+            if wav is None and k == 0:
+                print(f"note: no WAV written: {why}")
+        info = {
+            "sample": k, "checkpoint": str(gen.ck.path), "checkpoint_sha1": gen.checkpoint_hash,
+            "tokenizer": gen.tok.name, "settings": asdict(cfg),
+            "primer": pinfo, "new_tokens": int(len(new)),
+            "new_seconds": float(max(full.duration - t_split, 0.0)) if len(full) else 0.0,
+            "notes": int(len(full)), "generation_seconds": gen_s,
+            "tokens_per_second": float(sum(len(n) for n in news) / max(gen_s, 1e-9)),
+            "files": {"midi": base.with_suffix(".mid").name,
+                      "png": base.with_suffix(".png").name,
+                      "wav": wav.name if wav else None},
+        }
+        if mem_index is not None:
+            from .stats import memorization
+            info["memorization"] = memorization(gen.tok.decode_notes(new), mem_index)
+        write_bytes(base.with_suffix(".json"), (json.dumps(info, indent=1) + "\n").encode())
+        results.append(info)
+    return results
+
+
+def _memorization_index(gen: Generator, reference: str | None):
+    """The training set's n-gram index, when the training data is on this machine."""
+    from .stats import NgramIndex
+    data = reference or gen.ck.config.get("data", {}).get("path")
+    if not data or not (Path(data) / "manifest.json").exists():
+        return None
+    from .data.dataset import TokenDataset
+    try:
+        ds = TokenDataset(data)
+        return NgramIndex.from_pieces([ds.tokenizer.decode_notes(p) for p in ds.pieces("train")])
+    except Exception:
+        return None

@@ -1,0 +1,119 @@
+"""Hearing and seeing notes: WAV through FluidSynth and a General MIDI SoundFont, piano-roll
+PNGs through matplotlib.
+
+Audio, chosen deliberately: symusic 0.6's built-in synthesizer fails under numpy 2
+(``Synthesizer.render`` raises TypeError), and ``tinysoundfont`` declares a ``pyaudio``
+dependency that does not build without PortAudio headers. FluidSynth is the reference
+SoundFont renderer, packaged everywhere (Debian/Ubuntu ``fluidsynth``, Homebrew, conda),
+and renders a MIDI file offline with one command. The SoundFont is ``--soundfont PATH``,
+else ``$CADENZA_SOUNDFONT``, else the usual Debian locations (``fluid-soundfont-gm``,
+``timgm6mb-soundfont``), else the small GM font inside the ``pretty_midi`` wheel if that is
+installed. Without FluidSynth or a SoundFont, no WAV is written and the message says how to
+install one; MIDI, PNG and JSON are still written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .data.midi import Notes
+
+SOUNDFONTS = [
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/sounds/sf2/TimGM6mb.sf2",
+    "/usr/share/sounds/sf3/MuseScore_General.sf3",
+    "/usr/share/soundfonts/default.sf2",
+    "/usr/share/soundfonts/FluidR3_GM.sf2",
+    "/opt/homebrew/share/soundfonts/default.sf2",
+]
+INSTALL_HINT = ("install FluidSynth and a General MIDI SoundFont, e.g. "
+                "`sudo apt-get install fluidsynth fluid-soundfont-gm` "
+                "(macOS: `brew install fluid-synth`), or pass --soundfont PATH")
+NOTE_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
+
+
+def find_soundfont(explicit: str | None = None) -> Path | None:
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise FileNotFoundError(f"--soundfont {explicit}: no such file")
+        return p
+    env = os.environ.get("CADENZA_SOUNDFONT")
+    candidates = ([env] if env else []) + SOUNDFONTS
+    for c in candidates:
+        if c and Path(c).is_file():
+            return Path(c)
+    try:  # pretty_midi's wheel carries TimGM6mb.sf2
+        import pretty_midi
+        p = Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
+        if p.is_file():
+            return p
+    except ImportError:
+        pass
+    return None
+
+
+def render_wav(midi: Path, wav: Path, soundfont: str | None = None,
+               sample_rate: int = 44100) -> tuple[Path | None, str]:
+    """Render a MIDI file to WAV; returns (path, "") or (None, why not)."""
+    exe = shutil.which("fluidsynth")
+    sf = find_soundfont(soundfont)
+    if exe is None or sf is None:
+        return None, ("FluidSynth not found; " if exe is None else "no SoundFont found; ") + \
+            INSTALL_HINT
+    try:
+        with atomic_path(wav) as tmp:
+            r = subprocess.run([exe, "-ni", "-q", "-g", "0.7", "-r", str(sample_rate),
+                                "-F", str(tmp), str(sf), str(midi)], capture_output=True,
+                               text=True, timeout=600)
+            if r.returncode != 0 or tmp.stat().st_size <= 44:
+                lines = (r.stderr or r.stdout).strip().splitlines()
+                raise RuntimeError(lines[-1] if lines else "no audio written")
+        return wav, ""
+    except Exception as e:
+        return None, f"fluidsynth failed: {e}"
+
+
+def note_name(p: int) -> str:
+    return f"{NOTE_NAMES[p % 12]}{p // 12 - 1}"
+
+
+def piano_roll_png(notes: Notes, split_seconds: float, path: Path, title: str = "") -> Path:
+    """Notes as bars: before ``split_seconds`` (the primer) blue, after it orange."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    dur = max(notes.duration if len(notes) else 1.0, 1.0)
+    fig, ax = plt.subplots(figsize=(min(4 + dur * 0.5, 24), 5))
+    if len(notes):
+        polys = [[(s, p - 0.4), (e, p - 0.4), (e, p + 0.4), (s, p + 0.4)]
+                 for s, e, p in zip(notes.start, notes.end, notes.pitch)]
+        colors = np.where(notes.start < split_seconds, "#3b6ea8", "#e8862a")
+        ax.add_collection(PolyCollection(polys, facecolors=colors, edgecolors="none"))
+        lo, hi = int(notes.pitch.min()) - 2, int(notes.pitch.max()) + 2
+    else:
+        lo, hi = 48, 84
+    if split_seconds > 0:
+        ax.axvline(split_seconds, color="k", lw=0.8, ls="--")
+    ax.set_xlim(0, dur)
+    ax.set_ylim(lo, hi)
+    ticks = [p for p in range(lo, hi + 1) if p % 12 in (0, 7)]
+    ax.set_yticks(ticks, [note_name(p) for p in ticks])
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("pitch")
+    ax.grid(axis="y", alpha=0.25)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path

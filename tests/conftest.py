@@ -1,0 +1,105 @@
+"""Shared fixtures: synthetic music written as real MIDI files, tiny datasets, benchmark paths.
+
+Benchmark files are found through $CADENZA_BENCHMARKS (default ../shared/data/benchmarks
+beside the checkout); tests that need them skip with a message saying so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import symusic
+
+from cadenza.data.midi import Notes
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(os.environ.get("CADENZA_BENCHMARKS", ROOT.parent / "shared/data/benchmarks"))
+
+
+def bench_file(rel: str) -> Path:
+    p = BENCH / rel
+    if not p.exists():
+        pytest.skip(f"benchmark file {p} not found (set CADENZA_BENCHMARKS)")
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    home = os.environ.get("CADENZA_TEST_HOME") or str(tmp_path_factory.getbasetemp() / "home")
+    monkeypatch.setenv("CADENZA_HOME", home)
+
+
+def make_score(notes: list[tuple[float, float, int, int]], pedals=(), tempo: float = 120.0,
+               tpq: int = 480, drums: bool = False) -> symusic.Score:
+    """notes as (start s, end s, pitch, velocity) at the given tempo; pedals (down s, up s)."""
+    s = symusic.Score(tpq)
+    s.tempos.append(symusic.Tempo(0, tempo))
+    tick = tpq * tempo / 60.0
+    tr = symusic.Track(program=0, is_drum=drums)
+    for a, b, p, v in notes:
+        tr.notes.append(symusic.Note(int(round(a * tick)), max(1, int(round((b - a) * tick))),
+                                     p, v))
+    for a, b in pedals:
+        tr.controls.append(symusic.ControlChange(int(round(a * tick)), 64, 127))
+        tr.controls.append(symusic.ControlChange(int(round(b * tick)), 64, 0))
+    s.tracks.append(tr)
+    return s
+
+
+def random_piece(rng: np.random.Generator, n: int = 60, seconds: float = 20.0) -> list:
+    start = np.sort(rng.uniform(0, seconds, n))
+    dur = rng.uniform(0.05, 1.5, n)
+    pitch = rng.integers(36, 96, n)
+    vel = rng.integers(1, 128, n)
+    return [(float(a), float(a + d), int(p), int(v)) for a, d, p, v in zip(start, dur, pitch, vel)]
+
+
+def scale(root: int = 60, step: float = 0.25) -> list:
+    return [(i * step, (i + 1) * step, root + p, 80)
+            for i, p in enumerate([0, 2, 4, 5, 7, 9, 11, 12, 11, 9, 7, 5, 4, 2, 0])]
+
+
+@pytest.fixture
+def midi_folder(tmp_path) -> Path:
+    """Twelve small, distinct pieces as MIDI files in a nested folder."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "midi"
+    (d / "sub").mkdir(parents=True)
+    for i in range(12):
+        notes = random_piece(rng, 40 + i, 12.0) + scale(48 + i)
+        where = d / "sub" if i % 3 == 0 else d
+        make_score(notes).dump_midi(str(where / f"piece{i:02d}.{'MID' if i == 5 else 'mid'}"))
+    return d
+
+
+def notes_of(score: symusic.Score) -> Notes:
+    from cadenza.data.midi import notes_from_score
+    return notes_from_score(score)
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path, midi_folder) -> Path:
+    from cadenza.config import PrepareConfig
+    from cadenza.data.prepare import prepare
+    out = tmp_path / "ds"
+    prepare(PrepareConfig(sources=(str(midi_folder),), out=str(out), valid_frac=0.2,
+                          test_frac=0.1), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_piano_scores(tmp_path_factory) -> list[symusic.Score]:
+    """Two real piano pieces from music21's corpus, converted as the built-in corpus is."""
+    from cadenza.data.corpus import _convert_one, _music21_root
+    out = []
+    d = tmp_path_factory.mktemp("real")
+    for rel in ("joplin/maple_leaf_rag.mxl", "mozart/k545"):
+        src = _music21_root() / rel
+        files = [src] if src.is_file() else sorted(src.glob("*.mxl"))[:1]
+        dst = d / (files[0].stem + ".mid")
+        assert _convert_one((str(files[0]), str(dst)))
+        out.append(symusic.Score(str(dst)))
+    return out

@@ -1,0 +1,204 @@
+"""``prepare``: splits by piece without leaks, deterministic output, bad input handling."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cadenza.config import AugmentConfig, PrepareConfig
+from cadenza.data.dataset import TokenDataset, WindowSampler
+from cadenza.data.prepare import PrepareError, prepare
+from cadenza.data.sources import SourceError
+from tests.conftest import bench_file, make_score, scale
+
+
+def run(sources, out, **kw):
+    return prepare(PrepareConfig(sources=tuple(map(str, sources)), out=str(out), **kw),
+                   progress=False)
+
+
+def test_prepare_folder_splits_by_piece_and_writes_manifest(midi_folder, tmp_path):
+    res = run([midi_folder], tmp_path / "ds", valid_frac=0.2, test_frac=0.1)
+    m = res.manifest
+    assert m["totals"]["pieces"] == 12 and not m["skipped"]
+    assert set(m["splits"]) == {"train", "valid", "test"}
+    by_split = {}
+    for f in m["files"]:
+        by_split.setdefault(f["split"], set()).add(f["sha1"])
+    assert not (by_split["train"] & by_split["valid"]) and not (by_split["train"]
+                                                                & by_split["test"])
+    assert any(f["path"].endswith("piece05.MID") for f in m["files"])  # any-case suffix
+    ds = TokenDataset(tmp_path / "ds")
+    for split, info in m["splits"].items():
+        tokens, off = ds.split(split)
+        assert tokens.dtype == np.uint16 and len(tokens) == info["tokens"] == off[-1]
+        pieces = ds.pieces(split)
+        assert all(p[0] == 1 and p[-1] == 2 for p in pieces)  # BOS ... EOS
+
+
+def test_prepare_is_deterministic_and_workers_agree(midi_folder, tmp_path):
+    run([midi_folder], tmp_path / "a")
+    run([midi_folder], tmp_path / "b", workers=2)
+    run([midi_folder], tmp_path / "a")  # again, over the existing directory
+    for f in sorted(p.name for p in (tmp_path / "a").iterdir()):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not leftovers
+
+
+def test_duplicate_files_are_kept_once(midi_folder, tmp_path):
+    (midi_folder / "copy.mid").write_bytes((midi_folder / "piece01.mid").read_bytes())
+    res = run([midi_folder], tmp_path / "ds")
+    assert len(res.skipped) == 1 and res.skipped[0]["reason"].startswith("duplicate of ")
+    assert res.manifest["totals"]["pieces"] == 12
+
+
+def _bad_files(d):
+    good = d / "good.mid"
+    make_score(scale()).dump_midi(str(good))
+    raw = good.read_bytes()
+    (d / "text.mid").write_text("this is not a MIDI file\n")
+    (d / "empty.mid").write_bytes(b"")
+    (d / "truncated.mid").write_bytes(raw[: len(raw) // 2])
+    make_score(scale(), drums=True).dump_midi(str(d / "drums.mid"))
+    make_score([]).dump_midi(str(d / "noteless.mid"))
+    make_score(scale(), tempo=3000).dump_midi(str(d / "fast.mid"))
+    (d / "ticks.mid").write_bytes(raw[:12] + b"\x00\x00" + raw[14:])  # 0 ticks per quarter
+    return {"text.mid": "not a MIDI file", "empty.mid": "empty file",
+            "truncated.mid": "corrupt or truncated", "drums.mid": "drum-only",
+            "noteless.mid": "no notes", "fast.mid": "absurd tempo",
+            "ticks.mid": "absurd tick resolution"}
+
+
+def test_each_bad_input_is_skipped_with_its_reason(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    expected = _bad_files(d)
+    big = d / "big.mid"
+    big.write_bytes(b"MThd" + b"\x00" * 3_000_000)
+    expected["big.mid"] = "file too large"
+    res = run([d], tmp_path / "ds", max_file_mb=1.0)
+    reasons = {s["path"].split("/")[-1]: s["reason"] for s in res.skipped}
+    for name, why in expected.items():
+        assert why in reasons.get(name, ""), (name, reasons.get(name))
+    assert res.manifest["totals"]["pieces"] == 1
+    assert "skipped 8 files" in res.summary()
+
+
+def test_strict_stops_at_the_first_bad_file(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    _bad_files(d)
+    with pytest.raises(PrepareError, match="not a MIDI file|empty file|corrupt|drum|tempo"):
+        run([d], tmp_path / "ds", strict=True)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_missing_and_empty_sources_fail_clearly(tmp_path):
+    with pytest.raises(SourceError, match="no such file"):
+        run([tmp_path / "nope"], tmp_path / "ds")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no .mid or .midi files"):
+        run([tmp_path / "empty"], tmp_path / "ds")
+
+
+def test_cli_errors_exit_nonzero_with_one_line(tmp_path, midi_folder):
+    cmd = [sys.executable, "-m", "cadenza", "prepare"]
+    r = subprocess.run(cmd + [str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "nope: no such file" in r.stderr
+    r = subprocess.run(cmd + [str(midi_folder), "--out", str(tmp_path / "o"), "--tokenizer",
+                              "bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and "performance" in r.stderr and "chorale16" in r.stderr
+
+
+def test_a_crash_leaves_no_dataset_and_keeps_the_old_one(midi_folder, tmp_path, monkeypatch):
+    run([midi_folder], tmp_path / "ds")
+    before = (tmp_path / "ds" / "manifest.json").read_bytes()
+    calls = {"n": 0}
+    real_save = np.save
+
+    def failing_save(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real_save(*a, **k)
+
+    monkeypatch.setattr("cadenza.data.prepare.np.save", failing_save)
+    with pytest.raises(OSError):
+        run([midi_folder], tmp_path / "ds", valid_frac=0.3)
+    assert (tmp_path / "ds" / "manifest.json").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_dataset(midi_folder, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    with pytest.raises(PrepareError, match="refusing"):
+        run([midi_folder], tmp_path / "mine")
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_sampler_reads_train_only_and_augments_only_there(tiny_dataset):
+    ds = TokenDataset(tiny_dataset)
+    train = ds.pieces("train")
+    valid_before = (tiny_dataset / "valid.tokens.npy").read_bytes()
+    plain = WindowSampler(ds, 32, 8, None, seed=0)
+    joined = [p.tobytes() for p in train]
+    for _ in range(5):
+        x, y, n = plain.next_batch()
+        for row in x.numpy():
+            assert any(row.astype(np.int64).tobytes() in j for j in joined)
+    aug = WindowSampler(ds, 32, 8, AugmentConfig(), seed=0)
+    for _ in range(5):
+        aug.next_batch()
+    assert (tiny_dataset / "valid.tokens.npy").read_bytes() == valid_before
+
+
+def test_sampler_state_round_trip(tiny_dataset):
+    ds = TokenDataset(tiny_dataset)
+    a = WindowSampler(ds, 32, 4, AugmentConfig(), seed=3)
+    a.next_batch()
+    state = a.state_dict()
+    x1 = a.next_batch()[0]
+    b = WindowSampler(ds, 32, 4, AugmentConfig(), seed=99)
+    b.load_state_dict(state)
+    assert np.array_equal(b.next_batch()[0], x1)
+
+
+def test_jsb16_json_keeps_its_splits(tmp_path):
+    res = run([bench_file("jsb16/jsb16_separated.trainvalid.json")], tmp_path / "ds",
+              tokenizer="chorale16")
+    assert res.manifest["splits"]["train"]["pieces"] == 229
+    assert res.manifest["splits"]["valid"]["pieces"] == 76
+
+
+def test_boulanger_mat_keeps_its_splits(tmp_path):
+    res = run([bench_file("boulanger/JSB_Chorales.trainvalid.mat")], tmp_path / "ds",
+              tokenizer="pianoroll")
+    assert set(res.manifest["splits"]) == {"train", "valid"}
+    assert res.manifest["tokenizer"]["config"]["step_seconds"] == 0.5  # quarter notes
+
+
+def test_full_files_with_a_test_split(tmp_path):
+    """The original files carry a test split; it is prepared too (synthetic stand-ins)."""
+    rng = np.random.default_rng(0)
+    steps = lambda n: [[int(p) for p in rng.integers(40, 80, 4)] for _ in range(n)]  # noqa
+    js = tmp_path / "Jsb16thSeparated.json"
+    js.write_text(json.dumps({"train": [steps(20)] * 3, "valid": [steps(16)],
+                              "test": [steps(12), steps(8)]}))
+    res = run([js], tmp_path / "a", tokenizer="chorale16")
+    assert res.manifest["splits"]["test"]["pieces"] == 2
+    pk = tmp_path / "Nottingham.pickle"
+    frames = lambda n: [sorted(rng.choice(range(40, 80), 3, replace=False).tolist())  # noqa
+                        for _ in range(n)]
+    pk.write_bytes(pickle.dumps({"train": [frames(30)], "valid": [frames(20)],
+                                 "test": [frames(10)]}))
+    res = run([pk], tmp_path / "b", tokenizer="pianoroll")
+    assert res.manifest["splits"]["test"]["tokens"] == 10 * 4 + 2
