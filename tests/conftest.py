@@ -12,8 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import symusic
+import torch
 
 from cadenza.data.midi import Notes
+
+# The suite's models are tiny: one thread is faster than two fighting over two cores,
+# and keeps timings sane when something else (a training run) shares the machine.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(os.environ.get("CADENZA_BENCHMARKS", ROOT.parent / "shared/data/benchmarks"))

@@ -1,0 +1,101 @@
+"""Model properties on tiny dimensions: causality, cached == full, skewing == naive
+relative attention, overfitting one batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cadenza.config import ModelConfig
+from cadenza.models import build_model
+from cadenza.models.transformer import skew
+
+SCHEMES = ["sinusoidal", "learned", "rope", "relative"]
+KINDS = [("transformer", p) for p in SCHEMES] + [(k, "relative") for k in ("rnn", "lstm", "gru")]
+
+
+def tiny(kind="transformer", position="relative", **kw):
+    torch.manual_seed(0)
+    cfg = dict(kind=kind, vocab_size=40, n_layer=2, d_model=32, n_head=4, d_ff=64, dropout=0.0,
+               position=position, max_context=64)
+    cfg.update(kw)
+    return build_model(ModelConfig(**cfg)).eval()
+
+
+@pytest.mark.parametrize("kind,position", KINDS)
+def test_future_tokens_never_change_past_logits(kind, position):
+    m = tiny(kind, position, voice_period=4 if kind == "transformer" else 0)
+    x = torch.randint(3, 40, (2, 48))
+    y = x.clone()
+    y[:, 30:] = torch.randint(3, 40, (2, 18))
+    a, b = m(x), m(y)
+    assert torch.allclose(a[:, :30], b[:, :30], atol=1e-6)
+    assert not torch.allclose(a[:, 30:], b[:, 30:])
+
+
+@pytest.mark.parametrize("kind,position", KINDS)
+def test_cached_steps_equal_the_full_forward(kind, position):
+    m = tiny(kind, position)
+    x = torch.randint(3, 40, (3, 50))
+    full = m(x)
+    cache = m.new_cache(3)
+    parts = [m(x[:, :13], cache)] + [m(x[:, t: t + 1], cache) for t in range(13, 50)]
+    assert torch.allclose(full, torch.cat(parts, 1), atol=1e-5)
+
+
+def naive_relative_attention(q, k, v, rel):
+    """Shaw et al. 2018 written out: an explicit (L, L, hs) tensor of relative embeddings."""
+    L, hs = q.shape[2], q.shape[3]
+    dist = (torch.arange(L)[:, None] - torch.arange(L)[None, :]).clamp(min=0)  # (L, L)
+    er = rel[:, dist]  # (H, L, L, hs): O(L^2 * D) memory, what skewing avoids
+    srel = torch.einsum("bhid,hijd->bhij", q, er)
+    att = (q @ k.transpose(-2, -1) + srel) / math.sqrt(hs)
+    att = att.masked_fill(torch.ones(L, L, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.softmax(att, -1) @ v
+
+
+def test_skewing_equals_naive_relative_attention():
+    m = tiny("transformer", "relative")
+    attn = m.blocks[0].attn
+    B, L, C = 2, 24, 32
+    x = torch.randn(B, L, C)
+    q, k, v = attn.qkv(x).split(C, dim=2)
+    q, k, v = (t.view(B, L, 4, 8).transpose(1, 2) for t in (q, k, v))
+    ref = naive_relative_attention(q, k, v, attn.rel[:, :L])
+    ours = attn(x, 0, None, None, 0)
+    ref = attn.proj(ref.transpose(1, 2).reshape(B, L, C))
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_skew_places_distance_i_minus_j():
+    L = 5
+    e = torch.arange(L).float()  # embedding "value" = its distance
+    qe = e.flip(0).expand(1, 1, L, L)  # column c holds distance L-1-c, for every query
+    s = skew(qe.contiguous())[0, 0]
+    for i in range(L):
+        for j in range(i + 1):
+            assert s[i, j] == i - j
+
+
+@pytest.mark.parametrize("kind,position", [("transformer", "relative"), ("transformer", "rope"),
+                                           ("lstm", "relative")])
+def test_a_tiny_model_overfits_one_batch(kind, position):
+    m = tiny(kind, position).train()
+    x = torch.randint(3, 40, (4, 33))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = F.cross_entropy(m(x[:, :-1]).reshape(-1, 40), x[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+@pytest.mark.parametrize("position", ["learned", "relative", "sinusoidal", "rope"])
+def test_a_window_longer_than_the_positions_allow_is_refused(position):
+    m = tiny("transformer", position, max_context=16)
+    with pytest.raises(ValueError, match="--context"):
+        m(torch.zeros(1, 17, dtype=torch.long))

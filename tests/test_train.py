@@ -1,0 +1,156 @@
+"""Training: checkpoint contents, exact resume, NaN handling, kill-safety, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cadenza.checkpoint import load_checkpoint
+from cadenza.config import AugmentConfig, ConfigError, ModelConfig, TrainConfig
+from cadenza.data.dataset import DatasetError
+from cadenza.train import TrainingError, train
+
+MODEL = ModelConfig(n_layer=2, d_model=32, n_head=4, d_ff=64, dropout=0.1, position="relative",
+                    max_context=64)
+
+
+def cfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), context=32, batch_size=4, lr=3e-3,
+                warmup_steps=5, max_steps=20, eval_every=10, log_every=5,
+                augment=AugmentConfig())
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_checkpoints_are_self_describing(tiny_dataset, tmp_path):
+    res = train(MODEL, cfg(tiny_dataset, tmp_path / "run"), quiet=True)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "last").iterdir()) == [
+        "config.json", "metrics.json", "model.safetensors", "state.pt"]
+    assert sorted(p.name for p in (run / "best").iterdir()) == [
+        "config.json", "metrics.json", "model.safetensors"]
+    assert (run / "metrics.csv").exists() and (run / "loss.png").exists()
+    config = json.loads((run / "best" / "config.json").read_text())
+    assert {"format_version", "model", "train", "tokenizer", "data"} <= set(config)
+    assert config["tokenizer"]["name"] == "performance" and len(config["tokenizer"]["vocab"]) == 391
+    ck = load_checkpoint(run / "best")
+    assert ck.metrics["best_val_nll"] == pytest.approx(res["best_val_nll"])
+    assert not any(k.startswith("_orig_mod") for k in load_file(run / "best" / "model.safetensors"))
+
+
+def test_resume_continues_exactly(tiny_dataset, tmp_path):
+    straight = tmp_path / "straight"
+    train(MODEL, cfg(tiny_dataset, straight, max_steps=16, eval_every=4), quiet=True)
+    halves = tmp_path / "halves"
+    train(MODEL, cfg(tiny_dataset, halves, max_steps=16, eval_every=4), stop_at=6, quiet=True)
+    assert json.loads((halves / "last" / "metrics.json").read_text())["step"] == 6
+    train(MODEL, cfg(tiny_dataset, halves, max_steps=16, eval_every=4, resume=True), quiet=True)
+    a = load_file(straight / "last" / "model.safetensors")
+    b = load_file(halves / "last" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    import cadenza.train as tr
+    real = tr.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        return out * float("nan") if calls["n"] > 12 else out
+
+    monkeypatch.setattr(tr.F, "cross_entropy", poisoned)
+    with pytest.raises(TrainingError, match="loss is nan"):
+        train(MODEL, cfg(tiny_dataset, tmp_path / "run"), quiet=True)
+    ck = load_checkpoint(tmp_path / "run" / "last")
+    assert ck.metrics["step"] == 10
+
+
+KILL_SCRIPT = r"""
+import sys, time
+import cadenza.checkpoint as c
+from cadenza.train import train
+from tests.test_train import MODEL, cfg
+real = c.save_file
+n = {"saves": 0}
+def slow(weights, path, *a, **k):
+    real(weights, path, *a, **k)
+    n["saves"] += ".last.tmp" in path
+    if n["saves"] >= 2:  # the second save of last/: weights written, then "killed"
+        print("SAVING", flush=True)
+        time.sleep(60)
+c.save_file = slow
+train(MODEL, cfg(sys.argv[1], sys.argv[2], max_steps=40, eval_every=5), quiet=True)
+"""
+
+
+def test_a_kill_mid_save_leaves_a_loadable_last(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tiny_dataset), str(run)],
+                         stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = p.stdout.readline()
+        assert "SAVING" in line
+        time.sleep(0.2)
+        os.kill(p.pid, signal.SIGKILL)
+    finally:
+        p.wait(30)
+    ck = load_checkpoint(run / "last")
+    assert ck.metrics["step"] == 5
+
+
+def test_bad_data_and_context_are_clear_errors(tiny_dataset, tmp_path):
+    with pytest.raises(DatasetError, match="no such dataset"):
+        train(MODEL, cfg(tmp_path / "missing", tmp_path / "r"), quiet=True)
+    (tmp_path / "half").mkdir()
+    with pytest.raises(DatasetError, match="manifest.json"):
+        train(MODEL, cfg(tmp_path / "half", tmp_path / "r"), quiet=True)
+    learned = MODEL.replace(position="learned", max_context=16)
+    with pytest.raises(ConfigError, match="--context"):
+        train(learned, cfg(tiny_dataset, tmp_path / "r"), quiet=True)
+    with pytest.raises(ConfigError, match="--dropout"):
+        ModelConfig(dropout=1.5)
+    with pytest.raises(ConfigError, match="--max-steps"):
+        TrainConfig(max_steps=0, minutes=0)
+
+
+DDP_SCRIPT = r"""
+import sys
+from cadenza.train import train
+from tests.test_train import MODEL, cfg
+train(MODEL.replace(dropout=0.0), cfg(sys.argv[1], sys.argv[2], max_steps=12, eval_every=100,
+      log_every=1, batch_size=4), quiet=True)
+"""
+
+
+def _losses(run: Path) -> list[float]:
+    import csv
+    return [float(r["train_loss"]) for r in csv.DictReader(open(run / "metrics.csv"))]
+
+
+def test_two_process_ddp_matches_one_process(tiny_dataset, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-c", DDP_SCRIPT, str(tiny_dataset), str(one)], env=env,
+                   check=True, timeout=300)
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                    "--master-port", "29517", str(script), str(tiny_dataset), str(two)],
+                   env=env, check=True, timeout=300, capture_output=True)
+    a, b = _losses(one), _losses(two)
+    assert len(a) == len(b) == 12
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
