@@ -16,6 +16,14 @@ from .config import AugmentConfig, ModelConfig, PrepareConfig, TrainConfig
 from .data.corpus import cadenza_home
 
 
+def _piece_name(path: str) -> str:
+    """bach__bwv194.12.mxl.mid -> bwv194.12"""
+    name = Path(path).name.split("__")[-1]
+    for suffix in (".mid", ".mxl", ".xml", ".krn"):
+        name = name.removesuffix(suffix)
+    return name
+
+
 def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu",
              precision: str = "bf16", seconds: float = 20.0, primer_seconds: float = 6.0,
              seed: int = 0) -> dict:
@@ -47,7 +55,7 @@ def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu
     held_out = [f["path"] for f in ds.manifest["files"] if f["split"] == "test"][:3]
     written = []
     for i, primer in enumerate(held_out):
-        sdir = out_dir / "samples" / f"{i}-{Path(primer).stem.split('__')[-1]}"
+        sdir = out_dir / "samples" / f"{i}-{_piece_name(primer)}"
         infos = run_generate(str(run / "best"), str(sdir), primer, primer_seconds, 0,
                              SampleConfig(seconds=seconds, temperature=0.95, top_p=0.95,
                                           seed=seed + i), device=device)
@@ -59,7 +67,7 @@ def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu
     print(f"{'loss curve':<24}{run / 'loss.png'}")
     for primer, sdir, info in written:
         files = ", ".join(v for v in info["files"].values() if v)
-        print(f"{Path(primer).stem.split('__')[-1]:<24}{sdir}/ ({files}; "
+        print(f"{_piece_name(primer):<24}{sdir}/ ({files}; "
               f"{info['new_seconds']:.1f} s new, "
               f"{info['tokens_per_second']:.0f} tokens/s)")
     summary = {"val_nll": result["best_val_nll"], "steps": result["step"],

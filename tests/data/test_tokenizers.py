@@ -208,3 +208,16 @@ def test_time_stretch_scales_durations():
     ids = tok.encode(notes)
     out = tok.decode(stretch_time(ids, 1.05))
     assert out.duration == pytest.approx(notes.duration * 1.05, abs=0.02)
+
+
+def test_performance_grammar_releases_keys_held_too_long():
+    tok = PerformanceTokenizer()
+    g = tok.grammar()
+    g.reset(1)
+    g.advance(np.array([tok.vocab.index("NOTE_ON_60")]))
+    shift_1s = tok.vocab.index("TIME_SHIFT_1000ms")
+    for _ in range(8):
+        assert g.allowed()[0, shift_1s]
+        g.advance(np.array([shift_1s]))
+    allowed = np.flatnonzero(g.allowed()[0])
+    assert allowed.tolist() == [tok.vocab.index("NOTE_OFF_60")]

@@ -218,20 +218,31 @@ def stretch_time(ids: np.ndarray, factor: float) -> np.ndarray:
 
 
 class PerformanceGrammar(Grammar):
-    """NOTE_OFF only for keys that are down; tracks elapsed time for ``--seconds``."""
+    """NOTE_OFF only for keys that are down; tracks elapsed time for ``--seconds``.
 
-    def __init__(self) -> None:
+    A key held longer than ``max_hold`` seconds must be released before time moves on: a
+    model that forgets a NOTE_OFF would otherwise leave a drone under the rest of the piece.
+    """
+
+    def __init__(self, max_hold: float = 8.0) -> None:
         super().__init__(VOCAB)
+        self.max_hold = int(max_hold * STEPS_PER_SECOND)
 
     def reset(self, batch: int) -> None:
         super().reset(batch)
         self.down = np.zeros((batch, 128), np.int64)
+        self.since = np.zeros((batch, 128), np.int64)  # step at which each key went down
         self.steps = np.zeros(batch, np.int64)
 
     def allowed(self) -> np.ndarray:
         m = super().allowed()
         live = ~self.done
         m[live, OFF0:SHIFT0] = self.down[live] > 0
+        stale = (self.down > 0) & (self.steps[:, None] - self.since >= self.max_hold)
+        overdue = live & stale.any(1)
+        if overdue.any():  # only releases of the overdue keys
+            m[overdue] = False
+            m[overdue, OFF0:SHIFT0] = stale[overdue]
         return m
 
     def advance(self, tokens: np.ndarray) -> None:
@@ -239,6 +250,9 @@ class PerformanceGrammar(Grammar):
         b = np.arange(len(tokens))
         on = live & (tokens >= ON0) & (tokens < OFF0)
         off = live & (tokens >= OFF0) & (tokens < SHIFT0)
+        fresh = on.copy()
+        fresh[on] = self.down[b[on], tokens[on] - ON0] == 0
+        self.since[b[fresh], tokens[fresh] - ON0] = self.steps[fresh]
         self.down[b[on], tokens[on] - ON0] += 1
         self.down[b[off], tokens[off] - OFF0] -= 1
         np.maximum(self.down, 0, out=self.down)
