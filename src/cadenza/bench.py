@@ -98,25 +98,34 @@ def _split_nll(ck_dir: Path, src: Path, split: str) -> dict[str, Any] | None:
     return evaluate(ck_dir, src, split, precision="fp32").as_dict()
 
 
-def bench_jsb16(out: str, minutes: float, data: str | None = None,
-                benchmarks: str | None = None, device: str = "cpu",
-                precision: str = "bf16", **train_kw: Any) -> dict[str, Any]:
+def _train_and_score(name: str, src: Path, out: str, tokenizer: str, model: ModelConfig,
+                     transpose: tuple[int, int], minutes: float, device: str, precision: str,
+                     paper: Any, train_kw: dict[str, Any]) -> dict[str, Any]:
+    """Prepare a benchmark file (once), train on it, score its valid and test splits."""
     from .train import train
-    src = find_file("jsb16", data, benchmarks)
     root = Path(out)
-    ds = _prepare_once(src, root / "data", "chorale16")
-    model = ModelConfig(n_layer=5, d_model=256, n_head=8, d_ff=1024, dropout=0.2,
-                        position="relative", voice_period=4, max_context=512)
+    ds = _prepare_once(src, root / "data", tokenizer)
     tc = TrainConfig(**{**dict(data=str(ds), out=str(root / "run"), context=512, batch_size=8,
                                lr=1e-3, warmup_steps=200, minutes=minutes, eval_every=250,
                                log_every=50, precision=precision,
-                               augment=AugmentConfig(transpose=(-6, 5))), **train_kw})
+                               augment=AugmentConfig(transpose=transpose)), **train_kw})
     result = train(model, tc, device=device)
     ck = root / "run" / "best"
     rows = {"valid": _split_nll(ck, src, "valid"), "test": _split_nll(ck, src, "test")}
-    report = {"benchmark": "jsb16", "file": str(src), "minutes": minutes,
-              "train": result, "ours": rows, "paper": MUSIC_TRANSFORMER_TABLE2}
+    report = {"benchmark": name, "file": str(src), "minutes": minutes, "train": result,
+              "ours": rows, "paper": paper}
     (root / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def bench_jsb16(out: str, minutes: float, data: str | None = None,
+                benchmarks: str | None = None, device: str = "cpu",
+                precision: str = "bf16", **train_kw: Any) -> dict[str, Any]:
+    model = ModelConfig(n_layer=5, d_model=256, n_head=8, d_ff=1024, dropout=0.2,
+                        position="relative", voice_period=4, max_context=512)
+    report = _train_and_score("jsb16", find_file("jsb16", data, benchmarks), out, "chorale16",
+                              model, (-6, 5), minutes, device, precision,
+                              MUSIC_TRANSFORMER_TABLE2, train_kw)
     print(format_jsb16(report))
     return report
 
@@ -137,25 +146,15 @@ def format_jsb16(r: dict[str, Any]) -> str:
 def bench_pianoroll(dataset: str, out: str, minutes: float, data: str | None = None,
                     benchmarks: str | None = None, device: str = "cpu",
                     precision: str = "bf16", **train_kw: Any) -> dict[str, Any]:
-    from .train import train
     if dataset not in BOULANGER_TABLE1:
         raise ValueError(f"--dataset: choose one of {', '.join(BOULANGER_TABLE1)}, "
                          f"got {dataset!r}")
-    src = find_file(dataset, data, benchmarks)
-    root = Path(out)
-    ds = _prepare_once(src, root / "data", "pianoroll")
     model = ModelConfig(n_layer=4, d_model=256, n_head=8, d_ff=1024, dropout=0.2,
                         position="relative", max_context=512)
-    tc = TrainConfig(**{**dict(data=str(ds), out=str(root / "run"), context=512, batch_size=8,
-                               lr=1e-3, warmup_steps=200, minutes=minutes, eval_every=250,
-                               log_every=50, precision=precision,
-                               augment=AugmentConfig(transpose=(-3, 3))), **train_kw})
-    result = train(model, tc, device=device)
-    ck = root / "run" / "best"
-    rows = {"valid": _split_nll(ck, src, "valid"), "test": _split_nll(ck, src, "test")}
-    report = {"benchmark": f"pianoroll-{dataset}", "file": str(src), "minutes": minutes,
-              "train": result, "ours": rows, "paper": BOULANGER_TABLE1[dataset]}
-    (root / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
+    report = _train_and_score(f"pianoroll-{dataset}", find_file(dataset, data, benchmarks),
+                              # no transposition: these sets are already in C major/minor
+                              out, "pianoroll", model, (0, 0), minutes, device, precision,
+                              BOULANGER_TABLE1[dataset], train_kw)
     print(format_pianoroll(report))
     return report
 
