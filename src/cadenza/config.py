@@ -178,9 +178,9 @@ class TrainConfig(_Config):
 # Presets: (model overrides, train overrides). The CLI applies explicit flags on top.
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # Learns visible structure in about a minute on 2 CPU cores.
-    "debug": (dict(n_layer=2, d_model=64, n_head=4, d_ff=256, dropout=0.0, position="rope"),
-              dict(context=128, batch_size=16, lr=3e-3, warmup_steps=20, max_steps=300,
-                   eval_every=100)),
+    "debug": (dict(n_layer=2, d_model=128, n_head=4, d_ff=512, dropout=0.0, position="rope"),
+              dict(context=256, batch_size=16, lr=3e-3, warmup_steps=30, max_steps=500,
+                   eval_every=100, log_every=50)),
     # The CPU default: ~3M parameters, relative attention.
     "small": (dict(n_layer=4, d_model=256, n_head=4, d_ff=1024, dropout=0.1,
                    position="relative"),

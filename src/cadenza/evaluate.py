@@ -6,7 +6,8 @@ context is scored with a sliding window: windows of ``context`` tokens advance b
 (default context // 2, rounded down to the voice period), and each window scores only the
 targets the previous one did not, so every target after the first window sees at least
 ``context - stride`` tokens of history. Per-frame (pianoroll) and per-step (chorale16) NLL
-are sums of their tokens' NLL.
+are sums of their tokens' NLL. In ``chorale16`` every token is one voice's note at one step,
+so NLL per token is the paper's NLL per note.
 
 Try it: ``cadenza evaluate --checkpoint runs/demo/best --data data/chorales --split valid``.
 """
@@ -159,5 +160,6 @@ def format_result(res: NLLResult, as_json: bool) -> str:
     s = (f"NLL {res.nll:.4f} nats/token ({res.bits:.4f} bits), perplexity "
          f"{res.perplexity:.3f} over {res.tokens:,} tokens in {res.pieces} pieces")
     if res.frame_nll is not None:
-        s += f"\nNLL {res.frame_nll:.4f} nats per frame/step over {res.frames:,} frames"
+        s += (f"\nNLL {res.frame_nll:.4f} nats per frame (pianoroll) / per 4-voice step "
+              f"(chorale16) over {res.frames:,} of them")
     return s
