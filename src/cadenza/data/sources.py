@@ -93,7 +93,7 @@ def read_benchmark(path: Path) -> list[Item]:
             splits = {k: list(mat[k + "data"][0]) for k in SPLITS if k + "data" in mat}
         else:
             with open(path, "rb") as f:
-                raw = pickle.load(f)
+                raw = pickle.load(f, encoding="latin1")  # the originals are Python 2 pickles
             splits = {k: [_frames_to_roll(seq) for seq in raw[k]] for k in SPLITS if k in raw}
     except SourceError:
         raise
