@@ -132,12 +132,12 @@ def bench_jsb16(out: str, minutes: float, data: str | None = None,
 
 def format_jsb16(r: dict[str, Any]) -> str:
     lines = ["JSB chorales, 16th-note grid: NLL per token (nats)",
-             f"{'model':<48}{'valid':>8}{'test':>8}"]
+             f"{'model':<60}{'valid':>8}{'test':>8}"]
     for name, v in r["paper"]:
-        lines.append(f"{'Huang et al. 2018: ' + name:<48}{v:>8.3f}{'':>8}")
+        lines.append(f"{'Huang et al. 2018: ' + name:<60}{v:>8.3f}{'':>8}")
     ours = r["ours"]
     test = f"{ours['test']['nll']:>8.3f}" if ours.get("test") else f"{'-':>8}"
-    lines.append(f"{'Cadenza relative + voice labels (this machine)':<48}"
+    lines.append(f"{'Cadenza relative + voice labels (this machine)':<60}"
                  f"{ours['valid']['nll']:>8.3f}{test}")
     lines.append(f"trained {r['train']['elapsed'] / 60:.1f} min, {r['train']['step']} steps")
     return "\n".join(lines)
