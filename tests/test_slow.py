@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from cadenza.config import PrepareConfig
@@ -28,7 +30,8 @@ def test_builtin_chorales_build_and_prepare(tmp_path):
 def test_demo_end_to_end(tmp_path):
     from cadenza.demo import run_demo
     out = run_demo(str(tmp_path / "demo"), minutes=0.5, precision="fp32", seconds=4.0)
-    assert out["val_nll"] < 5.0 and len(out["samples"]) == 3
+    # half a minute on one thread: clearly better than guessing among 391 tokens
+    assert out["val_nll"] < math.log(391) - 0.5 and len(out["samples"]) == 3
     for s in out["samples"]:
         names = {p.name for p in (tmp_path / "demo").rglob("*") if str(p).startswith(s)}
         assert {"sample-0.mid", "sample-0.png", "sample-0.json"} <= names
