@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,3 +34,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def aside(path: str | Path) -> Path:
+    """Where :func:`replace_dir` parks the previous directory while swapping."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.old")
+
+
+def replace_dir(tmp: str | Path, out: str | Path) -> None:
+    """Move a finished directory into place. An existing target is first renamed aside
+    (``.NAME.old``), so at every instant a complete directory exists under one of the two
+    names; readers that must survive a crash mid-swap fall back to :func:`aside`."""
+    out = Path(out)
+    old = aside(out)
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        else:
+            os.rename(out, old)
+    os.rename(tmp, out)  # a crash right before this leaves `old` complete
+    shutil.rmtree(old, ignore_errors=True)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import aside, replace_dir
 from .config import FORMAT_VERSION, ModelConfig, TrainConfig
 from .data.tokenizers import Tokenizer, build_tokenizer
 from .models import build_model
@@ -52,12 +53,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: dict[str, Any],
         if state is not None:
             torch.save(state, tmp / "state.pt")
         _fsync_dir(tmp)
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.rename(path, old)
-        os.rename(tmp, path)  # a crash right before this leaves `old` complete
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -74,7 +70,7 @@ def resolve(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir() and all((path / f).exists() for f in REQUIRED):
         return path
-    old = path.with_name(f".{path.name}.old")
+    old = aside(path)
     if old.is_dir() and all((old / f).exists() for f in REQUIRED):
         return old
     if not path.exists():

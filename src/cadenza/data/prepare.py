@@ -20,7 +20,6 @@ Try it: ``cadenza prepare builtin:chorales --out data/chorales``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..atomic import replace_dir
 from ..config import FORMAT_VERSION, PrepareConfig
 from .midi import BadInput, load_score
 from .sources import SPLITS, Item, expand_sources, file_digest, hash_split
@@ -202,16 +202,3 @@ class _pool:
     def __exit__(self, *exc) -> None:
         if self.pool:
             self.pool.shutdown(cancel_futures=True)
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished directory into place. An existing target is first renamed aside,
-    so at every instant either the old or the new complete directory exists."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        if out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        else:
-            os.rename(out, old)
-    os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
