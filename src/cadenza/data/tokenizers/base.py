@@ -11,6 +11,7 @@ dataset frames each piece as ``[BOS, content..., EOS]``.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -124,10 +125,16 @@ class Tokenizer(ABC):
         """(V,) MIDI pitch carried by each token, -1 for tokens without one."""
         return np.full(self.vocab_size, -1, np.int64)
 
+    @functools.cached_property
+    def pitches(self) -> np.ndarray:
+        """``pitch_table()``, computed once: the training sampler reads it per window."""
+        return self.pitch_table()
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - a tokenizer lives as long as its run
     def transpose_table(self, shift: int) -> np.ndarray:
         """(V,) id -> id of the token transposed by ``shift`` semitones (pitch tokens only;
-        targets outside 21..108 map to -1)."""
-        pitch = self.pitch_table()
+        targets outside 21..108 map to -1). Cached per tokenizer and shift."""
+        pitch = self.pitches
         table = np.arange(self.vocab_size, dtype=np.int64)
         # a pitch token's kind is its name without the number: NOTE_ON_60 -> NOTE_ON
         kind = [name.rsplit("_", 1)[0] for name in self.vocab]
@@ -147,7 +154,7 @@ def transpose_window(ids: np.ndarray, tok: Tokenizer, rng: np.random.Generator,
     lo, hi = span
     if lo == hi == 0:
         return ids
-    pitches = tok.pitch_table()[ids]
+    pitches = tok.pitches[ids]
     pitches = pitches[pitches >= 0]
     if len(pitches):  # only shifts that keep every note on the keyboard
         lo = max(lo, MIN_PITCH - int(pitches.min()))
@@ -157,16 +164,6 @@ def transpose_window(ids: np.ndarray, tok: Tokenizer, rng: np.random.Generator,
     shift = int(rng.integers(lo, hi + 1))
     if shift == 0:
         return ids
-    out = _tables(tok, shift)[ids]
+    out = tok.transpose_table(shift)[ids]
     assert (out >= 0).all(), "transposition left the keyboard"
     return out
-
-
-_TABLE_CACHE: dict[tuple[int, int], np.ndarray] = {}
-
-
-def _tables(tok: Tokenizer, shift: int) -> np.ndarray:
-    key = (id(tok), shift)
-    if key not in _TABLE_CACHE:
-        _TABLE_CACHE[key] = tok.transpose_table(shift)
-    return _TABLE_CACHE[key]
