@@ -89,13 +89,11 @@ def _prepare_once(src: Path, out: Path, tokenizer: str) -> Path:
 
 
 def _split_nll(ck_dir: Path, src: Path, split: str) -> dict[str, Any] | None:
-    from .checkpoint import load_checkpoint
-    from .evaluate import benchmark_pieces, evaluate
+    from .evaluate import MissingSplit, evaluate
     try:
-        benchmark_pieces(src, split, load_checkpoint(ck_dir).tokenizer)
-    except ValueError:
-        return None  # the file has no such split
-    return evaluate(ck_dir, src, split, precision="fp32").as_dict()
+        return evaluate(ck_dir, src, split, precision="fp32").as_dict()
+    except MissingSplit:
+        return None
 
 
 def _train_and_score(name: str, src: Path, out: str, tokenizer: str, model: ModelConfig,

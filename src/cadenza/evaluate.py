@@ -40,6 +40,10 @@ def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
     return out
 
 
+class MissingSplit(ValueError):
+    """The benchmark file or dataset has no such split (e.g. a train/valid-only copy)."""
+
+
 def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
@@ -149,7 +153,7 @@ def benchmark_pieces(path: Path, split: str, tokenizer) -> list[np.ndarray]:
 
     items = [it for it in read_benchmark(path) if it.split == split]
     if not items:
-        raise ValueError(f"--split: {path} has no '{split}' split")
+        raise MissingSplit(f"--split: {path} has no '{split}' split")
     return [np.concatenate([[BOS], tokenizer.encode(tokenizer.piece_from_source(it.grid)),
                             [EOS]]).astype(np.int64) for it in items]
 
