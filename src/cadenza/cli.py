@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cadenza", description="Folder of MIDI in, trained music "
                                  "Transformer and new music out.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_prepare, _add_train, _add_evaluate, *EXTRA_COMMANDS):
+    for add in COMMANDS:
         add(sub)
     return ap
 
@@ -324,8 +324,8 @@ def cmd_report(a) -> int:
     return 0
 
 
-EXTRA_COMMANDS: list[Callable] = [_add_generate, _add_demo, _add_stats, _add_bench,
-                                  _add_report]
+COMMANDS: list[Callable] = [_add_demo, _add_prepare, _add_train, _add_generate,
+                            _add_evaluate, _add_stats, _add_bench, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -232,10 +232,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         if d.world > 1:
             dist.all_reduce(lval)
             lval /= d.world
-        loss_acc += lval.item()
+        last_loss = lval.item()  # the step's one host sync
+        loss_acc += last_loss
         loss_n += 1
         tokens_log += n_global
-        last_loss = lval.item()
         is_eval = step % cfg.eval_every == 0
         if step % cfg.log_every == 0 or is_eval:
             now = time.perf_counter()
