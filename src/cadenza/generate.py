@@ -88,7 +88,11 @@ def sample(model: torch.nn.Module, prompt: np.ndarray, grammar, cfg: SampleConfi
     grammar.feed(prompt)
     t0_seconds = grammar.elapsed().copy()
     max_len = getattr(model, "max_len", None)
-    seq = torch.as_tensor(prompt, dtype=torch.long, device=device)
+    T0 = prompt.shape[1]
+    # one buffer for prompt + everything new: appending is a column write, not a re-copy
+    buf = torch.empty((B, T0 + max_new), dtype=torch.long, device=device)
+    buf[:, :T0] = torch.as_tensor(prompt, dtype=torch.long)
+    n = T0
     ends = np.full(B, -1)
 
     def window(s: torch.Tensor) -> torch.Tensor:
@@ -101,10 +105,10 @@ def sample(model: torch.nn.Module, prompt: np.ndarray, grammar, cfg: SampleConfi
         return s[:, drop:]
 
     cache = model.new_cache(B) if use_cache else None
-    logits = model(window(seq), cache)[:, -1] if use_cache else None
+    logits = model(window(buf[:, :n]), cache)[:, -1] if use_cache else None
     for i in range(max_new):
         if not use_cache:
-            logits = model(window(seq))[:, -1]
+            logits = model(window(buf[:, :n]))[:, -1]
         allowed = torch.from_numpy(grammar.allowed()).to(device)
         lg = logits.float().masked_fill(~allowed, float("-inf")) / cfg.temperature
         lg = filter_logits(lg, cfg.top_k, cfg.top_p)
@@ -112,7 +116,9 @@ def sample(model: torch.nn.Module, prompt: np.ndarray, grammar, cfg: SampleConfi
         nxt = torch.multinomial(probs, 1, generator=gen)[:, 0]
         tokens = nxt.numpy()
         grammar.advance(tokens)
-        seq = torch.cat([seq, nxt.to(device)[:, None]], 1)
+        step = nxt.to(device)[:, None]
+        buf[:, n: n + 1] = step
+        n += 1
         new_end = (ends < 0) & ((tokens == EOS) | (tokens == PAD))
         if cfg.seconds:
             new_end |= (ends < 0) & (grammar.elapsed() - t0_seconds >= cfg.seconds)
@@ -122,10 +128,10 @@ def sample(model: torch.nn.Module, prompt: np.ndarray, grammar, cfg: SampleConfi
         if use_cache:
             if max_len is not None and cache.length >= max_len:  # slide: re-read recent half
                 cache = model.new_cache(B)
-                logits = model(window(seq), cache)[:, -1]
+                logits = model(window(buf[:, :n]), cache)[:, -1]
             else:
-                logits = model(nxt.to(device)[:, None], cache)[:, -1]
-    new = seq[:, prompt.shape[1]:].cpu().numpy()
+                logits = model(step, cache)[:, -1]
+    new = buf[:, T0:n].cpu().numpy()
     return [new[b, : ends[b] if ends[b] >= 0 else new.shape[1]] for b in range(B)]
 
 
