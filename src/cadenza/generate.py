@@ -272,13 +272,11 @@ def run_generate(checkpoint: str, out: str, primer: str | None, primer_seconds: 
 
 def _memorization_index(gen: Generator, reference: str | None):
     """The training set's n-gram index, when the training data is on this machine."""
-    from .stats import NgramIndex
+    from .stats import training_index
     data = reference or gen.ck.config.get("data", {}).get("path")
     if not data or not (Path(data) / "manifest.json").exists():
         return None
-    from .data.dataset import TokenDataset
     try:
-        ds = TokenDataset(data)
-        return NgramIndex.from_pieces([ds.tokenizer.decode_notes(p) for p in ds.pieces("train")])
-    except Exception:
+        return training_index(str(Path(data).resolve()))
+    except Exception:  # an unreadable or incompatible dataset: no memorization, no failure
         return None

@@ -19,6 +19,7 @@ Try it: ``cadenza stats out/demo --reference data/chorales``.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,15 @@ class NgramIndex:
     def contains_any(self, seq: np.ndarray, n: int) -> bool:
         g = self.grams(n)
         return any(h in g for h in _gram_hashes(seq, n).tolist())
+
+
+@functools.lru_cache(maxsize=4)
+def training_index(data: str) -> NgramIndex:
+    """The n-gram index of a prepared dataset's train split, built once per process (the
+    demo generates from three primers against the same training set)."""
+    from .data.dataset import TokenDataset
+    ds = TokenDataset(data)
+    return NgramIndex.from_pieces([ds.tokenizer.decode_notes(p) for p in ds.pieces("train")])
 
 
 def memorization(notes: Notes, index: NgramIndex) -> dict[str, Any]:
@@ -159,8 +169,7 @@ def run_stats(generated: str, reference: str) -> dict[str, Any]:
         ds = TokenDataset(ref_path)
         split = "test" if "test" in ds.splits else "valid"
         ref = [ds.tokenizer.decode_notes(p) for p in ds.pieces(split)]
-        index = NgramIndex.from_pieces([ds.tokenizer.decode_notes(p)
-                                        for p in ds.pieces("train")])
+        index = training_index(str(ref_path.resolve()))
     else:
         ref, _, _ = load_notes_folder(ref_path)
     pc = np.bincount(np.concatenate([r.pitch % 12 for r in ref]), minlength=12)
