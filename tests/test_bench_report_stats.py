@@ -24,7 +24,7 @@ def test_bench_jsb16_prints_the_paper_table(tmp_path, capsys):
     f.write_text(json.dumps({"train": [steps(40) for _ in range(3)], "valid": [steps(30)],
                              "test": [steps(20)]}))
     r = bench.bench_jsb16(str(tmp_path / "b"), minutes=5, data=str(f), precision="fp32",
-                          **FAST)
+                          position="relative", **FAST)
     out = capsys.readouterr().out
     assert "0.335" in out and "Cadenza relative" in out
     assert r["ours"]["valid"]["nll"] > 0 and r["ours"]["test"]["tokens"] == 80

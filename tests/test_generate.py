@@ -36,6 +36,20 @@ def test_cached_generation_equals_uncached(kind, position):
         assert np.array_equal(x, y)
 
 
+def test_step_position_generation_cached_equals_uncached_past_the_context():
+    tok = build_tokenizer("pianoroll")
+    torch.manual_seed(1)
+    m = build_model(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=32, n_head=4,
+                                d_ff=64, dropout=0.0, position="rope", max_context=32,
+                                step_positions=True, step_token=tok.step_token)).eval()
+    prompt = np.array([[BOS, 40, 44, 47, tok.step_token, 40]] * 2)
+    cfg = SampleConfig(tokens=80, seed=3, num_samples=2, temperature=1.5)
+    a = sample(m, prompt, tok.grammar(), cfg, 80, use_cache=True)
+    b = sample(m, prompt, tok.grammar(), cfg, 80, use_cache=False)
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y) and (x == tok.step_token).any()
+
+
 @pytest.mark.parametrize("name,period", [("performance", 0), ("chorale16", 4), ("pianoroll", 0)])
 def test_fuzzed_batches_always_decode(name, period):
     tok = build_tokenizer(name)

@@ -64,7 +64,8 @@ def cmd_prepare(a) -> int:
     return 0
 
 
-MODEL_FLAGS = ("n_layer", "d_model", "n_head", "d_ff", "dropout", "position", "voice_period")
+MODEL_FLAGS = ("n_layer", "d_model", "n_head", "d_ff", "dropout", "position", "voice_period",
+               "step_positions")
 TRAIN_FLAGS = ("context", "batch_size", "lr", "min_lr_frac", "warmup_steps", "weight_decay",
                "grad_clip", "max_steps", "minutes", "eval_every", "eval_stride", "patience",
                "precision", "seed", "log_every")
@@ -86,6 +87,8 @@ def add_model_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, help="dropout probability")
     g.add_argument("--voice-period", type=int,
                    help="add an embedding of (position mod P), e.g. 4 for chorale16 voices")
+    g.add_argument("--step-positions", action="store_true", default=None,
+                   help="rope positions count time steps, not tokens (pianoroll frames)")
     t = p.add_argument_group("training")
     t.add_argument("--context", type=int, help="tokens per training window")
     t.add_argument("--batch-size", type=int, help="global batch (windows per step)")
@@ -102,7 +105,8 @@ def add_model_train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="numeric precision")
     t.add_argument("--seed", type=int, help="random seed")
     t.add_argument("--log-every", type=int, help="progress line every N steps")
-    t.add_argument("--transpose", type=_range(int), help="augmentation semitones LO,HI")
+    t.add_argument("--transpose", type=_range(int), help="augmentation semitones LO,HI "
+                   "(write --transpose=-5,6 when LO is negative)")
     t.add_argument("--stretch", type=_range(float), help="augmentation time-stretch LO,HI")
     t.add_argument("--velocity-shift", type=int, help="augmentation velocity bins +-N")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -283,6 +287,8 @@ def _add_bench(sub) -> None:
     p.add_argument("--out", help="output directory (default bench/WHICH)")
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16"),
                    help="training precision")
+    p.add_argument("--position", choices=("sinusoidal", "learned", "rope", "relative"),
+                   help="positional scheme instead of the recipe's (jsb16, pianoroll)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.set_defaults(func=cmd_bench)
 
@@ -293,12 +299,13 @@ def cmd_bench(a) -> int:
     try:
         if a.which == "jsb16":
             bench.bench_jsb16(a.out or "bench/jsb16", a.minutes, a.data, a.benchmarks, dev,
-                              a.precision)
+                              a.precision, a.position)
         elif a.which == "pianoroll":
             if not a.dataset:
                 raise ConfigError("--dataset: required for `bench pianoroll`")
             bench.bench_pianoroll(a.dataset, a.out or f"bench/pianoroll-{a.dataset}",
-                                  a.minutes, a.data, a.benchmarks, dev, a.precision)
+                                  a.minutes, a.data, a.benchmarks, dev, a.precision,
+                                  a.position)
         else:
             if not a.data:
                 raise ConfigError("--data: `bench models` needs a prepared dataset directory")

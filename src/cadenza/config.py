@@ -103,6 +103,11 @@ class ModelConfig(_Config):
     position: str = "relative"
     max_context: int = 512  # longest window the positional scheme must cover
     voice_period: int = 0  # >0: add a learned embedding of (position mod P), e.g. 4 voices
+    # rope only: rotary positions count time steps (step * STEP_WIDTH + index within the
+    # step) instead of tokens; step_token (the token that ends a step, e.g. pianoroll's
+    # FRAME) comes from the tokenizer, never from the user.
+    step_positions: bool = False
+    step_token: int = -1
 
     def __post_init__(self) -> None:
         _check(self.kind in MODEL_KINDS, "model", f"must be one of {MODEL_KINDS}", self.kind)
@@ -121,6 +126,8 @@ class ModelConfig(_Config):
             if self.position == "rope":
                 _check((self.d_model // self.n_head) % 2 == 0, "n_head",
                        "rope needs an even head size (d_model / n_head)", self.n_head)
+            _check(not self.step_positions or self.position == "rope", "step_positions",
+                   "needs --position rope", self.position)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         state = torch.load(ck.path / "state.pt", weights_only=False)
     else:
         model_cfg = model_cfg.replace(vocab_size=ds.tokenizer.vocab_size)
+        if model_cfg.step_positions:
+            if ds.tokenizer.step_token is None:
+                raise ConfigError(f"--step-positions: tokenizer {ds.tokenizer.name} has no "
+                                  "step token (use it with pianoroll)")
+            model_cfg = model_cfg.replace(step_token=ds.tokenizer.step_token)
         if model_cfg.kind == "transformer" and model_cfg.max_context < cfg.context:
             raise ConfigError(f"--context: {cfg.context} exceeds the {model_cfg.position} "
                               f"positions' maximum {model_cfg.max_context}")

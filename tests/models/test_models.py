@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from cadenza.config import ModelConfig
 from cadenza.models import build_model
-from cadenza.models.transformer import skew
+from cadenza.models.transformer import STEP_WIDTH, skew, step_positions
 
 SCHEMES = ["sinusoidal", "learned", "rope", "relative"]
 KINDS = [("transformer", p) for p in SCHEMES] + [(k, "relative") for k in ("rnn", "lstm", "gru")]
@@ -99,3 +99,48 @@ def test_a_window_longer_than_the_positions_allow_is_refused(position):
     m = tiny("transformer", position, max_context=16)
     with pytest.raises(ValueError, match="--context"):
         m(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_step_positions_count_time_steps_across_cached_calls():
+    F_ = 9  # the step token
+    x = torch.tensor([[5, 6, F_, 7, F_, F_, 8, 8]])
+    W = STEP_WIDTH
+    want = [0, 1, 2, W, W + 1, 2 * W, 3 * W, 3 * W + 1]
+    pos, _ = step_positions(x, F_, None)
+    assert pos[0].tolist() == want
+    state = None
+    got = []
+    for a, b in [(0, 3), (3, 4), (4, 7), (7, 8)]:  # in pieces, the state carries the counts
+        p, state = step_positions(x[:, a:b], F_, state)
+        got += p[0].tolist()
+    assert got == want
+
+
+def stepped(n: int, step_token: int = 3, seed: int = 0) -> torch.Tensor:
+    """Random tokens with a step token about every fourth position."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(4, 40, (3, n), generator=g)
+    return torch.where(torch.rand(3, n, generator=g) < 0.25, step_token, x)
+
+
+def test_step_position_model_is_causal_and_cached_equals_full():
+    m = tiny("transformer", "rope", step_positions=True, step_token=3)
+    x = stepped(50)
+    full = m(x)
+    cache = m.new_cache(3)
+    parts = [m(x[:, :13], cache), m(x[:, 13:20], cache)]
+    parts += [m(x[:, t: t + 1], cache) for t in range(20, 50)]
+    assert torch.allclose(full, torch.cat(parts, 1), atol=1e-5)
+    y = x.clone()
+    y[:, 30:] = stepped(20, seed=1)
+    assert torch.allclose(m(y)[:, :30], full[:, :30], atol=1e-6)
+    # the positions are really steps: the same weights with token positions differ
+    plain = tiny("transformer", "rope")
+    plain.load_state_dict(m.state_dict())
+    assert not torch.allclose(plain(x), full, atol=1e-4)
+
+
+def test_step_positions_need_rope():
+    from cadenza.config import ConfigError
+    with pytest.raises(ConfigError, match="--step-positions"):
+        ModelConfig(vocab_size=40, position="relative", step_positions=True)

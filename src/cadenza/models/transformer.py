@@ -3,7 +3,10 @@ tied input/output embeddings, with four positional schemes:
 
 - ``sinusoidal``: fixed sines/cosines added to the input (Vaswani et al. 2017, sec. 3.5)
 - ``learned``: a trained position embedding added to the input (GPT-2)
-- ``rope``: rotary embeddings applied to queries and keys (Su et al. 2021)
+- ``rope``: rotary embeddings applied to queries and keys (Su et al. 2021); with
+  ``step_positions`` the rotation angle counts time steps rather than tokens (position =
+  step * STEP_WIDTH + index within the step), so a frame of any number of notes is one step
+  away from the next: the "relative time" of Huang et al. 2018 for variable-length frames
 - ``relative``: relative attention (Shaw et al. 2018) as in the Music Transformer (Huang et
   al. 2018): logits gain q_i . E[i - j]; the full-sequence path uses the "skewing" trick so
   the relative embeddings cost O(L*D) memory instead of Shaw's O(L^2*D) tensor.
@@ -26,6 +29,8 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 
+STEP_WIDTH = 16  # step positions: tokens past the 16th of a step share its position
+
 
 class KVCache:
     """Preallocated keys/values for every layer: (n_layer, B, H, max_len, hs)."""
@@ -37,6 +42,29 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # tokens already cached
         self.max_len = max_len
+        self.steps: torch.Tensor | None = None  # step positions: (steps, index in step), (2, B)
+
+
+def step_positions(idx: torch.Tensor, step_token: int, state: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary positions counting time steps: (B, T) positions and the state after idx.
+
+    A token's position is STEP_WIDTH * (steps ended before it) + (tokens before it in its
+    step, at most STEP_WIDTH - 1). ``state`` (2, B) carries both counts across cached calls.
+    """
+    B, T = idx.shape
+    ends = idx == step_token
+    ar = torch.arange(T, device=idx.device).expand(B, T)
+    s0, w0 = state if state is not None else torch.zeros(2, B, dtype=torch.long,
+                                                         device=idx.device)
+    steps = s0[:, None] + ends.long().cumsum(1) - ends.long()
+    last_end = torch.where(ends, ar, -1).cummax(1).values  # last step end at or before t
+    prev_end = torch.cat([last_end.new_full((B, 1), -1), last_end[:, :-1]], 1)
+    within = torch.where(prev_end >= 0, ar - prev_end - 1, w0[:, None] + ar)
+    pos = STEP_WIDTH * steps + within.clamp(max=STEP_WIDTH - 1)
+    s1 = steps[:, -1] + ends[:, -1].long()
+    w1 = torch.where(ends[:, -1], 0, within[:, -1] + 1)
+    return pos, torch.stack([s1, w1])
 
 
 def sinusoids(n: int, d: int) -> torch.Tensor:
@@ -87,9 +115,8 @@ class Attention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.hs).transpose(1, 2) for t in (q, k, v))
-        if rope is not None:  # rotate by absolute positions start..start+T-1
-            cos, sin = rope[0][start: start + T], rope[1][start: start + T]
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if rope is not None:  # angles of the new tokens' positions: (T or B,1,T, hs/2)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:  # append, then attend over everything cached: (B, H, S, hs)
             cache.k[layer, :, :, start: start + T] = k
             cache.v[layer, :, :, start: start + T] = v
@@ -157,7 +184,8 @@ class Transformer(nn.Module):
         if cfg.position == "sinusoidal":
             self.register_buffer("pe", sinusoids(cfg.max_context, cfg.d_model), persistent=False)
         if cfg.position == "rope":
-            cos, sin = rope_tables(cfg.max_context, cfg.d_model // cfg.n_head)
+            n = cfg.max_context * (STEP_WIDTH if cfg.step_positions else 1)
+            cos, sin = rope_tables(n, cfg.d_model // cfg.n_head)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         if cfg.voice_period:  # "instrument labels" of Huang et al. 2018: position mod P
@@ -203,7 +231,16 @@ class Transformer(nn.Module):
         if self.cfg.voice_period:
             x = x + self.voice((pos - 1) % self.cfg.voice_period)
         x = self.drop(x)
-        rope = (self.rope_cos, self.rope_sin) if self.cfg.position == "rope" else None
+        rope = None
+        if self.cfg.position == "rope":
+            rpos = pos
+            if self.cfg.step_positions:
+                rpos, state = step_positions(idx, self.cfg.step_token,
+                                             cache.steps if cache is not None else None)
+                if cache is not None:
+                    cache.steps = state
+                rpos = rpos[:, None]  # (B, 1, T): one row of angles per sequence
+            rope = (self.rope_cos[rpos], self.rope_sin[rpos])
         for i, block in enumerate(self.blocks):
             x = block(x, start, rope, cache, i)
         if cache is not None:

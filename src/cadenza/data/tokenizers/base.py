@@ -70,6 +70,8 @@ class Tokenizer(ABC):
     name: str = ""
     #: seconds per grid step for grid schemes (used for time axes and --seconds)
     step_seconds: float = 0.0
+    #: id of the token that ends a time step of varying length (for --step-positions)
+    step_token: int | None = None
 
     def __init__(self) -> None:
         self.vocab: list[str] = list(SPECIALS)

@@ -22,6 +22,7 @@ FRAME = K0 + 88
 
 class PianoRollTokenizer(Tokenizer):
     name = "pianoroll"
+    step_token = FRAME
 
     def __init__(self, step_seconds: float = 0.125) -> None:
         super().__init__()
