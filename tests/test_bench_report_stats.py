@@ -12,6 +12,7 @@ import pytest
 
 from cadenza import bench
 from cadenza.data.midi import Notes
+from cadenza.data.tokenizers import build_tokenizer
 from cadenza.stats import NgramIndex, compare, memorization
 
 FAST = dict(max_steps=2, eval_every=1, log_every=1, context=64, batch_size=2)
@@ -34,12 +35,15 @@ def test_bench_pianoroll_reports_nll_per_frame(tmp_path, capsys):
     rng = np.random.default_rng(0)
     frames = lambda n: [sorted(rng.choice(range(50, 70), 2, replace=False).tolist())  # noqa
                         for _ in range(n)]
-    f = tmp_path / "Nottingham.pickle"
+    f = tmp_path / "JSB Chorales.pickle"
     f.write_bytes(pickle.dumps({"train": [frames(60)] * 2, "valid": [frames(30)],
                                 "test": [frames(25)]}))
-    r = bench.bench_pianoroll("nottingham", str(tmp_path / "b"), 5, data=str(f),
+    r = bench.bench_pianoroll("jsb", str(tmp_path / "b"), 5, data=str(f),
                               precision="fp32", **FAST)
     assert "RNN-NADE" in capsys.readouterr().out
+    model = json.loads((tmp_path / "b/run/best/config.json").read_text())["model"]
+    frame = build_tokenizer("pianoroll").step_token
+    assert model["step_positions"] and model["step_token"] == frame
     assert r["ours"]["test"]["frames"] == 25
     assert r["ours"]["valid"]["frame_nll"] == pytest.approx(r["ours"]["valid"]["nll"] * 90 / 30)
 
