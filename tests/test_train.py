@@ -141,6 +141,22 @@ def _losses(run: Path) -> list[float]:
     return [float(r["train_loss"]) for r in csv.DictReader(open(run / "metrics.csv"))]
 
 
+def test_step_positions_take_the_step_token_from_the_tokenizer(tiny_dataset, midi_folder,
+                                                              tmp_path):
+    from cadenza.config import PrepareConfig
+    from cadenza.data.prepare import prepare
+    from cadenza.data.tokenizers import build_tokenizer
+    steps = MODEL.replace(position="rope", step_positions=True)
+    with pytest.raises(ConfigError, match="--step-positions: tokenizer performance"):
+        train(steps, cfg(tiny_dataset, tmp_path / "a", max_steps=2), quiet=True)
+    roll = tmp_path / "roll"
+    prepare(PrepareConfig(sources=(str(midi_folder),), out=str(roll), tokenizer="pianoroll"),
+            progress=False)
+    train(steps, cfg(roll, tmp_path / "b", max_steps=2), quiet=True)
+    model = load_checkpoint(tmp_path / "b" / "best").model_cfg
+    assert model.step_token == build_tokenizer("pianoroll").step_token
+
+
 def test_two_process_ddp_matches_one_process(tiny_dataset, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
     one, two = tmp_path / "one", tmp_path / "two"
