@@ -232,15 +232,15 @@ class Transformer(nn.Module):
             x = x + self.voice((pos - 1) % self.cfg.voice_period)
         x = self.drop(x)
         rope = None
-        if self.cfg.position == "rope":
-            rpos = pos
-            if self.cfg.step_positions:
-                rpos, state = step_positions(idx, self.cfg.step_token,
-                                             cache.steps if cache is not None else None)
-                if cache is not None:
-                    cache.steps = state
-                rpos = rpos[:, None]  # (B, 1, T): one row of angles per sequence
+        if self.cfg.position == "rope" and self.cfg.step_positions:
+            rpos, state = step_positions(idx, self.cfg.step_token,
+                                         cache.steps if cache is not None else None)
+            if cache is not None:
+                cache.steps = state
+            rpos = rpos[:, None]  # (B, 1, T): one row of angles per sequence
             rope = (self.rope_cos[rpos], self.rope_sin[rpos])
+        elif self.cfg.position == "rope":
+            rope = (self.rope_cos[start: start + T], self.rope_sin[start: start + T])
         for i, block in enumerate(self.blocks):
             x = block(x, start, rope, cache, i)
         if cache is not None:
