@@ -88,8 +88,8 @@ _ROLL = ModelConfig(n_layer=4, d_model=256, n_head=8, d_ff=1024, dropout=0.2,
                     position="rope", max_context=512)
 _SMALL = replace(_ROLL, n_layer=3, d_model=192, n_head=6, d_ff=768, dropout=0.3)
 PIANOROLL = {
-    "jsb": Recipe(_ROLL, train=dict(warmup_steps=200)),
-    "nottingham": Recipe(_ROLL, train=dict(warmup_steps=200)),
+    "jsb": Recipe(_ROLL),
+    "nottingham": Recipe(_ROLL),
     "musedata": Recipe(_ROLL, train=dict(lr=2e-3, warmup_steps=100)),
     "piano-midi": Recipe(_SMALL, train=dict(warmup_steps=100)),
 }
@@ -197,14 +197,13 @@ def bench_pianoroll(dataset: str, out: str, minutes: float, data: str | None = N
 def format_pianoroll(r: dict[str, Any]) -> str:
     nade, rbm = r["paper"]
     o = r["ours"]
+    ours = f"Cadenza Transformer ({r['position']})"
     lines = [f"{r['benchmark']}: NLL per frame (nats; the paper's numbers are on test)",
              f"{'RNN-NADE (Boulanger-Lewandowski et al. 2012)':<48}{nade:>8.2f}",
              f"{'RNN-RBM':<48}{rbm:>8.2f}",
-             f"{'Cadenza Transformer (' + r['position'] + '), valid':<48}"
-             f"{o['valid']['frame_nll']:>8.2f}"]
+             f"{ours + ', valid':<48}{o['valid']['frame_nll']:>8.2f}"]
     if o.get("test"):
-        lines.append(f"{'Cadenza Transformer (' + r['position'] + '), test':<48}"
-                     f"{o['test']['frame_nll']:>8.2f}")
+        lines.append(f"{ours + ', test':<48}{o['test']['frame_nll']:>8.2f}")
     lines.append(f"trained {r['train']['elapsed'] / 60:.1f} min, {r['train']['step']} steps")
     return "\n".join(lines)
 

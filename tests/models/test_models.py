@@ -144,3 +144,5 @@ def test_step_positions_need_rope():
     from cadenza.config import ConfigError
     with pytest.raises(ConfigError, match="--step-positions"):
         ModelConfig(vocab_size=40, position="relative", step_positions=True)
+    with pytest.raises(ValueError, match="step token"):  # never silently without steps
+        tiny("transformer", "rope", step_positions=True)

@@ -183,6 +183,8 @@ class Transformer(nn.Module):
             self.pos = nn.Embedding(cfg.max_context, cfg.d_model)
         if cfg.position == "sinusoidal":
             self.register_buffer("pe", sinusoids(cfg.max_context, cfg.d_model), persistent=False)
+        if cfg.step_positions and cfg.step_token < 0:  # set by train from the tokenizer
+            raise ValueError("--step-positions: the model needs its tokenizer's step token")
         if cfg.position == "rope":
             n = cfg.max_context * (STEP_WIDTH if cfg.step_positions else 1)
             cos, sin = rope_tables(n, cfg.d_model // cfg.n_head)
@@ -215,6 +217,18 @@ class Transformer(nn.Module):
         return KVCache(c.n_layer, batch, c.n_head, c.max_context, c.d_model // c.n_head,
                        device or p.device, dtype or p.dtype)
 
+    def _rope_angles(self, idx: torch.Tensor, start: int, cache: KVCache | None) -> tuple:
+        """cos, sin of the new tokens' rotary positions: (T, hs/2), or (B, 1, T, hs/2) with
+        step positions (each sequence has its own)."""
+        T = idx.shape[1]
+        if not self.cfg.step_positions:
+            return self.rope_cos[start: start + T], self.rope_sin[start: start + T]
+        pos, state = step_positions(idx, self.cfg.step_token,
+                                    cache.steps if cache is not None else None)
+        if cache is not None:
+            cache.steps = state
+        return self.rope_cos[pos[:, None]], self.rope_sin[pos[:, None]]
+
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, V). With a cache, idx continues the cached tokens."""
         B, T = idx.shape
@@ -231,16 +245,7 @@ class Transformer(nn.Module):
         if self.cfg.voice_period:
             x = x + self.voice((pos - 1) % self.cfg.voice_period)
         x = self.drop(x)
-        rope = None
-        if self.cfg.position == "rope" and self.cfg.step_positions:
-            rpos, state = step_positions(idx, self.cfg.step_token,
-                                         cache.steps if cache is not None else None)
-            if cache is not None:
-                cache.steps = state
-            rpos = rpos[:, None]  # (B, 1, T): one row of angles per sequence
-            rope = (self.rope_cos[rpos], self.rope_sin[rpos])
-        elif self.cfg.position == "rope":
-            rope = (self.rope_cos[start: start + T], self.rope_sin[start: start + T])
+        rope = self._rope_angles(idx, start, cache) if self.cfg.position == "rope" else None
         for i, block in enumerate(self.blocks):
             x = block(x, start, rope, cache, i)
         if cache is not None:
