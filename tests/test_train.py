@@ -47,18 +47,35 @@ def test_checkpoints_are_self_describing(tiny_dataset, tmp_path):
     assert not any(k.startswith("_orig_mod") for k in load_file(run / "best" / "model.safetensors"))
 
 
-def test_resume_continues_exactly(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_continues_exactly(tiny_dataset, tmp_path, ema):
     straight = tmp_path / "straight"
-    train(MODEL, cfg(tiny_dataset, straight, max_steps=16, eval_every=4), quiet=True)
+    train(MODEL, cfg(tiny_dataset, straight, max_steps=16, eval_every=4, ema=ema), quiet=True)
     halves = tmp_path / "halves"
-    train(MODEL, cfg(tiny_dataset, halves, max_steps=16, eval_every=4), stop_at=6, quiet=True)
+    train(MODEL, cfg(tiny_dataset, halves, max_steps=16, eval_every=4, ema=ema), stop_at=6,
+          quiet=True)
     assert json.loads((halves / "last" / "metrics.json").read_text())["step"] == 6
-    train(MODEL, cfg(tiny_dataset, halves, max_steps=16, eval_every=4, resume=True), quiet=True)
+    train(MODEL, cfg(tiny_dataset, halves, max_steps=16, eval_every=4, ema=ema, resume=True),
+          quiet=True)
     a = load_file(straight / "last" / "model.safetensors")
     b = load_file(halves / "last" / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    if ema:  # the raw weights resumed too, and they are not the saved average
+        ra = torch.load(straight / "last" / "state.pt", weights_only=False)["raw_model"]
+        rb = torch.load(halves / "last" / "state.pt", weights_only=False)["raw_model"]
+        assert all(torch.equal(ra[k], rb[k]) for k in ra)
+        assert not torch.equal(ra["tok.weight"], a["tok.weight"])
+
+
+def test_ema_weights_are_what_is_evaluated_and_saved(tiny_dataset, tmp_path):
+    from cadenza.evaluate import evaluate
+    train(MODEL, cfg(tiny_dataset, tmp_path / "r", max_steps=12, eval_every=12, ema=0.8),
+          quiet=True)
+    saved = json.loads((tmp_path / "r" / "last" / "metrics.json").read_text())["val_nll"]
+    again = evaluate(tmp_path / "r" / "last", tiny_dataset, "valid", precision="fp32").nll
+    assert again == pytest.approx(saved, rel=1e-5)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):
@@ -155,6 +172,14 @@ def test_step_positions_take_the_step_token_from_the_tokenizer(tiny_dataset, mid
     train(steps, cfg(roll, tmp_path / "b", max_steps=2), quiet=True)
     model = load_checkpoint(tmp_path / "b" / "best").model_cfg
     assert model.step_token == build_tokenizer("pianoroll").step_token
+
+
+def test_pitch_dims_take_the_pitch_table_from_the_tokenizer(tiny_dataset, tmp_path):
+    from cadenza.data.tokenizers import build_tokenizer
+    pitched = MODEL.replace(position="rope", pitch_dims=4)
+    train(pitched, cfg(tiny_dataset, tmp_path / "a", max_steps=2), quiet=True)
+    ck = load_checkpoint(tmp_path / "a" / "best")  # the model refuses to build without it
+    assert ck.model_cfg.pitch_of == tuple(build_tokenizer("performance").pitch_table())
 
 
 def test_two_process_ddp_matches_one_process(tiny_dataset, tmp_path):

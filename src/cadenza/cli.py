@@ -65,9 +65,10 @@ def cmd_prepare(a) -> int:
 
 
 MODEL_FLAGS = ("n_layer", "d_model", "n_head", "d_ff", "dropout", "position", "voice_period",
-               "step_positions")
+               "step_positions", "pitch_dims")
 TRAIN_FLAGS = ("context", "batch_size", "lr", "min_lr_frac", "warmup_steps", "weight_decay",
                "grad_clip", "max_steps", "minutes", "eval_every", "eval_stride", "patience",
+               "ema",
                "precision", "seed", "log_every")
 
 
@@ -89,6 +90,9 @@ def add_model_train_flags(p: argparse.ArgumentParser) -> None:
                    help="add an embedding of (position mod P), e.g. 4 for chorale16 voices")
     g.add_argument("--step-positions", action="store_true", default=None,
                    help="rope positions count time steps, not tokens (pianoroll frames)")
+    g.add_argument("--pitch-dims", type=int,
+                   help="rope: head dimensions rotated by pitch instead of position, so "
+                   "attention sees intervals (e.g. 16 of 32)")
     t = p.add_argument_group("training")
     t.add_argument("--context", type=int, help="tokens per training window")
     t.add_argument("--batch-size", type=int, help="global batch (windows per step)")
@@ -102,6 +106,8 @@ def add_model_train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--eval-every", type=int, help="validate every N steps")
     t.add_argument("--eval-stride", type=int, help="sliding-window stride for long pieces")
     t.add_argument("--patience", type=int, help="early stop after N evals without gain")
+    t.add_argument("--ema", type=float, help="evaluate and save a moving average of the "
+                   "weights with this decay, e.g. 0.999 (0: off)")
     t.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="numeric precision")
     t.add_argument("--seed", type=int, help="random seed")
     t.add_argument("--log-every", type=int, help="progress line every N steps")

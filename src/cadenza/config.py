@@ -108,6 +108,12 @@ class ModelConfig(_Config):
     # FRAME) comes from the tokenizer, never from the user.
     step_positions: bool = False
     step_token: int = -1
+    # rope only: this many of each head's dimensions rotate by the token's pitch instead of
+    # its position, so attention also depends on the interval between query and key (the
+    # "relative pitch" of Huang et al. 2018). pitch_of (token id -> MIDI pitch, -1 for
+    # tokens without one) comes from the tokenizer, never from the user.
+    pitch_dims: int = 0
+    pitch_of: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _check(self.kind in MODEL_KINDS, "model", f"must be one of {MODEL_KINDS}", self.kind)
@@ -128,6 +134,11 @@ class ModelConfig(_Config):
                        "rope needs an even head size (d_model / n_head)", self.n_head)
             _check(not self.step_positions or self.position == "rope", "step_positions",
                    "needs --position rope", self.position)
+            _check(not self.pitch_dims or self.position == "rope", "pitch_dims",
+                   "needs --position rope", self.position)
+            hs = self.d_model // self.n_head
+            _check(self.pitch_dims % 2 == 0 and 0 <= self.pitch_dims < hs, "pitch_dims",
+                   f"must be even and below the head size {hs}", self.pitch_dims)
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,7 @@ class TrainConfig(_Config):
     eval_every: int = 200
     eval_stride: int = 0  # sliding-window stride for long pieces; 0 = context // 2
     patience: int = 0  # stop after this many evaluations without improvement; 0 = never
+    ema: float = 0.0  # >0: decay of a moving average of the weights, which is evaluated and saved
     precision: str = "fp32"
     compile: bool = False
     seed: int = 0
@@ -173,6 +185,7 @@ class TrainConfig(_Config):
         _check(0 <= self.eval_stride < self.context, "eval_stride", "must be in [0, context)",
                self.eval_stride)
         _check(self.patience >= 0, "patience", "must be >= 0", self.patience)
+        _check(0 <= self.ema < 1, "ema", "must be in [0, 1)", self.ema)
         _check(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}",
                self.precision)
         _check(self.log_every >= 1, "log_every", "must be >= 1", self.log_every)

@@ -6,7 +6,9 @@ AdamW (decoupled weight decay on matrices only), linear warm-up then cosine deca
 steps and saved, so a resumed run follows the same schedule. Validation NLL (exact, over the
 whole valid split, see evaluate.py) every ``--eval-every`` steps decides ``best/`` and early
 stopping (``--patience``). ``last/`` also holds optimizer, scheduler, RNG and sampler state:
-``--resume`` continues exactly (on CPU in fp32, bit for bit).
+``--resume`` continues exactly (on CPU in fp32, bit for bit). With ``--ema D`` an
+exponential moving average of the weights (decay D, Polyak averaging) is what is evaluated
+and saved; the raw weights travel in ``last/state.pt``.
 
 Under ``torchrun --nproc-per-node N`` this runs DistributedDataParallel (gloo on CPU, NCCL
 on GPU): every rank draws the same global batch and trains on its slice; the loss is a sum
@@ -21,6 +23,7 @@ Debug preset, about a minute on 2 CPU cores::
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -126,6 +129,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
                 raise ConfigError(f"--step-positions: tokenizer {ds.tokenizer.name} has no "
                                   "step token (use it with pianoroll)")
             model_cfg = model_cfg.replace(step_token=ds.tokenizer.step_token)
+        if model_cfg.pitch_dims:
+            pitch_of = tuple(int(p) for p in ds.tokenizer.pitch_table())
+            if max(pitch_of) < 0:
+                raise ConfigError(f"--pitch-dims: tokenizer {ds.tokenizer.name} has no pitch "
+                                  "tokens")
+            model_cfg = model_cfg.replace(pitch_of=pitch_of)
         if model_cfg.kind == "transformer" and model_cfg.max_context < cfg.context:
             raise ConfigError(f"--context: {cfg.context} exceeds the {model_cfg.position} "
                               f"positions' maximum {model_cfg.max_context}")
@@ -133,6 +142,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         model = build_model(model_cfg)
     model.to(dev)
     raw = model
+    ema = None  # the averaged weights: evaluated and saved instead of the raw ones
+    if cfg.ema:
+        ema = copy.deepcopy(raw).requires_grad_(False)
+        if state is not None:  # last/ holds the average; state.pt the raw weights
+            raw.load_state_dict(state["raw_model"])
+    scored = ema if ema is not None else raw
     if d.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[d.local_rank] if dev.type == "cuda" else None)
@@ -176,7 +191,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     tb = _tensorboard(out) if d.main else None
 
     def evaluate_now() -> float:
-        nll = score_pieces(raw, valid, cfg.context, cfg.stride, batch_size=cfg.batch_size,
+        nll = score_pieces(scored, valid, cfg.context, cfg.stride, batch_size=cfg.batch_size,
                            precision=cfg.precision, period=model_cfg.voice_period)
         return summarize(nll).nll
 
@@ -188,7 +203,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
             st = {"optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
                   "torch_rng": torch.get_rng_state(), "step": step, "best": best,
                   "since_best": since_best, "elapsed": elapsed, "horizon": horizon}
-        save_checkpoint(out / name, raw, config, metrics, st)
+            if ema is not None:
+                st["raw_model"] = raw.state_dict()
+        save_checkpoint(out / name, scored, config, metrics, st)
 
     t_start = time.perf_counter() - elapsed0
     t_log, tokens_log = time.perf_counter(), 0
@@ -232,6 +249,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
             torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
         scaler.step(opt)
         scaler.update()
+        if ema is not None:  # short memory at first, so early evaluations are not stale
+            with torch.no_grad():
+                decay = min(cfg.ema, (1 + step) / (10 + step))
+                torch._foreach_lerp_(list(ema.parameters()), list(raw.parameters()),
+                                     1 - decay)
         step += 1
         lval = loss.detach()
         if d.world > 1:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from cadenza.config import ModelConfig
 from cadenza.models import build_model
-from cadenza.models.transformer import STEP_WIDTH, skew, step_positions
+from cadenza.models.transformer import STEP_WIDTH, apply_rope, skew, step_positions
 
 SCHEMES = ["sinusoidal", "learned", "rope", "relative"]
 KINDS = [("transformer", p) for p in SCHEMES] + [(k, "relative") for k in ("rnn", "lstm", "gru")]
@@ -146,3 +146,51 @@ def test_step_positions_need_rope():
         ModelConfig(vocab_size=40, position="relative", step_positions=True)
     with pytest.raises(ValueError, match="step token"):  # never silently without steps
         tiny("transformer", "rope", step_positions=True)
+
+
+PITCH_OF = (-1,) * 4 + tuple(range(60, 96))  # tokens 4..39 are pitches 60..95
+
+
+def test_pitch_dims_make_scores_depend_on_the_interval_only():
+    m = tiny("transformer", "rope", pitch_dims=4, pitch_of=PITCH_OF)  # head size 8: 4 + 4
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 1, 1, 6, 8, generator=g)
+    q[..., [0, 1, 4, 5]] = 0  # keep only the pitch pairs (the last two of each half)
+    k[..., [0, 1, 4, 5]] = 0
+
+    def scores(tokens):
+        cos, sin = m._rope_angles(torch.tensor([tokens]), 0, None)
+        return apply_rope(q, cos, sin) @ apply_rope(k, cos, sin).transpose(-1, -2)
+
+    melody = [10, 14, 17, 22, 10, 3]  # the last token has no pitch: never rotated
+    up = [t + 5 for t in melody[:5]] + [3]
+    assert torch.allclose(scores(melody)[..., :5, :5], scores(up)[..., :5, :5], atol=1e-5)
+    other = [10, 15, 17, 22, 10, 3]  # one interval changed
+    assert not torch.allclose(scores(melody), scores(other), atol=1e-3)
+
+
+@pytest.mark.parametrize("steps", [False, True])
+def test_pitch_dim_model_is_causal_and_cached_equals_full(steps):
+    m = tiny("transformer", "rope", pitch_dims=4, pitch_of=PITCH_OF, step_positions=steps,
+             step_token=3 if steps else -1)
+    x = stepped(50)
+    full = m(x)
+    cache = m.new_cache(3)
+    parts = [m(x[:, :13], cache), m(x[:, 13:20], cache)]
+    parts += [m(x[:, t: t + 1], cache) for t in range(20, 50)]
+    assert torch.allclose(full, torch.cat(parts, 1), atol=1e-5)
+    y = x.clone()
+    y[:, 30:] = stepped(20, seed=1)
+    assert torch.allclose(m(y)[:, :30], full[:, :30], atol=1e-6)
+
+
+def test_pitch_dims_need_rope_an_even_count_and_a_pitch_table():
+    from cadenza.config import ConfigError
+    with pytest.raises(ConfigError, match="--pitch-dims"):
+        ModelConfig(vocab_size=40, position="relative", pitch_dims=4)
+    with pytest.raises(ConfigError, match="--pitch-dims: must be even"):
+        ModelConfig(vocab_size=40, d_model=32, n_head=4, position="rope", pitch_dims=3)
+    with pytest.raises(ConfigError, match="--pitch-dims"):
+        ModelConfig(vocab_size=40, d_model=32, n_head=4, position="rope", pitch_dims=8)
+    with pytest.raises(ValueError, match="pitch table"):
+        tiny("transformer", "rope", pitch_dims=4)

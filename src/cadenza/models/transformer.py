@@ -6,7 +6,9 @@ tied input/output embeddings, with four positional schemes:
 - ``rope``: rotary embeddings applied to queries and keys (Su et al. 2021); with
   ``step_positions`` the rotation angle counts time steps rather than tokens (position =
   step * STEP_WIDTH + index within the step), so a frame of any number of notes is one step
-  away from the next: the "relative time" of Huang et al. 2018 for variable-length frames
+  away from the next: the "relative time" of Huang et al. 2018 for variable-length frames;
+  with ``pitch_dims`` that many dimensions of each head rotate by the token's pitch instead,
+  so a query-key score also depends on the interval between them ("relative pitch")
 - ``relative``: relative attention (Shaw et al. 2018) as in the Music Transformer (Huang et
   al. 2018): logits gain q_i . E[i - j]; the full-sequence path uses the "skewing" trick so
   the relative embeddings cost O(L*D) memory instead of Shaw's O(L^2*D) tensor.
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 
 STEP_WIDTH = 16  # step positions: tokens past the 16th of a step share its position
+PITCH_BASE = 64.0  # pitch rotations: periods from 2*pi to ~240 semitones (pitch_dims 16)
 
 
 class KVCache:
@@ -185,11 +188,18 @@ class Transformer(nn.Module):
             self.register_buffer("pe", sinusoids(cfg.max_context, cfg.d_model), persistent=False)
         if cfg.step_positions and cfg.step_token < 0:  # set by train from the tokenizer
             raise ValueError("--step-positions: the model needs its tokenizer's step token")
+        if cfg.pitch_dims and len(cfg.pitch_of) != cfg.vocab_size:  # set by train
+            raise ValueError("--pitch-dims: the model needs its tokenizer's pitch table")
         if cfg.position == "rope":
             n = cfg.max_context * (STEP_WIDTH if cfg.step_positions else 1)
-            cos, sin = rope_tables(n, cfg.d_model // cfg.n_head)
+            cos, sin = rope_tables(n, cfg.d_model // cfg.n_head - cfg.pitch_dims)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        if cfg.pitch_dims:  # angles by token id; tokens without a pitch are not rotated
+            pitch = torch.tensor(cfg.pitch_of).clamp(min=0)
+            cos, sin = rope_tables(int(pitch.max()) + 1, cfg.pitch_dims, PITCH_BASE)
+            self.register_buffer("pitch_cos", cos[pitch], persistent=False)
+            self.register_buffer("pitch_sin", sin[pitch], persistent=False)
         if cfg.voice_period:  # "instrument labels" of Huang et al. 2018: position mod P
             self.voice = nn.Embedding(cfg.voice_period, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
@@ -218,16 +228,22 @@ class Transformer(nn.Module):
                        device or p.device, dtype or p.dtype)
 
     def _rope_angles(self, idx: torch.Tensor, start: int, cache: KVCache | None) -> tuple:
-        """cos, sin of the new tokens' rotary positions: (T, hs/2), or (B, 1, T, hs/2) with
-        step positions (each sequence has its own)."""
-        T = idx.shape[1]
+        """cos, sin of the new tokens' rotary angles: (T, hs/2), or (B, 1, T, hs/2) with step
+        positions or pitch dimensions (each sequence has its own)."""
+        B, T = idx.shape
         if not self.cfg.step_positions:
-            return self.rope_cos[start: start + T], self.rope_sin[start: start + T]
-        pos, state = step_positions(idx, self.cfg.step_token,
-                                    cache.steps if cache is not None else None)
-        if cache is not None:
-            cache.steps = state
-        return self.rope_cos[pos[:, None]], self.rope_sin[pos[:, None]]
+            cos, sin = self.rope_cos[start: start + T], self.rope_sin[start: start + T]
+        else:
+            pos, state = step_positions(idx, self.cfg.step_token,
+                                        cache.steps if cache is not None else None)
+            if cache is not None:
+                cache.steps = state
+            cos, sin = self.rope_cos[pos[:, None]], self.rope_sin[pos[:, None]]
+        if not self.cfg.pitch_dims:
+            return cos, sin
+        n = cos.shape[-1]  # position pairs first, then the pitch pairs
+        return (torch.cat([cos.expand(B, 1, T, n), self.pitch_cos[idx][:, None]], -1),
+                torch.cat([sin.expand(B, 1, T, n), self.pitch_sin[idx][:, None]], -1))
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, V). With a cache, idx continues the cached tokens."""
