@@ -17,16 +17,18 @@ from cadenza.stats import NgramIndex, compare, memorization
 FAST = dict(max_steps=2, eval_every=1, log_every=1, context=64, batch_size=2)
 
 
-def test_bench_jsb16_prints_the_paper_table(tmp_path, capsys):
+@pytest.mark.parametrize("position", ["relative", None])  # None: the recipe's rope
+def test_bench_jsb16_prints_the_paper_table(tmp_path, capsys, position):
     rng = np.random.default_rng(0)
     steps = lambda n: rng.integers(50, 70, (n, 4)).tolist()  # noqa: E731
     f = tmp_path / "Jsb16thSeparated.json"
     f.write_text(json.dumps({"train": [steps(40) for _ in range(3)], "valid": [steps(30)],
                              "test": [steps(20)]}))
     r = bench.bench_jsb16(str(tmp_path / "b"), minutes=5, data=str(f), precision="fp32",
-                          position="relative", **FAST)
+                          position=position, **FAST)
     out = capsys.readouterr().out
-    assert "0.335" in out and "Cadenza relative" in out
+    assert "0.335" in out
+    assert f"Cadenza {position or 'rope'} + voice labels" in out
     assert r["ours"]["valid"]["nll"] > 0 and r["ours"]["test"]["tokens"] == 80
 
 
@@ -102,3 +104,12 @@ def test_memorization_finds_copies_transposed_and_not_new_music():
     new = Notes.make(np.arange(40.0), np.arange(40.0) + 1, rng.integers(50, 80, 40),
                      np.full(40, 80))
     assert memorization(new, index)["longest_copied_notes"] < 8
+
+
+def test_a_recipe_keeps_its_rotary_options_only_with_rope():
+    from cadenza.config import ModelConfig
+    r = bench.Recipe(ModelConfig(d_model=64, n_head=2, position="rope", pitch_dims=8,
+                                 step_positions=True))
+    assert r.with_position("rope") is r and r.with_position(None) is r
+    rel = r.with_position("relative").model
+    assert (rel.position, rel.pitch_dims, rel.step_positions) == ("relative", 0, False)
