@@ -68,13 +68,12 @@ class Recipe:
     train: dict[str, Any] = field(default_factory=dict)
 
     def with_position(self, position: str | None) -> Recipe:
-        """The recipe with another positional scheme; the rotary-only options go with rope."""
+        """The recipe with another positional scheme, without the rotary-only options (a
+        recipe that has them is a rope recipe)."""
         if not position or position == self.model.position:
             return self
-        rope = position == "rope"
-        return replace(self, model=replace(
-            self.model, position=position, pitch_dims=self.model.pitch_dims if rope else 0,
-            step_positions=self.model.step_positions and rope))
+        return replace(self, model=replace(self.model, position=position, pitch_dims=0,
+                                           step_positions=False))
 
 
 # Tuned on the valid splits on this machine (README, "Benchmarks"). Rotary positions rather

@@ -68,8 +68,7 @@ MODEL_FLAGS = ("n_layer", "d_model", "n_head", "d_ff", "dropout", "position", "v
                "step_positions", "pitch_dims")
 TRAIN_FLAGS = ("context", "batch_size", "lr", "min_lr_frac", "warmup_steps", "weight_decay",
                "grad_clip", "max_steps", "minutes", "eval_every", "eval_stride", "patience",
-               "ema",
-               "precision", "seed", "log_every")
+               "ema", "precision", "seed", "log_every")
 
 
 def add_model_train_flags(p: argparse.ArgumentParser) -> None:

@@ -147,6 +147,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         ema = copy.deepcopy(raw).requires_grad_(False)
         if state is not None:  # last/ holds the average; state.pt the raw weights
             raw.load_state_dict(state["raw_model"])
+        ema_pairs = list(ema.parameters()), list(raw.parameters())
     scored = ema if ema is not None else raw
     if d.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -252,8 +253,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         if ema is not None:  # short memory at first, so early evaluations are not stale
             with torch.no_grad():
                 decay = min(cfg.ema, (1 + step) / (10 + step))
-                torch._foreach_lerp_(list(ema.parameters()), list(raw.parameters()),
-                                     1 - decay)
+                torch._foreach_lerp_(*ema_pairs, 1 - decay)
         step += 1
         lval = loss.detach()
         if d.world > 1:
