@@ -36,12 +36,15 @@ def test_cached_generation_equals_uncached(kind, position):
         assert np.array_equal(x, y)
 
 
-def test_step_position_generation_cached_equals_uncached_past_the_context():
+@pytest.mark.parametrize("pitch_dims", [0, 4])  # 4: the JSB piano-roll recipe's relative pitch
+def test_step_position_generation_cached_equals_uncached_past_the_context(pitch_dims):
     tok = build_tokenizer("pianoroll")
     torch.manual_seed(1)
     m = build_model(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=32, n_head=4,
                                 d_ff=64, dropout=0.0, position="rope", max_context=32,
-                                step_positions=True, step_token=tok.step_token)).eval()
+                                step_positions=True, step_token=tok.step_token,
+                                pitch_dims=pitch_dims,
+                                pitch_of=tuple(tok.pitch_table().tolist()))).eval()
     prompt = np.array([[BOS, 40, 44, 47, tok.step_token, 40]] * 2)
     cfg = SampleConfig(tokens=80, seed=3, num_samples=2, temperature=1.5)
     a = sample(m, prompt, tok.grammar(), cfg, 80, use_cache=True)
