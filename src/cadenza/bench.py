@@ -94,8 +94,8 @@ JSB16 = Recipe(ModelConfig(n_layer=5, d_model=256, n_head=8, d_ff=1024, dropout=
 # per frame vs 7.33 for 11, so it gets the smaller 3x192 model with dropout 0.3 (7.29).
 # MuseData is compute-bound and gets the learning rate JSB16 preferred. JSB gets relative
 # pitch (--pitch-dims 16), step positions and --ema 0.999: 5.63 in 25 minutes (5.66 without
-# step positions, 5.70 in 15; was 5.87). The same on Piano-midi.de's small model reached 7.25
-# by minute 11 and then overfit.
+# step positions, 5.70 in 15, 5.73 with dropout 0.3; was 5.87). The same on Piano-midi.de's
+# small model reached 7.25 by minute 11 and then overfit.
 _ROLL = ModelConfig(n_layer=4, d_model=256, n_head=8, d_ff=1024, dropout=0.2,
                     position="rope", max_context=512)
 _SMALL = replace(_ROLL, n_layer=3, d_model=192, n_head=6, d_ff=768, dropout=0.3)
