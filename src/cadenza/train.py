@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig
 from .data.dataset import IGNORE, TokenDataset, WindowSampler
+from .data.tokenizers.base import Tokenizer
 from .evaluate import autocast, score_pieces, summarize
 from .models import build_model, count_params
 
@@ -77,6 +78,23 @@ def lr_at(step: int, cfg: TrainConfig, horizon: int) -> float:
         return (step + 1) / cfg.warmup_steps
     frac = min(1.0, (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps))
     return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def tokenizer_facts(model_cfg: ModelConfig, tok: Tokenizer) -> ModelConfig:
+    """The model config with what it must know of the tokenizer, as token ids: the vocabulary
+    size, and where asked for, the step token and each token's pitch."""
+    model_cfg = model_cfg.replace(vocab_size=tok.vocab_size)
+    if model_cfg.step_positions:
+        if tok.step_token is None:
+            raise ConfigError(f"--step-positions: tokenizer {tok.name} has no step token "
+                              "(use it with pianoroll)")
+        model_cfg = model_cfg.replace(step_token=tok.step_token)
+    if model_cfg.pitch_dims:
+        pitch_of = tuple(int(p) for p in tok.pitches)
+        if max(pitch_of) < 0:
+            raise ConfigError(f"--pitch-dims: tokenizer {tok.name} has no pitch tokens")
+        model_cfg = model_cfg.replace(pitch_of=pitch_of)
+    return model_cfg
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False):
@@ -123,18 +141,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         model = ck.model.train()
         state = torch.load(ck.path / "state.pt", weights_only=False)
     else:
-        model_cfg = model_cfg.replace(vocab_size=ds.tokenizer.vocab_size)
-        if model_cfg.step_positions:
-            if ds.tokenizer.step_token is None:
-                raise ConfigError(f"--step-positions: tokenizer {ds.tokenizer.name} has no "
-                                  "step token (use it with pianoroll)")
-            model_cfg = model_cfg.replace(step_token=ds.tokenizer.step_token)
-        if model_cfg.pitch_dims:
-            pitch_of = tuple(int(p) for p in ds.tokenizer.pitch_table())
-            if max(pitch_of) < 0:
-                raise ConfigError(f"--pitch-dims: tokenizer {ds.tokenizer.name} has no pitch "
-                                  "tokens")
-            model_cfg = model_cfg.replace(pitch_of=pitch_of)
+        model_cfg = tokenizer_facts(model_cfg, ds.tokenizer)
         if model_cfg.kind == "transformer" and model_cfg.max_context < cfg.context:
             raise ConfigError(f"--context: {cfg.context} exceeds the {model_cfg.position} "
                               f"positions' maximum {model_cfg.max_context}")
