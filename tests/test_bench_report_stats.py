@@ -32,6 +32,30 @@ def test_bench_jsb16_prints_the_paper_table(tmp_path, capsys, position):
     assert r["ours"]["valid"]["nll"] > 0 and r["ours"]["test"]["tokens"] == 80
 
 
+def test_bench_jsb16_ensemble_trains_members_at_once_and_scores_their_mixture(tmp_path,
+                                                                             capsys):
+    from cadenza.evaluate import evaluate
+    rng = np.random.default_rng(0)
+    steps = lambda n: rng.integers(50, 70, (n, 4)).tolist()  # noqa: E731
+    f = tmp_path / "Jsb16thSeparated.json"
+    f.write_text(json.dumps({"train": [steps(40) for _ in range(3)], "valid": [steps(30)]}))
+    r = bench.bench_jsb16(str(tmp_path / "b"), minutes=5, data=str(f), precision="fp32",
+                          members=2, **FAST)
+    out = capsys.readouterr().out
+    assert "ensemble of 2" in out and "member 1 alone" in out
+    runs = [tmp_path / "b" / f"run-{i}" for i in range(2)]
+    assert all((d / "best" / "model.safetensors").exists() for d in runs)
+    assert all("step" in (tmp_path / "b" / f"run-{i}.log").read_text() for i in range(2))
+    cfgs = [json.loads((d / "best" / "config.json").read_text())["train"] for d in runs]
+    assert [c["seed"] for c in cfgs] == [0, 1]
+    members = [m["nll"] for m in r["ours"]["members_valid"]]
+    assert members[0] != members[1]
+    assert r["ours"]["valid"]["nll"] <= sum(members) / 2 + 1e-6
+    direct = evaluate([d / "best" for d in runs], f, "valid")
+    assert r["ours"]["valid"]["nll"] == pytest.approx(direct.nll)
+    assert r["ours"]["test"] is None
+
+
 def test_bench_pianoroll_reports_nll_per_frame(tmp_path, capsys):
     rng = np.random.default_rng(0)
     frames = lambda n: [sorted(rng.choice(range(50, 70), 2, replace=False).tolist())  # noqa

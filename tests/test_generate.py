@@ -129,7 +129,14 @@ def test_cli_generate_evaluate_stats_end_to_end(tiny_run, tiny_dataset, midi_fol
     assert "memorization" in info and info["checkpoint_sha1"]
     r = cli("evaluate", "--checkpoint", tiny_run / "best", "--data", tiny_dataset, "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["nll"] > 0
+    single = json.loads(r.stdout)["nll"]
+    assert single > 0
+    r = cli("evaluate", "--checkpoint", tiny_run / "last", "--data", tiny_dataset, "--json")
+    last = json.loads(r.stdout)["nll"]
+    r = cli("evaluate", "--checkpoint", tiny_run / "best", tiny_run / "last", "--data",
+            tiny_dataset, "--json")  # an ensemble of two
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["nll"] <= (single + last) / 2 + 1e-6
     r = cli("stats", out, "--reference", tiny_dataset, "--json")
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import AugmentConfig, ModelConfig, PrepareConfig, TrainConfig
+from .config import AugmentConfig, ConfigError, ModelConfig, PrepareConfig, TrainConfig
 
 MUSIC_TRANSFORMER_TABLE2 = [  # Huang et al. 2018, JSB chorales, validation NLL per token
     ("Coconet (chronological)", 0.436),
@@ -66,6 +66,7 @@ class Recipe:
     model: ModelConfig
     transpose: tuple[int, int] = (0, 0)
     train: dict[str, Any] = field(default_factory=dict)
+    members: int = 1  # >1: an ensemble of this many models trained at once, seeds 0..K-1
 
     def with_position(self, position: str | None) -> Recipe:
         """The recipe with another positional scheme, without the rotary-only options (a
@@ -74,6 +75,13 @@ class Recipe:
             return self
         return replace(self, model=replace(self.model, position=position, pitch_dims=0,
                                            step_positions=False))
+
+    def with_members(self, members: int | None) -> Recipe:
+        if members is None:
+            return self
+        if members < 1:
+            raise ConfigError(f"--members: must be >= 1, got {members}")
+        return replace(self, members=members)
 
 
 # Tuned on the valid splits on this machine (README, "Benchmarks"). Rotary positions rather
@@ -138,32 +146,70 @@ def _prepare_once(src: Path, out: Path, tokenizer: str) -> Path:
     return out
 
 
-def _split_nll(ck_dir: Path, src: Path, split: str) -> dict[str, Any] | None:
+def _split_nll(ck_dirs: list[Path], src: Path, split: str) -> dict[str, Any] | None:
     from .evaluate import MissingSplit, evaluate
     try:
-        return evaluate(ck_dir, src, split, precision="fp32").as_dict()
+        return evaluate(ck_dirs, src, split, precision="fp32").as_dict()
     except MissingSplit:
         return None
+
+
+def _train_member(model: ModelConfig, tc: TrainConfig, device: str,
+                  threads: int) -> dict[str, Any]:
+    """One ensemble member in its own process, its progress lines in OUT.log."""
+    import contextlib
+
+    import torch
+
+    from .train import train
+    torch.set_num_threads(threads)
+    Path(tc.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{tc.out}.log", "w") as f, contextlib.redirect_stdout(f):
+        return train(model, tc, device=device)
+
+
+def _train_all(model: ModelConfig, tcs: list[TrainConfig], device: str) -> list[dict[str, Any]]:
+    """Train one model in this process, or several at once in as many processes, each with
+    an equal share of the CPU threads (on 2 cores, two one-thread runs make ~1.2x the
+    tokens of one two-thread run: small matrices do not split well across cores)."""
+    if len(tcs) == 1:
+        from .train import train
+        return [train(model, tcs[0], device=device)]
+    import multiprocessing
+
+    import torch
+    threads = max(1, torch.get_num_threads() // len(tcs))
+    print(f"training {len(tcs)} ensemble members at once, {threads} thread(s) each; progress "
+          f"in {', '.join(tc.out + '.log' for tc in tcs)}", flush=True)
+    with multiprocessing.get_context("spawn").Pool(len(tcs)) as pool:
+        return pool.starmap(_train_member, [(model, tc, device, threads) for tc in tcs])
 
 
 def _train_and_score(name: str, src: Path, out: str, tokenizer: str, recipe: Recipe,
                      minutes: float, device: str, precision: str, paper: Any,
                      train_kw: dict[str, Any]) -> dict[str, Any]:
-    """Prepare a benchmark file (once), train on it, score its valid and test splits."""
-    from .train import train
+    """Prepare a benchmark file (once), train the recipe's model (or its ensemble members,
+    with seeds 0..K-1), score the valid and test splits."""
     root = Path(out)
     ds = _prepare_once(src, root / "data", tokenizer)
-    tc = TrainConfig(**{**dict(data=str(ds), out=str(root / "run"), context=512, batch_size=8,
-                               lr=1e-3, warmup_steps=200, minutes=minutes, eval_every=250,
-                               log_every=50, precision=precision,
-                               augment=AugmentConfig(transpose=recipe.transpose)),
+    base = TrainConfig(**{**dict(data=str(ds), out=str(root / "run"), context=512,
+                                 batch_size=8, lr=1e-3, warmup_steps=200, minutes=minutes,
+                                 eval_every=250, log_every=50, precision=precision,
+                                 augment=AugmentConfig(transpose=recipe.transpose)),
                           **recipe.train, **train_kw})
-    result = train(recipe.model, tc, device=device)
-    ck = root / "run" / "best"
-    rows = {"valid": _split_nll(ck, src, "valid"), "test": _split_nll(ck, src, "test")}
+    k = recipe.members
+    tcs = [base] if k == 1 else [replace(base, out=str(root / f"run-{i}"), seed=base.seed + i)
+                                  for i in range(k)]
+    results = _train_all(recipe.model, tcs, device)
+    cks = [Path(tc.out) / "best" for tc in tcs]
+    rows = {"valid": _split_nll(cks, src, "valid"), "test": _split_nll(cks, src, "test")}
+    if k > 1:
+        rows["members_valid"] = [_split_nll([c], src, "valid") for c in cks]
+    result = {**results[0], "elapsed": max(r["elapsed"] for r in results),
+              "step": sum(r["step"] for r in results) // k}
     report = {"benchmark": name, "file": str(src), "minutes": minutes, "train": result,
-              "position": recipe.model.position, "pitch_dims": recipe.model.pitch_dims,
-              "ours": rows, "paper": paper}
+              "members": k, "position": recipe.model.position,
+              "pitch_dims": recipe.model.pitch_dims, "ours": rows, "paper": paper}
     (root / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
@@ -171,36 +217,54 @@ def _train_and_score(name: str, src: Path, out: str, tokenizer: str, recipe: Rec
 def bench_jsb16(out: str, minutes: float, data: str | None = None,
                 benchmarks: str | None = None, device: str = "cpu",
                 precision: str = "bf16", position: str | None = None,
-                **train_kw: Any) -> dict[str, Any]:
-    r = JSB16.with_position(position)
+                members: int | None = None, **train_kw: Any) -> dict[str, Any]:
+    r = JSB16.with_position(position).with_members(members)
     report = _train_and_score("jsb16", find_file("jsb16", data, benchmarks), out, "chorale16",
                               r, minutes, device, precision, MUSIC_TRANSFORMER_TABLE2, train_kw)
     print(format_jsb16(report))
     return report
 
 
+def _ours(r: dict[str, Any]) -> str:
+    """Our row's name: the scheme, and the ensemble size when there is one."""
+    pitch = " + relative pitch" if r.get("pitch_dims") else ""
+    k = r.get("members", 1)
+    return f"Cadenza {r['position']}{pitch}" + (f", ensemble of {k}" if k > 1 else "")
+
+
+def _member_rows(r: dict[str, Any], key: str) -> list[tuple[str, float]]:
+    return [(f"  member {i} alone", m[key])
+            for i, m in enumerate(r["ours"].get("members_valid") or [])]
+
+
 def format_jsb16(r: dict[str, Any]) -> str:
     ours = r["ours"]
     test = f"{ours['test']['nll']:>8.3f}" if ours.get("test") else f"{'-':>8}"
     rows = [("Huang et al. 2018: " + name, f"{v:>8.3f}{'':>8}") for name, v in r["paper"]]
-    pitch = " + relative pitch" if r.get("pitch_dims") else ""
-    rows.append((f"Cadenza {r['position']} + voice labels{pitch} (this machine)",
+    rows.append((_ours(r) + " + voice labels (this machine)",
                  f"{ours['valid']['nll']:>8.3f}{test}"))
+    rows += [(name, f"{v:>8.3f}{'':>8}") for name, v in _member_rows(r, "nll")]
     w = max(len(name) for name, _ in rows) + 2
     lines = ["JSB chorales, 16th-note grid: NLL per token (nats)",
              f"{'model':<{w}}{'valid':>8}{'test':>8}"]
     lines += [f"{name:<{w}}{cells}" for name, cells in rows]
-    lines.append(f"trained {r['train']['elapsed'] / 60:.1f} min, {r['train']['step']} steps")
+    lines.append(_trained(r))
     return "\n".join(lines)
+
+
+def _trained(r: dict[str, Any]) -> str:
+    k = r.get("members", 1)
+    each = f" (each of {k} members, at once)" if k > 1 else ""
+    return f"trained {r['train']['elapsed'] / 60:.1f} min, {r['train']['step']} steps{each}"
 
 
 def bench_pianoroll(dataset: str, out: str, minutes: float, data: str | None = None,
                     benchmarks: str | None = None, device: str = "cpu",
                     precision: str = "bf16", position: str | None = None,
-                    **train_kw: Any) -> dict[str, Any]:
+                    members: int | None = None, **train_kw: Any) -> dict[str, Any]:
     if dataset not in PIANOROLL:
         raise ValueError(f"--dataset: choose one of {', '.join(PIANOROLL)}, got {dataset!r}")
-    r = PIANOROLL[dataset].with_position(position)
+    r = PIANOROLL[dataset].with_position(position).with_members(members)
     report = _train_and_score(f"pianoroll-{dataset}", find_file(dataset, data, benchmarks),
                               out, "pianoroll", r, minutes, device, precision,
                               BOULANGER_TABLE1[dataset], train_kw)
@@ -211,14 +275,16 @@ def bench_pianoroll(dataset: str, out: str, minutes: float, data: str | None = N
 def format_pianoroll(r: dict[str, Any]) -> str:
     nade, rbm = r["paper"]
     o = r["ours"]
-    ours = f"Cadenza Transformer ({r['position']})"
+    ours = _ours(r)
+    w = max(48, len(ours) + 9)
     lines = [f"{r['benchmark']}: NLL per frame (nats; the paper's numbers are on test)",
-             f"{'RNN-NADE (Boulanger-Lewandowski et al. 2012)':<48}{nade:>8.2f}",
-             f"{'RNN-RBM':<48}{rbm:>8.2f}",
-             f"{ours + ', valid':<48}{o['valid']['frame_nll']:>8.2f}"]
+             f"{'RNN-NADE (Boulanger-Lewandowski et al. 2012)':<{w}}{nade:>8.2f}",
+             f"{'RNN-RBM':<{w}}{rbm:>8.2f}",
+             f"{ours + ', valid':<{w}}{o['valid']['frame_nll']:>8.2f}"]
     if o.get("test"):
-        lines.append(f"{ours + ', test':<48}{o['test']['frame_nll']:>8.2f}")
-    lines.append(f"trained {r['train']['elapsed'] / 60:.1f} min, {r['train']['step']} steps")
+        lines.append(f"{ours + ', test':<{w}}{o['test']['frame_nll']:>8.2f}")
+    lines += [f"{name + ', valid':<{w}}{v:>8.2f}" for name, v in _member_rows(r, "frame_nll")]
+    lines.append(_trained(r))
     return "\n".join(lines)
 
 

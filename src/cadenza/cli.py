@@ -167,7 +167,9 @@ def _add_evaluate(sub) -> None:
                        description="Exact mean NLL per token (nats, bits), perplexity, and per "
                        "frame/step for pianoroll/chorale16, with a sliding window for long "
                        "pieces.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (RUN/best)")
+    p.add_argument("--checkpoint", required=True, nargs="+", metavar="DIR",
+                   help="checkpoint directory (RUN/best); several are scored as one ensemble "
+                   "(the mean of their next-token distributions)")
     p.add_argument("--data", required=True, help="dataset directory or benchmark file")
     p.add_argument("--split", default="valid", choices=("train", "valid", "test"),
                    help="split to score")
@@ -294,6 +296,9 @@ def _add_bench(sub) -> None:
                    help="training precision")
     p.add_argument("--position", choices=("sinusoidal", "learned", "rope", "relative"),
                    help="positional scheme instead of the recipe's (jsb16, pianoroll)")
+    p.add_argument("--members", type=int, default=None,
+                   help="train this many models at once (seeds 0..K-1, the threads shared) "
+                   "and score them as one ensemble (jsb16, pianoroll; default: the recipe's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.set_defaults(func=cmd_bench)
 
@@ -304,13 +309,13 @@ def cmd_bench(a) -> int:
     try:
         if a.which == "jsb16":
             bench.bench_jsb16(a.out or "bench/jsb16", a.minutes, a.data, a.benchmarks, dev,
-                              a.precision, a.position)
+                              a.precision, a.position, a.members)
         elif a.which == "pianoroll":
             if not a.dataset:
                 raise ConfigError("--dataset: required for `bench pianoroll`")
             bench.bench_pianoroll(a.dataset, a.out or f"bench/pianoroll-{a.dataset}",
                                   a.minutes, a.data, a.benchmarks, dev, a.precision,
-                                  a.position)
+                                  a.position, a.members)
         else:
             if not a.data:
                 raise ConfigError("--data: `bench models` needs a prepared dataset directory")

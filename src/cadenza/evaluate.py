@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,14 +124,22 @@ def summarize(token_nll: list[np.ndarray], tokenizer=None,
     return res
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, split: str = "valid",
-             batch_size: int = 16, stride: int = 0, device: str = "cpu",
+def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,
+             split: str = "valid", batch_size: int = 16, stride: int = 0, device: str = "cpu",
              precision: str = "fp32") -> NLLResult:
-    """NLL of a prepared dataset's split, or of a benchmark file's split."""
+    """NLL of a prepared dataset's split, or of a benchmark file's split. Several checkpoints
+    are scored as one ensemble (the mean of their next-token distributions)."""
     from .checkpoint import load_checkpoint
     from .data.dataset import TokenDataset
+    from .models.ensemble import Ensemble
 
-    ck = load_checkpoint(checkpoint, device=device)
+    paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    cks = [load_checkpoint(p, device=device) for p in paths]
+    ck = cks[0]
+    for other in cks[1:]:
+        if other.tokenizer.vocab != ck.tokenizer.vocab:
+            raise ValueError(f"--checkpoint {other.path}: its vocabulary differs from "
+                             f"{ck.path}'s ({other.tokenizer.name} vs {ck.tokenizer.name})")
     data = Path(data)
     if data.is_dir():
         ds = TokenDataset(data)
@@ -140,9 +149,13 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "valid",
         pieces = ds.pieces(split)
     else:
         pieces = benchmark_pieces(data, split, ck.tokenizer)
-    ctx = ck.train.context
-    nll = score_pieces(ck.model, pieces, ctx, stride or ck.train.stride, batch_size,
-                       precision, ck.model_cfg.voice_period)
+    model = ck.model if len(cks) == 1 else Ensemble([c.model for c in cks])
+    # the shortest context serves every member; windows start where every member's voice
+    # period starts
+    ctx = min(c.train.context for c in cks)
+    stride = stride or min(c.train.stride for c in cks)
+    period = math.lcm(*(max(1, c.model_cfg.voice_period) for c in cks))
+    nll = score_pieces(model, pieces, ctx, min(stride, ctx - 1), batch_size, precision, period)
     return summarize(nll, ck.tokenizer, pieces)
 
 

@@ -1,0 +1,49 @@
+"""An ensemble of models over the same vocabulary: the next-token distribution is the mean of
+the members' distributions, p(x_t | x_<t) = 1/K sum_k p_k(x_t | x_<t).
+
+Averaging probabilities token by token is itself an autoregressive model (each step's mixture
+sums to one), so its NLL is an exact likelihood, comparable with any single model's; it is
+never above the members' mean NLL (the log of a mean is at least the mean of the logs). The
+ensemble presents the single-model interface (``forward(idx, cache)``, ``new_cache``,
+``max_len``), so evaluation and sampling use it unchanged. ``forward`` returns log
+probabilities, which are valid logits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class EnsembleCache:
+    """One cache per member; ``length`` is the tokens consumed (the same for every member)."""
+
+    def __init__(self, caches: list) -> None:
+        self.caches = caches
+
+    @property
+    def length(self) -> int:
+        return self.caches[0].length
+
+
+class Ensemble(nn.Module):
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        limits = [m.max_len for m in members if getattr(m, "max_len", None) is not None]
+        self.max_len = min(limits) if limits else None  # the shortest context bounds all
+
+    def new_cache(self, batch: int, device=None, dtype=None) -> EnsembleCache:
+        return EnsembleCache([m.new_cache(batch, device, dtype) for m in self.members])
+
+    def forward(self, idx: torch.Tensor, cache: EnsembleCache | None = None) -> torch.Tensor:
+        """idx (B, T) -> log of the mean member probability, (B, T, V)."""
+        caches = cache.caches if cache is not None else [None] * len(self.members)
+        logp = torch.stack([F.log_softmax(m(idx, c).float(), -1)
+                            for m, c in zip(self.members, caches)])  # (K, B, T, V)
+        return torch.logsumexp(logp, 0) - math.log(len(self.members))
