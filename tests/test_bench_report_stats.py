@@ -25,10 +25,10 @@ def test_bench_jsb16_prints_the_paper_table(tmp_path, capsys, position):
     f.write_text(json.dumps({"train": [steps(40) for _ in range(3)], "valid": [steps(30)],
                              "test": [steps(20)]}))
     r = bench.bench_jsb16(str(tmp_path / "b"), minutes=5, data=str(f), precision="fp32",
-                          position=position, **FAST)
+                          position=position, members=1, **FAST)
     out = capsys.readouterr().out
     assert "0.335" in out
-    assert f"Cadenza {position or 'rope'} + voice labels" in out
+    assert f"Cadenza {position or 'rope'} + voice/beat labels" in out
     assert r["ours"]["valid"]["nll"] > 0 and r["ours"]["test"]["tokens"] == 80
 
 

@@ -164,3 +164,16 @@ def test_cli_generate_bad_input_writes_nothing(tiny_run, tmp_path):
     r = cli("generate", "--checkpoint", tiny_run / "best", "--out", blocker / "sub",
             "--tokens", 5)
     assert r.returncode == 2 and "cannot write" in r.stderr
+
+
+def test_several_checkpoints_generate_as_one_ensemble(tiny_run, tmp_path):
+    from cadenza.generate import Generator, run_generate
+    from cadenza.models.ensemble import Ensemble
+    cks = [tiny_run / "best", tiny_run / "last"]
+    gen = Generator.load(cks)
+    assert isinstance(gen.model, Ensemble) and len(gen.members) == 2
+    assert gen.checkpoint_hash != Generator.load(cks[0]).checkpoint_hash
+    infos = run_generate([str(c) for c in cks], str(tmp_path / "g"), None, 0, 0,
+                         SampleConfig(tokens=40, seed=2), audio=False)
+    assert infos[0]["new_tokens"] > 0 and str(cks[1]) in infos[0]["checkpoint"]
+    assert (tmp_path / "g" / "sample-0.mid").exists()

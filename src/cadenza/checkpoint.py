@@ -8,7 +8,8 @@ A checkpoint directory holds::
     metrics.json        step, validation NLL, best NLL, tokens seen, elapsed seconds
     state.pt            (``last/`` only) optimizer, scheduler, RNG and sampler state
 
-``generate`` and ``evaluate`` need nothing else. Saving writes a temporary sibling
+``generate`` and ``evaluate`` need nothing else (given several, they use them as one
+ensemble: :func:`load_members`). Saving writes a temporary sibling
 directory, then swaps it in with two renames (old aside, new in place); a crash between
 the two leaves ``.NAME.old`` beside it, which :func:`resolve` falls back to, so a kill at any
 moment leaves a loadable checkpoint.
@@ -17,9 +18,11 @@ moment leaves a loadable checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,3 +123,28 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     metrics_file = path / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     return Checkpoint(path, model, model_cfg, train_cfg, tokenizer, config, metrics)
+
+
+def load_members(paths: str | Path | Sequence[str | Path],
+                 device: str | torch.device = "cpu") -> list[Checkpoint]:
+    """One checkpoint, or several that share a vocabulary (to be used as one ensemble)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    cks = [load_checkpoint(p, device=device) for p in paths]
+    for other in cks[1:]:
+        if other.tokenizer.vocab != cks[0].tokenizer.vocab:
+            raise CheckpointError(f"--checkpoint {other.path}: its vocabulary differs from "
+                                  f"{cks[0].path}'s ({other.tokenizer.name} vs "
+                                  f"{cks[0].tokenizer.name})")
+    return cks
+
+
+def as_model(cks: list[Checkpoint]) -> torch.nn.Module:
+    """The model of one checkpoint, or the ensemble of several."""
+    from .models.ensemble import Ensemble
+    return cks[0].model if len(cks) == 1 else Ensemble([c.model for c in cks])
+
+
+def common_period(cks: list[Checkpoint]) -> int:
+    """Windows must start where every member's voice period starts."""
+    return math.lcm(*(max(1, c.model_cfg.voice_period) for c in cks))
+

@@ -200,7 +200,8 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="continue a primer into MIDI, WAV, PNG and JSON",
                        description="Sample continuations of a primer from a checkpoint. Writes "
                        "sample-K.mid/.json/.png/.wav per sample into --out.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (RUN/best)")
+    p.add_argument("--checkpoint", required=True, nargs="+", metavar="DIR",
+                   help="checkpoint directory (RUN/best); several sample as one ensemble")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--primer", help="MIDI file or builtin:CORPUS[/NAME]; default: start at BOS")
     p.add_argument("--primer-seconds", type=float, default=0.0,

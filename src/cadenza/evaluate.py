@@ -129,17 +129,11 @@ def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,
              precision: str = "fp32") -> NLLResult:
     """NLL of a prepared dataset's split, or of a benchmark file's split. Several checkpoints
     are scored as one ensemble (the mean of their next-token distributions)."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import as_model, common_period, load_members
     from .data.dataset import TokenDataset
-    from .models.ensemble import Ensemble
 
-    paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
-    cks = [load_checkpoint(p, device=device) for p in paths]
+    cks = load_members(checkpoint, device)
     ck = cks[0]
-    for other in cks[1:]:
-        if other.tokenizer.vocab != ck.tokenizer.vocab:
-            raise ValueError(f"--checkpoint {other.path}: its vocabulary differs from "
-                             f"{ck.path}'s ({other.tokenizer.name} vs {ck.tokenizer.name})")
     data = Path(data)
     if data.is_dir():
         ds = TokenDataset(data)
@@ -149,13 +143,11 @@ def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,
         pieces = ds.pieces(split)
     else:
         pieces = benchmark_pieces(data, split, ck.tokenizer)
-    model = ck.model if len(cks) == 1 else Ensemble([c.model for c in cks])
-    # the shortest context serves every member; windows start where every member's voice
-    # period starts
+    # the shortest context serves every member
     ctx = min(c.train.context for c in cks)
     stride = stride or min(c.train.stride for c in cks)
-    period = math.lcm(*(max(1, c.model_cfg.voice_period) for c in cks))
-    nll = score_pieces(model, pieces, ctx, min(stride, ctx - 1), batch_size, precision, period)
+    nll = score_pieces(as_model(cks), pieces, ctx, min(stride, ctx - 1), batch_size, precision,
+                       common_period(cks))
     return summarize(nll, ck.tokenizer, pieces)
 
 

@@ -20,6 +20,7 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import symusic
 import torch
 
 from .atomic import write_bytes
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, as_model, common_period, load_members
 from .data.midi import BadInput, Notes, load_score, notes_from_score, score_from_notes, write_midi
 from .data.tokenizers import BOS, EOS, PAD
 
@@ -158,15 +159,21 @@ def resolve_primer(spec: str) -> Path:
 
 
 class Generator:
-    def __init__(self, ck: Checkpoint) -> None:
-        self.ck = ck
-        self.model, self.tok = ck.model, ck.tokenizer
-        h = hashlib.sha1((ck.path / "model.safetensors").read_bytes()).hexdigest()
-        self.checkpoint_hash = h
+    """Samples from one checkpoint, or from several as one ensemble (``ck`` is the first:
+    its tokenizer, shared by all, and its training data for memorization)."""
+
+    def __init__(self, ck: Checkpoint, *others: Checkpoint) -> None:
+        self.ck, self.members = ck, [ck, *others]
+        self.model, self.tok = as_model(self.members), ck.tokenizer
+        self.period = common_period(self.members)
+        h = hashlib.sha1()
+        for c in self.members:
+            h.update((c.path / "model.safetensors").read_bytes())
+        self.checkpoint_hash = h.hexdigest()
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> Generator:
-        return cls(load_checkpoint(path, device=device))
+    def load(cls, path: str | Path | Sequence[str | Path], device: str = "cpu") -> Generator:
+        return cls(*load_members(path, device))
 
     def encode_primer(self, primer: str | None, seconds: float = 0.0,
                       tokens: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
@@ -195,8 +202,7 @@ class Generator:
                   f"using its last {keep}")
             ids = ids[-keep:]
             # start on a whole step/frame for grid schemes
-            p = max(1, self.ck.model_cfg.voice_period)
-            ids = ids[len(ids) % p:]
+            ids = ids[len(ids) % self.period:]
         info["tokens"] = int(len(ids))
         info["seconds"] = float(self.tok.decode_notes(ids).duration) if len(ids) else 0.0
         return np.concatenate([[BOS], ids]).astype(np.int64), info
@@ -206,7 +212,7 @@ class Generator:
         max_new = cfg.tokens or int(max(cfg.seconds, 1) * 200)  # a generous token ceiling
         prompts = np.repeat(prompt[None], cfg.num_samples, 0)
         return sample(self.model, prompts, self.tok.grammar(), cfg, max_new, use_cache,
-                      period=max(1, self.ck.model_cfg.voice_period))
+                      period=self.period)
 
     def continue_midi(self, primer: str | None = None, seconds: float = 20.0,
                       primer_seconds: float = 10.0, **kw) -> symusic.Score:
@@ -216,9 +222,10 @@ class Generator:
         return score_from_notes(self.tok.decode_notes(np.concatenate([prompt[1:], new])))
 
 
-def run_generate(checkpoint: str, out: str, primer: str | None, primer_seconds: float,
-                 primer_tokens: int, cfg: SampleConfig, continuation_only: bool = False,
-                 soundfont: str | None = None, device: str = "cpu", audio: bool = True,
+def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
+                 primer_seconds: float, primer_tokens: int, cfg: SampleConfig,
+                 continuation_only: bool = False, soundfont: str | None = None,
+                 device: str = "cpu", audio: bool = True,
                  reference: str | None = None) -> list[dict[str, Any]]:
     """The ``generate`` command: everything is validated before the first file is written."""
     from .render import piano_roll_png, render_wav
@@ -252,7 +259,8 @@ def run_generate(checkpoint: str, out: str, primer: str | None, primer_seconds: 
             if wav is None and k == 0:
                 print(f"note: no WAV written: {why}")
         info = {
-            "sample": k, "checkpoint": str(gen.ck.path), "checkpoint_sha1": gen.checkpoint_hash,
+            "sample": k, "checkpoint": ", ".join(str(c.path) for c in gen.members),
+            "checkpoint_sha1": gen.checkpoint_hash,
             "tokenizer": gen.tok.name, "settings": asdict(cfg),
             "primer": pinfo, "new_tokens": int(len(new)),
             "new_seconds": float(max(full.duration - t_split, 0.0)) if len(full) else 0.0,
