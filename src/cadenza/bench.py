@@ -97,11 +97,13 @@ class Recipe:
 # stayed there (train loss falling to 0.31). The same plateau sooner, not a lower one.
 # Labels: a learned embedding of the token's position mod 16 = (voice, 16th within the beat):
 # the paper's instrument labels plus the metrical phase (every chorale starts on a beat, and
-# 90% of steps on a beat change a note, 50% on the off-8th, 3% on a 16th). Two members
-# trained at once, one thread each, scored as one ensemble.
+# 90% of steps on a beat change a note, 50% on the off-8th, 3% on a 16th): 0.459 vs 0.470
+# after 1,000 one-thread steps. Not an ensemble: two members trained at once get half the
+# steps each, and after 40 minutes they scored 0.407 and 0.408, together 0.390, where one
+# model on both cores had reached about 0.36.
 JSB16 = Recipe(ModelConfig(n_layer=5, d_model=256, n_head=8, d_ff=1024, dropout=0.1,
                            position="rope", voice_period=16, max_context=512),
-               transpose=(-6, 5), train=dict(lr=2e-3, warmup_steps=100), members=2)
+               transpose=(-6, 5), train=dict(lr=2e-3, warmup_steps=100))
 # The Boulanger sets are all in C major / C minor, so no transposition. Each recipe is the
 # one behind the README's number. Tried on JSB and Piano-midi.de and not kept (valid NLL per
 # token): full transposition 1.265 vs 1.226; dropout 0.3 + --step-positions 1.209 in 19 min
@@ -110,15 +112,20 @@ JSB16 = Recipe(ModelConfig(n_layer=5, d_model=256, n_head=8, d_ff=1024, dropout=
 # MuseData is compute-bound and gets the learning rate JSB16 preferred. JSB gets relative
 # pitch (--pitch-dims 16), step positions and --ema 0.999: 5.63 in 25 minutes (5.66 without
 # step positions, 5.70 in 15, 5.73 with dropout 0.3; was 5.87). The same on Piano-midi.de's
-# small model reached 7.25 by minute 11 and then overfit.
+# small model reached 7.25 by minute 11 and then overfit. Both small sets overfit within
+# minutes (JSB: training loss 0.2 vs validation 1.2 per token), so both train two members
+# at once, one core each (the compute one model had before), scored as an ensemble: JSB
+# 5.27 (members 5.66, 5.79, 20 minutes), Piano-midi.de 6.95 (members 7.27, 7.28, 13 minutes).
 _ROLL = ModelConfig(n_layer=4, d_model=256, n_head=8, d_ff=1024, dropout=0.2,
                     position="rope", max_context=512)
 _SMALL = replace(_ROLL, n_layer=3, d_model=192, n_head=6, d_ff=768, dropout=0.3)
 PIANOROLL = {
-    "jsb": Recipe(replace(_ROLL, pitch_dims=16, step_positions=True), train=dict(ema=0.999)),
+    "jsb": Recipe(replace(_ROLL, pitch_dims=16, step_positions=True), train=dict(ema=0.999),
+                  members=2),
     "nottingham": Recipe(_ROLL),
     "musedata": Recipe(_ROLL, train=dict(lr=2e-3, warmup_steps=100)),
-    "piano-midi": Recipe(_SMALL, train=dict(warmup_steps=100)),
+    "piano-midi": Recipe(replace(_SMALL, pitch_dims=16),
+                         train=dict(warmup_steps=100, ema=0.999), members=2),
 }
 
 
@@ -177,7 +184,7 @@ def _train_member(model: ModelConfig, tc: TrainConfig, device: str,
 
 def _train_all(model: ModelConfig, tcs: list[TrainConfig], device: str) -> list[dict[str, Any]]:
     """Train one model in this process, or several at once in as many processes, each with
-    an equal share of the CPU threads (on 2 cores, two one-thread runs make ~1.2x the
+    an equal share of the CPU threads (on 2 cores, two one-thread runs make ~1.1x the
     tokens of one two-thread run: small matrices do not split well across cores)."""
     if len(tcs) == 1:
         from .train import train

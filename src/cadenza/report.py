@@ -30,8 +30,8 @@ def build_report(run: str | Path, out: str | Path | None = None) -> Path:
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: no such run directory")
     parts = [f"<h1>Cadenza run: {html.escape(str(run))}</h1>"]
-    ck = next((run / n for n in ("best", "last", "run/best") if (run / n / "config.json").exists()),
-              None)
+    ck = next((run / n for n in ("best", "last", "run/best", "run-0/best")  # run-0: ensembles
+               if (run / n / "config.json").exists()), None)
     if ck is not None:
         cfg = json.loads((ck / "config.json").read_text())
         metrics = json.loads((ck / "metrics.json").read_text()) if (
