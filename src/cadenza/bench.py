@@ -95,14 +95,14 @@ class Recipe:
 # stopped early: with dropout 0.1 it learned faster (0.365 vs 0.383 after 3,000 steps) but
 # memorised the chorales by minute 25; with dropout 0.2 it reached 0.355 by minute 35 and
 # stayed there (train loss falling to 0.31). The same plateau sooner, not a lower one.
-# Labels: a learned embedding of the token's position mod 16 = (voice, 16th within the beat):
-# the paper's instrument labels plus the metrical phase (every chorale starts on a beat, and
-# 90% of steps on a beat change a note, 50% on the off-8th, 3% on a 16th): 0.459 vs 0.470
-# after 1,000 one-thread steps. Not an ensemble: two members trained at once get half the
-# steps each, and after 40 minutes they scored 0.407 and 0.408, together 0.390, where one
-# model on both cores had reached about 0.36.
+# Also tried and not kept: labels of position mod 16 = (voice, 16th within the beat),
+# the metrical phase on top of the voice (every chorale starts on a beat; 90% of on-beat steps
+# change a note, 3% of 16th steps): 0.459 vs 0.470 after 1,000 one-thread steps, but on two
+# cores 0.387 by minute 31 (this recipe: 0.370) and 0.380 by minute 38 of 40. An ensemble of
+# two members trained at once (one thread each) gets half the steps per member: after 40
+# minutes they scored 0.407 and 0.408, together 0.390.
 JSB16 = Recipe(ModelConfig(n_layer=5, d_model=256, n_head=8, d_ff=1024, dropout=0.1,
-                           position="rope", voice_period=16, max_context=512),
+                           position="rope", voice_period=4, max_context=512),
                transpose=(-6, 5), train=dict(lr=2e-3, warmup_steps=100))
 # The Boulanger sets are all in C major / C minor, so no transposition. Each recipe is the
 # one behind the README's number. Tried on JSB and Piano-midi.de and not kept (valid NLL per
