@@ -2,8 +2,8 @@
 
 - ``bench jsb16``: the Music Transformer's JSB chorale setup (chorale16 tokens, relative
   attention -- rotary by default, ``--position relative`` for the paper's learned
-  embeddings --, voice and beat labels, transposition augmentation), validation (and test)
-  NLL per token beside Huang et al. 2018, Table 2.
+  embeddings --, voice labels, transposition augmentation), validation (and test) NLL per
+  token beside Huang et al. 2018, Table 2.
 - ``bench pianoroll --dataset jsb|nottingham|musedata|piano-midi``: the Boulanger-Lewandowski
   piano-roll sets with the pianoroll tokenizer, NLL per frame beside Boulanger-Lewandowski et
   al. 2012, Table 1.
@@ -160,12 +160,15 @@ def _prepare_once(src: Path, out: Path, tokenizer: str) -> Path:
     return out
 
 
-def _split_nll(ck_dirs: list[Path], src: Path, split: str) -> dict[str, Any] | None:
-    from .evaluate import MissingSplit, evaluate
+def _split_nll(ck_dirs: list[Path], src: Path, split: str
+               ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The ensemble's (or the one model's) NLL of a split, and each member's alone."""
+    from .evaluate import MissingSplit, evaluate_members
     try:
-        return evaluate(ck_dirs, src, split, precision="fp32").as_dict()
+        both, alone = evaluate_members(ck_dirs, src, split, precision="fp32")
     except MissingSplit:
-        return None
+        return None, []
+    return both.as_dict(), [a.as_dict() for a in alone]
 
 
 def _train_member(model: ModelConfig, tc: TrainConfig, device: str,
@@ -216,14 +219,15 @@ def _train_and_score(name: str, src: Path, out: str, tokenizer: str, recipe: Rec
                                   for i in range(k)]
     results = _train_all(recipe.model, tcs, device)
     cks = [Path(tc.out) / "best" for tc in tcs]
-    rows = {"valid": _split_nll(cks, src, "valid"), "test": _split_nll(cks, src, "test")}
+    valid, members_valid = _split_nll(cks, src, "valid")
+    test, _ = _split_nll(cks, src, "test")
+    rows = {"valid": valid, "test": test}
     if k > 1:
-        rows["members_valid"] = [_split_nll([c], src, "valid") for c in cks]
+        rows["members_valid"] = members_valid
     result = {**results[0], "elapsed": max(r["elapsed"] for r in results),
               "step": sum(r["step"] for r in results) // k}
     report = {"benchmark": name, "file": str(src), "minutes": minutes, "train": result,
               "members": k, "position": recipe.model.position,
-              "labels": recipe.model.voice_period,
               "pitch_dims": recipe.model.pitch_dims, "ours": rows, "paper": paper}
     (root / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
@@ -256,8 +260,7 @@ def format_jsb16(r: dict[str, Any]) -> str:
     ours = r["ours"]
     test = f"{ours['test']['nll']:>8.3f}" if ours.get("test") else f"{'-':>8}"
     rows = [("Huang et al. 2018: " + name, f"{v:>8.3f}{'':>8}") for name, v in r["paper"]]
-    labels = {4: " + voice labels", 16: " + voice/beat labels"}.get(r.get("labels", 4), "")
-    rows.append((_ours(r) + labels + " (this machine)",
+    rows.append((_ours(r) + " + voice labels (this machine)",
                  f"{ours['valid']['nll']:>8.3f}{test}"))
     rows += [(name, f"{v:>8.3f}{'':>8}") for name, v in _member_rows(r, "nll")]
     w = max(len(name) for name, _ in rows) + 2

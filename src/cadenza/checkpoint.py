@@ -138,13 +138,6 @@ def load_members(paths: str | Path | Sequence[str | Path],
     return cks
 
 
-def as_model(cks: list[Checkpoint]) -> torch.nn.Module:
-    """The model of one checkpoint, or the ensemble of several."""
-    from .models.ensemble import Ensemble
-    return cks[0].model if len(cks) == 1 else Ensemble([c.model for c in cks])
-
-
 def common_period(cks: list[Checkpoint]) -> int:
     """Windows must start where every member's voice period starts."""
     return math.lcm(*(max(1, c.model_cfg.voice_period) for c in cks))
-

@@ -62,6 +62,7 @@ def score_pieces(model: torch.nn.Module, pieces: list[np.ndarray], context: int,
     model.eval()
     device = next(model.parameters()).device
     period = max(1, period)
+    stride = min(stride, context)  # a longer stride would leave targets no window scores
     stride = max(period, stride - stride % period)
     out = [np.zeros(max(len(p) - 2, 0)) for p in pieces]
     jobs = [(i, s, w, f) for i, p in enumerate(pieces) for s, w, f in windows(len(p), context,
@@ -124,15 +125,27 @@ def summarize(token_nll: list[np.ndarray], tokenizer=None,
     return res
 
 
-def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,
-             split: str = "valid", batch_size: int = 16, stride: int = 0, device: str = "cpu",
-             precision: str = "fp32") -> NLLResult:
-    """NLL of a prepared dataset's split, or of a benchmark file's split. Several checkpoints
-    are scored as one ensemble (the mean of their next-token distributions)."""
-    from .checkpoint import as_model, common_period, load_members
+def mix(members: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per-token NLL of an ensemble from its members' per-token NLL on the same windows:
+    -log(mean_k p_k), the mean of the members' next-token probabilities (models/ensemble.py
+    does the same on logits, for sampling)."""
+    k = len(members)
+    return [-(np.logaddexp.reduce(-np.stack(per_piece), axis=0) - math.log(k))
+            for per_piece in zip(*members)]
+
+
+def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str | Path,
+                     split: str = "valid", batch_size: int = 16, stride: int = 0,
+                     device: str = "cpu", precision: str = "fp32"
+                     ) -> tuple[NLLResult, list[NLLResult]]:
+    """NLL of a split under one checkpoint or the ensemble of several, and under each of
+    them alone. Each member is scored once, on the windows every member can read (the
+    shortest context, starting where every voice period starts); the ensemble's token NLL is
+    the mixture of theirs."""
+    from .checkpoint import common_period, load_members
     from .data.dataset import TokenDataset
 
-    cks = load_members(checkpoint, device)
+    cks = load_members(checkpoints, device)
     ck = cks[0]
     data = Path(data)
     if data.is_dir():
@@ -143,12 +156,22 @@ def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,
         pieces = ds.pieces(split)
     else:
         pieces = benchmark_pieces(data, split, ck.tokenizer)
-    # the shortest context serves every member
     ctx = min(c.train.context for c in cks)
     stride = stride or min(c.train.stride for c in cks)
-    nll = score_pieces(as_model(cks), pieces, ctx, min(stride, ctx - 1), batch_size, precision,
-                       common_period(cks))
-    return summarize(nll, ck.tokenizer, pieces)
+    period = common_period(cks)
+    nlls = [score_pieces(c.model, pieces, ctx, stride, batch_size, precision, period)
+            for c in cks]
+    alone = [summarize(n, ck.tokenizer, pieces) for n in nlls]
+    both = alone[0] if len(cks) == 1 else summarize(mix(nlls), ck.tokenizer, pieces)
+    return both, alone
+
+
+def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,
+             split: str = "valid", batch_size: int = 16, stride: int = 0, device: str = "cpu",
+             precision: str = "fp32") -> NLLResult:
+    """NLL of a prepared dataset's split, or of a benchmark file's split. Several checkpoints
+    are scored as one ensemble (the mean of their next-token distributions)."""
+    return evaluate_members(checkpoint, data, split, batch_size, stride, device, precision)[0]
 
 
 def benchmark_pieces(path: Path, split: str, tokenizer) -> list[np.ndarray]:

@@ -30,9 +30,10 @@ import symusic
 import torch
 
 from .atomic import write_bytes
-from .checkpoint import Checkpoint, as_model, common_period, load_members
+from .checkpoint import Checkpoint, common_period, load_members
 from .data.midi import BadInput, Notes, load_score, notes_from_score, score_from_notes, write_midi
 from .data.tokenizers import BOS, EOS, PAD
+from .models.ensemble import Ensemble
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,8 @@ class Generator:
 
     def __init__(self, ck: Checkpoint, *others: Checkpoint) -> None:
         self.ck, self.members = ck, [ck, *others]
-        self.model, self.tok = as_model(self.members), ck.tokenizer
+        self.model = Ensemble([c.model for c in self.members]) if others else ck.model
+        self.tok = ck.tokenizer
         self.period = common_period(self.members)
         h = hashlib.sha1()
         for c in self.members:

@@ -5,8 +5,9 @@ Averaging probabilities token by token is itself an autoregressive model (each s
 sums to one), so its NLL is an exact likelihood, comparable with any single model's; it is
 never above the members' mean NLL (the log of a mean is at least the mean of the logs). The
 ensemble presents the single-model interface (``forward(idx, cache)``, ``new_cache``,
-``max_len``), so evaluation and sampling use it unchanged. ``forward`` returns log
-probabilities, which are valid logits.
+``max_len``), so sampling uses it unchanged. ``forward`` returns log probabilities, which are
+valid logits. (Evaluation scores each member once and mixes their per-token NLL instead,
+``evaluate.mix``: the same numbers, and each member's own NLL comes with them.)
 """
 
 from __future__ import annotations
