@@ -28,7 +28,8 @@ def test_bench_jsb16_prints_the_paper_table(tmp_path, capsys, position):
                           position=position, members=1, **FAST)
     out = capsys.readouterr().out
     assert "0.335" in out
-    assert f"Cadenza {position or 'rope'} + voice labels" in out
+    assert f"Cadenza {position or 'rope'}, averaged over 12 keys + voice labels" in out
+    assert r["ours"]["own_key_valid"]["tokens"] == r["ours"]["valid"]["tokens"] == 120
     assert r["ours"]["valid"]["nll"] > 0 and r["ours"]["test"]["tokens"] == 80
 
 
@@ -40,7 +41,7 @@ def test_bench_jsb16_ensemble_trains_members_at_once_and_scores_their_mixture(tm
     f = tmp_path / "Jsb16thSeparated.json"
     f.write_text(json.dumps({"train": [steps(40) for _ in range(3)], "valid": [steps(30)]}))
     r = bench.bench_jsb16(str(tmp_path / "b"), minutes=5, data=str(f), precision="fp32",
-                          members=2, **FAST)
+                          members=2, transpositions=1, **FAST)
     out = capsys.readouterr().out
     assert "ensemble of 2" in out and "member 1 alone" in out
     runs = [tmp_path / "b" / f"run-{i}" for i in range(2)]
@@ -137,3 +138,46 @@ def test_a_recipe_keeps_its_rotary_options_only_with_rope():
     assert r.with_position("rope") is r and r.with_position(None) is r
     rel = r.with_position("relative").model
     assert (rel.position, rel.pitch_dims, rel.step_positions) == ("relative", 0, False)
+
+
+def test_bench_jsb16_averaged_over_keys_equals_transposed_pieces_mixed_by_hand(tmp_path,
+                                                                               capsys):
+    import torch
+    import torch.nn.functional as F
+
+    from cadenza.checkpoint import load_checkpoint
+    from cadenza.data.tokenizers import BOS, EOS
+    from cadenza.evaluate import windows
+    rng = np.random.default_rng(1)
+    steps = lambda n: np.where(rng.random((n, 4)) < 0.1, -1,  # noqa: E731
+                               rng.integers(50, 70, (n, 4))).tolist()
+    f = tmp_path / "Jsb16thSeparated.json"
+    valid = [steps(30), steps(25)]
+    f.write_text(json.dumps({"train": [steps(40) for _ in range(3)], "valid": valid}))
+    r = bench.bench_jsb16(str(tmp_path / "b"), minutes=5, data=str(f), precision="fp32",
+                          members=1, transpositions=3, **FAST)
+    out = capsys.readouterr().out
+    assert "averaged over 3 keys" in out and "own keys only" in out
+    ck = load_checkpoint(tmp_path / "b" / "run" / "best")
+    pitch = torch.from_numpy(ck.tokenizer.pitches)
+
+    def direct(k: int) -> np.ndarray:
+        """Transpose the grids themselves (silence stays), encode, score in 64-token windows
+        advancing by 32; a key's answers are the tokens that have a counterpart in it."""
+        reach = (pitch < 0) | ((pitch - k >= 21) & (pitch - k <= 108))
+        out = []
+        for g in map(np.array, valid):
+            p = np.concatenate([[BOS], ck.tokenizer.encode(np.where(g >= 0, g + k, g)), [EOS]])
+            for s, w, first in windows(len(p), 64, 32):
+                with torch.no_grad():
+                    logits = ck.model(torch.from_numpy(p[None, s: s + w]))[0].float()
+                lp = F.log_softmax(logits.masked_fill(~reach, float("-inf")), -1)
+                tgt = torch.from_numpy(p[s + 1: s + w + 1])
+                out.append(-lp.gather(1, tgt[:, None])[first - s - 1:, 0].numpy())
+        return np.concatenate(out)
+
+    keys = [direct(k) for k in (-1, 0, 1)]
+    mixed = -np.log(np.mean(np.exp(-np.stack(keys)), 0))
+    assert r["ours"]["own_key_valid"]["nll"] == pytest.approx(keys[1].mean(), rel=1e-5)
+    assert r["ours"]["valid"]["nll"] == pytest.approx(mixed.mean(), rel=1e-5)
+    assert r["ours"]["valid"]["nll"] != pytest.approx(r["ours"]["own_key_valid"]["nll"])

@@ -137,6 +137,14 @@ def test_cli_generate_evaluate_stats_end_to_end(tiny_run, tiny_dataset, midi_fol
             tiny_dataset, "--json")  # an ensemble of two
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["nll"] <= (single + last) / 2 + 1e-6
+    r = cli("evaluate", "--checkpoint", tiny_run / "best", "--data", tiny_dataset, "--json",
+            "--transpositions", 3)  # the model averaged over three keys
+    assert r.returncode == 0, r.stderr
+    keys = json.loads(r.stdout)
+    assert keys["nll"] > 0 and keys["nll"] != single and keys["tokens"] > 0
+    r = cli("evaluate", "--checkpoint", tiny_run / "best", "--data", tiny_dataset,
+            "--transpositions", 13)
+    assert r.returncode == 2 and "--transpositions: must be in 1..12, got 13" in r.stderr
     r = cli("stats", out, "--reference", tiny_dataset, "--json")
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
@@ -177,3 +185,16 @@ def test_several_checkpoints_generate_as_one_ensemble(tiny_run, tmp_path):
                          SampleConfig(tokens=40, seed=2), audio=False)
     assert infos[0]["new_tokens"] > 0 and str(cks[1]) in infos[0]["checkpoint"]
     assert (tmp_path / "g" / "sample-0.mid").exists()
+
+
+def test_generation_averaged_over_keys_decodes_and_says_so(tiny_run, tmp_path):
+    from cadenza.generate import Generator, run_generate
+    from cadenza.models.ensemble import Ensemble, Relabelled
+    gen = Generator.load(tiny_run / "best", transpositions=3)
+    assert isinstance(gen.model, Ensemble)
+    assert [type(m) for m in gen.model.members] == [Relabelled, type(gen.ck.model), Relabelled]
+    infos = run_generate([str(tiny_run / "best")], str(tmp_path / "g"), None, 0, 0,
+                         SampleConfig(tokens=60, seed=2, num_samples=2), audio=False,
+                         transpositions=3)
+    assert all(i["transpositions"] == 3 and i["notes"] > 0 for i in infos)
+    assert all((tmp_path / "g" / f"sample-{k}.mid").exists() for k in range(2))

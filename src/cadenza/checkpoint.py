@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .atomic import aside, replace_dir
-from .config import FORMAT_VERSION, ModelConfig, TrainConfig
+from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig
 from .data.tokenizers import Tokenizer, build_tokenizer
 from .models import build_model
 
@@ -141,3 +141,23 @@ def load_members(paths: str | Path | Sequence[str | Path],
 def common_period(cks: list[Checkpoint]) -> int:
     """Windows must start where every member's voice period starts."""
     return math.lcm(*(max(1, c.model_cfg.voice_period) for c in cks))
+
+
+def transposition_shifts(transpositions: int) -> list[int]:
+    """The semitone shifts a model is averaged over, centred on the piece's own key:
+    1 -> [0], 7 -> -3..3, 12 -> -6..5 (the default augmentation's range)."""
+    if not 1 <= transpositions <= 12:
+        raise ConfigError(f"--transpositions: must be in 1..12, got {transpositions}")
+    return list(range(-(transpositions // 2), transpositions - transpositions // 2))
+
+
+def key_views(ck: Checkpoint, transpositions: int = 1) -> list[torch.nn.Module]:
+    """The checkpoint's model reading the music in each of ``transpositions`` keys (the
+    model itself for the piece's own key), to be averaged as an ensemble."""
+    from .models.ensemble import Relabelled
+    shifts = transposition_shifts(transpositions)
+    if len(shifts) > 1 and (ck.tokenizer.pitches < 0).all():
+        raise ConfigError(f"--transpositions: the {ck.tokenizer.name} tokens of {ck.path} "
+                          "carry no pitch to transpose")
+    return [ck.model if k == 0 else Relabelled(ck.model, ck.tokenizer.transpose_table(k))
+            for k in shifts]

@@ -175,6 +175,10 @@ def _add_evaluate(sub) -> None:
                    help="split to score")
     p.add_argument("--stride", type=int, default=0, help="sliding-window stride (0: context/2)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--transpositions", type=int, default=1, metavar="K",
+                   help="average each model's next-token distribution over K keys of the "
+                   "music, centred on its own (7: -3..+3 semitones, 12: -6..+5); K passes a "
+                   "token")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_evaluate)
@@ -182,7 +186,8 @@ def _add_evaluate(sub) -> None:
 
 def cmd_evaluate(a) -> int:
     from .evaluate import evaluate, format_result
-    res = evaluate(a.checkpoint, a.data, a.split, a.batch_size, a.stride, a.device)
+    res = evaluate(a.checkpoint, a.data, a.split, a.batch_size, a.stride, a.device,
+                   transpositions=a.transpositions)
     print(format_result(res, a.json))
     return 0
 
@@ -221,6 +226,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--no-audio", action="store_true", help="skip the WAV")
     p.add_argument("--reference", help="training dataset for memorization (default: the "
                    "checkpoint's own, when present)")
+    p.add_argument("--transpositions", type=int, default=1, metavar="K",
+                   help="average each model's next-token distribution over K keys of the "
+                   "music, centred on its own (7: -3..+3 semitones, 12: -6..+5); K passes a "
+                   "token")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_generate)
 
@@ -233,7 +242,7 @@ def cmd_generate(a) -> int:
         cfg = dataclasses.replace(cfg, seconds=20.0)
     infos = run_generate(a.checkpoint, a.out, a.primer, a.primer_seconds, a.primer_tokens, cfg,
                          a.continuation_only, a.soundfont, a.device, not a.no_audio,
-                         a.reference)
+                         a.reference, a.transpositions)
     for i in infos:
         files = ", ".join(v for v in i["files"].values() if v)
         print(f"sample {i['sample']}: {i['new_tokens']} tokens, {i['new_seconds']:.1f} s new "
@@ -300,6 +309,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--members", type=int, default=None,
                    help="train this many models at once (seeds 0..K-1, the threads shared) "
                    "and score them as one ensemble (jsb16, pianoroll; default: the recipe's)")
+    p.add_argument("--transpositions", type=int, default=None, metavar="K",
+                   help="score each model averaged over K keys, beside its score in the "
+                   "pieces' own keys (jsb16, pianoroll; default: the recipe's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
     p.set_defaults(func=cmd_bench)
 
@@ -310,13 +322,13 @@ def cmd_bench(a) -> int:
     try:
         if a.which == "jsb16":
             bench.bench_jsb16(a.out or "bench/jsb16", a.minutes, a.data, a.benchmarks, dev,
-                              a.precision, a.position, a.members)
+                              a.precision, a.position, a.members, a.transpositions)
         elif a.which == "pianoroll":
             if not a.dataset:
                 raise ConfigError("--dataset: required for `bench pianoroll`")
             bench.bench_pianoroll(a.dataset, a.out or f"bench/pianoroll-{a.dataset}",
                                   a.minutes, a.data, a.benchmarks, dev, a.precision,
-                                  a.position, a.members)
+                                  a.position, a.members, a.transpositions)
         else:
             if not a.data:
                 raise ConfigError("--data: `bench models` needs a prepared dataset directory")

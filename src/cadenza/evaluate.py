@@ -134,15 +134,24 @@ def mix(members: list[list[np.ndarray]]) -> list[np.ndarray]:
             for per_piece in zip(*members)]
 
 
+@dataclass
+class Scores:
+    """What :func:`evaluate_members` measures."""
+    result: NLLResult  # the checkpoints together, each averaged over its keys
+    members: list[NLLResult]  # each checkpoint alone (averaged over its keys)
+    own_key: NLLResult  # the checkpoints together, reading each piece in its own key only
+
+
 def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str | Path,
                      split: str = "valid", batch_size: int = 16, stride: int = 0,
-                     device: str = "cpu", precision: str = "fp32"
-                     ) -> tuple[NLLResult, list[NLLResult]]:
-    """NLL of a split under one checkpoint or the ensemble of several, and under each of
-    them alone. Each member is scored once, on the windows every member can read (the
-    shortest context, starting where every voice period starts); the ensemble's token NLL is
-    the mixture of theirs."""
-    from .checkpoint import common_period, load_members
+                     device: str = "cpu", precision: str = "fp32",
+                     transpositions: int = 1) -> Scores:
+    """NLL of a split under one checkpoint or the ensemble of several, each averaged over
+    ``transpositions`` keys (checkpoint.key_views), and under each checkpoint alone. Each
+    model and key is scored once, on the windows every member can read (the shortest
+    context, starting where every voice period starts); the ensemble's token NLL is the
+    mixture of theirs."""
+    from .checkpoint import common_period, key_views, load_members
     from .data.dataset import TokenDataset
 
     cks = load_members(checkpoints, device)
@@ -156,22 +165,29 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
         pieces = ds.pieces(split)
     else:
         pieces = benchmark_pieces(data, split, ck.tokenizer)
+    views = [key_views(c, transpositions) for c in cks]  # the own key sits at K // 2
     ctx = min(c.train.context for c in cks)
     stride = stride or min(c.train.stride for c in cks)
     period = common_period(cks)
-    nlls = [score_pieces(c.model, pieces, ctx, stride, batch_size, precision, period)
-            for c in cks]
-    alone = [summarize(n, ck.tokenizer, pieces) for n in nlls]
-    both = alone[0] if len(cks) == 1 else summarize(mix(nlls), ck.tokenizer, pieces)
-    return both, alone
+    nlls = [[score_pieces(v, pieces, ctx, stride, batch_size, precision, period) for v in vs]
+            for vs in views]
+
+    def together(per_view: list[list[np.ndarray]]) -> NLLResult:
+        return summarize(per_view[0] if len(per_view) == 1 else mix(per_view),
+                         ck.tokenizer, pieces)
+
+    return Scores(together([n for per in nlls for n in per]), [together(per) for per in nlls],
+                  together([per[transpositions // 2] for per in nlls]))
 
 
 def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,
              split: str = "valid", batch_size: int = 16, stride: int = 0, device: str = "cpu",
-             precision: str = "fp32") -> NLLResult:
+             precision: str = "fp32", transpositions: int = 1) -> NLLResult:
     """NLL of a prepared dataset's split, or of a benchmark file's split. Several checkpoints
-    are scored as one ensemble (the mean of their next-token distributions)."""
-    return evaluate_members(checkpoint, data, split, batch_size, stride, device, precision)[0]
+    are scored as one ensemble (the mean of their next-token distributions), and each model
+    can be averaged over keys (``transpositions``)."""
+    return evaluate_members(checkpoint, data, split, batch_size, stride, device, precision,
+                            transpositions).result
 
 
 def benchmark_pieces(path: Path, split: str, tokenizer) -> list[np.ndarray]:

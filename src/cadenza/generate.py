@@ -30,7 +30,7 @@ import symusic
 import torch
 
 from .atomic import write_bytes
-from .checkpoint import Checkpoint, common_period, load_members
+from .checkpoint import Checkpoint, common_period, key_views, load_members
 from .data.midi import BadInput, Notes, load_score, notes_from_score, score_from_notes, write_midi
 from .data.tokenizers import BOS, EOS, PAD
 from .models.ensemble import Ensemble
@@ -161,11 +161,14 @@ def resolve_primer(spec: str) -> Path:
 
 class Generator:
     """Samples from one checkpoint, or from several as one ensemble (``ck`` is the first:
-    its tokenizer, shared by all, and its training data for memorization)."""
+    its tokenizer, shared by all, and its training data for memorization); each model can
+    be averaged over ``transpositions`` keys (checkpoint.key_views)."""
 
-    def __init__(self, ck: Checkpoint, *others: Checkpoint) -> None:
+    def __init__(self, ck: Checkpoint, *others: Checkpoint, transpositions: int = 1) -> None:
         self.ck, self.members = ck, [ck, *others]
-        self.model = Ensemble([c.model for c in self.members]) if others else ck.model
+        views = [v for c in self.members for v in key_views(c, transpositions)]
+        self.model = Ensemble(views) if len(views) > 1 else ck.model
+        self.transpositions = transpositions
         self.tok = ck.tokenizer
         self.period = common_period(self.members)
         h = hashlib.sha1()
@@ -174,8 +177,9 @@ class Generator:
         self.checkpoint_hash = h.hexdigest()
 
     @classmethod
-    def load(cls, path: str | Path | Sequence[str | Path], device: str = "cpu") -> Generator:
-        return cls(*load_members(path, device))
+    def load(cls, path: str | Path | Sequence[str | Path], device: str = "cpu",
+             transpositions: int = 1) -> Generator:
+        return cls(*load_members(path, device), transpositions=transpositions)
 
     def encode_primer(self, primer: str | None, seconds: float = 0.0,
                       tokens: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
@@ -228,11 +232,12 @@ def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
                  primer_seconds: float, primer_tokens: int, cfg: SampleConfig,
                  continuation_only: bool = False, soundfont: str | None = None,
                  device: str = "cpu", audio: bool = True,
-                 reference: str | None = None) -> list[dict[str, Any]]:
+                 reference: str | None = None,
+                 transpositions: int = 1) -> list[dict[str, Any]]:
     """The ``generate`` command: everything is validated before the first file is written."""
     from .render import piano_roll_png, render_wav
 
-    gen = Generator.load(checkpoint, device)
+    gen = Generator.load(checkpoint, device, transpositions)
     prompt, pinfo = gen.encode_primer(primer, primer_seconds, primer_tokens)
     out_dir = Path(out)
     try:
@@ -262,7 +267,7 @@ def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
                 print(f"note: no WAV written: {why}")
         info = {
             "sample": k, "checkpoint": ", ".join(str(c.path) for c in gen.members),
-            "checkpoint_sha1": gen.checkpoint_hash,
+            "checkpoint_sha1": gen.checkpoint_hash, "transpositions": gen.transpositions,
             "tokenizer": gen.tok.name, "settings": asdict(cfg),
             "primer": pinfo, "new_tokens": int(len(new)),
             "new_seconds": float(max(full.duration - t_split, 0.0)) if len(full) else 0.0,

@@ -128,3 +128,41 @@ def test_evaluate_refuses_members_with_other_vocabularies(tiny_dataset, midi_fol
         runs.append(tmp_path / f"r{i}" / "best")
     with pytest.raises(ValueError, match="vocabulary differs"):
         evaluate(runs, tiny_dataset, "valid")
+
+
+def test_relabelled_reads_and_answers_through_its_table():
+    from cadenza.models.ensemble import Relabelled
+    m = tiny("transformer", "rope")
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    x = torch.randint(0, 40, (2, 20))
+    with torch.no_grad():
+        got = Relabelled(m, perm)(x)
+        want = F.log_softmax(m(perm[x]), -1)[..., perm]  # answer v = the model's perm[v]
+        same = Relabelled(m, torch.arange(40))(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(same, F.log_softmax(m(x), -1), atol=1e-6, rtol=1e-5)
+    # tokens without a counterpart: read as themselves, never answered; the rest sum to one
+    holes = perm.clone()
+    holes[[5, 9]] = -1
+    with torch.no_grad():
+        lp = Relabelled(m, holes)(x)
+        kept = F.log_softmax(m(torch.where(holes[x] >= 0, holes[x], x)), -1)[..., perm]
+    assert torch.isinf(lp[..., [5, 9]]).all()
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(2, 20), atol=1e-5, rtol=0)
+    mask = torch.ones(40, dtype=torch.bool)
+    mask[[5, 9]] = False
+    torch.testing.assert_close(lp[..., mask], F.log_softmax(kept[..., mask], -1), atol=1e-5,
+                               rtol=1e-5)
+
+
+def test_ensemble_of_relabellings_caches_like_the_full_forward():
+    from cadenza.models.ensemble import Relabelled
+    m = tiny("transformer", "relative")
+    tables = [torch.roll(torch.arange(40), k) for k in (-1, 0, 2)]
+    e = Ensemble([Relabelled(m, t) for t in tables]).eval()
+    x = torch.randint(3, 40, (2, 30))
+    with torch.no_grad():
+        full = e(x)
+        cache = e.new_cache(2)
+        parts = [e(x[:, :7], cache)] + [e(x[:, t: t + 1], cache) for t in range(7, 30)]
+    torch.testing.assert_close(full, torch.cat(parts, 1), atol=1e-5, rtol=1e-5)

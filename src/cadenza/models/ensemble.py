@@ -48,3 +48,29 @@ class Ensemble(nn.Module):
         logp = torch.stack([F.log_softmax(m(idx, c).float(), -1)
                             for m, c in zip(self.members, caches)])  # (K, B, T, V)
         return torch.logsumexp(logp, 0) - math.log(len(self.members))
+
+
+class Relabelled(nn.Module):
+    """``model`` seen through a relabelling of its vocabulary: input token v is read as
+    ``table[v]``, and the probability of answering v is the model's probability of
+    ``table[v]``, renormalised over the tokens whose ``table`` entry is not -1 (-1: no
+    counterpart; such a token is read as itself and gets probability 0). Same interface as
+    ``model``; ``forward`` returns log probabilities."""
+
+    def __init__(self, model: nn.Module, table) -> None:
+        super().__init__()
+        self.model = model
+        device = next(model.parameters()).device
+        table = torch.as_tensor(table, dtype=torch.long, device=device)
+        ids = torch.arange(len(table), device=device)
+        self.register_buffer("inp", torch.where(table >= 0, table, ids), persistent=False)
+        self.register_buffer("missing", table < 0, persistent=False)
+        self.max_len = getattr(model, "max_len", None)
+
+    def new_cache(self, batch: int, device=None, dtype=None):
+        return self.model.new_cache(batch, device, dtype)
+
+    def forward(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
+        logits = self.model(self.inp[idx], cache).float()
+        logits = logits.index_select(-1, self.inp).masked_fill(self.missing, float("-inf"))
+        return F.log_softmax(logits, -1)
