@@ -7,7 +7,9 @@ context is scored with a sliding window: windows of ``context`` tokens advance b
 targets the previous one did not, so every target after the first window sees at least
 ``context - stride`` tokens of history. Per-frame (pianoroll) and per-step (chorale16) NLL
 are sums of their tokens' NLL. In ``chorale16`` every token is one voice's note at one step,
-so NLL per token is the paper's NLL per note.
+so NLL per token is the paper's NLL per note. Several checkpoints are scored as one ensemble,
+and ``transpositions`` averages each model over keys (models/ensemble.py); both stay exact
+likelihoods.
 
 Try it: ``cadenza evaluate --checkpoint runs/demo/best --data data/chorales --split valid``.
 """
@@ -151,7 +153,7 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
     model and key is scored once, on the windows every member can read (the shortest
     context, starting where every voice period starts); the ensemble's token NLL is the
     mixture of theirs."""
-    from .checkpoint import common_period, key_views, load_members
+    from .checkpoint import common_period, key_views, load_members, transposition_shifts
     from .data.dataset import TokenDataset
 
     cks = load_members(checkpoints, device)
@@ -165,7 +167,8 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
         pieces = ds.pieces(split)
     else:
         pieces = benchmark_pieces(data, split, ck.tokenizer)
-    views = [key_views(c, transpositions) for c in cks]  # the own key sits at K // 2
+    views = [key_views(c, transpositions) for c in cks]
+    own = transposition_shifts(transpositions).index(0)
     ctx = min(c.train.context for c in cks)
     stride = stride or min(c.train.stride for c in cks)
     period = common_period(cks)
@@ -177,7 +180,7 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
                          ck.tokenizer, pieces)
 
     return Scores(together([n for per in nlls for n in per]), [together(per) for per in nlls],
-                  together([per[transpositions // 2] for per in nlls]))
+                  together([per[own] for per in nlls]))
 
 
 def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,
