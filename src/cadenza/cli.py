@@ -162,6 +162,13 @@ def cmd_train(a) -> int:
     return 0
 
 
+def _add_transpositions(p) -> None:
+    p.add_argument("--transpositions", type=int, default=1, metavar="K",
+                   help="average each model's next-token distribution over K keys of the "
+                   "music, centred on its own (7: -3..+3 semitones, 12: -6..+5); K passes a "
+                   "token")
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="NLL of a split under a checkpoint",
                        description="Exact mean NLL per token (nats, bits), perplexity, and per "
@@ -175,10 +182,7 @@ def _add_evaluate(sub) -> None:
                    help="split to score")
     p.add_argument("--stride", type=int, default=0, help="sliding-window stride (0: context/2)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    p.add_argument("--transpositions", type=int, default=1, metavar="K",
-                   help="average each model's next-token distribution over K keys of the "
-                   "music, centred on its own (7: -3..+3 semitones, 12: -6..+5); K passes a "
-                   "token")
+    _add_transpositions(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_evaluate)
@@ -226,10 +230,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--no-audio", action="store_true", help="skip the WAV")
     p.add_argument("--reference", help="training dataset for memorization (default: the "
                    "checkpoint's own, when present)")
-    p.add_argument("--transpositions", type=int, default=1, metavar="K",
-                   help="average each model's next-token distribution over K keys of the "
-                   "music, centred on its own (7: -3..+3 semitones, 12: -6..+5); K passes a "
-                   "token")
+    _add_transpositions(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_generate)
 
