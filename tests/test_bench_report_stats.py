@@ -28,7 +28,7 @@ def test_bench_jsb16_prints_the_paper_table(tmp_path, capsys, position):
                           position=position, members=1, **FAST)
     out = capsys.readouterr().out
     assert "0.335" in out
-    assert f"Cadenza {position or 'rope'}, averaged over 12 keys + voice labels" in out
+    assert f"Cadenza {position or 'rope'} + voice labels, averaged over 12 keys" in out
     assert r["ours"]["own_key_valid"]["tokens"] == r["ours"]["valid"]["tokens"] == 120
     assert r["ours"]["valid"]["nll"] > 0 and r["ours"]["test"]["tokens"] == 80
 

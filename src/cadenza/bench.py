@@ -264,11 +264,11 @@ def bench_jsb16(out: str, minutes: float, data: str | None = None,
     return report
 
 
-def _ours(r: dict[str, Any]) -> str:
-    """Our row's name: the scheme, and the ensemble size when there is one."""
+def _ours(r: dict[str, Any], inputs: str = "") -> str:
+    """Our row's name: the scheme and its extra inputs, the ensemble size and the keys."""
     pitch = " + relative pitch" if r.get("pitch_dims") else ""
     k, kt = r.get("members", 1), r.get("transpositions", 1)
-    return (f"Cadenza {r['position']}{pitch}" + (f", ensemble of {k}" if k > 1 else "")
+    return (f"Cadenza {r['position']}{pitch}{inputs}" + (f", ensemble of {k}" if k > 1 else "")
             + (f", averaged over {kt} keys" if kt > 1 else ""))
 
 
@@ -287,7 +287,7 @@ def format_jsb16(r: dict[str, Any]) -> str:
     ours = r["ours"]
     test = f"{ours['test']['nll']:>8.3f}" if ours.get("test") else f"{'-':>8}"
     rows = [("Huang et al. 2018: " + name, f"{v:>8.3f}{'':>8}") for name, v in r["paper"]]
-    rows.append((_ours(r) + " + voice labels (this machine)",
+    rows.append((_ours(r, " + voice labels") + " (this machine)",
                  f"{ours['valid']['nll']:>8.3f}{test}"))
     for name, v in _own_key_row(r, "nll", "valid"):
         own_test = ours.get("own_key_test")
