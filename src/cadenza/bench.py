@@ -29,7 +29,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import AugmentConfig, ConfigError, ModelConfig, PrepareConfig, TrainConfig
+from .config import (
+    AugmentConfig,
+    ConfigError,
+    ModelConfig,
+    PrepareConfig,
+    TrainConfig,
+    transposition_shifts,
+)
 
 MUSIC_TRANSFORMER_TABLE2 = [  # Huang et al. 2018, JSB chorales, validation NLL per token
     ("Coconet (chronological)", 0.436),
@@ -92,8 +99,7 @@ class Recipe:
     def with_transpositions(self, transpositions: int | None) -> Recipe:
         if transpositions is None:
             return self
-        from .checkpoint import transposition_shifts
-        transposition_shifts(transpositions)  # validates
+        transposition_shifts(transpositions)  # validates before an hour of training
         return replace(self, transpositions=transpositions)
 
 

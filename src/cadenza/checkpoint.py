@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .atomic import aside, replace_dir
-from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig
+from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig, transposition_shifts
 from .data.tokenizers import Tokenizer, build_tokenizer
 from .models import build_model
 
@@ -141,14 +141,6 @@ def load_members(paths: str | Path | Sequence[str | Path],
 def common_period(cks: list[Checkpoint]) -> int:
     """Windows must start where every member's voice period starts."""
     return math.lcm(*(max(1, c.model_cfg.voice_period) for c in cks))
-
-
-def transposition_shifts(transpositions: int) -> list[int]:
-    """The semitone shifts a model is averaged over, centred on the piece's own key:
-    1 -> [0], 7 -> -3..3, 12 -> -6..5 (the default augmentation's range)."""
-    if not 1 <= transpositions <= 12:
-        raise ConfigError(f"--transpositions: must be in 1..12, got {transpositions}")
-    return list(range(-(transpositions // 2), transpositions - transpositions // 2))
 
 
 def key_views(ck: Checkpoint, transpositions: int = 1) -> list[torch.nn.Module]:

@@ -33,6 +33,13 @@ def _check(ok: bool, name: str, msg: str, value: Any) -> None:
         raise ConfigError(f"{flag(name)}: {msg}, got {value!r}")
 
 
+def transposition_shifts(transpositions: int) -> list[int]:
+    """The semitone shifts a model is averaged over (``--transpositions``), centred on the
+    piece's own key: 1 -> [0], 7 -> -3..3, 12 -> -6..5 (the default augmentation's range)."""
+    _check(1 <= transpositions <= 12, "transpositions", "must be in 1..12", transpositions)
+    return list(range(-(transpositions // 2), transpositions - transpositions // 2))
+
+
 class _Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]

@@ -153,7 +153,8 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
     model and key is scored once, on the windows every member can read (the shortest
     context, starting where every voice period starts); the ensemble's token NLL is the
     mixture of theirs."""
-    from .checkpoint import common_period, key_views, load_members, transposition_shifts
+    from .checkpoint import common_period, key_views, load_members
+    from .config import transposition_shifts
     from .data.dataset import TokenDataset
 
     cks = load_members(checkpoints, device)
