@@ -278,10 +278,7 @@ def _ours(r: dict[str, Any], inputs: str = "") -> str:
             + (f", averaged over {kt} keys" if kt > 1 else ""))
 
 
-def _own_key_row(r: dict[str, Any], key: str, split: str) -> list[tuple[str, float]]:
-    """The same models reading each piece in its own key only (one pass a token)."""
-    own = r["ours"].get(f"own_key_{split}")
-    return [("  the same in the pieces' own keys only", own[key])] if own else []
+OWN_KEY = "  the same in the pieces' own keys only"  # one pass a token, beside the average
 
 
 def _member_rows(r: dict[str, Any], key: str) -> list[tuple[str, float]]:
@@ -291,14 +288,15 @@ def _member_rows(r: dict[str, Any], key: str) -> list[tuple[str, float]]:
 
 def format_jsb16(r: dict[str, Any]) -> str:
     ours = r["ours"]
-    test = f"{ours['test']['nll']:>8.3f}" if ours.get("test") else f"{'-':>8}"
+
+    def cells(valid: dict[str, Any], test: dict[str, Any] | None) -> str:
+        return f"{valid['nll']:>8.3f}" + (f"{test['nll']:>8.3f}" if test else f"{'-':>8}")
+
     rows = [("Huang et al. 2018: " + name, f"{v:>8.3f}{'':>8}") for name, v in r["paper"]]
     rows.append((_ours(r, " + voice labels") + " (this machine)",
-                 f"{ours['valid']['nll']:>8.3f}{test}"))
-    for name, v in _own_key_row(r, "nll", "valid"):
-        own_test = ours.get("own_key_test")
-        rows.append((name, f"{v:>8.3f}" + (f"{own_test['nll']:>8.3f}" if own_test
-                                           else f"{'-':>8}")))
+                 cells(ours["valid"], ours.get("test"))))
+    if ours.get("own_key_valid"):
+        rows.append((OWN_KEY, cells(ours["own_key_valid"], ours.get("own_key_test"))))
     rows += [(name, f"{v:>8.3f}{'':>8}") for name, v in _member_rows(r, "nll")]
     w = max(len(name) for name, _ in rows) + 2
     lines = ["JSB chorales, 16th-note grid: NLL per token (nats)",
@@ -341,9 +339,8 @@ def format_pianoroll(r: dict[str, Any]) -> str:
              f"{ours + ', valid':<{w}}{o['valid']['frame_nll']:>8.2f}"]
     if o.get("test"):
         lines.append(f"{ours + ', test':<{w}}{o['test']['frame_nll']:>8.2f}")
-    for split in ("valid", "test"):
-        lines += [f"{name + ', ' + split:<{w}}{v:>8.2f}"
-                  for name, v in _own_key_row(r, "frame_nll", split)]
+    lines += [f"{OWN_KEY + ', ' + split:<{w}}{o[f'own_key_{split}']['frame_nll']:>8.2f}"
+              for split in ("valid", "test") if o.get(f"own_key_{split}")]
     lines += [f"{name + ', valid':<{w}}{v:>8.2f}" for name, v in _member_rows(r, "frame_nll")]
     lines.append(_trained(r))
     return "\n".join(lines)
