@@ -221,3 +221,20 @@ def test_performance_grammar_releases_keys_held_too_long():
         g.advance(np.array([shift_1s]))
     allowed = np.flatnonzero(g.allowed()[0])
     assert allowed.tolist() == [tok.vocab.index("NOTE_OFF_60")]
+
+
+def test_performance_grammar_times_the_hold_from_the_latest_strike():
+    """A key struck at 0 s and struck again at 7 s has sounded for 1 s at 8 s, not 8 s: the
+    grammar must not force its release then (it does at 15 s)."""
+    tok = PerformanceTokenizer()
+    g = tok.grammar()
+    g.reset(1)
+    on, off = tok.vocab.index("NOTE_ON_60"), tok.vocab.index("NOTE_OFF_60")
+    shift_1s = tok.vocab.index("TIME_SHIFT_1000ms")
+    g.advance(np.array([on]))
+    for second in range(15):
+        if second == 7:
+            g.advance(np.array([on]))
+        assert g.allowed()[0, shift_1s], f"forced release at {second} s"
+        g.advance(np.array([shift_1s]))
+    assert np.flatnonzero(g.allowed()[0]).tolist() == [off]

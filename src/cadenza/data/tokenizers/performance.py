@@ -231,7 +231,7 @@ class PerformanceGrammar(Grammar):
     def reset(self, batch: int) -> None:
         super().reset(batch)
         self.down = np.zeros((batch, 128), np.int64)
-        self.since = np.zeros((batch, 128), np.int64)  # step at which each key went down
+        self.since = np.zeros((batch, 128), np.int64)  # step of each key's latest strike
         self.steps = np.zeros(batch, np.int64)
 
     def allowed(self) -> np.ndarray:
@@ -250,9 +250,8 @@ class PerformanceGrammar(Grammar):
         b = np.arange(len(tokens))
         on = live & (tokens >= ON0) & (tokens < OFF0)
         off = live & (tokens >= OFF0) & (tokens < SHIFT0)
-        fresh = on.copy()
-        fresh[on] = self.down[b[on], tokens[on] - ON0] == 0
-        self.since[b[fresh], tokens[fresh] - ON0] = self.steps[fresh]
+        # the hold is timed from the latest strike: a re-struck key sounds anew
+        self.since[b[on], tokens[on] - ON0] = self.steps[on]
         self.down[b[on], tokens[on] - ON0] += 1
         self.down[b[off], tokens[off] - OFF0] -= 1
         np.maximum(self.down, 0, out=self.down)
