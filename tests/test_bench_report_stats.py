@@ -181,3 +181,56 @@ def test_bench_jsb16_averaged_over_keys_equals_transposed_pieces_mixed_by_hand(t
     assert r["ours"]["own_key_valid"]["nll"] == pytest.approx(keys[1].mean(), rel=1e-5)
     assert r["ours"]["valid"]["nll"] == pytest.approx(mixed.mean(), rel=1e-5)
     assert r["ours"]["valid"]["nll"] != pytest.approx(r["ours"]["own_key_valid"]["nll"])
+
+
+def test_polyphony_is_measured_over_the_whole_piece():
+    """3,000 onsets: one voice for the first 2,000, then four-note chords. The old measure
+    stopped at the 2,000th onset and said 1."""
+    from cadenza.stats import features
+    t = np.arange(3000) * 0.125  # binary-exact times: a note ends where the next begins
+    mono = Notes.make(t[:2000], t[:2000] + 0.125, np.full(2000, 60), np.full(2000, 80))
+    late = np.repeat(t[2000:], 4)
+    chords = Notes.make(late, late + 0.125, np.tile([60, 64, 67, 72], 1000), np.full(4000, 80))
+    piece = Notes.make(*(np.r_[getattr(mono, k), getattr(chords, k)]
+                         for k in ("start", "end", "pitch", "velocity")))
+    onsets = np.unique(piece.start)
+    brute = np.mean([((piece.start <= o) & (piece.end > o)).sum() for o in onsets])
+    assert features(piece)["polyphony"][0] == pytest.approx(brute) == pytest.approx(2.0)
+
+
+def _fast_folder(d, n=6):
+    """Pieces with onsets on the 10 ms grid, often one step apart (trills, rolled chords):
+    the intervals a performance model can produce, many of them at its smallest step."""
+    from tests.conftest import make_score
+    rng = np.random.default_rng(3)
+    d.mkdir()
+    for i in range(n):
+        steps = np.cumsum(rng.choice([1, 1, 1, 2, 3, 7, 25, 60], 300))
+        notes = [(s / 100, s / 100 + rng.integers(1, 80) / 100, int(rng.integers(40, 90)),
+                  int(rng.integers(30, 110))) for s in steps]
+        make_score(notes).dump_midi(str(d / f"fast{i}.mid"))
+    return d
+
+
+def test_a_reference_compared_with_itself_overlaps_fully(tmp_path):
+    """Render a prepared dataset's reference split as MIDI files (as `generate` writes them)
+    and compare them with the dataset: every feature must overlap completely. With a bin
+    edge on 10 ms, one-step intervals fell on either side of it after tick rounding."""
+    from cadenza.config import PrepareConfig
+    from cadenza.data.dataset import TokenDataset
+    from cadenza.data.midi import score_from_notes, write_midi
+    from cadenza.data.prepare import prepare
+    from cadenza.stats import run_stats
+    ds_dir = tmp_path / "ds"
+    prepare(PrepareConfig(sources=(str(_fast_folder(tmp_path / "midi")),), out=str(ds_dir),
+                          valid_frac=0.2, test_frac=0.2), progress=False)
+    ds = TokenDataset(ds_dir)
+    res0 = run_stats(str(tmp_path / "midi"), str(ds_dir))  # to learn which split it reads
+    split = res0["reference_split"]
+    rendered = tmp_path / "rendered"
+    rendered.mkdir()
+    for k, p in enumerate(ds.pieces(split)):
+        write_midi(score_from_notes(ds.tokenizer.decode_notes(p)), rendered / f"{k}.mid")
+    res = run_stats(str(rendered), str(ds_dir))
+    for name, v in res["features"].items():
+        assert v["overlap"] == pytest.approx(1.0, abs=1e-9), name

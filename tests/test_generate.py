@@ -198,3 +198,30 @@ def test_generation_averaged_over_keys_decodes_and_says_so(tiny_run, tmp_path):
                          transpositions=3)
     assert all(i["transpositions"] == 3 and i["notes"] > 0 for i in infos)
     assert all((tmp_path / "g" / f"sample-{k}.mid").exists() for k in range(2))
+
+
+def test_stats_scores_the_continuation_as_the_sample_json_does(tiny_dataset, tmp_path):
+    """Primed with a training piece, the whole file copies training music; the sample's JSON
+    measures the continuation only, and `stats` must measure the same notes."""
+    from cadenza.data.dataset import TokenDataset
+    from cadenza.generate import run_generate
+    from cadenza.stats import run_stats
+    from cadenza.train import train
+    run = tmp_path / "run"
+    train(ModelConfig(n_layer=1, d_model=32, n_head=4, d_ff=64, dropout=0.0, position="rope",
+                      max_context=1024),
+          TrainConfig(data=str(tiny_dataset), out=str(run), context=64, batch_size=4,
+                      max_steps=4, eval_every=4, augment=AugmentConfig()), quiet=True)
+    ds = TokenDataset(tiny_dataset)
+    primer = next(f["path"] for f in ds.manifest["files"] if f["split"] == "train")
+    out = tmp_path / "gen"
+    infos = run_generate(str(run / "best"), str(out), primer, 0, 0,
+                         SampleConfig(tokens=150, seed=3), audio=False)
+    info = infos[0]
+    assert info["primer"]["tokens"] > 200  # the whole training piece is the primer
+    res = run_stats(str(out), str(tiny_dataset))
+    assert res["generated_notes"] == info["continuation_notes"] > 0
+    mem = res["memorization"]
+    assert mem["max_longest_copied_notes"] == info["memorization"]["longest_copied_notes"]
+    assert mem["mean_copied_8gram_share"] == info["memorization"]["copied_8gram_share"]
+    assert mem["max_longest_copied_notes"] < 40  # the primer (40+ copied notes) is not in it

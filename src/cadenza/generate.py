@@ -31,9 +31,18 @@ import torch
 
 from .atomic import write_bytes
 from .checkpoint import Checkpoint, common_period, key_views, load_members
-from .data.midi import BadInput, Notes, load_score, notes_from_score, score_from_notes, write_midi
+from .data.midi import (
+    BadInput,
+    Notes,
+    load_score,
+    notes_from_score,
+    score_from_notes,
+    score_from_tracks,
+    write_midi,
+)
 from .data.tokenizers import BOS, EOS, PAD
 from .models.ensemble import Ensemble
+from .stats import CONTINUATION_TRACK
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,29 @@ def sample(model: torch.nn.Module, prompt: np.ndarray, grammar, cfg: SampleConfi
                 logits = model(step, cache)[:, -1]
     new = buf[:, T0:n].cpu().numpy()
     return [new[b, : ends[b] if ends[b] >= 0 else new.shape[1]] for b in range(B)]
+
+
+PRIMER_TRACK = "Primer"
+
+
+def split_continuation(full: Notes, primer: Notes) -> tuple[Notes, Notes]:
+    """(primer part, continuation) of a sample's notes: the continuation is every note the
+    primer's tokens did not start. Decoding the primer alone gives its notes' onsets exactly
+    (only the end of a note held across the boundary can differ), so each primer note is
+    matched by (onset, pitch); a time cut would misplace notes struck at the boundary."""
+    left: dict[tuple[int, int], int] = {}
+    for t, p in zip(np.round(primer.start * 1e6).tolist(), primer.pitch.tolist()):
+        left[(t, p)] = left.get((t, p), 0) + 1
+    is_primer = np.zeros(len(full), bool)
+    for i, key in enumerate(zip(np.round(full.start * 1e6).tolist(), full.pitch.tolist())):
+        if left.get(key, 0):
+            left[key] -= 1
+            is_primer[i] = True
+
+    def pick(m: np.ndarray) -> Notes:
+        return Notes(full.start[m], full.end[m], full.pitch[m], full.velocity[m])
+
+    return pick(is_primer), pick(~is_primer)
 
 
 def _cut_notes(notes: Notes, seconds: float) -> Notes:
@@ -255,9 +287,17 @@ def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
     results = []
     for k, new in enumerate(news):
         full = gen.tok.decode_notes(np.concatenate([prompt[1:], new]))
-        cont = gen.tok.decode_notes(new) if continuation_only else full
+        # The primer and the continuation go on their own tracks, so that `stats` (and a
+        # listener muting a track) can tell them apart; the memorization below and `stats`
+        # score exactly the notes of the continuation track.
+        primer_part, cont = split_continuation(full, primer_notes)
+        if continuation_only:
+            cont = gen.tok.decode_notes(new)
+            tracks = {CONTINUATION_TRACK: cont}
+        else:
+            tracks = {PRIMER_TRACK: primer_part, CONTINUATION_TRACK: cont}
         base = out_dir / f"sample-{k}"
-        write_midi(score_from_notes(cont), base.with_suffix(".mid"))
+        write_midi(score_from_tracks(tracks), base.with_suffix(".mid"))
         piano_roll_png(full, t_split, base.with_suffix(".png"),
                        title=f"sample {k}: primer (blue) + continuation (orange)")
         wav = None
@@ -271,7 +311,8 @@ def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
             "tokenizer": gen.tok.name, "settings": asdict(cfg),
             "primer": pinfo, "new_tokens": int(len(new)),
             "new_seconds": float(max(full.duration - t_split, 0.0)) if len(full) else 0.0,
-            "notes": int(len(full)), "generation_seconds": gen_s,
+            "notes": int(len(full)), "continuation_notes": int(len(cont)),
+            "continuation_track": CONTINUATION_TRACK, "generation_seconds": gen_s,
             "tokens_per_second": float(sum(len(n) for n in news) / max(gen_s, 1e-9)),
             "files": {"midi": base.with_suffix(".mid").name,
                       "png": base.with_suffix(".png").name,
@@ -279,7 +320,7 @@ def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
         }
         if mem_index is not None:
             from .stats import memorization
-            info["memorization"] = memorization(gen.tok.decode_notes(new), mem_index)
+            info["memorization"] = memorization(cont, mem_index)
         write_bytes(base.with_suffix(".json"), (json.dumps(info, indent=1) + "\n").encode())
         results.append(info)
     return results

@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from .data.midi import BadInput, Notes, load_score, notes_from_score
+from .data.midi import BadInput, Notes, load_score, notes_from_score, only_track
+
+CONTINUATION_TRACK = "Continuation"  # the track `generate` writes new music on
 
 NGRAM = 8
 _MOD = (1 << 61) - 1
@@ -98,24 +100,41 @@ def memorization(notes: Notes, index: NgramIndex) -> dict[str, Any]:
 
 # --- musical statistics -------------------------------------------------------------------
 
+def time_edges(top: float, n: int) -> np.ndarray:
+    """Log-spaced bin edges for times in seconds, each moved to 3 ms past a multiple of 10
+    ms. Decoded times are multiples of 10 ms (performance) or of 1/8 s (grids), and a MIDI
+    file's tick rounding moves them by about 1 ms: an edge exactly on a representable value
+    (0.01 s) would drop one-step intervals on either side of it at random."""
+    edges = np.floor(np.geomspace(0.01, top, n) * 100) / 100 + 0.003
+    return np.unique(np.r_[0.0, edges])
+
+
 FEATURES = {  # name: (bins, per-note or per-piece)
     "pitch_class": (np.arange(13) - 0.5, "note"),
     "pitch_range": (np.arange(0, 90, 4), "piece"),
     "polyphony": (np.arange(0, 11, 0.5), "piece"),
     "notes_per_second": (np.arange(0, 31, 1.0), "piece"),
-    "ioi": (np.r_[0, np.geomspace(0.01, 4, 24)], "note"),
-    "duration": (np.r_[0, np.geomspace(0.01, 8, 24)], "note"),
+    "ioi": (time_edges(4, 24), "note"),
+    "duration": (time_edges(8, 24), "note"),
     "velocity": (np.arange(0, 129, 8), "note"),
 }
 
 
+def polyphony(n: Notes) -> float:
+    """Mean number of notes sounding at each distinct onset, over the whole piece:
+    #(start <= t) - #(end <= t), two binary searches instead of a loop over onsets."""
+    onsets = np.unique(n.start)
+    sounding = (np.searchsorted(np.sort(n.start), onsets, side="right")
+                - np.searchsorted(np.sort(n.end), onsets, side="right"))
+    return float(np.mean(sounding))
+
+
 def features(n: Notes) -> dict[str, np.ndarray]:
     onsets = np.unique(n.start)
-    sounding = [((n.start <= t) & (n.end > t)).sum() for t in onsets[:2000]]
     return {
         "pitch_class": n.pitch % 12,
         "pitch_range": np.array([n.pitch.max() - n.pitch.min()]),
-        "polyphony": np.array([np.mean(sounding)]),
+        "polyphony": np.array([polyphony(n)]),
         "notes_per_second": np.array([len(n) / max(n.duration, 1e-6)]),
         "ioi": np.diff(onsets),
         "duration": n.end - n.start,
@@ -145,8 +164,12 @@ def compare(gen: list[Notes], ref: list[Notes]) -> dict[str, dict[str, float]]:
     return out
 
 
-def load_notes_folder(path: Path) -> tuple[list[Notes], int, list[str]]:
-    """Notes of every MIDI file under path (or of one file); (notes, total, failures)."""
+def load_notes_folder(path: Path, continuation_only: bool = False
+                      ) -> tuple[list[Notes], int, list[str]]:
+    """Notes of every MIDI file under path (or of one file); (notes, total, failures).
+
+    With ``continuation_only``, a file written by ``generate`` (it has a track named
+    ``Continuation``) contributes that track alone: the primer is not generated music."""
     files = [path] if path.is_file() else sorted(
         f for f in path.rglob("*") if f.suffix.lower() in (".mid", ".midi"))
     if not files:
@@ -154,16 +177,20 @@ def load_notes_folder(path: Path) -> tuple[list[Notes], int, list[str]]:
     notes, bad = [], []
     for f in files:
         try:
-            notes.append(notes_from_score(load_score(f)))
+            score = load_score(f)
+            if continuation_only:
+                score = only_track(score, CONTINUATION_TRACK) or score
+            notes.append(notes_from_score(score))
         except (BadInput, OSError) as e:
             bad.append(f"{f}: {e}")
     return notes, len(files), bad
 
 
 def run_stats(generated: str, reference: str) -> dict[str, Any]:
-    gen, total, bad = load_notes_folder(Path(generated))
+    gen, total, bad = load_notes_folder(Path(generated), continuation_only=True)
     ref_path = Path(reference)
     index = None
+    split = None
     if (ref_path / "manifest.json").exists():
         from .data.dataset import TokenDataset
         ds = TokenDataset(ref_path)
@@ -177,6 +204,8 @@ def run_stats(generated: str, reference: str) -> dict[str, Any]:
     gp = np.concatenate([g.pitch % 12 for g in gen]) if gen else np.zeros(0, int)
     res: dict[str, Any] = {
         "generated": total, "decoded_share": len(gen) / total, "failures": bad,
+        "generated_notes": int(sum(len(g) for g in gen)),
+        "reference_split": split, "reference_pieces": len(ref),
         "outside_key_profile_share": float(np.mean(~np.isin(gp, profile))) if len(gp) else 0.0,
         "features": compare(gen, ref),
     }
@@ -195,9 +224,13 @@ def run_stats(generated: str, reference: str) -> dict[str, Any]:
 def format_stats(res: dict[str, Any], as_json: bool) -> str:
     if as_json:
         return json.dumps(res, indent=1)
-    lines = [f"{res['generated']} generated files, {res['decoded_share']:.0%} decode; "
-             f"{res['outside_key_profile_share']:.1%} of notes outside the reference's key "
-             "profile", f"{'feature':<18}{'overlap':>8}{'KL':>8}{'gen mean':>10}{'ref mean':>10}"]
+    ref = f"{res['reference_pieces']} reference pieces" + (
+        f" (the dataset's {res['reference_split']} split)" if res["reference_split"] else "")
+    lines = [f"{res['generated']} generated files ({res['generated_notes']:,} new notes; a "
+             f"sample's primer track is not counted), {res['decoded_share']:.0%} decode; "
+             f"{ref}; {res['outside_key_profile_share']:.1%} of notes outside the "
+             "reference's key profile",
+             f"{'feature':<18}{'overlap':>8}{'KL':>8}{'gen mean':>10}{'ref mean':>10}"]
     for k, v in res["features"].items():
         lines.append(f"{k:<18}{v['overlap']:>8.3f}{v['kl']:>8.3f}{v['generated_mean']:>10.3f}"
                      f"{v['reference_mean']:>10.3f}")

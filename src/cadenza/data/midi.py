@@ -142,20 +142,37 @@ def _extend_by_pedal(start, end, pitch, p_start, p_end) -> np.ndarray:
     return np.maximum(end, np.minimum(ext, nxt))
 
 
-def score_from_notes(notes: Notes, program: int = 0) -> symusic.Score:
+def score_from_notes(notes: Notes, program: int = 0, name: str = "Piano") -> symusic.Score:
     """A one-track score (tick resolution 480 at 120 bpm, so 1 s = 960 ticks)."""
+    return score_from_tracks({name: notes}, program)
+
+
+def score_from_tracks(tracks: dict[str, Notes], program: int = 0) -> symusic.Score:
+    """A score with one named track per entry, all on one program (480 ticks a quarter
+    at 120 bpm: 1 s = 960 ticks)."""
     tpq = 480
     score = symusic.Score(tpq)
     score.tempos.append(symusic.Tempo(0, 120.0))
-    track = symusic.Track(name="Piano", program=program)
-    if len(notes):
-        t0 = np.round(notes.start * 2 * tpq).astype(np.int32)
-        t1 = np.round(notes.end * 2 * tpq).astype(np.int32)
-        track.notes = symusic.Note.from_numpy(
-            time=t0, duration=np.maximum(t1 - t0, 1).astype(np.int32),
-            pitch=notes.pitch.astype(np.int8), velocity=notes.velocity.astype(np.int8))
-    score.tracks.append(track)
+    for name, notes in tracks.items():
+        track = symusic.Track(name=name, program=program)
+        if len(notes):
+            t0 = np.round(notes.start * 2 * tpq).astype(np.int32)
+            t1 = np.round(notes.end * 2 * tpq).astype(np.int32)
+            track.notes = symusic.Note.from_numpy(
+                time=t0, duration=np.maximum(t1 - t0, 1).astype(np.int32),
+                pitch=notes.pitch.astype(np.int8), velocity=notes.velocity.astype(np.int8))
+        score.tracks.append(track)
     return score
+
+
+def only_track(score: symusic.Score, name: str) -> symusic.Score | None:
+    """The score with only its track(s) called ``name`` (None when it has none)."""
+    keep = [t for t in score.tracks if t.name == name]
+    if not keep:
+        return None
+    out = score.copy()
+    out.tracks = [t for t in out.tracks if t.name == name]
+    return out
 
 
 def write_midi(score: symusic.Score, path: str | Path) -> None:
