@@ -22,7 +22,7 @@ def test_builtin_chorales_build_and_prepare(tmp_path):
     assert m["totals"]["pieces"] > 380 and set(m["splits"]) == {"train", "valid", "test"}
     by_split: dict[str, set] = {}
     for f in m["files"]:
-        by_split.setdefault(f["split"], set()).add(f["sha1"])
+        by_split.setdefault(f["split"], set()).add(f["music_sha1"])
     assert not (by_split["train"] & (by_split["valid"] | by_split["test"]))
 
 

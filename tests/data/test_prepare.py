@@ -29,7 +29,7 @@ def test_prepare_folder_splits_by_piece_and_writes_manifest(midi_folder, tmp_pat
     assert set(m["splits"]) == {"train", "valid", "test"}
     by_split = {}
     for f in m["files"]:
-        by_split.setdefault(f["split"], set()).add(f["sha1"])
+        by_split.setdefault(f["split"], set()).add(f["music_sha1"])
     assert not (by_split["train"] & by_split["valid"]) and not (by_split["train"]
                                                                 & by_split["test"])
     assert any(f["path"].endswith("piece05.MID") for f in m["files"])  # any-case suffix
@@ -56,6 +56,31 @@ def test_duplicate_files_are_kept_once(midi_folder, tmp_path):
     res = run([midi_folder], tmp_path / "ds")
     assert len(res.skipped) == 1 and res.skipped[0]["reason"].startswith("duplicate of ")
     assert res.manifest["totals"]["pieces"] == 12
+
+
+def test_copies_with_other_bytes_are_the_same_music(midi_folder, tmp_path):
+    """Copies whose bytes differ (another track name; another tick resolution and tempo
+    with the same sounding times) are duplicates of the original, kept once, whatever the
+    file's name. By the file's SHA-1 they were new pieces, free to land in another split
+    with identical tokens."""
+    import symusic
+    originals = sorted(midi_folder.glob("*.mid"))
+    for i, f in enumerate(originals):
+        score = symusic.Score(str(f))
+        score.tracks[0].name = f"renamed {i}"
+        score.dump_midi(str(midi_folder / f"zz-renamed-{i}.mid"))
+        # the same seconds at 60 bpm and 960 ticks a quarter: other bytes, same music
+        make_score([(n.start, n.end, n.pitch, n.velocity) for n in score.to("second")
+                    .tracks[0].notes], tempo=60.0, tpq=960
+                   ).dump_midi(str(midi_folder / f"zz-retimed-{i}.mid"))
+    res = run([midi_folder], tmp_path / "ds", valid_frac=0.3, test_frac=0.3)
+    m = res.manifest
+    assert m["totals"]["pieces"] == 12, [f["path"] for f in m["files"]]
+    assert len(res.skipped) == 2 * len(originals)
+    assert all(s["reason"].startswith("duplicate of ") for s in res.skipped)
+    ds = TokenDataset(tmp_path / "ds")
+    seqs = {split: {p.tobytes() for p in ds.pieces(split)} for split in ds.splits}
+    assert not (seqs["train"] & (seqs["valid"] | seqs["test"]))
 
 
 def _bad_files(d):

@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from ..atomic import replace_dir
 from ..config import FORMAT_VERSION, PrepareConfig
-from .midi import BadInput, load_score
-from .sources import SPLITS, Item, expand_sources, file_digest, hash_split
+from .midi import BadInput, load_score, notes_from_score
+from .sources import SPLITS, Item, expand_sources, hash_split, ids_digest, music_digest
 from .tokenizers import BOS, EOS, build_tokenizer
 from .tokenizers.grid import Roll
 
@@ -73,7 +73,8 @@ def _encode_midi(args: tuple[str, str, dict, float, bool]) -> tuple[str, Any]:
             raise BadInput("no notes the tokenizer can use")
         if ids.max() >= 65535:
             raise BadInput("token id does not fit uint16")
-        return "ok", (file_digest(path), ids.astype(np.uint16))
+        return "ok", (music_digest(notes_from_score(score, sustain_pedal=False)),
+                      ids.astype(np.uint16))
     except BadInput as e:
         return "skip", str(e)
     except Exception as e:  # a file that crashes a library is a bad file, not a bad run
@@ -124,15 +125,19 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
                 it.digest, ids = val
                 encoded.append((it, ids))
 
-    # Split by piece before any augmentation; exact duplicates share a split (and are
-    # kept once) so a piece can never leak from train into valid/test.
+    # Split by piece before any augmentation, from the hash of the music (not of the
+    # file's bytes). A duplicate (the same notes, or the same tokens) is kept once, so the
+    # same music can never sit in train and in valid/test.
     seen: dict[str, str] = {}
     by_split: dict[str, list[tuple[Item, np.ndarray]]] = {s: [] for s in SPLITS}
     for it, ids in sorted(encoded, key=lambda x: (x[0].path, x[0].split or "", x[0].index or 0)):
-        if it.digest in seen and it.split is None:
-            skip(it, f"duplicate of {seen[it.digest]}")
+        keys = (it.digest, ids_digest(ids))
+        dup = next((seen[k] for k in keys if k in seen), None)
+        if dup is not None and it.split is None:
+            skip(it, f"duplicate of {dup}")
             continue
-        seen.setdefault(it.digest, it.name)
+        for k in keys:
+            seen.setdefault(k, it.name)
         split = it.split or hash_split(it.digest, cfg.valid_frac, cfg.test_frac)
         by_split[split].append((it, ids))
     _ensure_nonempty(by_split, cfg, midi_only=not bench)
@@ -157,7 +162,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
             np.save(tmp / f"{split}.offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
             splits_info[split] = {"pieces": len(pieces), "tokens": int(lengths.sum())}
             for (it, ids), k in zip(pieces, range(len(pieces))):
-                records.append({"path": it.name, "sha1": it.digest, "split": split,
+                records.append({"path": it.name, "music_sha1": it.digest, "split": split,
                                 "piece": k, "tokens": int(len(ids))})
         manifest = {
             "format_version": FORMAT_VERSION,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .corpus import build_corpus
-from .midi import BadInput
+from .midi import BadInput, Notes
 from .tokenizers.grid import Grid, Roll
 
 MIDI_SUFFIXES = (".mid", ".midi")
@@ -43,7 +43,7 @@ class Item:
     index: int | None = None  # piece index inside a benchmark file
     split: str | None = None
     grid: Any = None  # Grid or Roll for benchmark pieces
-    digest: str = ""
+    digest: str = ""  # of the music (sources.music_digest, or the benchmark grid)
 
     @property
     def name(self) -> str:
@@ -133,9 +133,21 @@ def _item(path: Path, split: str, i: int, grid: Grid | Roll) -> Item:
     return Item(str(path), i, split, grid, digest)
 
 
-def file_digest(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha1(f.read()).hexdigest()
+def music_digest(notes: Notes) -> str:
+    """SHA-1 of the music, not of the file: every note's onset and release on a 10 ms grid,
+    pitch and velocity, in a canonical order. A copy with another track name, tick
+    resolution or event order (or another file name) gets the same digest, so it is found
+    as a duplicate and can never sit in another split than its original."""
+    a = np.stack([np.round(notes.start * 100), np.round(notes.end * 100),
+                  notes.pitch, notes.velocity]).astype(np.int64)
+    a = a[:, np.lexsort(a[::-1])]
+    return hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def ids_digest(ids: np.ndarray) -> str:
+    """SHA-1 of a token sequence: two files that tokenize alike are the same music to the
+    model, whatever their notes' exact times."""
+    return hashlib.sha1(np.ascontiguousarray(ids, np.uint16).tobytes()).hexdigest()
 
 
 def hash_split(digest: str, valid_frac: float, test_frac: float) -> str:
@@ -148,4 +160,5 @@ def hash_split(digest: str, valid_frac: float, test_frac: float) -> str:
     return "train"
 
 
-__all__ = ["BadInput", "Item", "SourceError", "expand_sources", "hash_split", "file_digest"]
+__all__ = ["BadInput", "Item", "SourceError", "expand_sources", "hash_split", "ids_digest",
+           "music_digest"]
