@@ -227,3 +227,46 @@ def test_full_files_with_a_test_split(tmp_path):
                                  "test": [frames(10)]}))
     res = run([pk], tmp_path / "b", tokenizer="pianoroll")
     assert res.manifest["splits"]["test"]["tokens"] == 10 * 4 + 2
+
+
+def _mixed_lengths_dataset(tmp_path, steps=(10, 75, 400, 33)):
+    """chorale16 pieces of 10..400 steps (42..1,602 tokens with BOS and EOS)."""
+    rng = np.random.default_rng(0)
+    grids = [rng.integers(40, 80, (n, 4)).tolist() for n in steps]
+    src = tmp_path / "mixed.json"
+    src.write_text(json.dumps({"train": grids, "valid": grids[:1]}))
+    run([src], tmp_path / "ds", tokenizer="chorale16")
+    return TokenDataset(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("period", [1, 4])
+def test_every_token_is_about_equally_likely_to_be_a_target(tmp_path, period):
+    """Over pieces much shorter and much longer than the window, each target position's
+    chance of being trained on is flat within 2x (the pieces' edges get up to twice the
+    middle's share). Before, a piece shorter than the window got one draw for all its
+    tokens: 1/300 of a long piece's per-token rate."""
+    ds = _mixed_lengths_dataset(tmp_path)
+    T = 128
+    s = WindowSampler(ds, T, 1, None, seed=0, period=period)
+    piece, start = s.draw(100_000)
+    counts = [np.zeros(n, np.int64) for n in s.lengths]
+    for i, L in enumerate(s.lengths):
+        sel = start[piece == i]
+        assert np.all(sel % period == 0)
+        # a window from a covers targets a+1 .. min(a+T, L-1): a difference array
+        diff = np.zeros(L + 1, np.int64)
+        np.add.at(diff, sel + 1, 1)
+        np.add.at(diff, np.minimum(sel + T, L - 1) + 1, -1)
+        counts[i] = np.cumsum(diff)[1:L]  # targets 1 .. L-1 (EOS is the last)
+    rate = np.concatenate(counts) / 100_000
+    assert rate.min() > 0 and rate.max() / rate.min() < 2.2, (rate.min(), rate.max())
+    means = [c.mean() for c in counts]
+    assert max(means) / min(means) < 2.0
+
+
+def test_eos_is_a_training_target_with_a_voice_period(tmp_path):
+    ds = _mixed_lengths_dataset(tmp_path)
+    s = WindowSampler(ds, 128, 16, None, seed=0, period=4)
+    eos = sum(int((s.next_batch()[1] == 2).sum()) for _ in range(50))
+    # one piece end per ~(L + T) / 4 draws of the longest piece: dozens in 800 windows
+    assert eos > 20

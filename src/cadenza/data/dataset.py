@@ -3,7 +3,8 @@
 :class:`TokenDataset` memory-maps the shards written by ``prepare``. :class:`WindowSampler`
 draws random windows of ``context + 1`` tokens from training pieces (windows never cross a
 piece boundary; a piece shorter than the window is padded, and its padding is ignored by the
-loss) and augments each window on the fly with the tokenizer's ``augment``.
+loss), chosen so that every token of every piece is about equally likely to be a target
+(see ``draw``), and augments each window on the fly with the tokenizer's ``augment``.
 
 Why on the fly rather than at prepare time: every epoch sees fresh transpositions, stretches
 and velocity shifts, the dataset on disk stays one copy of the music (12x smaller than
@@ -89,10 +90,22 @@ class WindowSampler:
         self.rank, self.world = rank, world
         # Windows start at multiples of `period` from the piece start, so that a voice
         # embedding (position mod period) means the same voice in every window.
-        self.period = max(1, period)
-        lengths = np.diff(self.offsets)
-        starts = np.maximum(lengths - (context + 1), 0) // self.period + 1
-        self.cum = np.cumsum(starts)
+        self.period = p = max(1, period)
+        # Every target token about equally likely to be trained on, whatever the length of
+        # its piece and its place in it. A "virtual" start s = p*k is drawn uniformly among
+        # all that reach a target of the piece: s in [1 - T, L - 2]; each target is reached
+        # by T of them. The window actually read starts at s clipped into the piece
+        # (0 .. s_max, the first start whose window reaches EOS), so windows are full
+        # where the piece allows, and its first and last T tokens are trained on 1-2x as
+        # often as the middle (not 1/T as often, as when starts ran over 0..L-T-1 only; a
+        # piece shorter than the window then got one draw for all its tokens). The last
+        # window ends on EOS even with a period, so models learn to stop.
+        self.lengths = L = np.diff(self.offsets)
+        T = context
+        self.k_lo = -((T - 1) // p)
+        k_hi = (L - 2) // p
+        self.s_max = -(-np.maximum(L - (T + 1), 0) // p) * p
+        self.cum = np.cumsum(k_hi - self.k_lo + 1)
         self.rng = np.random.default_rng(seed)
         # time-stretch may shorten a window: read a margin of extra tokens
         self.margin = context // 8 + 8 if augment and augment.stretch != (1.0, 1.0) else 0
@@ -103,18 +116,23 @@ class WindowSampler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
 
+    def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(piece index, start within the piece) of n windows of context + 1 tokens."""
+        u = self.rng.integers(0, self.cum[-1], size=n)
+        piece = np.searchsorted(self.cum, u, side="right")
+        k = self.k_lo + u - np.concatenate([[0], self.cum[:-1]])[piece]
+        return piece, np.clip(k * self.period, 0, self.s_max[piece])
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, int]:
         """This rank's slice of the global batch: inputs and targets (B, context), and the
         number of real targets in the *global* batch (so a sum-then-divide loss averaged
         by DDP equals the single-process loss exactly)."""
         T = self.context
-        u = self.rng.integers(0, self.cum[-1], size=self.batch_size)
-        piece = np.searchsorted(self.cum, u, side="right")
-        first = u - np.concatenate([[0], self.cum[:-1]])[piece]
+        piece, start = self.draw(self.batch_size)
         x = np.full((self.batch_size, T + 1), PAD, np.int64)
         mask = np.zeros((self.batch_size, T + 1), bool)
         for b in range(self.batch_size):  # B is small; each row is one numpy slice
-            a = self.offsets[piece[b]] + first[b] * self.period
+            a = self.offsets[piece[b]] + start[b]
             end = self.offsets[piece[b] + 1]
             w = np.asarray(self.tokens[a: min(a + T + 1 + self.margin, end)], np.int64)
             if self.augment is not None:
