@@ -225,3 +225,30 @@ def test_stats_scores_the_continuation_as_the_sample_json_does(tiny_dataset, tmp
     assert mem["max_longest_copied_notes"] == info["memorization"]["longest_copied_notes"]
     assert mem["mean_copied_8gram_share"] == info["memorization"]["copied_8gram_share"]
     assert mem["max_longest_copied_notes"] < 40  # the primer (40+ copied notes) is not in it
+
+
+def test_generate_reads_a_chorale16_primer_on_its_beats(tmp_path):
+    """`generate` encodes a primer as the tokenizer reads training data: eight quarter-note
+    chords at 60 bpm are 32 steps (128 tokens); their first 4 s are 16 steps."""
+    from cadenza.config import PrepareConfig
+    from cadenza.data.prepare import prepare
+    from cadenza.generate import Generator
+    from cadenza.train import train
+    from tests.conftest import make_score
+    rng = np.random.default_rng(0)
+    src = tmp_path / "c.json"
+    grids = [rng.integers(50, 70, (40, 4)).tolist() for _ in range(3)]
+    src.write_text(json.dumps({"train": grids, "valid": grids[:1]}))
+    prepare(PrepareConfig(sources=(str(src),), out=str(tmp_path / "ds"), tokenizer="chorale16"),
+            progress=False)
+    train(ModelConfig(n_layer=1, d_model=32, n_head=4, d_ff=64, position="rope",
+                      max_context=512, voice_period=4),
+          TrainConfig(data=str(tmp_path / "ds"), out=str(tmp_path / "run"), context=64,
+                      batch_size=2, max_steps=1, eval_every=1), quiet=True)
+    chords = [(60, 64, 67, 72), (59, 62, 67, 74)] * 4
+    make_score([(i, i + 1, p, 80) for i, c in enumerate(chords) for p in c], tempo=60.0,
+               pedals=[(0, 8)]).dump_midi(str(tmp_path / "p.mid"))
+    gen = Generator.load(tmp_path / "run" / "best")
+    ids, info = gen.encode_primer(str(tmp_path / "p.mid"))
+    assert info["tokens"] == 128 and len(ids) == 129
+    assert gen.encode_primer(str(tmp_path / "p.mid"), seconds=4)[1]["tokens"] == 64

@@ -195,3 +195,27 @@ def test_two_process_ddp_matches_one_process(tiny_dataset, tmp_path):
     a, b = _losses(one), _losses(two)
     assert len(a) == len(b) == 12
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
+
+
+def test_a_time_budget_is_spent_when_the_first_steps_are_slow(tiny_dataset, tmp_path,
+                                                                monkeypatch, capsys):
+    """Another program slows the first steps (0.25 s each, then ~10 ms): the run must still
+    train for its whole budget at the faster pace, and say that the pace changed. Before,
+    the horizon was fixed from steps 3-8 and the run stopped after a fraction of it."""
+    from cadenza.data.dataset import WindowSampler
+    real, calls = WindowSampler.next_batch, {"n": 0}
+
+    def slow_at_first(self):
+        calls["n"] += 1
+        if calls["n"] <= 12:
+            time.sleep(0.25)
+        return real(self)
+
+    monkeypatch.setattr(WindowSampler, "next_batch", slow_at_first)
+    budget = 8.0
+    res = train(MODEL, cfg(tiny_dataset, tmp_path / "run", max_steps=0, minutes=budget / 60,
+                           eval_every=10_000, log_every=50), quiet=False)
+    out = capsys.readouterr().out
+    assert res["elapsed"] >= 0.95 * budget, res
+    assert res["step"] > 12 + 2 * (budget - 3) / 0.25  # far more than the slow pace allows
+    assert "time budget reached" in out and "pace changed" in out

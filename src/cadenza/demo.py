@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from .config import AugmentConfig, ModelConfig, PrepareConfig, TrainConfig
-from .data.corpus import cadenza_home
+from .data.corpus import CORPUS_VERSION, cadenza_home
 
 
 def _piece_name(path: str) -> str:
@@ -32,7 +32,8 @@ def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu
     from .generate import SampleConfig, run_generate
     from .train import train
 
-    data = cadenza_home() / "datasets" / "chorales-performance"
+    # named by the corpus conversion's version: a cache of an older one is not reused
+    data = cadenza_home() / "datasets" / f"chorales-v{CORPUS_VERSION}-performance"
     if not (data / "manifest.json").exists():
         print(f"[1/3] preparing builtin:chorales -> {data}")
         print(prepare(PrepareConfig(sources=("builtin:chorales",), out=str(data),

@@ -35,7 +35,6 @@ from .data.midi import (
     BadInput,
     Notes,
     load_score,
-    notes_from_score,
     score_from_notes,
     score_from_tracks,
     write_midi,
@@ -169,12 +168,6 @@ def split_continuation(full: Notes, primer: Notes) -> tuple[Notes, Notes]:
     return pick(is_primer), pick(~is_primer)
 
 
-def _cut_notes(notes: Notes, seconds: float) -> Notes:
-    keep = notes.start < seconds
-    return Notes(notes.start[keep], np.minimum(notes.end[keep], seconds), notes.pitch[keep],
-                 notes.velocity[keep])
-
-
 def resolve_primer(spec: str) -> Path:
     """A MIDI path, or ``builtin:CORPUS[/NAME]`` (the first file whose name contains NAME)."""
     if spec.startswith("builtin:"):
@@ -222,14 +215,13 @@ class Generator:
             path = resolve_primer(primer)
             try:
                 score = load_score(path)
-                notes = notes_from_score(score)
+                # the tokenizer reads the primer as it reads training data: a beat grid on
+                # the score's own beats, the performance scheme in seconds with the pedal
+                if seconds and not len(self.tok.score_notes(score, seconds=seconds)):
+                    raise BadInput(f"no notes in its first {seconds:g} s")
+                ids = self.tok.encode(self.tok.primer_piece(score, seconds))
             except BadInput as e:
                 raise BadInput(f"--primer {path}: {e}") from e
-            if seconds:
-                notes = _cut_notes(notes, seconds)
-                if len(notes) == 0:
-                    raise BadInput(f"--primer {path}: no notes in its first {seconds:g} s")
-            ids = self.tok.encode(self.tok.piece_from_notes(notes))
             if tokens:
                 ids = ids[:tokens]
             info["source"] = str(path)

@@ -2,8 +2,9 @@
 
 AdamW (decoupled weight decay on matrices only), linear warm-up then cosine decay to
 ``min_lr_frac * lr``, gradient clipping, dropout. The budget is ``--max-steps`` and/or
-``--minutes``; with minutes alone, the schedule's horizon is fixed after timing the first
-steps and saved, so a resumed run follows the same schedule. Validation NLL (exact, over the
+``--minutes``; with minutes alone, the cosine follows the clock (the share of the budget
+spent, saved with the run, so a resumed run continues the same schedule), and training runs
+until the budget is spent however the pace changes. Validation NLL (exact, over the
 whole valid split, see evaluate.py) every ``--eval-every`` steps decides ``best/`` and early
 stopping (``--patience``). ``last/`` also holds optimizer, scheduler, RNG and sampler state:
 ``--resume`` continues exactly (on CPU in fp32, bit for bit). With ``--ema D`` an
@@ -72,12 +73,23 @@ def setup_distributed(device: str) -> Dist:
     return d
 
 
-def lr_at(step: int, cfg: TrainConfig, horizon: int) -> float:
-    """Multiplier of cfg.lr: linear warm-up, then cosine down to min_lr_frac."""
+def lr_at(step: int, cfg: TrainConfig, frac: float) -> float:
+    """Multiplier of cfg.lr: linear warm-up over steps, then cosine down to min_lr_frac as
+    ``frac`` (the share of the budget spent, see ``progress``) goes from 0 to 1."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    frac = min(1.0, (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps))
+    frac = min(max(frac, 0.0), 1.0)
     return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def progress(step: int, elapsed: float, cfg: TrainConfig, horizon: int) -> float:
+    """Share of the budget spent: of the steps after warm-up for a step budget; of the time
+    for ``--minutes`` alone. A time budget's schedule follows the clock, so a slow stretch
+    (another program on the machine) costs steps but never ends the run early or leaves it
+    on a stale horizon; ``elapsed`` travels in the resume state, so resume continues it."""
+    if horizon:
+        return (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps)
+    return elapsed / (cfg.minutes * 60)
 
 
 def tokenizer_facts(model_cfg: ModelConfig, tok: Tokenizer) -> ModelConfig:
@@ -222,7 +234,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     elapsed = elapsed0
     stop_reason = ""
     model.train()
-    session_steps, t_calib = 0, time.perf_counter()
+    pace = Pace(cfg, log) if not horizon else None
     while True:
         elapsed = time.perf_counter() - t_start
         if cfg.minutes and elapsed >= cfg.minutes * 60:
@@ -231,15 +243,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
             stop_reason = stop_reason or "step budget reached"
         if stop_reason or (stop_at is not None and step >= stop_at):
             break
-        if not horizon and session_steps == 8:  # --minutes only: fix the horizon now
-            per_step = (time.perf_counter() - t_calib) / 5
-            horizon = step + int(0.9 * (cfg.minutes * 60 - elapsed) / per_step)
-            log(f"schedule horizon {horizon} steps ({per_step * 1000:.0f} ms/step)")
-        if session_steps == 3:
-            t_calib = time.perf_counter()
-        session_steps += 1
+        if pace:
+            pace.tick(step, elapsed)
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_at(step, cfg, horizon or 10**9)
+            g["lr"] = cfg.lr * lr_at(step, cfg, progress(step, elapsed, cfg, horizon))
         x, y, n_global = sampler.next_batch()
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         with autocast(dev, cfg.precision):
@@ -332,6 +339,34 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         dist.barrier()
     return {"step": step, "val_nll": val, "best_val_nll": best, "elapsed": elapsed,
             "parameters": count_params(raw)}
+
+
+class Pace:
+    """For a time budget: says how many steps the budget should buy at the current pace,
+    and says again when the pace changes by more than a quarter (the schedule itself
+    follows the clock, see ``progress``)."""
+
+    def __init__(self, cfg: TrainConfig, log) -> None:
+        self.budget, self.log = cfg.minutes * 60, log
+        self.marks: list[tuple[int, float]] = []  # (step, elapsed) at this session's steps
+        self.said = 0
+
+    def tick(self, step: int, elapsed: float) -> None:
+        self.marks.append((step, elapsed))
+        n = len(self.marks)
+        if n < 9 or (n - 9) % 50:  # first after 8 steps (warm caches), then every 50
+            return
+        (s0, e0), (s1, e1) = self.marks[max(3, n - 51)], self.marks[-1]
+        per_step = (e1 - e0) / max(s1 - s0, 1)
+        total = step + int(max(self.budget - elapsed, 0) / max(per_step, 1e-9))
+        if not self.said:
+            self.log(f"time budget: about {total} steps at {per_step * 1000:.0f} ms/step "
+                     "(the learning-rate schedule follows the clock)")
+            self.said = total
+        elif abs(total - self.said) > 0.25 * self.said:
+            self.log(f"pace changed: {per_step * 1000:.0f} ms/step, now about {total} steps "
+                     f"in the budget (was {self.said})")
+            self.said = total
 
 
 def _metrics(step, val, best, elapsed, sampler, cfg, loss) -> dict[str, Any]:

@@ -238,3 +238,44 @@ def test_performance_grammar_times_the_hold_from_the_latest_strike():
         assert g.allowed()[0, shift_1s], f"forced release at {second} s"
         g.advance(np.array([shift_1s]))
     assert np.flatnonzero(g.allowed()[0]).tolist() == [off]
+
+
+def test_a_builtin_chorale_keeps_its_own_beats(tmp_path):
+    """bwv1.6 is marked 76 bpm. Converted through seconds at 120 bpm it gave 505 steps with
+    onsets off the 16th grid; on its own beats it has its true 320 (80 quarters)."""
+    import warnings
+
+    from cadenza.data.corpus import _convert_one
+    from cadenza.data.midi import load_score
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from music21 import corpus
+    src = next(p for p in corpus.getComposer("bach") if str(p).endswith("/bwv1.6.mxl"))
+    assert _convert_one((str(src), str(tmp_path / "bwv1.6.mid")))
+    score = load_score(tmp_path / "bwv1.6.mid")
+    assert score.tempos[0].qpm == pytest.approx(76, abs=0.01)
+    grid = build_tokenizer("chorale16").piece_from_score(score)
+    assert grid.shape == (320, 4)
+    q = notes_from_score(score, sustain_pedal=False, unit="quarter")
+    np.testing.assert_allclose(q.start * 4, np.round(q.start * 4), atol=1e-9)
+    # the seconds are the score's own: 80 quarters at 76 bpm
+    assert notes_from_score(score).duration == pytest.approx(80 * 60 / 76, abs=0.01)
+
+
+@pytest.mark.parametrize("tempo", [60.0, 90.0, 120.0])
+def test_a_primer_is_read_on_its_own_beats(tempo, tmp_path):
+    """Eight quarter-note chords are 32 sixteenth steps at any tempo; its first 4 seconds
+    are 4 * tempo / 60 quarters. Through seconds at 120 bpm and with the pedal down, 60 bpm
+    gave 64 steps and 90 bpm 43 off-grid ones."""
+    chords = [(60, 64, 67, 72), (59, 62, 67, 74), (57, 60, 64, 69), (55, 59, 62, 67)] * 2
+    q = 60.0 / tempo
+    notes = [(i * q, (i + 1) * q, p, 80) for i, c in enumerate(chords) for p in c]
+    score = make_score(notes, pedals=[(0, 8 * q)], tempo=tempo)
+    tok = build_tokenizer("chorale16")
+    grid = tok.primer_piece(score)
+    assert grid.shape == (32, 4)
+    np.testing.assert_array_equal(grid[::4], np.sort(chords, axis=1)[:, ::-1])
+    assert np.all(grid == np.repeat(grid[::4], 4, axis=0))  # changes on the beat only
+    assert tok.primer_piece(score, seconds=4.0).shape == (int(round(4 * tempo / 60)) * 4, 4)
+    roll = build_tokenizer("pianoroll").primer_piece(score)
+    assert roll.shape == (32, 88)

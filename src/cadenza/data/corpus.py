@@ -1,7 +1,8 @@
 """Built-in corpora, built on first use from the music21 package's own corpus.
 
 Nothing is downloaded: music21 ships the scores. Each score is converted to a one-track
-piano MIDI file under ``$CADENZA_HOME/corpus/NAME/`` (default ``~/.cache/cadenza``); a
+piano MIDI file under ``$CADENZA_HOME/corpus/vN/NAME/`` (default ``~/.cache/cadenza``; N the
+conversion's version), keeping the score's beats, tempo map and time signatures; a
 ``.complete`` marker makes the cache trustworthy, so later runs skip the conversion.
 
 - ``builtin:chorales``: the Bach chorales (BWV numbering, ~409 scores)
@@ -22,6 +23,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 CORPORA = ("chorales", "keyboard", "classical")
+# Bumped when the conversion changes, so that caches of an older one are not reused.
+# 2: the score's own ticks and tempo map (1 baked the tempo into 120-bpm ticks).
+CORPUS_VERSION = 2
 KEYBOARD = ["mozart/k545", "joplin", "chopin", "schumann_clara/polonaise*",
             "schumann_robert/dichterliebe*", "schubert", "schoenberg/opus19", "cpebach/h186.mxl",
             "beach", "liliuokalani", "johnson_j_r", "handel/rinaldo", "weber", "verdi", "webern"]
@@ -82,7 +86,7 @@ def _bach_chorales(corpus) -> list[Path]:
 
 def build_corpus(name: str, workers: int = 1) -> Path:
     """Convert (once) and return the folder of MIDI files of a built-in corpus."""
-    out = cadenza_home() / "corpus" / name
+    out = cadenza_home() / "corpus" / f"v{CORPUS_VERSION}" / name
     marker = out / ".complete"
     if marker.exists():
         return out
@@ -112,7 +116,7 @@ def _convert_one(job: tuple[str, str]) -> bool:
         warnings.simplefilter("ignore")
         from music21 import converter, instrument
 
-        from .midi import notes_from_score, score_from_notes, write_midi
+        from .midi import merge_tracks, write_midi
         try:
             score = converter.parse(src)
             parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
@@ -132,7 +136,12 @@ def _convert_one(job: tuple[str, str]) -> bool:
             with tempfile.TemporaryDirectory() as d:
                 tmp = Path(d) / "x.mid"
                 score.write("midi", fp=str(tmp))
-                merged = score_from_notes(notes_from_score(symusic.Score(str(tmp)), False))
+                # one piano track on music21's own ticks and tempo map: a 16th stays a
+                # 16th for the grid tokenizers (through seconds at 120 bpm, a chorale at
+                # 76 bpm got 505 steps instead of 320)
+                merged = merge_tracks(symusic.Score(str(tmp)))
+            if not len(merged.tracks[0].notes):
+                return False
             write_midi(merged, dst)
             return True
         except Exception:

@@ -113,6 +113,47 @@ def notes_from_score(score: symusic.Score, sustain_pedal: bool = True,
     return notes
 
 
+def merge_tracks(score: symusic.Score, name: str = "Piano") -> symusic.Score:
+    """One piano track holding every non-drum note, on the score's own ticks, tempo map,
+    time and key signatures: beats stay beats (a grid tokenizer reads them), and seconds
+    stay what the tempo map makes them."""
+    out = symusic.Score(score.ticks_per_quarter)
+    out.tempos = score.tempos.copy()
+    out.time_signatures = score.time_signatures.copy()
+    out.key_signatures = score.key_signatures.copy()
+    parts = [t.notes.numpy() for t in score.tracks if not t.is_drum and len(t.notes)]
+    track = symusic.Track(name=name, program=0)
+    if parts:
+        a = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        order = np.lexsort((a["pitch"], a["time"]))
+        track.notes = symusic.Note.from_numpy(**{k: v[order] for k, v in a.items()})
+    out.tracks.append(track)
+    return out
+
+
+def quarters_at(score: symusic.Score, seconds: float) -> float:
+    """The position in quarter notes of a time in seconds, through the score's tempo map
+    (120 bpm before its first tempo event, as MIDI says)."""
+    tpq = score.ticks_per_quarter
+    marks = sorted((int(t.time), float(t.qpm)) for t in score.tempos)
+    if not marks or marks[0][0] > 0:
+        marks.insert(0, (0, 120.0))
+    q = sec = 0.0
+    for i, (tick, qpm) in enumerate(marks):
+        span_q = (marks[i + 1][0] - tick) / tpq if i + 1 < len(marks) else np.inf
+        if sec + span_q * 60 / qpm >= seconds:
+            return q + (seconds - sec) * qpm / 60
+        q, sec = q + span_q, sec + span_q * 60 / qpm
+    return q
+
+
+def cut_notes(notes: Notes, end: float) -> Notes:
+    """The notes that start before ``end``, released at ``end`` at the latest."""
+    keep = notes.start < end
+    return Notes(notes.start[keep], np.minimum(notes.end[keep], end), notes.pitch[keep],
+                 notes.velocity[keep])
+
+
 def _pedal_intervals(track, last: float) -> tuple[np.ndarray, np.ndarray]:
     """(down, up) times of the sustain pedal (CC64 >= 64 is down) from the raw controls."""
     c = track.controls.numpy()

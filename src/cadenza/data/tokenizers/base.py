@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import symusic
 
-from ..midi import MAX_PITCH, MIN_PITCH, Notes, notes_from_score
+from ..midi import MAX_PITCH, MIN_PITCH, Notes, cut_notes, notes_from_score, quarters_at
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ["PAD", "BOS", "EOS"]
@@ -72,6 +72,9 @@ class Tokenizer(ABC):
     step_seconds: float = 0.0
     #: id of the token that ends a time step of varying length (for --step-positions)
     step_token: int | None = None
+    #: grid schemes count beats: they read a score in quarter notes, whatever its tempo,
+    #: as seconds at 120 bpm (a step of 0.125 s is a 16th note)
+    beat_grid: bool = False
 
     def __init__(self) -> None:
         self.vocab: list[str] = list(SPECIALS)
@@ -101,7 +104,25 @@ class Tokenizer(ABC):
         """Raise :class:`BadInput` when the notes have nothing this scheme can use."""
 
     def piece_from_score(self, score: symusic.Score, sustain_pedal: bool = True) -> Any:
-        return self.piece_from_notes(notes_from_score(score, sustain_pedal))
+        return self.piece_from_notes(self.score_notes(score, sustain_pedal))
+
+    def primer_piece(self, score: symusic.Score, seconds: float = 0.0,
+                     sustain_pedal: bool = True) -> Any:
+        """The piece of a score's first ``seconds`` (0: all of it), as a primer."""
+        return self.piece_from_notes(self.score_notes(score, sustain_pedal, seconds))
+
+    def score_notes(self, score: symusic.Score, sustain_pedal: bool = True,
+                    seconds: float = 0.0) -> Notes:
+        """The notes this scheme reads from a score, cut at ``seconds`` of the score's own
+        time when given: in seconds, or for a beat grid in the score's quarter notes
+        (written as seconds at 120 bpm; the notated rhythm, so no pedal)."""
+        if self.beat_grid:
+            q = notes_from_score(score, sustain_pedal=False, unit="quarter")
+            if seconds:
+                q = cut_notes(q, quarters_at(score, seconds))
+            return Notes(q.start * 0.5, q.end * 0.5, q.pitch, q.velocity)
+        notes = notes_from_score(score, sustain_pedal)
+        return cut_notes(notes, seconds) if seconds else notes
 
     def piece_from_source(self, src: Any, sustain_pedal: bool = True) -> Any:
         """A source item: a MIDI score, or a benchmark ``Grid``/``Roll`` (see grid.py)."""

@@ -9,9 +9,8 @@ Try it: ``cadenza prepare ../shared/data/benchmarks/jsb16/jsb16_separated.trainv
 from __future__ import annotations
 
 import numpy as np
-import symusic
 
-from ..midi import MAX_PITCH, MIN_PITCH, BadInput, Notes, notes_from_score
+from ..midi import MAX_PITCH, MIN_PITCH, BadInput, Notes
 from .base import EOS, SPECIALS, Grammar, Tokenizer
 from .grid import Grid, Roll, roll_from_notes, roll_to_columns
 
@@ -23,6 +22,7 @@ P0 = SILENCE + 1  # pitch p -> P0 + p - 21
 class Chorale16Tokenizer(Tokenizer):
     name = "chorale16"
     step_seconds = 0.125  # a 16th note at 120 bpm
+    beat_grid = True  # MIDI is read on its own beats: 4 steps a quarter, whatever the tempo
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,12 +50,6 @@ class Chorale16Tokenizer(Tokenizer):
         if isinstance(src, Roll):
             return roll_to_columns(src.array, VOICES)
         return super().piece_from_source(src, sustain_pedal)
-
-    def piece_from_score(self, score: symusic.Score, sustain_pedal: bool = True) -> np.ndarray:
-        """Quantise on the score's own beat (4 steps a quarter note, whatever the tempo)."""
-        beats = notes_from_score(score, sustain_pedal=False, unit="quarter")
-        return self.piece_from_notes(
-            Notes(beats.start * 0.5, beats.end * 0.5, beats.pitch, beats.velocity))
 
     def piece_from_notes(self, notes: Notes) -> np.ndarray:
         """The four highest pitches sounding at each 16th step, highest first."""

@@ -23,6 +23,7 @@ FRAME = K0 + 88
 class PianoRollTokenizer(Tokenizer):
     name = "pianoroll"
     step_token = FRAME
+    beat_grid = True  # MIDI is read on its own beats (step_seconds is a step at 120 bpm)
 
     def __init__(self, step_seconds: float = 0.125) -> None:
         super().__init__()
