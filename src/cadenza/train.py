@@ -82,14 +82,17 @@ def lr_at(step: int, cfg: TrainConfig, frac: float) -> float:
     return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def progress(step: int, elapsed: float, cfg: TrainConfig, horizon: int) -> float:
-    """Share of the budget spent: of the steps after warm-up for a step budget; of the time
-    for ``--minutes`` alone. A time budget's schedule follows the clock, so a slow stretch
-    (another program on the machine) costs steps but never ends the run early or leaves it
-    on a stale horizon; ``elapsed`` travels in the resume state, so resume continues it."""
+def progress(step: int, elapsed: float, cfg: TrainConfig, horizon: int,
+             warm_elapsed: float) -> float:
+    """Share of the budget after warm-up spent: of the steps for a step budget; of the time
+    for ``--minutes`` alone (``warm_elapsed``: seconds at the end of warm-up). A time
+    budget's schedule follows the clock, so a slow stretch (another program on the machine)
+    costs steps but never ends the run early or leaves it on a stale horizon; both times
+    travel in the resume state, so resume continues the same schedule."""
     if horizon:
         return (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps)
-    return elapsed / (cfg.minutes * 60)
+    budget = cfg.minutes * 60
+    return (elapsed - warm_elapsed) / max(budget - warm_elapsed, 1e-9)
 
 
 def tokenizer_facts(model_cfg: ModelConfig, tok: Tokenizer) -> ModelConfig:
@@ -182,12 +185,14 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     valid = ds.pieces("valid")
     step, best, since_best, elapsed0 = 0, math.inf, 0, 0.0
     horizon = cfg.max_steps or 0
+    warm_elapsed = 0.0  # seconds at the end of warm-up (the time schedule starts there)
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         step, best, since_best = state["step"], state["best"], state["since_best"]
         elapsed0, horizon = state["elapsed"], cfg.max_steps or state["horizon"]
+        warm_elapsed = state.get("warm_elapsed", 0.0)
     config = {
         "format_version": FORMAT_VERSION,
         "model": model_cfg.to_dict(), "train": cfg.to_dict(),
@@ -222,7 +227,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         if with_state:
             st = {"optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
                   "torch_rng": torch.get_rng_state(), "step": step, "best": best,
-                  "since_best": since_best, "elapsed": elapsed, "horizon": horizon}
+                  "since_best": since_best, "elapsed": elapsed, "horizon": horizon,
+                  "warm_elapsed": warm_elapsed}
             if ema is not None:
                 st["raw_model"] = raw.state_dict()
         save_checkpoint(out / name, scored, config, metrics, st)
@@ -245,8 +251,11 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
             break
         if pace:
             pace.tick(step, elapsed)
+        if step <= cfg.warmup_steps:
+            warm_elapsed = elapsed
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_at(step, cfg, progress(step, elapsed, cfg, horizon))
+            g["lr"] = cfg.lr * lr_at(step, cfg, progress(step, elapsed, cfg, horizon,
+                                                         warm_elapsed))
         x, y, n_global = sampler.next_batch()
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         with autocast(dev, cfg.precision):
