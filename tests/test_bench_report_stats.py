@@ -198,7 +198,7 @@ def test_polyphony_is_measured_over_the_whole_piece():
     assert features(piece)["polyphony"][0] == pytest.approx(brute) == pytest.approx(2.0)
 
 
-def _fast_folder(d, n=6):
+def _fast_folder(d, n=10):
     """Pieces with onsets on the 10 ms grid, often one step apart (trills, rolled chords):
     the intervals a performance model can produce, many of them at its smallest step."""
     from tests.conftest import make_score

@@ -31,6 +31,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def temp_dir(target: str | Path) -> Path:
+    """A fresh hidden directory beside ``target`` with the user's usual permissions
+    (mkdtemp makes 0700), to be filled and then moved into place."""
+    target = Path(target)
+    d = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    os.chmod(d, 0o777 & ~_UMASK)
+    return d
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -56,3 +65,31 @@ def replace_dir(tmp: str | Path, out: str | Path) -> None:
             os.rename(out, old)
     os.rename(tmp, out)  # a crash right before this leaves `old` complete
     shutil.rmtree(old, ignore_errors=True)
+
+
+class Busy(RuntimeError):
+    """Another live process holds the lock of a directory."""
+
+
+@contextlib.contextmanager
+def locked_dir(path: str | Path, flag: str) -> Iterator[None]:
+    """Hold an exclusive OS lock on ``path/.lock`` (created with the folder) for the life of
+    the block. The kernel releases it when the process dies, however it dies, so a crashed
+    run never blocks the next one; a second process gets :class:`Busy` naming the holder's
+    PID (written into the lock file). ``flag`` names the option in the message."""
+    import fcntl
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise Busy(f"{flag} {path}: in use by another Cadenza process (PID {holder}); "
+                       "wait for it to finish or choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

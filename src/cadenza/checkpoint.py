@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import aside, replace_dir
+from .atomic import aside, replace_dir, temp_dir
 from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig, transposition_shifts
 from .data.tokenizers import Tokenizer, build_tokenizer
 from .models import build_model
@@ -46,7 +45,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: dict[str, Any],
                     metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = temp_dir(path)
     try:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         weights.pop("head.weight", None)  # tied to tok.weight
@@ -111,7 +110,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"{path / 'config.json'}: vocabulary does not match "
                               f"tokenizer {t['name']} of this Cadenza version")
     model = build_model(model_cfg)
-    weights = load_file(str(path / "model.safetensors"))
+    try:
+        weights = load_file(str(path / "model.safetensors"))
+    except Exception as e:  # SafetensorError: truncated, empty or not safetensors at all
+        raise CheckpointError(f"{path / 'model.safetensors'}: damaged or truncated weights "
+                              f"({str(e).splitlines()[0][:100]})") from e
     if "tok.weight" in weights and hasattr(model, "head"):
         weights["head.weight"] = weights["tok.weight"]
     try:

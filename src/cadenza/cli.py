@@ -50,6 +50,10 @@ def _add_prepare(sub) -> None:
     p.add_argument("--max-file-mb", type=float, default=20.0, help="skip larger MIDI files")
     p.add_argument("--no-sustain-pedal", action="store_true",
                    help="do not extend notes held by the sustain pedal")
+    p.add_argument("--force", action="store_true", help="replace a dataset already in --out")
+    p.add_argument("--programs", choices=("all", "piano"), default="all",
+                   help="tracks of multitrack files to keep: all pitched instruments merged "
+                   "into one part, or the piano programs (GM 0-7) only; drums never")
     p.set_defaults(func=cmd_prepare)
 
 
@@ -59,7 +63,8 @@ def cmd_prepare(a) -> int:
     cfg = PrepareConfig(sources=tuple(a.sources), out=a.out, tokenizer=a.tokenizer,
                         valid_frac=a.valid_frac, test_frac=a.test_frac, workers=a.workers,
                         strict=a.strict, max_file_mb=a.max_file_mb,
-                        sustain_pedal=not a.no_sustain_pedal)
+                        sustain_pedal=not a.no_sustain_pedal, force=a.force,
+                        programs=a.programs)
     print(prepare(cfg).summary())
     return 0
 
@@ -73,11 +78,11 @@ TRAIN_FLAGS = ("context", "batch_size", "lr", "min_lr_frac", "warmup_steps", "we
 
 def add_model_train_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (defaults come from --preset)")
-    g.add_argument("--preset", choices=sorted(PRESETS), default="small",
-                   help="debug: ~1 min on CPU; small: CPU default; music-transformer-jsb: the "
-                   "paper's JSB setup; base: for GPUs")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="debug: ~1 min on CPU; small (the default): CPU default; "
+                   "music-transformer-jsb: the paper's JSB setup; base: for GPUs")
     g.add_argument("--model", choices=("transformer", "rnn", "lstm", "gru"), default=None,
-                   help="architecture (default transformer)")
+                   help="architecture")
     g.add_argument("--position", choices=("sinusoidal", "learned", "rope", "relative"),
                    help="Transformer positional scheme")
     g.add_argument("--n-layer", type=int, help="layers")
@@ -116,32 +121,78 @@ def add_model_train_flags(p: argparse.ArgumentParser) -> None:
     t.add_argument("--velocity-shift", type=int, help="augmentation velocity bins +-N")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if any)")
+    # The model and training flags default to the preset's values: show the small preset's.
+    m_small, t_small = PRESETS["small"]
+    shown = {**{f.name: f.default for f in dataclasses.fields(ModelConfig)}, **m_small,
+             **{f.name: f.default for f in dataclasses.fields(TrainConfig)}, **t_small,
+             **{f.name: f.default for f in dataclasses.fields(AugmentConfig)},
+             "model": "transformer"}
+    for group in (g, t):
+        for action in group._group_actions:
+            name = action.dest
+            if action.default is None and name in shown and shown[name] not in (None, ()):
+                v = shown[name]
+                v = ",".join(map(str, v)) if isinstance(v, tuple) else v
+                action.help += f" (default: {v} in the small preset)"
+
+
+def _run_configs(out: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
+    """(model, train, augment) settings of the run in ``out`` (for --resume), if any."""
+    import json
+    from pathlib import Path
+
+    from .checkpoint import CheckpointError, resolve
+    try:
+        config = json.loads((resolve(Path(out) / "last") / "config.json").read_text())
+    except (CheckpointError, OSError, ValueError):
+        return None  # train() says what is wrong with the run
+    m = {k: v for k, v in config["model"].items()
+         if k not in ("vocab_size", "step_token", "pitch_of")}  # the tokenizer's, not flags
+    t = {k: v for k, v in config["train"].items()
+         if k not in ("data", "out", "resume", "force", "compile", "augment")}
+    return m, t, config["train"].get("augment", {})
 
 
 def configs_from_args(a, data: str, out: str) -> tuple[ModelConfig, TrainConfig]:
-    m_over, t_over = PRESETS[a.preset]
-    m = dict(m_over)
+    """Preset, then the flags given. With --resume the run's own settings replace the
+    preset, so a flag given there is a change that train() accepts or names."""
+    resume = getattr(a, "resume", False)
+    base = _run_configs(out) if resume else None
+    if base is not None and a.preset is None:
+        m, t, aug = dict(base[0]), dict(base[1]), dict(base[2])
+    else:
+        m_over, t_over = PRESETS[a.preset or "small"]
+        m, t, aug = dict(m_over), dict(t_over), {}
     if a.model:
         m["kind"] = a.model
     m.update({k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k, None) is not None})
-    t = dict(t_over)
     t.update({k: getattr(a, k) for k in TRAIN_FLAGS if getattr(a, k, None) is not None})
     if a.minutes is not None and a.max_steps is None:
         t["max_steps"] = 0  # a time budget replaces the preset's step budget
-    aug = {k: getattr(a, k) for k in ("transpose", "stretch", "velocity_shift")
-           if getattr(a, k, None) is not None}
-    t["augment"] = AugmentConfig(**aug)
+    aug.update({k: getattr(a, k) for k in ("transpose", "stretch", "velocity_shift")
+                if getattr(a, k, None) is not None})
+    t["augment"] = AugmentConfig.from_dict(aug)
     if not t.get("max_steps") and not t.get("minutes"):
         t["minutes"] = 5.0
-    m["max_context"] = max(m.get("max_context", 0), t.get("context", 512))
-    return (ModelConfig(**m),
-            TrainConfig(data=data, out=out, compile=a.compile, resume=getattr(a, "resume", False),
-                        **t))
+    if base is None:
+        m["max_context"] = max(m.get("max_context", 0), t.get("context", 512))
+    return (ModelConfig.from_dict(m),
+            TrainConfig(data=data, out=out, compile=a.compile, resume=resume,
+                        force=getattr(a, "force", False), **t))
 
 
 def default_device(requested: str | None) -> str:
+    """--device, checked: a CUDA device on a PyTorch without CUDA (or without a visible
+    GPU) is one clear error, not an assertion deep inside torch."""
     import torch
-    return requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        why = "has no CUDA" if torch.version.cuda is None else "sees no GPU"
+        raise ConfigError(f"--device {device}: this PyTorch {torch.__version__} {why}; "
+                          "use --device cpu")
+    if device != "cpu" and not device.startswith(("cuda", "mps")):
+        raise ConfigError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+    return device
 
 
 def _add_train(sub) -> None:
@@ -151,6 +202,8 @@ def _add_train(sub) -> None:
     p.add_argument("--data", required=True, help="dataset directory from `cadenza prepare`")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last exactly")
+    p.add_argument("--force", action="store_true",
+                   help="start over in an --out that already holds a run, replacing it")
     add_model_train_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -190,18 +243,48 @@ def _add_evaluate(sub) -> None:
 
 def cmd_evaluate(a) -> int:
     from .evaluate import evaluate, format_result
-    res = evaluate(a.checkpoint, a.data, a.split, a.batch_size, a.stride, a.device,
+    res = evaluate(a.checkpoint, a.data, a.split, a.batch_size, a.stride,
+                   default_device(a.device),
                    transpositions=a.transpositions)
-    print(format_result(res, a.json))
+    print(format_result(res, a.json, a.split))
     return 0
 
 
+EXAMPLES = {
+    "demo": "cadenza demo --minutes 5",
+    "prepare": "cadenza prepare my_midi/ builtin:keyboard --out data/mine --workers 2",
+    "train": "cadenza train --data data/mine --out runs/mine --preset small --minutes 20",
+    "generate": "cadenza generate --checkpoint runs/mine/best --primer song.mid "
+                "--primer-seconds 8 --seconds 30 --num-samples 4 --out out/",
+    "evaluate": "cadenza evaluate --checkpoint runs/mine/best --data data/mine --split test",
+    "stats": "cadenza stats out/ --reference data/mine",
+    "bench": "cadenza bench jsb16 --minutes 60",
+    "report": "cadenza report runs/mine",
+}
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every flag's help ends with its default (when it has one worth showing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        h = action.help or ""
+        d = action.default
+        shown = not (d is None or d is False or d == argparse.SUPPRESS
+                     or isinstance(action, (argparse._HelpAction, argparse._VersionAction)))
+        return h + " (default: %(default)s)" if shown and "%(default)" not in h else h
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     ap = argparse.ArgumentParser(prog="cadenza", description="Folder of MIDI in, trained music "
-                                 "Transformer and new music out.")
+                                 "Transformer and new music out.", formatter_class=_Help)
+    ap.add_argument("--version", action="version", version=f"cadenza {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
+    for name, p in sub.choices.items():
+        p.formatter_class = _Help
+        p.epilog = f"example:\n  {EXAMPLES[name]}"
     return ap
 
 
@@ -217,8 +300,9 @@ def _add_generate(sub) -> None:
                    help="keep only the primer's first S seconds")
     p.add_argument("--primer-tokens", type=int, default=0,
                    help="keep only the primer's first N tokens")
-    p.add_argument("--tokens", type=int, default=0, help="new tokens to generate")
-    p.add_argument("--seconds", type=float, default=0.0, help="new music to generate, seconds")
+    p.add_argument("--tokens", type=int, default=None, help="new tokens to generate")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="new music to generate, seconds (default 20 when --tokens is not given)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
     p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
@@ -226,6 +310,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--num-samples", type=int, default=1, help="samples, generated as a batch")
     p.add_argument("--continuation-only", action="store_true",
                    help="MIDI without the primer")
+    p.add_argument("--force", action="store_true",
+                   help="replace the samples of an earlier take in --out")
     p.add_argument("--soundfont", help="SoundFont for the WAV (default: system GM font)")
     p.add_argument("--no-audio", action="store_true", help="skip the WAV")
     p.add_argument("--reference", help="training dataset for memorization (default: the "
@@ -237,13 +323,18 @@ def _add_generate(sub) -> None:
 
 def cmd_generate(a) -> int:
     from .generate import SampleConfig, run_generate
-    cfg = SampleConfig(tokens=a.tokens, seconds=a.seconds, temperature=a.temperature,
-                       top_k=a.top_k, top_p=a.top_p, seed=a.seed, num_samples=a.num_samples)
+    for name in ("tokens", "seconds"):  # zero is not "the default": say so
+        if getattr(a, name) is not None and not getattr(a, name) > 0:
+            raise ConfigError(f"--{name}: must be > 0, got {getattr(a, name):g}")
+    cfg = SampleConfig(tokens=a.tokens or 0, seconds=a.seconds or 0.0,
+                       temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed,
+                       num_samples=a.num_samples)
     if not cfg.tokens and not cfg.seconds:
         cfg = dataclasses.replace(cfg, seconds=20.0)
     infos = run_generate(a.checkpoint, a.out, a.primer, a.primer_seconds, a.primer_tokens, cfg,
-                         a.continuation_only, a.soundfont, a.device, not a.no_audio,
-                         a.reference, a.transpositions)
+                         a.continuation_only, a.soundfont, default_device(a.device),
+                         not a.no_audio,
+                         a.reference, a.transpositions, force=a.force)
     for i in infos:
         files = ", ".join(v for v in i["files"].values() if v)
         print(f"sample {i['sample']}: {i['new_tokens']} tokens, {i['new_seconds']:.1f} s new "
@@ -264,12 +355,14 @@ def _add_demo(sub) -> None:
                    help="training precision (bf16 autocast is ~2x faster on recent CPUs)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(a) -> int:
     from .demo import run_demo
-    run_demo(a.out, a.minutes, default_device(a.device), a.precision, a.seconds, seed=a.seed)
+    run_demo(a.out, a.minutes, default_device(a.device), a.precision, a.seconds, seed=a.seed,
+             force=a.force)
     return 0
 
 
@@ -280,13 +373,16 @@ def _add_stats(sub) -> None:
                        "profile, memorization against the training split.")
     p.add_argument("generated", help="folder (or file) of generated MIDI")
     p.add_argument("--reference", required=True, help="prepared dataset dir or MIDI folder")
+    p.add_argument("--split", default="train", choices=("train", "valid", "test"),
+                   help="the dataset split to compare with (train: the music the model "
+                   "learnt)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_stats)
 
 
 def cmd_stats(a) -> int:
     from .stats import format_stats, run_stats
-    print(format_stats(run_stats(a.generated, a.reference), a.json))
+    print(format_stats(run_stats(a.generated, a.reference, a.split), a.json))
     return 0
 
 
@@ -314,6 +410,8 @@ def _add_bench(sub) -> None:
                    help="score each model averaged over K keys, beside its score in the "
                    "pieces' own keys (jsb16, pianoroll; default: the recipe's)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the runs of an earlier bench in --out")
     p.set_defaults(func=cmd_bench)
 
 
@@ -323,17 +421,19 @@ def cmd_bench(a) -> int:
     try:
         if a.which == "jsb16":
             bench.bench_jsb16(a.out or "bench/jsb16", a.minutes, a.data, a.benchmarks, dev,
-                              a.precision, a.position, a.members, a.transpositions)
+                              a.precision, a.position, a.members, a.transpositions,
+                              force=a.force)
         elif a.which == "pianoroll":
             if not a.dataset:
                 raise ConfigError("--dataset: required for `bench pianoroll`")
             bench.bench_pianoroll(a.dataset, a.out or f"bench/pianoroll-{a.dataset}",
                                   a.minutes, a.data, a.benchmarks, dev, a.precision,
-                                  a.position, a.members, a.transpositions)
+                                  a.position, a.members, a.transpositions, force=a.force)
         else:
             if not a.data:
                 raise ConfigError("--data: `bench models` needs a prepared dataset directory")
-            bench.bench_models(a.data, a.out or "bench/models", a.minutes, dev, a.precision)
+            bench.bench_models(a.data, a.out or "bench/models", a.minutes, dev, a.precision,
+                               force=a.force)
     except bench.BenchDataMissing as e:
         print(f"cadenza: error: {e}", file=sys.stderr)
         return 2
@@ -360,6 +460,7 @@ COMMANDS: list[Callable] = [_add_demo, _add_prepare, _add_train, _add_generate,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .atomic import Busy
     from .checkpoint import CheckpointError
     from .data.dataset import DatasetError
     from .data.midi import BadInput
@@ -372,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return a.func(a)
     except (ConfigError, SourceError, PrepareError, DatasetError, CheckpointError, BadInput,
-            TrainingError, FileNotFoundError, PermissionError, ValueError) as e:
+            TrainingError, Busy, FileNotFoundError, PermissionError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"cadenza: error: {msg}", file=sys.stderr)
         return 2

@@ -87,6 +87,8 @@ class PrepareConfig(_Config):
     strict: bool = False
     max_file_mb: float = 20.0
     sustain_pedal: bool = True
+    force: bool = False  # replace a dataset already in --out
+    programs: str = "all"  # multitrack files: "all" pitched tracks merged, or "piano" only
 
     def __post_init__(self) -> None:
         _check(len(self.sources) > 0, "sources", "give at least one source", self.sources)
@@ -94,6 +96,8 @@ class PrepareConfig(_Config):
         _check(0 <= self.test_frac < 0.5, "test_frac", "must be in [0, 0.5)", self.test_frac)
         _check(self.workers >= 1, "workers", "must be >= 1", self.workers)
         _check(self.max_file_mb > 0, "max_file_mb", "must be > 0", self.max_file_mb)
+        _check(self.programs in ("all", "piano"), "programs", "must be all or piano",
+               self.programs)
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ class TrainConfig(_Config):
     seed: int = 0
     log_every: int = 20
     resume: bool = False
+    force: bool = False  # start over in an --out that already holds a run (replacing it)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -196,6 +201,8 @@ class TrainConfig(_Config):
         _check(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}",
                self.precision)
         _check(self.log_every >= 1, "log_every", "must be >= 1", self.log_every)
+        _check(not (self.resume and self.force), "force", "contradicts --resume (continue "
+               "the run, or start over: not both)", self.force)
 
     @property
     def stride(self) -> int:

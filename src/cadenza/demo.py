@@ -26,11 +26,15 @@ def _piece_name(path: str) -> str:
 
 def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu",
              precision: str = "bf16", seconds: float = 20.0, primer_seconds: float = 6.0,
-             seed: int = 0) -> dict:
+             seed: int = 0, force: bool = False) -> dict:
     from .data.dataset import TokenDataset
     from .data.prepare import prepare
     from .generate import SampleConfig, run_generate
-    from .train import train
+    from .train import TrainingError, holds_run, train
+
+    if not force and (holds_run(Path(out) / "run") or (Path(out) / "demo.json").exists()):
+        raise TrainingError(f"--out {out}: holds an earlier demo; pass --force to replace "
+                            "it, or choose another --out")
 
     # named by the corpus conversion's version: a cache of an older one is not reused
     data = cadenza_home() / "datasets" / f"chorales-v{CORPUS_VERSION}-performance"
@@ -49,7 +53,8 @@ def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu
                             position="rope", max_context=512)
     train_cfg = TrainConfig(data=str(data), out=str(run), context=512, batch_size=16, lr=1e-3,
                             warmup_steps=50, minutes=minutes, eval_every=100, log_every=25,
-                            precision=precision, augment=AugmentConfig(), seed=seed)
+                            precision=precision, augment=AugmentConfig(), seed=seed,
+                            force=force)
     result = train(model_cfg, train_cfg, device=device)
     print("[3/3] continuing the openings of three held-out chorales")
     ds = TokenDataset(data)
@@ -59,7 +64,7 @@ def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu
         sdir = out_dir / "samples" / f"{i}-{_piece_name(primer)}"
         infos = run_generate(str(run / "best"), str(sdir), primer, primer_seconds, 0,
                              SampleConfig(seconds=seconds, temperature=0.95, top_p=0.95,
-                                          seed=seed + i), device=device)
+                                          seed=seed + i), device=device, force=force)
         written.append((primer, sdir, infos[0]))
     print()
     print(f"{'validation NLL':<24}{result['best_val_nll']:.4f} nats/token "

@@ -166,6 +166,8 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
             raise ValueError(f"--data {data}: its vocabulary differs from the checkpoint's "
                              f"({ds.tokenizer.name} vs {ck.tokenizer.name})")
         pieces = ds.pieces(split)
+    elif not data.exists():
+        raise FileNotFoundError(f"--data {data}: no such dataset directory or benchmark file")
     else:
         pieces = benchmark_pieces(data, split, ck.tokenizer)
     views = [key_views(c, transpositions) for c in cks]
@@ -206,11 +208,12 @@ def benchmark_pieces(path: Path, split: str, tokenizer) -> list[np.ndarray]:
                             [EOS]]).astype(np.int64) for it in items]
 
 
-def format_result(res: NLLResult, as_json: bool) -> str:
+def format_result(res: NLLResult, as_json: bool, split: str = "") -> str:
     if as_json:
-        return json.dumps(res.as_dict(), indent=1)
-    s = (f"NLL {res.nll:.4f} nats/token ({res.bits:.4f} bits), perplexity "
-         f"{res.perplexity:.3f} over {res.tokens:,} tokens in {res.pieces} pieces")
+        return json.dumps({**res.as_dict(), **({"split": split} if split else {})}, indent=1)
+    s = (f"{split} split: " if split else "") + (
+        f"NLL {res.nll:.4f} nats/token ({res.bits:.4f} bits), perplexity "
+        f"{res.perplexity:.3f} over {res.tokens:,} tokens in {res.pieces} pieces")
     if res.frame_nll is not None:
         s += (f"\nNLL {res.frame_nll:.4f} nats per frame (pianoroll) / per 4-voice step "
               f"(chorale16) over {res.frames:,} of them")

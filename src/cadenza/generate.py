@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -148,9 +150,9 @@ def sample(model: torch.nn.Module, prompt: np.ndarray, grammar, cfg: SampleConfi
 PRIMER_TRACK = "Primer"
 
 
-def split_continuation(full: Notes, primer: Notes) -> tuple[Notes, Notes]:
-    """(primer part, continuation) of a sample's notes: the continuation is every note the
-    primer's tokens did not start. Decoding the primer alone gives its notes' onsets exactly
+def primer_mask(full: Notes, primer: Notes) -> np.ndarray:
+    """(N,) bool: which of a sample's notes the primer's tokens started (the rest are the
+    continuation). Decoding the primer alone gives its notes' onsets exactly
     (only the end of a note held across the boundary can differ), so each primer note is
     matched by (onset, pitch); a time cut would misplace notes struck at the boundary."""
     left: dict[tuple[int, int], int] = {}
@@ -161,11 +163,23 @@ def split_continuation(full: Notes, primer: Notes) -> tuple[Notes, Notes]:
         if left.get(key, 0):
             left[key] -= 1
             is_primer[i] = True
+    return is_primer
 
-    def pick(m: np.ndarray) -> Notes:
-        return Notes(full.start[m], full.end[m], full.pitch[m], full.velocity[m])
 
-    return pick(is_primer), pick(~is_primer)
+def _pick(n: Notes, m: np.ndarray) -> Notes:
+    return Notes(n.start[m], n.end[m], n.pitch[m], n.velocity[m])
+
+
+def _clean_stale_takes(out_dir: Path) -> None:
+    """Remove temporary take folders left by a generate that was killed (its PID is gone)."""
+    for d in out_dir.glob(".cadenza-take-*"):
+        try:
+            pid = int(d.name.split("-")[2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
 
 
 def resolve_primer(spec: str) -> Path:
@@ -181,6 +195,8 @@ def resolve_primer(spec: str) -> Path:
     p = Path(spec)
     if not p.exists():
         raise FileNotFoundError(f"--primer {spec}: no such file")
+    if p.is_dir():
+        raise BadInput(f"--primer {spec}: is a folder; give one MIDI file")
     return p
 
 
@@ -257,19 +273,39 @@ def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
                  continuation_only: bool = False, soundfont: str | None = None,
                  device: str = "cpu", audio: bool = True,
                  reference: str | None = None,
-                 transpositions: int = 1) -> list[dict[str, Any]]:
-    """The ``generate`` command: everything is validated before the first file is written."""
+                 transpositions: int = 1, force: bool = False) -> list[dict[str, Any]]:
+    """The ``generate`` command: everything is validated before the first file is written.
+
+    A take is one unit: each sample's files are written into a temporary folder inside
+    ``out`` and moved into place, its JSON last; an ``out`` that holds an earlier take's
+    samples is refused (``force`` replaces them), so old and new files never mix."""
     from .render import piano_roll_png, render_wav
 
     gen = Generator.load(checkpoint, device, transpositions)
     prompt, pinfo = gen.encode_primer(primer, primer_seconds, primer_tokens)
     out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PermissionError(f"--out {out}: is a file, not a folder")
+    earlier = sorted(out_dir.glob("sample-*")) if out_dir.is_dir() else []
+    if earlier and not force:
+        raise FileExistsError(f"--out {out}: holds samples of an earlier take "
+                              f"({earlier[0].name}, ...); choose another folder, or pass "
+                              "--force to replace them")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-")
-        probe.close()
+        _clean_stale_takes(out_dir)
+        take = Path(tempfile.mkdtemp(prefix=f".cadenza-take-{os.getpid()}-", dir=out_dir))
     except OSError as e:
         raise PermissionError(f"--out {out}: cannot write there ({e.strerror})") from e
+    try:
+        return _write_take(gen, prompt, pinfo, cfg, out_dir, take, continuation_only,
+                           soundfont, audio, reference, earlier, piano_roll_png, render_wav)
+    finally:
+        shutil.rmtree(take, ignore_errors=True)
+
+
+def _write_take(gen, prompt, pinfo, cfg, out_dir, take, continuation_only, soundfont, audio,
+                reference, earlier, piano_roll_png, render_wav) -> list[dict[str, Any]]:
     t = time.perf_counter()
     news = gen.generate(prompt, cfg)
     gen_s = time.perf_counter() - t
@@ -282,15 +318,16 @@ def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
         # The primer and the continuation go on their own tracks, so that `stats` (and a
         # listener muting a track) can tell them apart; the memorization below and `stats`
         # score exactly the notes of the continuation track.
-        primer_part, cont = split_continuation(full, primer_notes)
+        is_primer = primer_mask(full, primer_notes)
+        cont = _pick(full, ~is_primer)
         if continuation_only:
             cont = gen.tok.decode_notes(new)
             tracks = {CONTINUATION_TRACK: cont}
         else:
-            tracks = {PRIMER_TRACK: primer_part, CONTINUATION_TRACK: cont}
-        base = out_dir / f"sample-{k}"
+            tracks = {PRIMER_TRACK: _pick(full, is_primer), CONTINUATION_TRACK: cont}
+        base = take / f"sample-{k}"
         write_midi(score_from_tracks(tracks), base.with_suffix(".mid"))
-        piano_roll_png(full, t_split, base.with_suffix(".png"),
+        piano_roll_png(full, t_split, base.with_suffix(".png"), primer=is_primer,
                        title=f"sample {k}: primer (blue) + continuation (orange)")
         wav = None
         if audio:
@@ -315,6 +352,12 @@ def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
             info["memorization"] = memorization(cont, mem_index)
         write_bytes(base.with_suffix(".json"), (json.dumps(info, indent=1) + "\n").encode())
         results.append(info)
+    for old in earlier:  # --force: the earlier take goes only once the new one is complete
+        old.unlink(missing_ok=True)
+    for k in range(len(news)):  # move each sample into place, its JSON last
+        files = sorted(take.glob(f"sample-{k}.*"), key=lambda f: f.suffix == ".json")
+        for f in files:
+            os.replace(f, out_dir / f.name)
     return results
 
 

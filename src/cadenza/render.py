@@ -71,7 +71,7 @@ def render_wav(midi: Path, wav: Path, soundfont: str | None = None,
         with atomic_path(wav) as tmp:
             r = subprocess.run([exe, "-ni", "-q", "-g", "0.7", "-r", str(sample_rate),
                                 "-F", str(tmp), str(sf), str(midi)], capture_output=True,
-                               text=True, timeout=600)
+                               text=True, timeout=600, preexec_fn=_die_with_parent)
             if r.returncode != 0 or tmp.stat().st_size <= 44:
                 lines = (r.stderr or r.stdout).strip().splitlines()
                 raise RuntimeError(lines[-1] if lines else "no audio written")
@@ -80,12 +80,26 @@ def render_wav(midi: Path, wav: Path, soundfont: str | None = None,
         return None, f"fluidsynth failed: {e}"
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to kill it when its parent dies (a killed
+    `generate` must not leave FluidSynth finishing a hidden WAV). A no-op elsewhere."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def note_name(p: int) -> str:
     return f"{NOTE_NAMES[p % 12]}{p // 12 - 1}"
 
 
-def piano_roll_png(notes: Notes, split_seconds: float, path: Path, title: str = "") -> Path:
-    """Notes as bars: before ``split_seconds`` (the primer) blue, after it orange."""
+def piano_roll_png(notes: Notes, split_seconds: float, path: Path, title: str = "",
+                   primer: np.ndarray | None = None) -> Path:
+    """Notes as bars: the primer's blue, the continuation's orange. ``primer`` marks the
+    primer's notes (a continuation may start under a primer note that still sounds);
+    without it, notes before ``split_seconds`` are the primer's."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -96,7 +110,8 @@ def piano_roll_png(notes: Notes, split_seconds: float, path: Path, title: str = 
     if len(notes):
         polys = [[(s, p - 0.4), (e, p - 0.4), (e, p + 0.4), (s, p + 0.4)]
                  for s, e, p in zip(notes.start, notes.end, notes.pitch)]
-        colors = np.where(notes.start < split_seconds, "#3b6ea8", "#e8862a")
+        is_primer = notes.start < split_seconds if primer is None else primer
+        colors = np.where(is_primer, "#3b6ea8", "#e8862a")
         ax.add_collection(PolyCollection(polys, facecolors=colors, edgecolors="none"))
         lo, hi = int(notes.pitch.min()) - 2, int(notes.pitch.max()) + 2
     else:

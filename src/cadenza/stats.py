@@ -186,19 +186,34 @@ def load_notes_folder(path: Path, continuation_only: bool = False
     return notes, len(files), bad
 
 
-def run_stats(generated: str, reference: str) -> dict[str, Any]:
+MIN_REFERENCE_PIECES = 5  # per-piece features (range, polyphony, density) need a few
+
+
+def run_stats(generated: str, reference: str, split: str = "train") -> dict[str, Any]:
+    """Compare generated MIDI with a reference: a prepared dataset's ``split`` (by default
+    train, the music the model learnt) or a MIDI folder."""
     gen, total, bad = load_notes_folder(Path(generated), continuation_only=True)
+    if not gen:
+        raise BadInput(f"{generated}: none of its {total} MIDI files could be read "
+                       f"(e.g. {bad[0]})")
     ref_path = Path(reference)
     index = None
-    split = None
     if (ref_path / "manifest.json").exists():
         from .data.dataset import TokenDataset
         ds = TokenDataset(ref_path)
-        split = "test" if "test" in ds.splits else "valid"
+        if split not in ds.splits:
+            raise BadInput(f"--split: {ref_path} has no '{split}' split "
+                           f"(it has {', '.join(ds.splits)})")
         ref = [ds.tokenizer.decode_notes(p) for p in ds.pieces(split)]
         index = training_index(str(ref_path.resolve()))
+        where = f"its {split} split"
     else:
         ref, _, _ = load_notes_folder(ref_path)
+        split, where = None, "it"
+    if len(ref) < MIN_REFERENCE_PIECES:
+        raise BadInput(f"--reference {reference}: {where} has {len(ref)} pieces, too few to "
+                       f"estimate a distribution (at least {MIN_REFERENCE_PIECES}; the train "
+                       "split or a larger folder)")
     pc = np.bincount(np.concatenate([r.pitch % 12 for r in ref]), minlength=12)
     profile = np.argsort(-pc)[:7]  # the reference's seven most used pitch classes
     gp = np.concatenate([g.pitch % 12 for g in gen]) if gen else np.zeros(0, int)

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +40,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .atomic import atomic_path, locked_dir
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig
+from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig, flag
 from .data.dataset import IGNORE, TokenDataset, WindowSampler
 from .data.tokenizers.base import Tokenizer
 from .evaluate import autocast, score_pieces, summarize
@@ -126,10 +129,62 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+RUN_FILES = ("best", "last", ".best.old", ".last.old", "metrics.csv", "loss.png",
+             "tensorboard")
+# What --resume may change: the budget and how often to log, evaluate and stop early.
+RESUMABLE = ("max_steps", "minutes", "patience", "log_every", "eval_every")
+
+
+def holds_run(out: Path) -> bool:
+    return any((out / n).exists() for n in ("best", "last", ".best.old", ".last.old"))
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
           stop_at: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Train; returns the final metrics. ``stop_at`` ends the run after that step as if it
-    were killed there (after saving ``last/``): resume tests and interruptions use it."""
+    were killed there (after saving ``last/``): resume tests and interruptions use it.
+
+    The run directory is locked for the life of the process (a second ``train`` into it
+    stops at once), and one that already holds a run is continued only with ``resume``
+    and replaced only with ``force``: a user's run is never overwritten by accident."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out}: is a file, not a run directory")
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 owns the directory
+        return _train(model_cfg, cfg, device, stop_at, quiet)
+    with locked_dir(out, "--out"):
+        if holds_run(out) and not cfg.resume:
+            if not cfg.force:
+                raise TrainingError(f"--out {out}: already holds a run; continue it with "
+                                    "--resume, or start over with --force (replaces it)")
+            for name in RUN_FILES:
+                p = out / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        return _train(model_cfg, cfg, device, stop_at, quiet)
+
+
+def resume_conflicts(ck_model: ModelConfig, model_cfg: ModelConfig, ck_train: TrainConfig,
+                     cfg: TrainConfig) -> list[str]:
+    """Flags that differ from the run being resumed and cannot change on resume."""
+    out = []
+    for a, b in ((ck_model, model_cfg), (ck_train, cfg)):
+        for f in dataclasses.fields(a):
+            if f.name in RESUMABLE or f.name in ("data", "out", "resume", "force", "compile"):
+                continue
+            old, new = getattr(a, f.name), getattr(b, f.name)
+            if old != new:
+                out.append(f"{flag(f.name)} {_show(new)} (the run has {_show(old)})")
+    return out
+
+
+def _show(v: Any) -> str:
+    if dataclasses.is_dataclass(v):
+        return ", ".join(f"{k}={x}" for k, x in dataclasses.asdict(v).items())
+    return str(v)
+
+
+def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int | None,
+           quiet: bool) -> dict[str, Any]:
     d = setup_distributed(device)
     if d.world > 1 and device.startswith("cuda"):
         device = f"cuda:{d.local_rank}"
@@ -149,12 +204,19 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         if ck.tokenizer.vocab != ds.tokenizer.vocab:
             raise TrainingError(f"--resume: {ck.path}/config.json was trained on another "
                                 f"vocabulary than --data {cfg.data}")
+        given = tokenizer_facts(model_cfg, ds.tokenizer)
+        conflicts = resume_conflicts(ck.model_cfg, given, ck.train, cfg)
+        if conflicts:
+            raise TrainingError(f"--resume: {'; '.join(conflicts)}: the model, data and "
+                                "training settings of a run cannot change when it resumes "
+                                "(only its budget, logging and patience); drop those flags, "
+                                "or start over with --force")
         model_cfg = ck.model_cfg
-        keep = {k: getattr(cfg, k) for k in ("max_steps", "minutes", "patience", "log_every",
-                                             "eval_every", "resume", "out", "data")}
+        keep = {k: getattr(cfg, k) for k in RESUMABLE + ("resume", "out", "data", "compile")}
         cfg = ck.train.replace(**keep)
         model = ck.model.train()
         state = torch.load(ck.path / "state.pt", weights_only=False)
+        state_val = float(ck.metrics.get("val_nll", math.nan))
     else:
         model_cfg = tokenizer_facts(model_cfg, ds.tokenizer)
         if model_cfg.kind == "transformer" and model_cfg.max_context < cfg.context:
@@ -208,6 +270,13 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         f"{ds.manifest['splits']['train']['tokens']:,} train tokens | device {dev} "
         f"{cfg.precision} | world {d.world}")
     metrics_path = out / "metrics.csv"
+    if d.main and cfg.resume and metrics_path.exists():
+        # rows logged after last/ was saved are about to be trained again: drop them
+        rows = list(csv.reader(open(metrics_path, newline="")))
+        keep_rows = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit()
+                                and int(r[0]) <= step]
+        with atomic_path(metrics_path) as tmp, open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(keep_rows)
     new_csv = d.main and (not metrics_path.exists() or not cfg.resume)
     csv_file = open(metrics_path, "w" if new_csv else "a", newline="") if d.main else None
     writer = csv.writer(csv_file) if csv_file else None
@@ -236,10 +305,16 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     t_start = time.perf_counter() - elapsed0
     t_log, tokens_log = time.perf_counter(), 0
     loss_acc, loss_n = 0.0, 0
-    val = math.nan
+    # the last validation NLL: the checkpoint's when resuming, none before the first one
+    val = state_val if state is not None else math.nan
     elapsed = elapsed0
     stop_reason = ""
     model.train()
+    if horizon and horizon - step < max(cfg.log_every, cfg.eval_every, cfg.warmup_steps):
+        log(f"note: {horizon - step} steps to go is fewer than --log-every {cfg.log_every}, "
+            f"--eval-every {cfg.eval_every} or --warmup-steps {cfg.warmup_steps}; the run "
+            "logs, evaluates and saves at its end (and warms up for all of it if need be)")
+    logged = step
     pace = Pace(cfg, log) if not horizon else None
     while True:
         elapsed = time.perf_counter() - t_start
@@ -305,8 +380,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
             if cfg.minutes:
                 left.append(cfg.minutes * 60 - elapsed)
             eta = min(left) if left else 0
+            logged = step
             log(f"step {step:>6} | loss {loss_acc / loss_n:.4f} | val "
-                f"{val:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | {_fmt_time(elapsed)} | "
+                f"{_val(val)} | lr {lr:.2e} | {tps:,.0f} tok/s | {_fmt_time(elapsed)} | "
                 f"eta {_fmt_time(eta)}")
             if writer:
                 writer.writerow([step, f"{loss_acc / loss_n:.5f}",
@@ -336,6 +412,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         if improved:
             checkpoint("best", m, with_state=False)
         checkpoint("last", m, with_state=True)
+    if writer and step > logged:  # the steps since the last progress line, and the final eval
+        tps = tokens_log / max(time.perf_counter() - t_log, 1e-9)
+        writer.writerow([step, f"{loss_acc / max(loss_n, 1):.5f}", f"{val:.5f}",
+                         f"{opt.param_groups[0]['lr']:.3e}", f"{tps:.0f}", f"{elapsed:.1f}"])
     if csv_file:
         csv_file.close()
     if tb:
@@ -376,6 +456,10 @@ class Pace:
             self.log(f"pace changed: {per_step * 1000:.0f} ms/step, now about {total} steps "
                      f"in the budget (was {self.said})")
             self.said = total
+
+
+def _val(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.4f}"
 
 
 def _metrics(step, val, best, elapsed, sampler, cfg, loss) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def test_prepare_folder_splits_by_piece_and_writes_manifest(midi_folder, tmp_pat
 def test_prepare_is_deterministic_and_workers_agree(midi_folder, tmp_path):
     run([midi_folder], tmp_path / "a")
     run([midi_folder], tmp_path / "b", workers=2)
-    run([midi_folder], tmp_path / "a")  # again, over the existing directory
+    run([midi_folder], tmp_path / "a", force=True)  # again, replacing the dataset
     for f in sorted(p.name for p in (tmp_path / "a").iterdir()):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -157,7 +157,7 @@ def test_a_crash_leaves_no_dataset_and_keeps_the_old_one(midi_folder, tmp_path, 
 
     monkeypatch.setattr("cadenza.data.prepare.np.save", failing_save)
     with pytest.raises(OSError):
-        run([midi_folder], tmp_path / "ds", valid_frac=0.3)
+        run([midi_folder], tmp_path / "ds", valid_frac=0.3, force=True)
     assert (tmp_path / "ds" / "manifest.json").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

@@ -113,6 +113,31 @@ def notes_from_score(score: symusic.Score, sustain_pedal: bool = True,
     return notes
 
 
+# --programs: which tracks a multitrack file contributes (General MIDI programs 0-7 are the
+# pianos); drum tracks never do: their "pitches" are instruments, not notes.
+PROGRAMS = {"all": range(128), "piano": range(8)}
+
+
+def select_tracks(score: symusic.Score, programs: str = "all"
+                  ) -> tuple[symusic.Score, dict[str, int]]:
+    """The score with only the pitched tracks ``programs`` names, and what was done: the
+    tracks merged into one part, and the notes left out (drums, other programs)."""
+    keep = PROGRAMS[programs]
+    tracks = [t for t in score.tracks if len(t.notes)]
+    used = [t for t in tracks if not t.is_drum and t.program in keep]
+    facts = {"tracks": len(used),
+             "drum_notes_dropped": sum(len(t.notes) for t in tracks if t.is_drum),
+             "other_notes_dropped": sum(len(t.notes) for t in tracks
+                                        if not t.is_drum and t.program not in keep)}
+    if not used:
+        raise BadInput("drum-only file" if facts["drum_notes_dropped"] and programs == "all"
+                       else f"no notes in tracks of --programs {programs}")
+    out = score.copy()
+    out.tracks = [t for t in out.tracks if len(t.notes) and not t.is_drum
+                  and t.program in keep]
+    return out, facts
+
+
 def merge_tracks(score: symusic.Score, name: str = "Piano") -> symusic.Score:
     """One piano track holding every non-drum note, on the score's own ticks, tempo map,
     time and key signatures: beats stay beats (a grid tokenizer reads them), and seconds

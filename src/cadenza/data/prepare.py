@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..atomic import replace_dir
+from ..atomic import replace_dir, temp_dir
 from ..config import FORMAT_VERSION, PrepareConfig
-from .midi import BadInput, load_score, notes_from_score
+from .midi import BadInput, load_score, notes_from_score, select_tracks
 from .sources import SPLITS, Item, expand_sources, hash_split, ids_digest, music_digest
 from .tokenizers import BOS, EOS, build_tokenizer
 from .tokenizers.grid import Roll
@@ -54,6 +53,13 @@ class PrepareResult:
                  f"vocabulary {len(m['tokenizer']['vocab'])}"]
         for s, info in m["splits"].items():
             lines.append(f"  {s:<5} {info['pieces']:>6} pieces {info['tokens']:>11,} tokens")
+        t = m["totals"]
+        if t.get("multitrack_files") or t.get("drum_notes_dropped") or t.get(
+                "other_notes_dropped"):
+            lines.append(f"  {t['multitrack_files']} files had several tracks merged into one "
+                         f"piano part; {t['drum_notes_dropped']:,} drum notes and "
+                         f"{t['other_notes_dropped']:,} notes of other programs left out "
+                         f"(--programs {m['programs']}; per file in manifest.json)")
         lines.append(f"  skipped {len(self.skipped)} files")
         for sk in self.skipped[:20]:
             lines.append(f"    {sk['path']}: {sk['reason']}")
@@ -62,19 +68,19 @@ class PrepareResult:
         return "\n".join(lines)
 
 
-def _encode_midi(args: tuple[str, str, dict, float, bool]) -> tuple[str, Any]:
-    """Worker: one MIDI file -> ("ok", (digest, ids)) or ("skip", reason)."""
-    path, tok_name, tok_cfg, max_mb, sustain = args
+def _encode_midi(args: tuple[str, str, dict, float, bool, str]) -> tuple[str, Any]:
+    """Worker: one MIDI file -> ("ok", (digest, ids, track facts)) or ("skip", reason)."""
+    path, tok_name, tok_cfg, max_mb, sustain, programs = args
     tok = build_tokenizer(tok_name, **tok_cfg)
     try:
-        score = load_score(path, max_mb)
+        score, facts = select_tracks(load_score(path, max_mb), programs)
         ids = tok.encode(tok.piece_from_source(score, sustain))
         if len(ids) == 0:
             raise BadInput("no notes the tokenizer can use")
         if ids.max() >= 65535:
             raise BadInput("token id does not fit uint16")
         return "ok", (music_digest(notes_from_score(score, sustain_pedal=False)),
-                      ids.astype(np.uint16))
+                      ids.astype(np.uint16), facts)
     except BadInput as e:
         return "skip", str(e)
     except Exception as e:  # a file that crashes a library is a bad file, not a bad run
@@ -83,10 +89,7 @@ def _encode_midi(args: tuple[str, str, dict, float, bool]) -> tuple[str, Any]:
 
 def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
     out = Path(cfg.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                               and not (out / "manifest.json").exists())):
-        raise PrepareError(f"--out {out}: exists and is not a Cadenza dataset; "
-                           "refusing to replace it")
+    check_out(out, cfg.force)
     items = expand_sources(cfg.sources, workers=cfg.workers)
     tok_cfg: dict[str, Any] = {}
     rolls = [it.grid for it in items if isinstance(it.grid, Roll)]
@@ -114,7 +117,9 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
             encoded.append((it, ids.astype(np.uint16)))
         except BadInput as e:
             skip(it, str(e))
-    jobs = [(it.path, tok.name, tok_cfg, cfg.max_file_mb, cfg.sustain_pedal) for it in midi]
+    jobs = [(it.path, tok.name, tok_cfg, cfg.max_file_mb, cfg.sustain_pedal, cfg.programs)
+            for it in midi]
+    tracks: dict[str, dict[str, int]] = {}
     with _pool(cfg.workers) as pool:
         results = pool.map(_encode_midi, jobs, chunksize=4) if pool else map(_encode_midi, jobs)
         for it, (status, val) in tqdm(zip(midi, results), total=len(midi), unit="file",
@@ -122,8 +127,9 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
             if status == "skip":
                 skip(it, val)
             else:
-                it.digest, ids = val
+                it.digest, ids, facts = val
                 encoded.append((it, ids))
+                tracks[it.name] = facts
 
     # Split by piece before any augmentation, from the hash of the music (not of the
     # file's bytes). A duplicate (the same notes, or the same tokens) is kept once, so the
@@ -149,8 +155,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
         tok.fit_grammar([ids.astype(np.int64) for _, ids in by_split["train"]])
         tok_cfg = tok.config()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_dir(out)
     try:
         splits_info = {}
         for split, pieces in by_split.items():
@@ -163,18 +168,24 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
             splits_info[split] = {"pieces": len(pieces), "tokens": int(lengths.sum())}
             for (it, ids), k in zip(pieces, range(len(pieces))):
                 records.append({"path": it.name, "music_sha1": it.digest, "split": split,
-                                "piece": k, "tokens": int(len(ids))})
+                                "piece": k, "tokens": int(len(ids)),
+                                **tracks.get(it.name, {})})
         manifest = {
             "format_version": FORMAT_VERSION,
             "tokenizer": {"name": tok.name, "config": tok_cfg, "vocab": tok.vocab},
             "sources": list(cfg.sources),
             "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac,
-            "sustain_pedal": cfg.sustain_pedal,
+            "sustain_pedal": cfg.sustain_pedal, "programs": cfg.programs,
             "splits": splits_info,
             "files": sorted(records, key=lambda r: (r["split"], r["piece"])),
             "skipped": sorted(skipped, key=lambda s: s["path"]),
             "totals": {"pieces": len(records), "skipped": len(skipped),
-                       "tokens": sum(s["tokens"] for s in splits_info.values())},
+                       "tokens": sum(s["tokens"] for s in splits_info.values()),
+                       "multitrack_files": sum(r.get("tracks", 1) > 1 for r in records),
+                       "drum_notes_dropped": sum(r.get("drum_notes_dropped", 0)
+                                                 for r in records),
+                       "other_notes_dropped": sum(r.get("other_notes_dropped", 0)
+                                                  for r in records)},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         replace_dir(tmp, out)
@@ -182,6 +193,25 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return PrepareResult(out, manifest, manifest["skipped"])
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Before any work: --out must be new, empty, or (with --force) a dataset to replace,
+    and its folder writable. Never replaces anything that is not a Cadenza dataset."""
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"--out {out}: is a file, not a dataset directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / "manifest.json").exists():
+            raise PrepareError(f"--out {out}: exists and is not a Cadenza dataset; "
+                               "refusing to replace it")
+        if not force:
+            raise PrepareError(f"--out {out}: already holds a dataset; pass --force to "
+                               "replace it, or choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(temp_dir(out))  # can a directory be made there?
+    except OSError as e:
+        raise PrepareError(f"--out {out}: cannot write there ({e.strerror})") from e
 
 
 def _ensure_nonempty(by_split: dict, cfg: PrepareConfig, midi_only: bool) -> None:

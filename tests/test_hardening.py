@@ -1,0 +1,240 @@
+"""Never lose a user's work, and never do something other than what was asked: runs,
+datasets and takes are refused or replaced only on request, locked while in use, and
+written as whole units; flags that cannot apply say so."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cadenza.config import AugmentConfig, ConfigError, ModelConfig, PrepareConfig, TrainConfig
+from cadenza.data.prepare import PrepareError, prepare
+from cadenza.generate import SampleConfig, run_generate
+from cadenza.train import TrainingError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ModelConfig(n_layer=1, d_model=32, n_head=4, d_ff=64, dropout=0.0, position="rope",
+                    max_context=64)
+
+
+def tcfg(data, out, **kw):
+    base = dict(data=str(data), out=str(out), context=32, batch_size=4, lr=3e-3,
+                warmup_steps=2, max_steps=6, eval_every=3, log_every=3, augment=AugmentConfig())
+    return TrainConfig(**{**base, **kw})
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "cadenza", *map(str, args)],
+                          capture_output=True, text=True, **kw)
+
+
+def test_a_run_is_continued_only_with_resume_and_replaced_only_with_force(tiny_dataset,
+                                                                           tmp_path):
+    run = tmp_path / "run"
+    train(MODEL, tcfg(tiny_dataset, run), quiet=True)
+    before = (run / "best" / "model.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="already holds a run.*--resume.*--force"):
+        train(MODEL, tcfg(tiny_dataset, run, seed=1, lr=1e-2), quiet=True)
+    assert (run / "best" / "model.safetensors").read_bytes() == before
+    r = cli("train", "--data", tiny_dataset, "--out", run, "--preset", "debug",
+            "--max-steps", 2)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--resume" in r.stderr
+    train(MODEL, tcfg(tiny_dataset, run, seed=1, max_steps=3, force=True), quiet=True)
+    assert json.loads((run / "last" / "metrics.json").read_text())["step"] == 3
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["3"]  # the old run's rows are gone
+    with pytest.raises(ConfigError, match="--force"):
+        tcfg(tiny_dataset, run, resume=True, force=True)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TrainingError, match="is a file"):
+        train(MODEL, tcfg(tiny_dataset, blocker), quiet=True)
+
+
+def test_a_second_train_into_a_run_in_use_stops_naming_the_holder(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen([sys.executable, "-m", "cadenza", "train", "--data",
+                              str(tiny_dataset), "--out", str(run), "--preset", "debug",
+                              "--minutes", "1"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        for _ in range(200):  # until the first holds the lock
+            if (run / ".lock").exists() and (run / ".lock").read_text().strip():
+                break
+            time.sleep(0.1)
+        r = cli("train", "--data", tiny_dataset, "--out", run, "--preset", "debug",
+                "--minutes", 1, "--force", env=env)
+        assert r.returncode == 2, r.stderr
+        assert f"PID {first.pid}" in r.stderr and r.stderr.count("\n") == 1
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+    # the kernel released the dead holder's lock: the run can be taken over at once
+    train(MODEL, tcfg(tiny_dataset, run, force=True), quiet=True)
+
+
+def test_resume_refuses_changed_settings_and_applies_the_budget(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(MODEL, tcfg(tiny_dataset, run, max_steps=8, eval_every=4), stop_at=4, quiet=True)
+    with pytest.raises(TrainingError, match=r"--d-model 64 \(the run has 32\).*--lr"):
+        train(MODEL.replace(d_model=64), tcfg(tiny_dataset, run, max_steps=8, eval_every=4,
+                                              lr=1e-2, resume=True), quiet=True)
+    r = cli("train", "--data", tiny_dataset, "--out", run, "--resume", "--d-model", 64)
+    assert r.returncode == 2 and "--d-model 64 (the run has 32)" in r.stderr
+    # the run's own settings come back from its checkpoint; the budget may change
+    r = cli("train", "--data", tiny_dataset, "--out", run, "--resume", "--max-steps", 10)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "last" / "metrics.json").read_text())["step"] == 10
+    steps = [r.split(",")[0] for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps), key=int)  # no step logged twice after the resume
+
+
+def test_prepare_refuses_to_replace_a_dataset_unless_asked(midi_folder, tmp_path):
+    out = tmp_path / "ds"
+    prepare(PrepareConfig(sources=(str(midi_folder),), out=str(out)), progress=False)
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(PrepareError, match="already holds a dataset.*--force"):
+        prepare(PrepareConfig(sources=(str(midi_folder),), out=str(out),
+                              tokenizer="pianoroll"), progress=False)
+    assert (out / "manifest.json").read_bytes() == before
+    res = prepare(PrepareConfig(sources=(str(midi_folder),), out=str(out),
+                                tokenizer="pianoroll", force=True), progress=False)
+    assert res.manifest["tokenizer"]["name"] == "pianoroll"
+
+
+def test_prepare_checks_its_output_before_tokenizing(midi_folder, tmp_path, monkeypatch):
+    import cadenza.data.prepare as prep
+    calls = []
+    monkeypatch.setattr(prep, "expand_sources", lambda *a, **k: calls.append(1) or [])
+    blocker = tmp_path / "a-file"  # no folder can be made under a file, even by root
+    blocker.write_text("x")
+    out = blocker / "ds"
+    with pytest.raises(PrepareError, match=f"--out {out}: cannot write there"):
+        prepare(PrepareConfig(sources=(str(midi_folder),), out=str(out)), progress=False)
+    assert not calls  # refused before reading a single source
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.fixture
+def run_dir(tiny_dataset, tmp_path):
+    train(MODEL, tcfg(tiny_dataset, tmp_path / "run"), quiet=True)
+    return tmp_path / "run"
+
+
+def test_a_new_take_never_mixes_with_an_earlier_one(run_dir, tmp_path):
+    out = tmp_path / "gen"
+    run_generate(str(run_dir / "best"), str(out), None, 0, 0,
+                 SampleConfig(tokens=30, num_samples=2), audio=False)
+    first = (out / "sample-0.mid").read_bytes()
+    with pytest.raises(FileExistsError, match="earlier take.*--force"):
+        run_generate(str(run_dir / "best"), str(out), None, 0, 0,
+                     SampleConfig(tokens=40, seed=5), audio=False)
+    assert (out / "sample-0.mid").read_bytes() == first
+    run_generate(str(run_dir / "best"), str(out), None, 0, 0,
+                 SampleConfig(tokens=40, seed=5), audio=False, force=True)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["sample-0.json", "sample-0.mid", "sample-0.png"]  # no sample-1.* left
+    assert json.loads((out / "sample-0.json").read_text())["settings"]["seed"] == 5
+
+
+def test_a_failed_take_leaves_no_sample_and_no_temp_files(run_dir, tmp_path, monkeypatch):
+    import cadenza.render as render
+    out = tmp_path / "gen"
+    out.mkdir()
+    stale = out / ".cadenza-take-999999999-x"  # left by a generate killed earlier
+    stale.mkdir()
+    (stale / "sample-0.wav").write_bytes(b"half")
+    real, n = render.piano_roll_png, {"calls": 0}
+
+    def fails_on_the_second(*a, **k):
+        n["calls"] += 1
+        if n["calls"] == 2:
+            raise RuntimeError("disk full")
+        return real(*a, **k)
+
+    monkeypatch.setattr(render, "piano_roll_png", fails_on_the_second)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_generate(str(run_dir / "best"), str(out), None, 0, 0,
+                     SampleConfig(tokens=30, num_samples=2), audio=False)
+    assert list(out.iterdir()) == []  # neither sample-0 alone nor any temporary folder
+
+
+DIES_WITH_PARENT = r"""
+import subprocess, sys
+from cadenza.render import _die_with_parent
+child = subprocess.Popen(["sleep", "60"], preexec_fn=_die_with_parent)
+print(child.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_renderer_dies_with_its_killed_parent():
+    parent = subprocess.Popen([sys.executable, "-c", DIES_WITH_PARENT], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(10)
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    break  # a zombie: dead, waiting for init to reap it
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the renderer outlived its parent")
+
+
+@pytest.mark.slow
+def test_kill_torture_resume_equals_an_uninterrupted_run(tiny_dataset, tmp_path):
+    """SIGKILL a small fp32 CPU training at 20 random moments (during steps, evaluations and
+    saves), resume after each; the final weights equal an uninterrupted run's, bit for bit."""
+    import random
+    args = ["--data", str(tiny_dataset), "--preset", "debug", "--d-model", "32",
+            "--n-layer", "1", "--n-head", "2", "--d-ff", "64", "--context", "32",
+            "--batch-size", "4", "--max-steps", "120", "--eval-every", "7",
+            "--log-every", "5", "--precision", "fp32", "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    straight = tmp_path / "straight"
+    t0 = time.perf_counter()
+    r = cli("train", *args, "--out", straight, env=env)
+    assert r.returncode == 0, r.stderr
+    duration = time.perf_counter() - t0
+    rng = random.Random(0)
+    run = tmp_path / "killed"
+    kills = 0
+    while kills < 20:
+        resume = ["--resume"] if (run / "last").exists() or (run / ".last.old").exists() else []
+        p = subprocess.Popen([sys.executable, "-m", "cadenza", "train", *args, "--out",
+                              str(run), *resume], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            p.wait(rng.uniform(0.5, duration))
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGKILL)
+            p.wait(30)
+            kills += 1
+            continue
+        assert p.returncode == 0, p.stderr.read()
+        if json.loads((run / "last" / "metrics.json").read_text())["step"] == 120:
+            break
+    final = subprocess.run([sys.executable, "-m", "cadenza", "train", *args, "--out",
+                            str(run), "--resume"], env=env, capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    a = load_file(straight / "last" / "model.safetensors")
+    b = load_file(run / "last" / "model.safetensors")
+    assert kills >= 10 and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
