@@ -252,3 +252,36 @@ def test_generate_reads_a_chorale16_primer_on_its_beats(tmp_path):
     ids, info = gen.encode_primer(str(tmp_path / "p.mid"))
     assert info["tokens"] == 128 and len(ids) == 129
     assert gen.encode_primer(str(tmp_path / "p.mid"), seconds=4)[1]["tokens"] == 64
+
+
+@pytest.mark.parametrize("name", ["performance", "chorale16", "pianoroll", "remi"])
+def test_seconds_and_the_primer_boundary_hold_for_every_tokenizer(name, midi_folder,
+                                                                   tmp_path):
+    """A 3-second primer, 4 seconds asked: the primer's stream reaches 3 s (a closing rest
+    included), no new note starts before it, and the continuation lasts the 4 seconds
+    asked (to within one token's worth of time) unless the model ended the piece. For REMI
+    `--seconds` was ignored and new notes started before the primer's end."""
+    from cadenza.config import PrepareConfig
+    from cadenza.data.prepare import prepare
+    from cadenza.data.tokenizers import EOS
+    from cadenza.generate import Generator, primer_mask
+    from cadenza.train import train
+    prepare(PrepareConfig(sources=(str(midi_folder),), out=str(tmp_path / "ds"),
+                          tokenizer=name), progress=False)
+    train(ModelConfig(n_layer=1, d_model=32, n_head=4, d_ff=64, position="rope",
+                      max_context=1024),
+          TrainConfig(data=str(tmp_path / "ds"), out=str(tmp_path / "run"), context=64,
+                      batch_size=2, max_steps=1, eval_every=1), quiet=True)
+    gen = Generator.load(tmp_path / "run" / "best")
+    prompt, info = gen.encode_primer(str(sorted(midi_folder.glob("*.mid"))[1]), seconds=3.0)
+    assert info["seconds"] == pytest.approx(3.0, abs=0.07)
+    slack = {"performance": 1.0, "chorale16": 0.2, "pianoroll": 0.2, "remi": 2.5}[name]
+    for new in gen.generate(prompt, SampleConfig(seconds=4.0, seed=0, num_samples=3)):
+        ids = np.concatenate([prompt[1:], new])
+        full, primer = gen.tok.decode_notes(ids), gen.tok.decode_notes(prompt[1:])
+        is_primer = primer_mask(full, primer)
+        assert np.all(full.start[~is_primer] >= info["seconds"] - 1e-6)
+        assert np.all(full.start[is_primer] < info["seconds"])
+        got = gen.seconds_of(ids) - info["seconds"]
+        if new[-1] != EOS:
+            assert 4.0 <= got <= 4.0 + slack, got

@@ -235,7 +235,7 @@ class Generator:
                 # the score's own beats, the performance scheme in seconds with the pedal
                 if seconds and not len(self.tok.score_notes(score, seconds=seconds)):
                     raise BadInput(f"no notes in its first {seconds:g} s")
-                ids = self.tok.encode(self.tok.primer_piece(score, seconds))
+                ids = self.tok.encode_primer(score, seconds)
             except BadInput as e:
                 raise BadInput(f"--primer {path}: {e}") from e
             if tokens:
@@ -250,8 +250,15 @@ class Generator:
             # start on a whole step/frame for grid schemes
             ids = ids[len(ids) % self.period:]
         info["tokens"] = int(len(ids))
-        info["seconds"] = float(self.tok.decode_notes(ids).duration) if len(ids) else 0.0
+        info["seconds"] = self.seconds_of(ids)
         return np.concatenate([[BOS], ids]).astype(np.int64), info
+
+    def seconds_of(self, ids: np.ndarray) -> float:
+        """How far in time a token stream reaches (the grammar's clock, as --seconds uses)."""
+        g = self.tok.grammar()
+        g.reset(1)
+        g.feed(np.asarray(ids, np.int64)[None])
+        return float(g.elapsed()[0])
 
     def generate(self, prompt: np.ndarray, cfg: SampleConfig,
                  use_cache: bool = True) -> list[np.ndarray]:
@@ -310,7 +317,7 @@ def _write_take(gen, prompt, pinfo, cfg, out_dir, take, continuation_only, sound
     news = gen.generate(prompt, cfg)
     gen_s = time.perf_counter() - t
     primer_notes = gen.tok.decode_notes(prompt[1:])
-    t_split = primer_notes.duration if len(primer_notes) else 0.0
+    t_split = pinfo["seconds"]  # where the primer's stream ends: the continuation's start
     mem_index = _memorization_index(gen, reference)
     results = []
     for k, new in enumerate(news):
@@ -339,7 +346,7 @@ def _write_take(gen, prompt, pinfo, cfg, out_dir, take, continuation_only, sound
             "checkpoint_sha1": gen.checkpoint_hash, "transpositions": gen.transpositions,
             "tokenizer": gen.tok.name, "settings": asdict(cfg),
             "primer": pinfo, "new_tokens": int(len(new)),
-            "new_seconds": float(max(full.duration - t_split, 0.0)) if len(full) else 0.0,
+            "new_seconds": gen.seconds_of(np.concatenate([prompt[1:], new])) - t_split,
             "notes": int(len(full)), "continuation_notes": int(len(cont)),
             "continuation_track": CONTINUATION_TRACK, "generation_seconds": gen_s,
             "tokens_per_second": float(sum(len(n) for n in news) / max(gen_s, 1e-9)),

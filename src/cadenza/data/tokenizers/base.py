@@ -111,6 +111,20 @@ class Tokenizer(ABC):
         """The piece of a score's first ``seconds`` (0: all of it), as a primer."""
         return self.piece_from_notes(self.score_notes(score, sustain_pedal, seconds))
 
+    def cut_steps(self, score: symusic.Score, seconds: float) -> int:
+        """Grid steps from a score's start to ``seconds`` of its time (0: none)."""
+        if not seconds:
+            return 0
+        t = quarters_at(score, seconds) * 0.5 if self.beat_grid else seconds
+        return int(round(t / self.step_seconds))
+
+    def encode_primer(self, score: symusic.Score, seconds: float = 0.0,
+                      sustain_pedal: bool = True) -> np.ndarray:
+        """Content ids of a primer whose stream reaches the primer's end (``seconds``, or
+        its last note's release): a continuation then starts where the primer stops, not
+        at its last event. Schemes whose stream can stop short of that override this."""
+        return self.encode(self.primer_piece(score, seconds, sustain_pedal))
+
     def score_notes(self, score: symusic.Score, sustain_pedal: bool = True,
                     seconds: float = 0.0) -> Notes:
         """The notes this scheme reads from a score, cut at ``seconds`` of the score's own

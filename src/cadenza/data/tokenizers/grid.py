@@ -83,6 +83,15 @@ def roll_from_notes(notes: Notes, step_seconds: float) -> np.ndarray:
     return np.cumsum(roll, axis=0)[:T] > 0
 
 
+def pad_to_cut(grid: np.ndarray, steps: int, fill) -> np.ndarray:
+    """A primer grid extended with silent steps up to its cut, ``steps`` long: a rest that
+    ends the primer is part of it, and the continuation starts at the cut."""
+    if steps <= len(grid):
+        return grid
+    pad = np.full((steps - len(grid),) + grid.shape[1:], fill, grid.dtype)
+    return np.concatenate([grid, pad])
+
+
 def roll_notes(roll: np.ndarray, step_seconds: float, velocity: int = 80) -> Notes:
     """Notes of a (T, 88) roll: each run of consecutive on-frames of a key is one note."""
     edges = np.diff(np.pad(np.asarray(roll, np.int8), ((1, 1), (0, 0))), axis=0)

@@ -107,6 +107,17 @@ class PerformanceTokenizer(Tokenizer):
         out[start + n_shift + n_vel] = np.where(on, ON0 + pitch, OFF0 + pitch)
         return out
 
+    def encode_primer(self, score, seconds: float = 0.0, sustain_pedal: bool = True
+                      ) -> np.ndarray:
+        """The primer's events, then TIME_SHIFTs up to its cut (a closing rest stays)."""
+        notes = self.primer_piece(score, seconds, sustain_pedal)
+        ids = self.encode(notes)
+        have = int(np.sum(np.where((ids >= SHIFT0) & (ids < VEL0), ids - SHIFT0 + 1, 0)))
+        gap = int(round((seconds or notes.duration) * STEPS_PER_SECOND)) - have
+        if gap <= 0:
+            return ids
+        return np.concatenate([ids, _shift_runs(np.array([gap]))[3]])
+
     # --- decoding -----------------------------------------------------------------------
     def decode(self, ids: np.ndarray) -> Notes:
         ids = np.asarray(ids, np.int64)
