@@ -99,11 +99,26 @@ def test_report_is_self_contained(tiny_dataset, tmp_path):
                       max_steps=3, eval_every=3, augment=AugmentConfig()), quiet=True)
     run_generate(str(run / "best"), str(run / "samples"), None, 0, 0,
                  SampleConfig(tokens=30), audio=True)
-    page = build_report(run).read_text()
-    assert page.count("data:image/png;base64,") >= 2  # loss curve and a piano roll
+    elsewhere = tmp_path / "elsewhere"
+    run_generate(str(run / "best"), str(elsewhere), None, 0, 0,
+                 SampleConfig(tokens=30, seed=4), audio=True)
+    (elsewhere / "stats.json").write_text(json.dumps(
+        {"generated": 1, "decoded_share": 1.0, "outside_key_profile_share": 0.1,
+         "features": {"pitch_class": {"overlap": 0.9, "kl": 0.1, "generated_mean": 5.0,
+                                      "reference_mean": 5.5}}}))
+    page = build_report(run, samples=elsewhere).read_text()
+    assert page.count("data:image/png;base64,") >= 3  # loss curve and two piano rolls
     assert "http://" not in page and "https://" not in page and "src='/" not in page
-    if (run / "samples" / "sample-0.wav").exists():
-        assert "data:audio/wav;base64," in page
+    assert "<td>pitch_class</td><td>0.900</td>" in page  # statistics as a table
+    assert "sample-0.mid</a>" in page and "seed 4" in page
+    if (run / "samples" / "sample-0.wav").exists():  # linked, not inlined: a light page
+        assert "data:audio" not in page and "src='samples/sample-0.wav'" in page
+        assert len(page) < 200_000
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="not a Cadenza run"):
+        build_report(tmp_path / "notes")
+    assert not (tmp_path / "notes" / "report.html").exists()
 
 
 def test_stats_of_identical_sets_overlap_fully():

@@ -238,3 +238,158 @@ def test_kill_torture_resume_equals_an_uninterrupted_run(tiny_dataset, tmp_path)
     b = load_file(run / "last" / "model.safetensors")
     assert kills >= 10 and a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr[-500:])
+    assert r.stderr.startswith("cadenza: error:") and r.stderr.count("\n") == 1, r.stderr
+    for n in needles:
+        assert n in r.stderr, (n, r.stderr)
+
+
+def test_each_bad_input_is_one_clear_line(run_dir, tiny_dataset, midi_folder, tmp_path):
+    import shutil
+    ck = run_dir / "best"
+    _one_line_error(cli("generate", "--checkpoint", ck, "--out", tmp_path / "g", "--primer",
+                        midi_folder), "is a folder")
+    for size in (0, 10):  # an empty and a truncated weights file
+        bad = tmp_path / f"bad{size}"
+        shutil.copytree(ck, bad)
+        with open(bad / "model.safetensors", "r+b") as f:
+            f.truncate(size)
+        _one_line_error(cli("generate", "--checkpoint", bad, "--out", tmp_path / "g"),
+                        "model.safetensors: damaged or truncated weights")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _one_line_error(cli("train", "--data", tiny_dataset, "--out", blocker), "is a file")
+    if not torch.cuda.is_available():
+        for cmd in (["train", "--data", tiny_dataset, "--out", tmp_path / "r"],
+                    ["generate", "--checkpoint", ck, "--out", tmp_path / "g"],
+                    ["evaluate", "--checkpoint", ck, "--data", tiny_dataset]):
+            _one_line_error(cli(*cmd, "--device", "cuda"), "--device cuda: this PyTorch")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.mid").write_text("not midi")
+    (junk / "b.mid").write_bytes(b"")
+    _one_line_error(cli("stats", junk, "--reference", tiny_dataset),
+                    "none of its 2 MIDI files could be read")
+    _one_line_error(cli("evaluate", "--checkpoint", ck, "--data", tmp_path / "nope"),
+                    "no such dataset directory or benchmark file")
+    _one_line_error(cli("report", junk), "not a Cadenza run")
+    for flag in ("--seconds", "--tokens"):
+        _one_line_error(cli("generate", "--checkpoint", ck, "--out", tmp_path / "g", flag, 0),
+                        f"{flag}: must be > 0")
+    assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())
+    r = cli("evaluate", "--checkpoint", ck, "--data", tiny_dataset, "--split", "test")
+    assert r.returncode == 0 and r.stdout.startswith("test split: NLL"), r.stdout
+
+
+def test_help_shows_every_default_an_example_and_the_version():
+    import re
+
+    from cadenza.cli import EXAMPLES, build_parser
+    r = cli("--version")
+    assert r.returncode == 0 and re.fullmatch(r"cadenza \d+\.\d+\.\d+\n", r.stdout)
+    ap = build_parser()
+    sub = next(a for a in ap._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert f"example:\n  {EXAMPLES[name]}" in text
+        flat = " ".join(text.split())
+        for action in p._actions:
+            if action.option_strings and action.dest != "help" and not (
+                    action.default is None or action.default is False):
+                assert f"(default: {action.default})" in flat, (name, action.dest)
+    train_help = sub.choices["train"].format_help()
+    assert "(default: 512 in the small preset)" in " ".join(train_help.split())
+
+
+def test_short_runs_still_log_evaluate_and_plot(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(MODEL, tcfg(tiny_dataset, run, max_steps=3, log_every=20, eval_every=50,
+                      warmup_steps=100), quiet=False)
+    out = capsys.readouterr().out
+    assert "note: 3 steps to go is fewer than --log-every 20, --eval-every 50" in out
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[-1].startswith("3,") and rows[-1].split(",")[2]  # the final validation
+    assert (run / "loss.png").exists()
+    # a run's progress lines say '-' before its first validation, never 'nan'
+    run2 = tmp_path / "run2"
+    train(MODEL, tcfg(tiny_dataset, run2, max_steps=8, eval_every=4, log_every=1),
+          stop_at=5, quiet=False)
+    out = capsys.readouterr().out
+    assert "val nan" not in out and "| val - |" in out
+    saved = json.loads((run2 / "last" / "metrics.json").read_text())["val_nll"]
+    train(MODEL, tcfg(tiny_dataset, run2, max_steps=8, eval_every=4, log_every=1,
+                      resume=True), quiet=False)
+    first = next(line for line in capsys.readouterr().out.splitlines()
+                 if line.startswith("step"))
+    assert f"| val {saved:.4f} |" in first  # the checkpoint's validation, after resume
+
+
+def test_datasets_and_checkpoints_get_the_users_permissions(midi_folder, tmp_path):
+    old = os.umask(0o022)
+    try:
+        ds = tmp_path / "ds"
+        prepare(PrepareConfig(sources=(str(midi_folder),), out=str(ds)), progress=False)
+        train(MODEL, tcfg(ds, tmp_path / "run", max_steps=2, eval_every=2), quiet=True)
+    finally:
+        os.umask(old)
+    for d in (ds, tmp_path / "run" / "best", tmp_path / "run" / "last"):
+        assert d.stat().st_mode & 0o777 == 0o755, (d, oct(d.stat().st_mode))
+    for f in (ds / "manifest.json", tmp_path / "run" / "best" / "model.safetensors"):
+        assert f.stat().st_mode & 0o777 == 0o644, (f, oct(f.stat().st_mode))
+
+
+def test_multitrack_files_say_what_was_merged_and_left_out(tmp_path):
+    import symusic
+    d = tmp_path / "multi"
+    d.mkdir()
+    for i in range(4):
+        s = symusic.Score(480)
+        for program, drum, pitches in ((0, False, [60, 64]), (1, False, [48]),
+                                       (40, False, [72 + i]), (0, True, [36, 38, 42])):
+            tr = symusic.Track(program=program, is_drum=drum)
+            for k, p in enumerate(pitches * 4):
+                tr.notes.append(symusic.Note(k * 240, 240, p, 80))
+            s.tracks.append(tr)
+        s.dump_midi(str(d / f"song{i}.mid"))
+    res = prepare(PrepareConfig(sources=(str(d),), out=str(tmp_path / "all")), progress=False)
+    rec = res.manifest["files"][0]
+    assert rec["tracks"] == 3 and rec["drum_notes_dropped"] == 12
+    assert rec["other_notes_dropped"] == 0
+    assert "4 files had several tracks merged" in res.summary()
+    assert "48 drum notes" in res.summary()
+    res = prepare(PrepareConfig(sources=(str(d),), out=str(tmp_path / "piano"),
+                                programs="piano"), progress=False)
+    rec = res.manifest["files"][0]
+    assert rec["tracks"] == 2 and rec["other_notes_dropped"] == 4
+    assert res.manifest["programs"] == "piano"
+    r = cli("prepare", d, "--out", tmp_path / "x", "--programs", "strings")
+    assert r.returncode == 2 and "--programs" in r.stderr
+
+
+def test_stats_compares_with_the_training_music_and_says_so(run_dir, tiny_dataset, tmp_path):
+    out = tmp_path / "gen"
+    run_generate(str(run_dir / "best"), str(out), None, 0, 0,
+                 SampleConfig(tokens=40, num_samples=2), audio=False)
+    r = cli("stats", out, "--reference", tiny_dataset)
+    assert r.returncode == 0, r.stderr
+    n_train = json.loads((tiny_dataset / "manifest.json").read_text())["splits"]["train"]
+    assert f"{n_train['pieces']} reference pieces (the dataset's train split)" in r.stdout
+    _one_line_error(cli("stats", out, "--reference", tiny_dataset, "--split", "test"),
+                    "too few to estimate a distribution")
+
+
+def test_a_corpus_fact_is_one_plain_line_not_a_warning(tmp_path, monkeypatch, capsys,
+                                                         recwarn):
+    import cadenza.data.corpus as corpus
+    root = tmp_path / "m21"
+    root.mkdir()
+    (root / "broken.krn").write_text("not a score")
+    monkeypatch.setattr(corpus, "_music21_root", lambda: root)
+    monkeypatch.setattr(corpus, "corpus_files", lambda name: [root / "broken.krn"])
+    corpus.build_corpus("chorales")
+    out = capsys.readouterr().out
+    assert "note: builtin:chorales: 1 of 1 scores could not be read" in out
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]

@@ -12,8 +12,25 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def umask() -> int:
+    """The process's current umask, read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def user_mode(path: str | Path, directory: bool = False) -> None:
+    """Give a file (0666) or folder (0777) the permissions the user's umask asks for;
+    mkstemp/mkdtemp (and some writers) create them private."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask())
 
 
 @contextlib.contextmanager
@@ -22,7 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+    user_mode(tmp)  # mkstemp creates 0600; give the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -36,7 +53,7 @@ def temp_dir(target: str | Path) -> Path:
     (mkdtemp makes 0700), to be filled and then moved into place."""
     target = Path(target)
     d = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(d, 0o777 & ~_UMASK)
+    user_mode(d, directory=True)
     return d
 
 
@@ -80,7 +97,7 @@ def locked_dir(path: str | Path, flag: str) -> Iterator[None]:
     import fcntl
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)  # open() applies the umask
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import aside, replace_dir, temp_dir
+from .atomic import aside, replace_dir, temp_dir, user_mode
 from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig, transposition_shifts
 from .data.tokenizers import Tokenizer, build_tokenizer
 from .models import build_model
@@ -63,6 +63,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: dict[str, Any],
 
 def _fsync_dir(d: Path) -> None:
     for f in d.iterdir():
+        user_mode(f)  # safetensors writes 0600
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
 

@@ -446,12 +446,13 @@ def _add_report(sub) -> None:
                        "piano rolls and audio players, inlined into RUN_DIR/report.html.")
     p.add_argument("run", help="run (or demo/bench) directory")
     p.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
+    p.add_argument("--samples", help="a folder of samples (from `generate`) to show too")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(a) -> int:
     from .report import build_report
-    print(build_report(a.run, a.out))
+    print(build_report(a.run, a.out, a.samples))
     return 0
 
 

@@ -1,8 +1,10 @@
-"""``cadenza report RUN_DIR``: one self-contained HTML page for a run.
+"""``cadenza report RUN_DIR``: one HTML page for a run, opened from disk with no server.
 
-Everything is inlined (images and audio as base64 data URIs), so the page opens from disk
-with no server: configs, the loss curve, evaluation and benchmark tables, and for every
-generated sample found under the run directory its piano roll and an audio player.
+Configs, the loss curve, evaluation and benchmark tables, statistics, and for every
+generated sample found under the run directory (and under ``--samples DIR``) its piano
+roll, settings and an audio player. Pictures are inlined (base64 data URIs); audio is not
+(a minute of WAV is 10 MB): the players and MIDI links point at the sample files by
+relative path, so the page stays light and plays as long as it sits beside them.
 """
 
 from __future__ import annotations
@@ -25,10 +27,15 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
-def build_report(run: str | Path, out: str | Path | None = None) -> Path:
+def build_report(run: str | Path, out: str | Path | None = None,
+                 samples: str | Path | None = None) -> Path:
     run = Path(run)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: no such run directory")
+    dest = Path(out) if out else run / "report.html"
+    extra = Path(samples) if samples else None
+    if extra is not None and not extra.is_dir():
+        raise FileNotFoundError(f"--samples {extra}: no such folder")
     parts = [f"<h1>Cadenza run: {html.escape(str(run))}</h1>"]
     ck = next((run / n for n in ("best", "last", "run/best", "run-0/best")  # run-0: ensembles
                if (run / n / "config.json").exists()), None)
@@ -51,30 +58,75 @@ def build_report(run: str | Path, out: str | Path | None = None) -> Path:
     for bj in sorted(run.rglob("bench.json")):
         parts.append(f"<h2>Benchmark {html.escape(str(bj.relative_to(run)))}</h2>"
                      f"<pre>{html.escape(_bench_text(json.loads(bj.read_text())))}</pre>")
-    samples = sorted(run.rglob("sample-*.json"))
-    if samples:
+    found = sorted(run.rglob("sample-*.json")) + (sorted(extra.rglob("sample-*.json"))
+                                                   if extra else [])
+    stats = sorted(run.rglob("stats.json")) + (sorted(extra.rglob("stats.json"))
+                                               if extra else [])
+    if ck is None and not found and not stats and not list(run.rglob("bench.json")):
+        raise FileNotFoundError(f"{run}: not a Cadenza run, demo or bench folder (no "
+                                "checkpoint, samples, statistics or bench.json in it)")
+    if found:
         parts.append("<h2>Samples</h2>")
-    for sj in samples:
+    for sj in found:
         info = json.loads(sj.read_text())
-        parts.append(f"<h3>{html.escape(str(sj.relative_to(run)))}</h3>")
-        png, wav = sj.with_suffix(".png"), sj.with_suffix(".wav")
+        parts.append(f"<h3>{html.escape(str(sj))}</h3>")
+        png, wav, mid = (sj.with_suffix(s) for s in (".png", ".wav", ".mid"))
         if png.exists():
             parts.append(f"<img src='{_data_uri(png, 'image/png')}'>")
         if wav.exists():
-            parts.append(f"<audio controls src='{_data_uri(wav, 'audio/wav')}'></audio>")
-        parts.append(f"<pre>{html.escape(json.dumps(info, indent=1))}</pre>")
-    stats = sorted(run.rglob("stats.json"))
+            parts.append(f"<audio controls preload='none' src='{_rel(wav, dest)}'></audio>")
+        if mid.exists():
+            parts.append(f"<p><a href='{_rel(mid, dest)}'>{html.escape(mid.name)}</a></p>")
+        parts.append(_table(_sample_rows(info)))
     for st in stats:
-        parts.append(f"<h2>Statistics {html.escape(str(st.relative_to(run)))}</h2>"
-                     f"<pre>{html.escape(st.read_text())}</pre>")
+        parts.append(f"<h2>Statistics {html.escape(str(st))}</h2>"
+                     + _stats_table(json.loads(st.read_text())))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>Cadenza report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
             "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:2px 8px;"
             "text-align:left}pre{background:#f6f6f6;padding:8px;overflow:auto}</style></head>"
             "<body>" + "\n".join(parts) + "</body></html>\n")
-    dest = Path(out) if out else run / "report.html"
     write_bytes(dest, page.encode())
     return dest
+
+
+def _rel(path: Path, page: Path) -> str:
+    """``path`` as the page at ``page`` links to it (relative, so the folder can move)."""
+    import os
+    return html.escape(Path(os.path.relpath(path.resolve(), page.resolve().parent)).as_posix())
+
+
+def _sample_rows(info: dict) -> list[tuple[str, str]]:
+    s = info.get("settings", {})
+    rows = [("checkpoint", str(info.get("checkpoint", ""))),
+            ("primer", f"{info.get('primer', {}).get('source')} "
+                       f"({info.get('primer', {}).get('seconds', 0):.1f} s)"),
+            ("new music", f"{info.get('new_seconds', 0):.1f} s, "
+                          f"{info.get('new_tokens', 0)} tokens"),
+            ("settings", ", ".join(f"{k} {v}" for k, v in s.items())),
+            ("speed", f"{info.get('tokens_per_second', 0):.0f} tokens/s")]
+    m = info.get("memorization")
+    if m:
+        rows.append(("memorization", f"longest copied run {m['longest_copied_notes']} notes; "
+                     + ", ".join(f"{k} {v:.1%}" for k, v in m.items() if "share" in k)))
+    return rows
+
+
+def _stats_table(res: dict) -> str:
+    """`cadenza stats --json` output as a table per feature, and its summary lines."""
+    head = "<tr><th>feature</th><th>overlap</th><th>KL</th><th>generated mean</th>" \
+           "<th>reference mean</th></tr>"
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['overlap']:.3f}</td>"
+                   f"<td>{v['kl']:.3f}</td><td>{v['generated_mean']:.3f}</td>"
+                   f"<td>{v['reference_mean']:.3f}</td></tr>"
+                   for k, v in res.get("features", {}).items())
+    rows = [("generated files", str(res.get("generated"))),
+            ("decode", f"{res.get('decoded_share', 0):.0%}"),
+            ("outside the reference's key profile",
+             f"{res.get('outside_key_profile_share', 0):.1%}")]
+    for k, v in res.get("memorization", {}).items():
+        rows.append((k.replace("_", " "), f"{v:.3f}" if isinstance(v, float) else str(v)))
+    return f"<table>{head}{body}</table>" + _table(rows)
 
 
 def _bench_text(r: dict) -> str:
