@@ -158,11 +158,11 @@ def configs_from_args(a, data: str, out: str) -> tuple[ModelConfig, TrainConfig]
     preset, so a flag given there is a change that train() accepts or names."""
     resume = getattr(a, "resume", False)
     base = _run_configs(out) if resume else None
-    if base is not None and a.preset is None:
-        m, t, aug = dict(base[0]), dict(base[1]), dict(base[2])
-    else:
+    m, t, aug = (dict(base[0]), dict(base[1]), dict(base[2])) if base else ({}, {}, {})
+    if base is None or a.preset is not None:  # a preset named on resume is a change too
         m_over, t_over = PRESETS[a.preset or "small"]
-        m, t, aug = dict(m_over), dict(t_over), {}
+        m.update(m_over)
+        t.update(t_over)
     if a.model:
         m["kind"] = a.model
     m.update({k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k, None) is not None})
@@ -174,8 +174,7 @@ def configs_from_args(a, data: str, out: str) -> tuple[ModelConfig, TrainConfig]
     t["augment"] = AugmentConfig.from_dict(aug)
     if not t.get("max_steps") and not t.get("minutes"):
         t["minutes"] = 5.0
-    if base is None:
-        m["max_context"] = max(m.get("max_context", 0), t.get("context", 512))
+    m["max_context"] = max(m.get("max_context", 0), t.get("context", 512))
     return (ModelConfig.from_dict(m),
             TrainConfig(data=data, out=out, compile=a.compile, resume=resume,
                         force=getattr(a, "force", False), **t))
