@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -470,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = build_parser()
     a = ap.parse_args(argv)
+    # SIGTERM (a `kill`, a scheduler, torchrun stopping its workers) ends the command like
+    # Ctrl-C does: every `finally` runs, so no temporary file or folder is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return a.func(a)
     except (ConfigError, SourceError, PrepareError, DatasetError, CheckpointError, BadInput,
