@@ -286,14 +286,13 @@ def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
     A take is one unit: each sample's files are written into a temporary folder inside
     ``out`` and moved into place, its JSON last; an ``out`` that holds an earlier take's
     samples is refused (``force`` replaces them), so old and new files never mix."""
-    from .render import piano_roll_png, render_wav
-
     gen = Generator.load(checkpoint, device, transpositions)
     prompt, pinfo = gen.encode_primer(primer, primer_seconds, primer_tokens)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise PermissionError(f"--out {out}: is a file, not a folder")
-    earlier = sorted(out_dir.glob("sample-*")) if out_dir.is_dir() else []
+    earlier = sorted(p for p in out_dir.glob("sample-*") if p.is_file()) \
+        if out_dir.is_dir() else []
     if earlier and not force:
         raise FileExistsError(f"--out {out}: holds samples of an earlier take "
                               f"({earlier[0].name}, ...); choose another folder, or pass "
@@ -306,13 +305,18 @@ def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
         raise PermissionError(f"--out {out}: cannot write there ({e.strerror})") from e
     try:
         return _write_take(gen, prompt, pinfo, cfg, out_dir, take, continuation_only,
-                           soundfont, audio, reference, earlier, piano_roll_png, render_wav)
+                           soundfont, audio, reference, earlier)
     finally:
         shutil.rmtree(take, ignore_errors=True)
 
 
-def _write_take(gen, prompt, pinfo, cfg, out_dir, take, continuation_only, soundfont, audio,
-                reference, earlier, piano_roll_png, render_wav) -> list[dict[str, Any]]:
+def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: SampleConfig,
+                out_dir: Path, take: Path, continuation_only: bool, soundfont: str | None,
+                audio: bool, reference: str | None, earlier: list[Path]
+                ) -> list[dict[str, Any]]:
+    """Generate the samples into ``take``, then move them into ``out_dir``."""
+    from .render import piano_roll_png, render_wav
+
     t = time.perf_counter()
     news = gen.generate(prompt, cfg)
     gen_s = time.perf_counter() - t
