@@ -431,9 +431,9 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int |
 
 
 class Pace:
-    """For a time budget: says how many steps the budget should buy at the current pace,
-    and says again when the pace changes by more than a quarter (the schedule itself
-    follows the clock, see ``progress``)."""
+    """For a time budget: says how many steps the budget should buy at this session's
+    average pace, and says again when that changes by more than a quarter (the schedule
+    itself follows the clock, see ``progress``)."""
 
     def __init__(self, cfg: TrainConfig, log) -> None:
         self.budget, self.log = cfg.minutes * 60, log
@@ -445,7 +445,9 @@ class Pace:
         n = len(self.marks)
         if n < 9 or (n - 9) % 50:  # first after 8 steps (warm caches), then every 50
             return
-        (s0, e0), (s1, e1) = self.marks[max(3, n - 51)], self.marks[-1]
+        # the average since the fourth step: evaluations are part of the cost, and one
+        # falling into a short window must not read as a change of pace
+        (s0, e0), (s1, e1) = self.marks[3], self.marks[-1]
         per_step = (e1 - e0) / max(s1 - s0, 1)
         total = step + int(max(self.budget - elapsed, 0) / max(per_step, 1e-9))
         if not self.said:
