@@ -138,6 +138,8 @@ JSB16 = Recipe(ModelConfig(n_layer=5, d_model=256, n_head=8, d_ff=1024, dropout=
 # minutes (JSB: training loss 0.2 vs validation 1.2 per token), so both train two members
 # at once, one core each (the compute one model had before), scored as an ensemble: JSB
 # 5.27 (members 5.66, 5.79, 20 minutes), Piano-midi.de 6.95 (members 7.27, 7.28, 13 minutes).
+# After the sampler and budget fixes: JSB 4.91 (members 5.15, 5.17), Piano-midi.de 7.00
+# (7.24, 7.32), Nottingham 2.12 (was 2.19); MuseData not re-run.
 _ROLL = ModelConfig(n_layer=4, d_model=256, n_head=8, d_ff=1024, dropout=0.2,
                     position="rope", max_context=512)
 _SMALL = replace(_ROLL, n_layer=3, d_model=192, n_head=6, d_ff=768, dropout=0.3)
