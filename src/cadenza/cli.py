@@ -441,9 +441,10 @@ def cmd_bench(a) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="one self-contained HTML page for a run",
-                       description="Configs, loss curves, evaluation and benchmark tables, "
-                       "piano rolls and audio players, inlined into RUN_DIR/report.html.")
+    p = sub.add_parser("report", help="one HTML page for a run (opens from disk)",
+                       description="Configs, loss curves, evaluation, benchmark and "
+                       "statistics tables, piano rolls (inlined) and audio players (linked) "
+                       "in RUN_DIR/report.html.")
     p.add_argument("run", help="run (or demo/bench) directory")
     p.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
     p.add_argument("--samples", help="a folder of samples (from `generate`) to show too")
