@@ -143,14 +143,14 @@ def _run_configs(out: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, An
     from pathlib import Path
 
     from .checkpoint import CheckpointError, resolve
+    from .train import INVOCATION
     try:
         config = json.loads((resolve(Path(out) / "last") / "config.json").read_text())
     except (CheckpointError, OSError, ValueError):
         return None  # train() says what is wrong with the run
     m = {k: v for k, v in config["model"].items()
          if k not in ("vocab_size", "step_token", "pitch_of")}  # the tokenizer's, not flags
-    t = {k: v for k, v in config["train"].items()
-         if k not in ("data", "out", "resume", "force", "compile", "augment")}
+    t = {k: v for k, v in config["train"].items() if k not in INVOCATION + ("augment",)}
     return m, t, config["train"].get("augment", {})
 
 

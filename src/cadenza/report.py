@@ -113,20 +113,13 @@ def _sample_rows(info: dict) -> list[tuple[str, str]]:
 
 
 def _stats_table(res: dict) -> str:
-    """`cadenza stats --json` output as a table per feature, and its summary lines."""
-    head = "<tr><th>feature</th><th>overlap</th><th>KL</th><th>generated mean</th>" \
-           "<th>reference mean</th></tr>"
-    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['overlap']:.3f}</td>"
-                   f"<td>{v['kl']:.3f}</td><td>{v['generated_mean']:.3f}</td>"
-                   f"<td>{v['reference_mean']:.3f}</td></tr>"
-                   for k, v in res.get("features", {}).items())
-    rows = [("generated files", str(res.get("generated"))),
-            ("decode", f"{res.get('decoded_share', 0):.0%}"),
-            ("outside the reference's key profile",
-             f"{res.get('outside_key_profile_share', 0):.1%}")]
-    for k, v in res.get("memorization", {}).items():
-        rows.append((k.replace("_", " "), f"{v:.3f}" if isinstance(v, float) else str(v)))
-    return f"<table>{head}{body}</table>" + _table(rows)
+    """`cadenza stats --json` output: the feature table and summary `stats` prints."""
+    from .stats import FEATURE_COLUMNS, feature_rows, summary_lines
+    head = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in FEATURE_COLUMNS) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in feature_rows(res))
+    return f"<table>{head}{body}</table>" + "".join(
+        f"<p>{html.escape(line)}</p>" for line in summary_lines(res))
 
 
 def _bench_text(r: dict) -> str:

@@ -236,23 +236,40 @@ def run_stats(generated: str, reference: str, split: str = "train") -> dict[str,
     return res
 
 
-def format_stats(res: dict[str, Any], as_json: bool) -> str:
-    if as_json:
-        return json.dumps(res, indent=1)
-    ref = f"{res['reference_pieces']} reference pieces" + (
-        f" (the dataset's {res['reference_split']} split)" if res["reference_split"] else "")
-    lines = [f"{res['generated']} generated files ({res['generated_notes']:,} new notes; a "
-             f"sample's primer track is not counted), {res['decoded_share']:.0%} decode; "
-             f"{ref}; {res['outside_key_profile_share']:.1%} of notes outside the "
-             "reference's key profile",
-             f"{'feature':<18}{'overlap':>8}{'KL':>8}{'gen mean':>10}{'ref mean':>10}"]
-    for k, v in res["features"].items():
-        lines.append(f"{k:<18}{v['overlap']:>8.3f}{v['kl']:>8.3f}{v['generated_mean']:>10.3f}"
-                     f"{v['reference_mean']:>10.3f}")
+FEATURE_COLUMNS = ("feature", "overlap", "KL", "gen mean", "ref mean")
+
+
+def feature_rows(res: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row of formatted cells per feature (FEATURE_COLUMNS): for the terminal and the
+    report alike."""
+    return [(k, f"{v['overlap']:.3f}", f"{v['kl']:.3f}", f"{v['generated_mean']:.3f}",
+             f"{v['reference_mean']:.3f}") for k, v in res["features"].items()]
+
+
+def summary_lines(res: dict[str, Any]) -> list[str]:
+    """What was compared with what, and the memorization, in plain sentences."""
+    ref = f"{res.get('reference_pieces', '?')} reference pieces" + (
+        f" (the dataset's {res['reference_split']} split)" if res.get("reference_split")
+        else "")
+    lines = [f"{res['generated']} generated files ({res.get('generated_notes', 0):,} new "
+             f"notes; a sample's primer track is not counted), {res['decoded_share']:.0%} "
+             f"decode; {ref}; {res['outside_key_profile_share']:.1%} of notes outside the "
+             "reference's key profile"]
     if "memorization" in res:
         m = res["memorization"]
         lines.append(f"memorization: longest copied run {m['mean_longest_copied_notes']:.1f} "
                      f"notes on average (max {m['max_longest_copied_notes']}); "
                      f"{m[f'mean_copied_{NGRAM}gram_share']:.1%} of {NGRAM}-note n-grams "
                      "occur in training")
-    return "\n".join(lines)
+    return lines
+
+
+def format_stats(res: dict[str, Any], as_json: bool) -> str:
+    if as_json:
+        return json.dumps(res, indent=1)
+    widths = (18, 8, 8, 10, 10)
+    table = ["".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
+                     for i, (c, w) in enumerate(zip(row, widths)))
+             for row in [FEATURE_COLUMNS, *feature_rows(res)]]
+    lines = summary_lines(res)
+    return "\n".join(lines[:1] + table + lines[1:])

@@ -129,14 +129,16 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-RUN_FILES = ("best", "last", ".best.old", ".last.old", "metrics.csv", "loss.png",
-             "tensorboard")
-# What --resume may change: the budget and how often to log, evaluate and stop early.
+CHECKPOINTS = ("best", "last", ".best.old", ".last.old")  # .old: a swap in progress
+RUN_FILES = CHECKPOINTS + ("metrics.csv", "loss.png", "tensorboard")
+# What --resume may change: the budget and how often to log, evaluate and stop early; and
+# what belongs to this invocation rather than to the run.
 RESUMABLE = ("max_steps", "minutes", "patience", "log_every", "eval_every")
+INVOCATION = ("data", "out", "resume", "force", "compile")
 
 
 def holds_run(out: Path) -> bool:
-    return any((out / n).exists() for n in ("best", "last", ".best.old", ".last.old"))
+    return any((out / n).exists() for n in CHECKPOINTS)
 
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
@@ -169,7 +171,7 @@ def resume_conflicts(ck_model: ModelConfig, model_cfg: ModelConfig, ck_train: Tr
     out = []
     for a, b in ((ck_model, model_cfg), (ck_train, cfg)):
         for f in dataclasses.fields(a):
-            if f.name in RESUMABLE or f.name in ("data", "out", "resume", "force", "compile"):
+            if f.name in RESUMABLE + INVOCATION:
                 continue
             old, new = getattr(a, f.name), getattr(b, f.name)
             if old != new:
@@ -212,7 +214,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int |
                                 "(only its budget, logging and patience); drop those flags, "
                                 "or start over with --force")
         model_cfg = ck.model_cfg
-        keep = {k: getattr(cfg, k) for k in RESUMABLE + ("resume", "out", "data", "compile")}
+        keep = {k: getattr(cfg, k) for k in RESUMABLE + INVOCATION}
         cfg = ck.train.replace(**keep)
         model = ck.model.train()
         state = torch.load(ck.path / "state.pt", weights_only=False)
@@ -437,18 +439,19 @@ class Pace:
 
     def __init__(self, cfg: TrainConfig, log) -> None:
         self.budget, self.log = cfg.minutes * 60, log
-        self.marks: list[tuple[int, float]] = []  # (step, elapsed) at this session's steps
+        self.n = 0  # ticks this session
+        self.origin = (0, 0.0)  # (step, elapsed) at the fourth tick, once caches are warm
         self.said = 0
 
     def tick(self, step: int, elapsed: float) -> None:
-        self.marks.append((step, elapsed))
-        n = len(self.marks)
-        if n < 9 or (n - 9) % 50:  # first after 8 steps (warm caches), then every 50
+        self.n += 1
+        if self.n == 4:
+            self.origin = (step, elapsed)
+        if self.n < 9 or (self.n - 9) % 50:  # first after 8 steps, then every 50
             return
         # the average since the fourth step: evaluations are part of the cost, and one
         # falling into a short window must not read as a change of pace
-        (s0, e0), (s1, e1) = self.marks[3], self.marks[-1]
-        per_step = (e1 - e0) / max(s1 - s0, 1)
+        per_step = (elapsed - self.origin[1]) / max(step - self.origin[0], 1)
         total = step + int(max(self.budget - elapsed, 0) / max(per_step, 1e-9))
         if not self.said:
             self.log(f"time budget: about {total} steps at {per_step * 1000:.0f} ms/step "

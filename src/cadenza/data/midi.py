@@ -123,18 +123,16 @@ def select_tracks(score: symusic.Score, programs: str = "all"
     """The score with only the pitched tracks ``programs`` names, and what was done: the
     tracks merged into one part, and the notes left out (drums, other programs)."""
     keep = PROGRAMS[programs]
-    tracks = [t for t in score.tracks if len(t.notes)]
-    used = [t for t in tracks if not t.is_drum and t.program in keep]
-    facts = {"tracks": len(used),
+    out = score.copy()
+    tracks = [t for t in out.tracks if len(t.notes)]
+    out.tracks = [t for t in tracks if not t.is_drum and t.program in keep]
+    facts = {"tracks": len(out.tracks),
              "drum_notes_dropped": sum(len(t.notes) for t in tracks if t.is_drum),
-             "other_notes_dropped": sum(len(t.notes) for t in tracks
-                                        if not t.is_drum and t.program not in keep)}
-    if not used:
+             "other_notes_dropped": sum(len(t.notes) for t in tracks if not t.is_drum)
+             - sum(len(t.notes) for t in out.tracks)}
+    if not len(out.tracks):
         raise BadInput("drum-only file" if facts["drum_notes_dropped"] and programs == "all"
                        else f"no notes in tracks of --programs {programs}")
-    out = score.copy()
-    out.tracks = [t for t in out.tracks if len(t.notes) and not t.is_drum
-                  and t.program in keep]
     return out, facts
 
 
@@ -233,12 +231,9 @@ def score_from_tracks(tracks: dict[str, Notes], program: int = 0) -> symusic.Sco
 
 def only_track(score: symusic.Score, name: str) -> symusic.Score | None:
     """The score with only its track(s) called ``name`` (None when it has none)."""
-    keep = [t for t in score.tracks if t.name == name]
-    if not keep:
-        return None
     out = score.copy()
     out.tracks = [t for t in out.tracks if t.name == name]
-    return out
+    return out if len(out.tracks) else None
 
 
 def write_midi(score: symusic.Score, path: str | Path) -> None:

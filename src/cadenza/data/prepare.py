@@ -119,7 +119,6 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
             skip(it, str(e))
     jobs = [(it.path, tok.name, tok_cfg, cfg.max_file_mb, cfg.sustain_pedal, cfg.programs)
             for it in midi]
-    tracks: dict[str, dict[str, int]] = {}
     with _pool(cfg.workers) as pool:
         results = pool.map(_encode_midi, jobs, chunksize=4) if pool else map(_encode_midi, jobs)
         for it, (status, val) in tqdm(zip(midi, results), total=len(midi), unit="file",
@@ -127,9 +126,8 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
             if status == "skip":
                 skip(it, val)
             else:
-                it.digest, ids, facts = val
+                it.digest, ids, it.tracks = val
                 encoded.append((it, ids))
-                tracks[it.name] = facts
 
     # Split by piece before any augmentation, from the hash of the music (not of the
     # file's bytes). A duplicate (the same notes, or the same tokens) is kept once, so the
@@ -169,7 +167,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
             for (it, ids), k in zip(pieces, range(len(pieces))):
                 records.append({"path": it.name, "music_sha1": it.digest, "split": split,
                                 "piece": k, "tokens": int(len(ids)),
-                                **tracks.get(it.name, {})})
+                                **(it.tracks or {})})
         manifest = {
             "format_version": FORMAT_VERSION,
             "tokenizer": {"name": tok.name, "config": tok_cfg, "vocab": tok.vocab},

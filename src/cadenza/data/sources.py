@@ -44,6 +44,7 @@ class Item:
     split: str | None = None
     grid: Any = None  # Grid or Roll for benchmark pieces
     digest: str = ""  # of the music (sources.music_digest, or the benchmark grid)
+    tracks: dict[str, int] | None = None  # MIDI: tracks merged, notes left out (midi.select_tracks)
 
     @property
     def name(self) -> str:

@@ -18,7 +18,16 @@ from typing import Any
 import numpy as np
 import symusic
 
-from ..midi import MAX_PITCH, MIN_PITCH, Notes, cut_notes, notes_from_score, quarters_at
+from ..midi import (
+    MAX_PITCH,
+    MIN_PITCH,
+    BadInput,
+    Notes,
+    cut_notes,
+    notes_from_score,
+    quarters_at,
+)
+from .grid import pad_to_cut
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ["PAD", "BOS", "EOS"]
@@ -75,6 +84,8 @@ class Tokenizer(ABC):
     #: grid schemes count beats: they read a score in quarter notes, whatever its tempo,
     #: as seconds at 120 bpm (a step of 0.125 s is a 16th note)
     beat_grid: bool = False
+    #: a beat grid's value for a silent step (pads a primer that ends with a rest)
+    rest: Any = None
 
     def __init__(self) -> None:
         self.vocab: list[str] = list(SPECIALS)
@@ -108,15 +119,14 @@ class Tokenizer(ABC):
 
     def primer_piece(self, score: symusic.Score, seconds: float = 0.0,
                      sustain_pedal: bool = True) -> Any:
-        """The piece of a score's first ``seconds`` (0: all of it), as a primer."""
-        return self.piece_from_notes(self.score_notes(score, sustain_pedal, seconds))
-
-    def cut_steps(self, score: symusic.Score, seconds: float) -> int:
-        """Grid steps from a score's start to ``seconds`` of its time (0: none)."""
-        if not seconds:
-            return 0
-        t = quarters_at(score, seconds) * 0.5 if self.beat_grid else seconds
-        return int(round(t / self.step_seconds))
+        """The piece of a score's first ``seconds`` (0: all of it), as a primer. A beat
+        grid is padded with ``rest`` steps up to the cut: a rest that ends the primer is
+        part of it, and the continuation starts at the cut."""
+        piece = self.piece_from_notes(self.score_notes(score, sustain_pedal, seconds))
+        if self.beat_grid and seconds:
+            steps = int(round(quarters_at(score, seconds) * 0.5 / self.step_seconds))
+            piece = pad_to_cut(piece, steps, self.rest)
+        return piece
 
     def encode_primer(self, score: symusic.Score, seconds: float = 0.0,
                       sustain_pedal: bool = True) -> np.ndarray:
@@ -134,9 +144,14 @@ class Tokenizer(ABC):
             q = notes_from_score(score, sustain_pedal=False, unit="quarter")
             if seconds:
                 q = cut_notes(q, quarters_at(score, seconds))
-            return Notes(q.start * 0.5, q.end * 0.5, q.pitch, q.velocity)
-        notes = notes_from_score(score, sustain_pedal)
-        return cut_notes(notes, seconds) if seconds else notes
+            notes = Notes(q.start * 0.5, q.end * 0.5, q.pitch, q.velocity)
+        else:
+            notes = notes_from_score(score, sustain_pedal)
+            if seconds:
+                notes = cut_notes(notes, seconds)
+        if not len(notes):
+            raise BadInput(f"no notes in its first {seconds:g} s" if seconds else "no notes")
+        return notes
 
     def piece_from_source(self, src: Any, sustain_pedal: bool = True) -> Any:
         """A source item: a MIDI score, or a benchmark ``Grid``/``Roll`` (see grid.py)."""

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..midi import MAX_PITCH, MIN_PITCH, BadInput, Notes
 from .base import EOS, SPECIALS, Grammar, Tokenizer
-from .grid import Grid, Roll, pad_to_cut, roll_from_notes, roll_to_columns
+from .grid import Grid, Roll, roll_from_notes, roll_to_columns
 
 VOICES = 4
 SILENCE = len(SPECIALS)  # 3
@@ -23,6 +23,7 @@ class Chorale16Tokenizer(Tokenizer):
     name = "chorale16"
     step_seconds = 0.125  # a 16th note at 120 bpm
     beat_grid = True  # MIDI is read on its own beats: 4 steps a quarter, whatever the tempo
+    rest = -1  # a silent voice
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,10 +51,6 @@ class Chorale16Tokenizer(Tokenizer):
         if isinstance(src, Roll):
             return roll_to_columns(src.array, VOICES)
         return super().piece_from_source(src, sustain_pedal)
-
-    def primer_piece(self, score, seconds: float = 0.0, sustain_pedal: bool = True):
-        grid = super().primer_piece(score, seconds, sustain_pedal)
-        return pad_to_cut(grid, self.cut_steps(score, seconds), fill=-1)
 
     def piece_from_notes(self, notes: Notes) -> np.ndarray:
         """The four highest pitches sounding at each 16th step, highest first."""

@@ -102,7 +102,7 @@ class MidiTokTokenizer(Tokenizer):
         notes = self.score_notes(score, sustain_pedal, seconds)
         end = seconds or notes.duration
         free = [p for p in range(108, 20, -1) if p not in set(notes.pitch.tolist())]
-        if not len(notes) or not free:
+        if not free:  # every key in use: no marker pitch left (the stream ends at its last note)
             return self.encode(self.piece_from_notes(notes))
         marker = Notes.make(np.r_[notes.start, end], np.r_[notes.end, end + 0.5],
                             np.r_[notes.pitch, free[0]], np.r_[notes.velocity, 64])
@@ -222,9 +222,9 @@ class TypeGrammar(Grammar):
             self.history[b].append(int(tokens[b]))
         if len(self.position):
             live = ~self.done & (tokens > EOS)
-            pos = self.position[np.where(live, tokens, 0)]
-            self.at = np.where(live & (pos >= 0), pos, self.at)
-            self.at = np.where(live & self.bar[np.where(live, tokens, 0)], -1, self.at)
+            t = np.where(live, tokens, 0)
+            pos = self.position[t]
+            self.at = np.where(live & self.bar[t], -1, np.where(live & (pos >= 0), pos, self.at))
         self.last = np.where(self.done, self.last, tokens)
         super().advance(tokens)
 

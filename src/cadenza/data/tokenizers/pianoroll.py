@@ -14,7 +14,7 @@ import numpy as np
 
 from ..midi import MIN_PITCH, Notes
 from .base import EOS, SPECIALS, Grammar, Tokenizer
-from .grid import Grid, Roll, grid_to_roll, pad_to_cut, roll_from_notes
+from .grid import Grid, Roll, grid_to_roll, roll_from_notes
 
 K0 = len(SPECIALS)  # key i (pitch 21 + i) -> K0 + i
 FRAME = K0 + 88
@@ -24,6 +24,7 @@ class PianoRollTokenizer(Tokenizer):
     name = "pianoroll"
     step_token = FRAME
     beat_grid = True  # MIDI is read on its own beats (step_seconds is a step at 120 bpm)
+    rest = False  # no key down
 
     def __init__(self, step_seconds: float = 0.125) -> None:
         super().__init__()
@@ -65,10 +66,6 @@ class PianoRollTokenizer(Tokenizer):
         if isinstance(src, Grid):
             return grid_to_roll(src.array)
         return super().piece_from_source(src, sustain_pedal)
-
-    def primer_piece(self, score, seconds: float = 0.0, sustain_pedal: bool = True):
-        roll = super().primer_piece(score, seconds, sustain_pedal)
-        return pad_to_cut(roll, self.cut_steps(score, seconds), fill=False)
 
     def piece_from_notes(self, notes: Notes) -> np.ndarray:
         return roll_from_notes(notes, self.step_seconds)
