@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-COMMANDS = ["prepare", "train", "generate", "evaluate", "demo", "stats", "bench", "report"]
+COMMANDS = ["prepare", "train", "generate", "evaluate", "demo", "download", "stats", "bench",
+            "report"]
 
 
 def test_top_level_help_lists_the_commands():

@@ -115,7 +115,7 @@ def test_prepare_refuses_to_replace_a_dataset_unless_asked(midi_folder, tmp_path
 def test_prepare_checks_its_output_before_tokenizing(midi_folder, tmp_path, monkeypatch):
     import cadenza.data.prepare as prep
     calls = []
-    monkeypatch.setattr(prep, "expand_sources", lambda *a, **k: calls.append(1) or [])
+    monkeypatch.setattr(prep, "expand_sources", lambda *a, **k: calls.append(1) or ([], {}))
     blocker = tmp_path / "a-file"  # no folder can be made under a file, even by root
     blocker.write_text("x")
     out = blocker / "ds"
@@ -274,7 +274,9 @@ def test_each_bad_input_is_one_clear_line(run_dir, tiny_dataset, midi_folder, tm
     _one_line_error(cli("stats", junk, "--reference", tiny_dataset),
                     "none of its 2 MIDI files could be read")
     _one_line_error(cli("evaluate", "--checkpoint", ck, "--data", tmp_path / "nope"),
-                    "no such dataset directory or benchmark file")
+                    "nope: no such file or folder")
+    _one_line_error(cli("evaluate", "--checkpoint", ck, "--data", junk),
+                    "no MIDI file could be scored")
     _one_line_error(cli("report", junk), "not a Cadenza run")
     for flag in ("--seconds", "--tokens"):
         _one_line_error(cli("generate", "--checkpoint", ck, "--out", tmp_path / "g", flag, 0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +33,8 @@ def test_demo_end_to_end(tmp_path):
     out = run_demo(str(tmp_path / "demo"), minutes=0.5, precision="fp32", seconds=4.0)
     # half a minute on one thread: clearly better than guessing among 391 tokens
     assert out["val_nll"] < math.log(391) - 0.5 and len(out["samples"]) == 3
-    for s in out["samples"]:
+    assert [Path(p).name for p in out["piano_samples"]] == [
+        "joplin-maple-leaf-rag", "pop909-024", "pop909-113"]
+    for s in out["samples"] + out["piano_samples"]:
         names = {p.name for p in (tmp_path / "demo").rglob("*") if str(p).startswith(s)}
         assert {"sample-0.mid", "sample-0.png", "sample-0.json"} <= names

@@ -8,6 +8,10 @@ A checkpoint directory holds::
     metrics.json        step, validation NLL, best NLL, tokens seen, elapsed seconds
     state.pt            (``last/`` only) optimizer, scheduler, RNG and sampler state
 
+Shipped pretrained models are such directories inside the package (``cadenza/pretrained/
+NAME``), named ``pretrained:NAME`` wherever a checkpoint is asked for; each has a model card
+(``MODEL_CARD.md``) whose SHA-256 of the weights is checked when it loads.
+
 ``generate`` and ``evaluate`` need nothing else (given several, they use them as one
 ensemble: :func:`load_members`). Saving writes a temporary sibling
 directory, then swaps it in with two renames (old aside, new in place); a crash between
@@ -17,9 +21,12 @@ moment leaves a loadable checkpoint.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +42,9 @@ from .data.tokenizers import Tokenizer, build_tokenizer
 from .models import build_model
 
 REQUIRED = ("model.safetensors", "config.json")
+PRETRAINED = Path(__file__).parent / "pretrained"
+CARD = "MODEL_CARD.md"
+CARD_HASH = re.compile(r"SHA-256 of model\.safetensors: `([0-9a-f]{64})`")
 
 
 class CheckpointError(ValueError):
@@ -68,8 +78,21 @@ def _fsync_dir(d: Path) -> None:
             os.fsync(fh.fileno())
 
 
+def pretrained_names() -> list[str]:
+    return sorted(d.name for d in PRETRAINED.iterdir() if (d / "config.json").exists()) \
+        if PRETRAINED.is_dir() else []
+
+
 def resolve(path: str | Path) -> Path:
-    """The checkpoint directory to read: ``path``, or its complete ``.old`` twin."""
+    """The checkpoint directory to read: ``path``, or its complete ``.old`` twin; or for
+    ``pretrained:NAME`` the shipped model's directory, its weights checked against its card."""
+    if str(path).startswith("pretrained:"):
+        name = str(path).split(":", 1)[1]
+        d = PRETRAINED / name
+        if not name or "/" in name or not (d / "config.json").exists():
+            raise CheckpointError(f"--checkpoint {path}: no such pretrained model (shipped: "
+                                  f"{', '.join('pretrained:' + n for n in pretrained_names())})")
+        return d
     path = Path(path)
     if path.is_dir() and all((path / f).exists() for f in REQUIRED):
         return path
@@ -94,8 +117,43 @@ class Checkpoint:
     metrics: dict[str, Any]
 
 
+def read_config(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's config.json (directory or pretrained:NAME), without loading weights."""
+    d = resolve(path)
+    try:
+        return json.loads((d / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{d / 'config.json'}: not valid JSON ({e})") from e
+
+
+def verify_weights(path: Path) -> None:
+    """A directory with a model card: its weights must have the card's SHA-256."""
+    card = path / CARD
+    if not card.exists():
+        return
+    m = CARD_HASH.search(card.read_text())
+    if m is None:
+        return
+    st = (path / "model.safetensors").stat()
+    got = _sha256(str(path / "model.safetensors"), st.st_size, st.st_mtime_ns)
+    if got != m.group(1):
+        raise CheckpointError(f"{path / 'model.safetensors'}: damaged weights (SHA-256 "
+                              f"{got[:16]}..., its model card says {m.group(1)[:16]}...); "
+                              "reinstall Cadenza or restore the file")
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     path = resolve(path)
+    verify_weights(path)
     try:
         config = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as e:

@@ -21,7 +21,16 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .config import PRESETS, AugmentConfig, ConfigError, ModelConfig, TrainConfig
+from .config import (
+    ARCHITECTURE,
+    PRESETS,
+    AugmentConfig,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    finetune_settings,
+    flag,
+)
 
 
 def _range(kind: Callable[[str], Any]):
@@ -55,6 +64,9 @@ def _add_prepare(sub) -> None:
     p.add_argument("--programs", choices=("all", "piano"), default="all",
                    help="tracks of multitrack files to keep: all pitched instruments merged "
                    "into one part, or the piano programs (GM 0-7) only; drums never")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                   help="leave out files whose path ends like GLOB (repeatable), e.g. "
+                   "'piano-midi.de/Grieg/*' to keep a composer out of training")
     p.set_defaults(func=cmd_prepare)
 
 
@@ -65,7 +77,7 @@ def cmd_prepare(a) -> int:
                         valid_frac=a.valid_frac, test_frac=a.test_frac, workers=a.workers,
                         strict=a.strict, max_file_mb=a.max_file_mb,
                         sustain_pedal=not a.no_sustain_pedal, force=a.force,
-                        programs=a.programs)
+                        programs=a.programs, exclude=tuple(a.exclude))
     print(prepare(cfg).summary())
     return 0
 
@@ -160,10 +172,25 @@ def configs_from_args(a, data: str, out: str) -> tuple[ModelConfig, TrainConfig]
     resume = getattr(a, "resume", False)
     base = _run_configs(out) if resume else None
     m, t, aug = (dict(base[0]), dict(base[1]), dict(base[2])) if base else ({}, {}, {})
-    if base is None or a.preset is not None:  # a preset named on resume is a change too
+    init = getattr(a, "init", None)
+    if init and base is None:
+        if a.preset is not None:
+            raise ConfigError(f"--preset: the model and its training come from --init {init}")
+        given = [k for k in ARCHITECTURE if k != "kind" and getattr(a, k, None) is not None]
+        if given or a.model:
+            raise ConfigError(f"{flag(given[0]) if given else '--model'}: the architecture "
+                              f"comes from --init {init} (only --dropout may change)")
+        from .checkpoint import read_config
+        ck = read_config(init)
+        m_over, t_over = finetune_settings(ck["model"], ck["train"])
+        m.update(m_over)
+        t.update(t_over, init=init)
+    elif base is None or a.preset is not None:  # a preset named on resume is a change too
         m_over, t_over = PRESETS[a.preset or "small"]
         m.update(m_over)
         t.update(t_over)
+        if init:
+            t["init"] = init
     if a.model:
         m["kind"] = a.model
     m.update({k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k, None) is not None})
@@ -204,6 +231,10 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last exactly")
     p.add_argument("--force", action="store_true",
                    help="start over in an --out that already holds a run, replacing it")
+    p.add_argument("--init", metavar="CHECKPOINT", help="fine-tune: start from this "
+                   "checkpoint's weights (RUN/best or pretrained:piano), same tokenizer as "
+                   "--data; a fresh optimizer and schedule, with fine-tuning defaults (lr "
+                   "x0.3, 30 warm-up steps, 16 windows of 512 tokens)")
     add_model_train_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -222,17 +253,43 @@ def _add_transpositions(p) -> None:
                    "token")
 
 
+def _add_download(sub) -> None:
+    from .data.download import CATALOG
+    p = sub.add_parser("download", help="fetch a public piano corpus (MAESTRO, POP909)",
+                       description="Download a public piano corpus from its official "
+                       "address into $CADENZA_HOME/corpora/NAME: size and SHA-256 checked, "
+                       "an interrupted download resumed by running the command again.\n\n"
+                       + "\n".join(f"  {k}: {v.about} ({v.license})"
+                                   for k, v in CATALOG.items()))
+    p.add_argument("name", choices=sorted(CATALOG), help="corpus")
+    p.add_argument("--url", help="a mirror of the same archive (checked the same way)")
+    p.add_argument("--force", action="store_true", help="fetch it again even if present")
+    p.set_defaults(func=cmd_download)
+
+
+def cmd_download(a) -> int:
+    from .data.download import download
+    dest = download(a.name, url=a.url, force=a.force)
+    n = sum(1 for f in dest.rglob("*") if f.suffix.lower() in (".mid", ".midi"))
+    print(f"{a.name}: {n:,} MIDI files in {dest} "
+          f"({(dest / '.complete').read_text().split()[-1][:16]}... SHA-256)")
+    print(f"next: cadenza prepare {dest} --out data/{a.name} --workers 2")
+    return 0
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="NLL of a split under a checkpoint",
                        description="Exact mean NLL per token (nats, bits), perplexity, and per "
                        "frame/step for pianoroll/chorale16, with a sliding window for long "
                        "pieces.")
     p.add_argument("--checkpoint", required=True, nargs="+", metavar="DIR",
-                   help="checkpoint directory (RUN/best); several are scored as one ensemble "
-                   "(the mean of their next-token distributions)")
-    p.add_argument("--data", required=True, help="dataset directory or benchmark file")
+                   help="checkpoint directory (RUN/best) or pretrained:NAME; several are "
+                   "scored as one ensemble (the mean of their next-token distributions)")
+    p.add_argument("--data", required=True, nargs="+", metavar="PATH",
+                   help="dataset directory or benchmark file (one --split of it), or MIDI "
+                   "files and folders (every file scored whole; per-file NLL with --json)")
     p.add_argument("--split", default="valid", choices=("train", "valid", "test"),
-                   help="split to score")
+                   help="split to score (dataset or benchmark file)")
     p.add_argument("--stride", type=int, default=0, help="sliding-window stride (0: context/2)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     _add_transpositions(p)
@@ -257,6 +314,7 @@ EXAMPLES = {
     "generate": "cadenza generate --checkpoint runs/mine/best --primer song.mid "
                 "--primer-seconds 8 --seconds 30 --num-samples 4 --out out/",
     "evaluate": "cadenza evaluate --checkpoint runs/mine/best --data data/mine --split test",
+    "download": "cadenza download maestro",
     "stats": "cadenza stats out/ --reference data/mine",
     "bench": "cadenza bench jsb16 --minutes 60",
     "report": "cadenza report runs/mine",
@@ -292,8 +350,9 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="continue a primer into MIDI, WAV, PNG and JSON",
                        description="Sample continuations of a primer from a checkpoint. Writes "
                        "sample-K.mid/.json/.png/.wav per sample into --out.")
-    p.add_argument("--checkpoint", required=True, nargs="+", metavar="DIR",
-                   help="checkpoint directory (RUN/best); several sample as one ensemble")
+    p.add_argument("--checkpoint", nargs="+", metavar="DIR", default=["pretrained:piano"],
+                   help="checkpoint directory (RUN/best) or pretrained:NAME; several sample "
+                   "as one ensemble")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--primer", help="MIDI file or builtin:CORPUS[/NAME]; default: start at BOS")
     p.add_argument("--primer-seconds", type=float, default=0.0,
@@ -457,14 +516,15 @@ def cmd_report(a) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [_add_demo, _add_prepare, _add_train, _add_generate,
-                            _add_evaluate, _add_stats, _add_bench, _add_report]
+COMMANDS: list[Callable] = [_add_demo, _add_download, _add_prepare, _add_train,
+                            _add_generate, _add_evaluate, _add_stats, _add_bench, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:
     from .atomic import Busy
     from .checkpoint import CheckpointError
     from .data.dataset import DatasetError
+    from .data.download import DownloadError
     from .data.midi import BadInput
     from .data.prepare import PrepareError
     from .data.sources import SourceError
@@ -478,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return a.func(a)
     except (ConfigError, SourceError, PrepareError, DatasetError, CheckpointError, BadInput,
-            TrainingError, Busy, FileNotFoundError, PermissionError, ValueError) as e:
+            TrainingError, Busy, DownloadError, FileNotFoundError, PermissionError,
+            ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"cadenza: error: {msg}", file=sys.stderr)
         return 2

@@ -1,10 +1,13 @@
-"""``cadenza demo``: the whole pipeline on the built-in Bach chorales, on a laptop CPU.
+"""``cadenza demo``: piano music from the pretrained model in seconds, then the whole pipeline
+on the built-in Bach chorales, on a laptop CPU.
 
+0. continue three built-in piano openings (``builtin:openings``, none in its training data)
+   with the shipped pretrained piano model (``pretrained:piano``),
 1. build ``builtin:chorales`` from music21's corpus (cached under ``$CADENZA_HOME``),
 2. prepare it with the ``performance`` tokenizer (cached too: a second run reuses it),
 3. train a small Transformer for ``--minutes`` (default 5) with bf16 autocast,
 4. continue the openings of three held-out (test split) chorales, writing MIDI, WAV, PNG,
-5. print a table: validation NLL and what was written where.
+5. print one table for both: validation NLL, speed and what was written where.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import json
 from pathlib import Path
 
 from .config import AugmentConfig, ModelConfig, PrepareConfig, TrainConfig
-from .data.corpus import CORPUS_VERSION, cadenza_home
+from .data.corpus import CORPUS_VERSION, OPENINGS, cadenza_home
+
+PRETRAINED = "pretrained:piano"
 
 
 def _piece_name(path: str) -> str:
@@ -36,6 +41,17 @@ def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu
         raise TrainingError(f"--out {out}: holds an earlier demo; pass --force to replace "
                             "it, or choose another --out")
 
+    out_dir = Path(out)
+    print(f"[0/3] continuing three piano openings with the pretrained model ({PRETRAINED})")
+    piano = []
+    for i, f in enumerate(sorted(OPENINGS.glob("*.mid"))):
+        sdir = out_dir / "piano" / f.stem
+        infos = run_generate(PRETRAINED, str(sdir), str(f), primer_seconds, 0,
+                             SampleConfig(seconds=seconds, temperature=1.0, top_p=0.95,
+                                          seed=seed + i), device=device, force=force)
+        piano.append((f.stem, sdir, infos[0]))
+        print(f"  {f.stem}: {infos[0]['new_seconds']:.1f} s new -> {sdir}/")
+
     # named by the corpus conversion's version: a cache of an older one is not reused
     data = cadenza_home() / "datasets" / f"chorales-v{CORPUS_VERSION}-performance"
     if not (data / "manifest.json").exists():
@@ -44,7 +60,6 @@ def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu
                                     workers=2)).summary())
     else:
         print(f"[1/3] reusing the prepared corpus in {data}")
-    out_dir = Path(out)
     run = out_dir / "run"
     print(f"[2/3] training a small Transformer for {minutes:g} minutes -> {run}")
     # Rotary positions: on CPU they train ~2x faster per token than relative attention,
@@ -67,16 +82,25 @@ def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu
                                           seed=seed + i), device=device, force=force)
         written.append((primer, sdir, infos[0]))
     print()
-    print(f"{'validation NLL':<24}{result['best_val_nll']:.4f} nats/token "
+    ck = json.loads((OPENINGS.parent / "pretrained" / "piano" / "metrics.json").read_text())
+    print(f"{'pretrained:piano':<24}validation NLL {ck['best_val_nll']:.3f} nats/token "
+          "(its piano validation split; see its MODEL_CARD.md)")
+    for name, sdir, info in piano:
+        _sample_row(name, sdir, info)
+    print(f"{'your chorale model':<24}validation NLL {result['best_val_nll']:.4f} nats/token "
           f"({result['step']} steps, {result['parameters'] / 1e6:.1f}M parameters)")
     print(f"{'checkpoint':<24}{run / 'best'}")
     print(f"{'loss curve':<24}{run / 'loss.png'}")
     for primer, sdir, info in written:
-        files = ", ".join(v for v in info["files"].values() if v)
-        print(f"{_piece_name(primer):<24}{sdir}/ ({files}; "
-              f"{info['new_seconds']:.1f} s new, "
-              f"{info['tokens_per_second']:.0f} tokens/s)")
+        _sample_row(_piece_name(primer), sdir, info)
     summary = {"val_nll": result["best_val_nll"], "steps": result["step"],
-               "samples": [str(s) for _, s, _ in written]}
+               "samples": [str(s) for _, s, _ in written],
+               "piano_samples": [str(s) for _, s, _ in piano]}
     (out_dir / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _sample_row(name: str, sdir: Path, info: dict) -> None:
+    files = ", ".join(v for v in info["files"].values() if v)
+    print(f"{name:<24}{sdir}/ ({files}; {info['new_seconds']:.1f} s new, "
+          f"{info['tokens_per_second']:.0f} tokens/s)")

@@ -11,7 +11,12 @@ so NLL per token is the paper's NLL per note. Several checkpoints are scored as 
 and ``transpositions`` averages each model over keys (models/ensemble.py); both stay exact
 likelihoods.
 
-Try it: ``cadenza evaluate --checkpoint runs/demo/best --data data/chorales --split valid``.
+``--data`` is a prepared dataset (one of its splits), a benchmark file (one of its splits), or
+MIDI files and folders: each file is tokenized with the checkpoint's tokenizer and scored
+whole, and the result lists every file's NLL (the total is their token-weighted mean).
+
+Try it: ``cadenza evaluate --checkpoint runs/demo/best --data data/chorales --split valid``, or
+``cadenza evaluate --checkpoint pretrained:piano --data my_midi/ --json``.
 """
 
 from __future__ import annotations
@@ -96,6 +101,8 @@ class NLLResult:
     pieces: int
     frame_nll: float | None = None  # nats per frame (pianoroll) or per step (chorale16)
     frames: int | None = None
+    files: list[dict] | None = None  # MIDI input: per file {path, nll, tokens}
+    skipped: list[dict] | None = None  # MIDI input: files not scored {path, reason}
 
     @property
     def bits(self) -> float:
@@ -110,6 +117,8 @@ class NLLResult:
              "tokens": self.tokens, "pieces": self.pieces}
         if self.frame_nll is not None:
             d.update(frame_nll=self.frame_nll, frames=self.frames)
+        if self.files is not None:
+            d.update(files=self.files, skipped=self.skipped or [])
         return d
 
 
@@ -159,17 +168,20 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
 
     cks = load_members(checkpoints, device)
     ck = cks[0]
-    data = Path(data)
-    if data.is_dir():
+    paths = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+    names: list[str] | None = None
+    skipped: list[dict] = []
+    data = paths[0]
+    if len(paths) == 1 and (data / "manifest.json").exists():
         ds = TokenDataset(data)
         if ds.tokenizer.vocab != ck.tokenizer.vocab:
             raise ValueError(f"--data {data}: its vocabulary differs from the checkpoint's "
                              f"({ds.tokenizer.name} vs {ck.tokenizer.name})")
         pieces = ds.pieces(split)
-    elif not data.exists():
-        raise FileNotFoundError(f"--data {data}: no such dataset directory or benchmark file")
-    else:
+    elif len(paths) == 1 and data.is_file() and data.suffix.lower() in BENCHMARK_SUFFIXES:
         pieces = benchmark_pieces(data, split, ck.tokenizer)
+    else:
+        names, pieces, skipped = midi_pieces(paths, ck.tokenizer)
     views = [key_views(c, transpositions) for c in cks]
     own = transposition_shifts(transpositions).index(0)
     ctx = min(c.train.context for c in cks)
@@ -179,8 +191,13 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
             for vs in views]
 
     def together(per_view: list[list[np.ndarray]]) -> NLLResult:
-        return summarize(per_view[0] if len(per_view) == 1 else mix(per_view),
-                         ck.tokenizer, pieces)
+        token_nll = per_view[0] if len(per_view) == 1 else mix(per_view)
+        res = summarize(token_nll, ck.tokenizer, pieces)
+        if names is not None:
+            res.files = [{"path": n, "nll": float(v.mean()) if len(v) else float("nan"),
+                          "tokens": len(v)} for n, v in zip(names, token_nll)]
+            res.skipped = skipped
+        return res
 
     return Scores(together([n for per in nlls for n in per]), [together(per) for per in nlls],
                   together([per[own] for per in nlls]))
@@ -196,6 +213,36 @@ def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,
                             transpositions).result
 
 
+BENCHMARK_SUFFIXES = (".json", ".mat", ".pickle", ".pkl")
+
+
+def midi_pieces(paths: list[Path], tokenizer) -> tuple[list[str], list[np.ndarray],
+                                                        list[dict]]:
+    """MIDI files and folders, each file tokenized whole as [BOS, ..., EOS]: (names, pieces,
+    files skipped with the reason)."""
+    from .data.prepare import encode_file
+    from .data.sources import BadInput, SourceError, midi_files
+    from .data.tokenizers import BOS, EOS
+
+    names, pieces, skipped = [], [], []
+    for f in midi_files(paths):
+        try:
+            ids, _, _ = encode_file(str(f), tokenizer)
+        except BadInput as e:
+            skipped.append({"path": str(f), "reason": str(e)})
+            continue
+        except Exception as e:  # a file that crashes a library is a bad file
+            skipped.append({"path": str(f), "reason": f"unreadable ({type(e).__name__})"})
+            continue
+        names.append(str(f))
+        pieces.append(np.concatenate([[BOS], ids, [EOS]]).astype(np.int64))
+    if not pieces:
+        first = f" ({skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+        raise SourceError(f"--data {' '.join(map(str, paths))}: no MIDI file could be "
+                          f"scored{first}")
+    return names, pieces, skipped
+
+
 def benchmark_pieces(path: Path, split: str, tokenizer) -> list[np.ndarray]:
     """Tokenize one split of a benchmark file directly, with the checkpoint's tokenizer."""
     from .data.sources import read_benchmark
@@ -209,6 +256,8 @@ def benchmark_pieces(path: Path, split: str, tokenizer) -> list[np.ndarray]:
 
 
 def format_result(res: NLLResult, as_json: bool, split: str = "") -> str:
+    if res.files is not None:
+        split = ""  # MIDI files are scored whole; there is no split
     if as_json:
         return json.dumps({**res.as_dict(), **({"split": split} if split else {})}, indent=1)
     s = (f"{split} split: " if split else "") + (
@@ -217,4 +266,8 @@ def format_result(res: NLLResult, as_json: bool, split: str = "") -> str:
     if res.frame_nll is not None:
         s += (f"\nNLL {res.frame_nll:.4f} nats per frame (pianoroll) / per 4-voice step "
               f"(chorale16) over {res.frames:,} of them")
+    if res.files is not None:
+        s = f"{len(res.files)} MIDI files, each whole: " + s
+        for sk in res.skipped or []:
+            s += f"\n  skipped {sk['path']}: {sk['reason']}"
     return s

@@ -179,6 +179,31 @@ def resume_conflicts(ck_model: ModelConfig, model_cfg: ModelConfig, ck_train: Tr
     return out
 
 
+def init_model(cfg: TrainConfig, tok: Tokenizer, dropout: float
+               ) -> tuple[ModelConfig, torch.nn.Module]:
+    """``--init``: the checkpoint's model config (with this run's dropout) and a model
+    holding its weights exactly; its tokenizer must be the data's."""
+    try:
+        ck = load_checkpoint(cfg.init)
+    except Exception as e:
+        raise TrainingError(f"--init {cfg.init}: cannot load it: {e}") from e
+    if ck.tokenizer.vocab != tok.vocab:
+        raise TrainingError(f"--init {cfg.init}: its tokenizer is {_tok_desc(ck.tokenizer)}, "
+                            f"--data {cfg.data} has {_tok_desc(tok)}; prepare the data with "
+                            f"--tokenizer {ck.tokenizer.name}")
+    model_cfg = ck.model_cfg.replace(dropout=dropout)
+    if model_cfg.kind == "transformer" and model_cfg.max_context < cfg.context:
+        raise ConfigError(f"--context: {cfg.context} exceeds --init {cfg.init}'s maximum "
+                          f"{model_cfg.max_context}")
+    model = build_model(model_cfg)
+    model.load_state_dict(ck.model.state_dict())
+    return model_cfg, model
+
+
+def _tok_desc(tok: Tokenizer) -> str:
+    return f"{tok.name} ({tok.vocab_size} tokens)"
+
+
 def _show(v: Any) -> str:
     if dataclasses.is_dataclass(v):
         return ", ".join(f"{k}={x}" for k, x in dataclasses.asdict(v).items())
@@ -219,6 +244,9 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int |
         model = ck.model.train()
         state = torch.load(ck.path / "state.pt", weights_only=False)
         state_val = float(ck.metrics.get("val_nll", math.nan))
+    elif cfg.init:  # fine-tuning: the checkpoint's model and weights, a fresh optimizer
+        torch.manual_seed(cfg.seed)
+        model_cfg, model = init_model(cfg, ds.tokenizer, model_cfg.dropout)
     else:
         model_cfg = tokenizer_facts(model_cfg, ds.tokenizer)
         if model_cfg.kind == "transformer" and model_cfg.max_context < cfg.context:

@@ -8,6 +8,9 @@ conversion's version), keeping the score's beats, tempo map and time signatures;
 - ``builtin:chorales``: the Bach chorales (BWV numbering, ~409 scores)
 - ``builtin:keyboard``: solo keyboard pieces and the piano parts of accompanied works
 - ``builtin:classical``: the above plus string quartets, Palestrina, Monteverdi, trecento
+- ``builtin:openings``: three 12-second piano openings shipped as MIDI inside the package
+  (``cadenza/openings``, none of them in the pretrained piano model's training data), the
+  primers of ``cadenza demo``: ``--primer builtin:openings/joplin``
 
 Try it: ``cadenza prepare builtin:chorales --out data/chorales``.
 """
@@ -22,7 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-CORPORA = ("chorales", "keyboard", "classical")
+CORPORA = ("chorales", "keyboard", "classical", "openings")
+OPENINGS = Path(__file__).resolve().parent.parent / "openings"  # shipped, not converted
 # Bumped when the conversion changes, so that caches of an older one are not reused.
 # 2: the score's own ticks and tempo map (1 baked the tempo into 120-bpm ticks).
 CORPUS_VERSION = 2
@@ -86,6 +90,8 @@ def _bach_chorales(corpus) -> list[Path]:
 
 def build_corpus(name: str, workers: int = 1) -> Path:
     """Convert (once) and return the folder of MIDI files of a built-in corpus."""
+    if name == "openings":
+        return OPENINGS
     out = cadenza_home() / "corpus" / f"v{CORPUS_VERSION}" / name
     marker = out / ".complete"
     if marker.exists():

@@ -33,7 +33,7 @@ from ..atomic import replace_dir, temp_dir
 from ..config import FORMAT_VERSION, PrepareConfig
 from .midi import BadInput, load_score, notes_from_score, select_tracks
 from .sources import SPLITS, Item, expand_sources, hash_split, ids_digest, music_digest
-from .tokenizers import BOS, EOS, build_tokenizer
+from .tokenizers import BOS, EOS, Tokenizer, build_tokenizer
 from .tokenizers.grid import Roll
 
 
@@ -53,6 +53,11 @@ class PrepareResult:
                  f"vocabulary {len(m['tokenizer']['vocab'])}"]
         for s, info in m["splits"].items():
             lines.append(f"  {s:<5} {info['pieces']:>6} pieces {info['tokens']:>11,} tokens")
+        if len(m.get("per_source", {})) > 1 or any(
+                v["layout"] not in ("folder", "file") for v in m.get("per_source", {}).values()):
+            for src, v in m["per_source"].items():
+                counts = ", ".join(f"{n} {s}" for s, n in v["splits"].items())
+                lines.append(f"  from {src} ({v['layout']}): {counts or 'nothing usable'}")
         t = m["totals"]
         if t.get("multitrack_files") or t.get("drum_notes_dropped") or t.get(
                 "other_notes_dropped"):
@@ -68,19 +73,26 @@ class PrepareResult:
         return "\n".join(lines)
 
 
+def encode_file(path: str, tok: Tokenizer, max_mb: float = 20.0, sustain: bool = True,
+                programs: str = "all") -> tuple[np.ndarray, str, dict[str, int]]:
+    """One MIDI file, whole -> (token ids without BOS/EOS, music digest, track facts).
+    Raises BadInput with the reason a file cannot be used."""
+    score, facts = select_tracks(load_score(path, max_mb), programs)
+    ids = tok.encode(tok.piece_from_source(score, sustain))
+    if len(ids) == 0:
+        raise BadInput("no notes the tokenizer can use")
+    if ids.max() >= 65535:
+        raise BadInput("token id does not fit uint16")
+    return ids, music_digest(notes_from_score(score, sustain_pedal=False)), facts
+
+
 def _encode_midi(args: tuple[str, str, dict, float, bool, str]) -> tuple[str, Any]:
     """Worker: one MIDI file -> ("ok", (digest, ids, track facts)) or ("skip", reason)."""
     path, tok_name, tok_cfg, max_mb, sustain, programs = args
     tok = build_tokenizer(tok_name, **tok_cfg)
     try:
-        score, facts = select_tracks(load_score(path, max_mb), programs)
-        ids = tok.encode(tok.piece_from_source(score, sustain))
-        if len(ids) == 0:
-            raise BadInput("no notes the tokenizer can use")
-        if ids.max() >= 65535:
-            raise BadInput("token id does not fit uint16")
-        return "ok", (music_digest(notes_from_score(score, sustain_pedal=False)),
-                      ids.astype(np.uint16), facts)
+        ids, digest, facts = encode_file(path, tok, max_mb, sustain, programs)
+        return "ok", (digest, ids.astype(np.uint16), facts)
     except BadInput as e:
         return "skip", str(e)
     except Exception as e:  # a file that crashes a library is a bad file, not a bad run
@@ -90,7 +102,7 @@ def _encode_midi(args: tuple[str, str, dict, float, bool, str]) -> tuple[str, An
 def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
     out = Path(cfg.out)
     check_out(out, cfg.force)
-    items = expand_sources(cfg.sources, workers=cfg.workers)
+    items, layouts = expand_sources(cfg.sources, workers=cfg.workers, exclude=cfg.exclude)
     tok_cfg: dict[str, Any] = {}
     rolls = [it.grid for it in items if isinstance(it.grid, Roll)]
     if cfg.tokenizer == "pianoroll" and rolls:
@@ -142,7 +154,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
             continue
         for k in keys:
             seen.setdefault(k, it.name)
-        split = it.split or hash_split(it.digest, cfg.valid_frac, cfg.test_frac)
+        split = it.split or hash_split(it.group or it.digest, cfg.valid_frac, cfg.test_frac)
         by_split[split].append((it, ids))
     _ensure_nonempty(by_split, cfg, midi_only=not bench)
     if not any(by_split.values()):
@@ -165,13 +177,20 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
             np.save(tmp / f"{split}.offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
             splits_info[split] = {"pieces": len(pieces), "tokens": int(lengths.sum())}
             for (it, ids), k in zip(pieces, range(len(pieces))):
-                records.append({"path": it.name, "music_sha1": it.digest, "split": split,
+                records.append({"path": it.name, "source": it.source,
+                                "music_sha1": it.digest, "split": split,
                                 "piece": k, "tokens": int(len(ids)),
                                 **(it.tracks or {})})
+        per_source = {src: {"layout": layouts[src], "splits": {
+            s: sum(r["source"] == src and r["split"] == s for r in records)
+            for s in SPLITS if any(r["source"] == src and r["split"] == s for r in records)}}
+            for src in cfg.sources}
         manifest = {
             "format_version": FORMAT_VERSION,
             "tokenizer": {"name": tok.name, "config": tok_cfg, "vocab": tok.vocab},
             "sources": list(cfg.sources),
+            "per_source": per_source,
+            "exclude": list(cfg.exclude),
             "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac,
             "sustain_pedal": cfg.sustain_pedal, "programs": cfg.programs,
             "splits": splits_info,
@@ -213,13 +232,15 @@ def check_out(out: Path, force: bool) -> None:
 
 
 def _ensure_nonempty(by_split: dict, cfg: PrepareConfig, midi_only: bool) -> None:
-    """Small collections: make sure valid (and test) get a piece when there are >= 3."""
+    """Small collections: make sure valid (and test) get a piece when >= 3 training pieces
+    had their split from the hash (a corpus's own split is never changed)."""
     if not midi_only:
         return
     for split, frac in (("valid", cfg.valid_frac), ("test", cfg.test_frac)):
         train = by_split["train"]
-        if frac > 0 and not by_split[split] and len(train) >= 3:
-            k = max(range(len(train)), key=lambda i: train[i][0].digest)  # deterministic
+        hashed = [i for i, (it, _) in enumerate(train) if it.split is None]
+        if frac > 0 and not by_split[split] and len(hashed) >= 3:
+            k = max(hashed, key=lambda i: train[i][0].digest)  # deterministic
             by_split[split].append(train.pop(k))
 
 

@@ -1,6 +1,11 @@
 """Sources: what ``cadenza prepare SOURCE...`` accepts, expanded into items to tokenize.
 
-- a MIDI file, or a folder searched recursively for ``.mid``/``.midi`` (any case);
+- a MIDI file, or a folder searched recursively for ``.mid``/``.midi`` (any case). A folder's
+  layout is recognised by its content, and a corpus keeps its own split (see ``LAYOUTS``):
+  MAESTRO (``maestro-v*.csv``, its ``split`` column), ASAP-style ``metadata.csv`` (a
+  ``midi_performance`` column; split by piece), POP909 (each song's main ``NNN/NNN.mid``,
+  not its ``versions/``), split folders (``train/``, ``validation/``, ``test/``), and a plain
+  folder (split by content hash);
 - ``builtin:chorales|keyboard|classical`` (see corpus.py);
 - benchmark files, recognised by content: the 16th-note chorales as Coconet / Music
   Transformer JSON (``{"train": [[[s, a, t, b], ...], ...], "valid": ..., "test": ...}``),
@@ -11,9 +16,12 @@
 
 from __future__ import annotations
 
+import csv
+import fnmatch
 import hashlib
 import json
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,37 +53,154 @@ class Item:
     grid: Any = None  # Grid or Roll for benchmark pieces
     digest: str = ""  # of the music (sources.music_digest, or the benchmark grid)
     tracks: dict[str, int] | None = None  # MIDI: tracks merged, notes left out (midi.select_tracks)
+    source: str = ""  # the SOURCE argument it came from
+    group: str = ""  # pieces sharing a group share a split (performances of one piece)
 
     @property
     def name(self) -> str:
         return self.path if self.index is None else f"{self.path}#{self.split}/{self.index}"
 
 
-def expand_sources(sources: list[str] | tuple[str, ...], workers: int = 1) -> list[Item]:
+# How a folder's files get their split; reported per source in the summary and manifest.
+LAYOUTS = {
+    "maestro": "MAESTRO: maestro-v*.csv lists each performance and its split",
+    "asap": "ASAP-style metadata.csv (midi_performance column): performances of one piece "
+            "share a split (its maestro_split/split column where there is one)",
+    "pop909": "POP909: each song's main NNN/NNN.mid (versions/ left out), split by content",
+    "split-folders": "train/, validation/ (or valid/) and test/ subfolders keep their split",
+    "folder": "split by content hash",
+    "file": "split by content hash",
+}
+SPLIT_NAMES = {"train": "train", "validation": "valid", "valid": "valid", "test": "test"}
+
+
+def expand_sources(sources: list[str] | tuple[str, ...], workers: int = 1,
+                   exclude: tuple[str, ...] = ()) -> tuple[list[Item], dict[str, str]]:
+    """Items of every source, and each source's layout (a key of ``LAYOUTS``). Files whose
+    path matches an ``exclude`` glob (``*`` crosses folders; matched against the path's
+    end, e.g. ``piano-midi.de/Grieg/*``) are left out before anything is read."""
     items: list[Item] = []
+    layouts: dict[str, str] = {}
     for src in sources:
         if src.startswith("builtin:"):
             folder = build_corpus(src.split(":", 1)[1], workers=workers)
-            items += _folder_items(folder, src)
-            continue
-        p = Path(src)
+            layouts[src], found = folder_items(folder, src)
+        else:
+            p = Path(src)
+            if not p.exists():
+                raise SourceError(f"{src}: no such file or folder")
+            if p.is_dir():
+                layouts[src], found = folder_items(p, src)
+            elif p.suffix.lower() in (".json", ".mat", ".pickle", ".pkl"):
+                layouts[src], found = "benchmark", read_benchmark(p)
+            else:  # anything else named explicitly is treated as MIDI (rejected with a reason)
+                layouts[src], found = "file", [Item(str(p))]
+        for it in found:
+            it.source = src
+        kept = [it for it in found if not excluded(it.path, exclude)]
+        if found and not kept:
+            raise SourceError(f"{src}: every file matches --exclude {' '.join(exclude)}")
+        items += kept
+    return items, layouts
+
+
+def excluded(path: str, patterns: tuple[str, ...]) -> bool:
+    p = Path(path).as_posix()
+    return any(fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, "*/" + pat.lstrip("/"))
+               for pat in patterns)
+
+
+def midi_files(paths: list[Path]) -> list[Path]:
+    """Every MIDI file named or found (recursively) in the folders named, in order."""
+    out: list[Path] = []
+    for p in paths:
         if not p.exists():
-            raise SourceError(f"{src}: no such file or folder")
-        if p.is_dir():
-            items += _folder_items(p, src)
-        elif p.suffix.lower() in (".json", ".mat", ".pickle", ".pkl"):
-            items += read_benchmark(p)
-        else:  # anything else named explicitly is treated as MIDI (and rejected with a reason)
-            items.append(Item(str(p)))
+            raise SourceError(f"--data {p}: no such file or folder")
+        found = _midi_files(p) if p.is_dir() else [p]
+        if not found:
+            raise SourceError(f"--data {p}: neither a prepared dataset (no manifest.json) nor "
+                              "a folder with .mid or .midi files")
+        out += found
+    return out
+
+
+def _midi_files(folder: Path) -> list[Path]:
+    return sorted(f for f in folder.rglob("*") if f.is_file()
+                  and f.suffix.lower() in MIDI_SUFFIXES)
+
+
+def folder_items(folder: Path, src: str) -> tuple[str, list[Item]]:
+    """(layout, items) of a folder, its layout recognised by content."""
+    files = _midi_files(folder)
+    if not files:
+        raise SourceError(f"{src}: no .mid or .midi files in this folder")
+    maestro = sorted(folder.glob("maestro-v*.csv"))
+    if maestro:
+        return "maestro", _maestro_items(folder, maestro[-1], src)
+    meta = folder / "metadata.csv"
+    if meta.exists() and "midi_performance" in _csv_header(meta):
+        return "asap", _asap_items(folder, meta, files, src)
+    main = [f for f in files if f.parent.name == f.stem and re.fullmatch(r"\d{3,}", f.stem)
+            and "versions" not in f.relative_to(folder).parts]
+    if main and len(main) * 2 >= len({f.parent for f in files if f.parent != folder}):
+        return "pop909", [Item(str(f)) for f in main]
+    tops = {f.relative_to(folder).parts[0] for f in files if f.parent != folder}
+    if "train" in tops and tops & {"validation", "valid", "test"}:
+        out = []
+        for f in files:
+            top = f.relative_to(folder).parts[0]
+            out.append(Item(str(f), split=SPLIT_NAMES.get(top)))  # others: hash split
+        return "split-folders", out
+    return "folder", [Item(str(f)) for f in files]
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        return next(csv.reader(f), [])
+
+
+def _csv_rows(path: Path, src: str, need: tuple[str, ...]) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise SourceError(f"{path}: cannot read ({e})") from e
+    missing = [c for c in need if rows and c not in rows[0]]
+    if missing:
+        raise SourceError(f"{path}: no {', '.join(missing)} column")
+    return rows
+
+
+def _maestro_items(folder: Path, table: Path, src: str) -> list[Item]:
+    items = []
+    for row in _csv_rows(table, src, ("midi_filename", "split")):
+        f = folder / row["midi_filename"]
+        if f.exists():
+            piece = f"{row.get('canonical_composer', '')}/{row.get('canonical_title', '')}"
+            items.append(Item(str(f), split=SPLIT_NAMES.get(row["split"].strip().lower()),
+                              group=piece))
+    if not items:
+        raise SourceError(f"{src}: {table.name} names no MIDI file found under {folder}")
     return items
 
 
-def _folder_items(folder: Path, src: str) -> list[Item]:
-    files = sorted(f for f in folder.rglob("*") if f.is_file()
-                   and f.suffix.lower() in MIDI_SUFFIXES)
-    if not files:
-        raise SourceError(f"{src}: no .mid or .midi files in this folder")
-    return [Item(str(f)) for f in files]
+def _asap_items(folder: Path, meta: Path, files: list[Path], src: str) -> list[Item]:
+    """One item per performance listed; a file may sit under FOLDER or FOLDER/SPLIT/."""
+    by_rel = {f.relative_to(folder).as_posix(): f for f in files}
+    items, seen = [], set()
+    for row in _csv_rows(meta, src, ("midi_performance",)):
+        split = (row.get("maestro_split") or row.get("split") or "").strip().lower()
+        rel = row["midi_performance"].strip()
+        f = by_rel.get(rel) or next((by_rel[k] for k in (f"{s}/{rel}" for s in SPLIT_NAMES)
+                                     if k in by_rel), None)
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        piece = f"{row.get('composer', '')}/{row.get('title', '') or Path(rel).parent}"
+        items.append(Item(str(f), split=SPLIT_NAMES.get(split), group=piece))
+    if not items:
+        raise SourceError(f"{src}: metadata.csv names no MIDI file found under {folder}")
+    return items
 
 
 def read_benchmark(path: Path) -> list[Item]:
@@ -152,7 +277,10 @@ def ids_digest(ids: np.ndarray) -> str:
 
 
 def hash_split(digest: str, valid_frac: float, test_frac: float) -> str:
-    """Deterministic split from a content hash: stable when files are added or removed."""
+    """Deterministic split from a content hash (or a piece's name, hashed): stable when
+    files are added or removed."""
+    if len(digest) != 40 or any(c not in "0123456789abcdef" for c in digest):
+        digest = hashlib.sha1(digest.encode()).hexdigest()
     u = int(digest[:12], 16) / 16**12
     if u < test_frac:
         return "test"
@@ -161,5 +289,5 @@ def hash_split(digest: str, valid_frac: float, test_frac: float) -> str:
     return "train"
 
 
-__all__ = ["BadInput", "Item", "SourceError", "expand_sources", "hash_split", "ids_digest",
-           "music_digest"]
+__all__ = ["LAYOUTS", "BadInput", "Item", "SourceError", "excluded", "expand_sources",
+           "folder_items", "hash_split", "ids_digest", "midi_files", "music_digest"]

@@ -1,0 +1,190 @@
+"""The pretrained piano model's numbers, measured on this machine (the README and the model
+card quote them):
+
+    python benchmarks/piano_model.py nll        # NLL per token per corpus, vs the literature
+    python benchmarks/piano_model.py speed      # batch-1 CPU generation vs real time
+    python benchmarks/piano_model.py stats      # 32 continuations vs the true continuations
+    python benchmarks/piano_model.py finetune   # as is vs 5 min fine-tuning vs 5 min scratch
+
+The corpora come from $CADENZA_PIANO_DATA (default ../shared/data/piano beside the checkout);
+each part skips with a message when they are absent. ``nll`` scores the files themselves
+(``cadenza evaluate --data FOLDER``), so it needs no prepared dataset; the validation splits
+of POP909 and piano-midi.de are the content-hash splits of ``scripts/pretrain_piano.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PIANO = Path(os.environ.get("CADENZA_PIANO_DATA", ROOT.parent / "shared/data/piano"))
+MODEL = "pretrained:piano"
+# Published NLL per token (nats) on performance tokens of piano performances.
+LITERATURE = {"Music Transformer (Huang et al. 2018), Piano-e-Competition test": 1.835,
+              "Perceiver AR (Hawthorne et al. 2022), MAESTRO v1 test": 1.82}
+GOAL = 2.0
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        sys.exit(f"skipped: {path} not found (set CADENZA_PIANO_DATA)")
+    return path
+
+
+def valid_files(dataset: Path) -> dict[str, list[str]]:
+    """The validation files of each source of a prepared piano dataset (its manifest)."""
+    m = json.loads((dataset / "manifest.json").read_text())
+    out: dict[str, list[str]] = {}
+    for r in m["files"]:
+        if r["split"] == "valid":
+            out.setdefault(Path(r["source"]).name, []).append(r["path"])
+    return out
+
+
+def cmd_nll(a) -> dict:
+    from cadenza.evaluate import evaluate
+    need(PIANO)
+    rows = {}
+    t = time.perf_counter()
+    asap = evaluate(MODEL, [need(PIANO / "asap-maestro" / "validation")],
+                    batch_size=a.batch_size)
+    rows["asap-maestro/validation (live, unseen pieces)"] = (asap.nll, asap.tokens,
+                                                              len(asap.files))
+    if a.dataset and Path(a.dataset, "manifest.json").exists():
+        for src, files in valid_files(Path(a.dataset)).items():
+            if src == "asap-maestro":
+                continue
+            r = evaluate(MODEL, [Path(f) for f in files], batch_size=a.batch_size)
+            rows[f"{src} (valid split)"] = (r.nll, r.tokens, len(r.files))
+    print(f"{'data':<50}{'NLL/token':>10}{'tokens':>11}{'files':>7}")
+    for k, (nll, n, f) in rows.items():
+        print(f"{k:<50}{nll:>10.3f}{n:>11,}{f:>7}")
+    for k, v in LITERATURE.items():
+        print(f"{k:<66}{v:>10.3f}  (published)")
+    ok = asap.nll <= GOAL
+    print(f"goal: <= {GOAL} on asap-maestro/validation: {'met' if ok else 'NOT met'} "
+          f"({asap.nll:.3f}); {time.perf_counter() - t:.0f} s")
+    return {k: {"nll": v[0], "tokens": v[1], "files": v[2]} for k, v in rows.items()}
+
+
+def cmd_speed(a) -> dict:
+    """Batch-1 decoding on this CPU: new tokens per second, and seconds of music per second
+    of compute for each opening (its own token rate), with the default threads."""
+    from cadenza.generate import Generator, SampleConfig
+    gen = Generator.load(MODEL)
+    out = {}
+    for name in ("joplin", "pop909-024", "pop909-113"):
+        prompt, _ = gen.encode_primer(f"builtin:openings/{name}", 8.0)
+        gen.generate(prompt, SampleConfig(tokens=32, seed=0))  # warm-up
+        t = time.perf_counter()
+        new = gen.generate(prompt, SampleConfig(seconds=a.seconds, seed=0))[0]
+        dt = time.perf_counter() - t
+        music = gen.seconds_of(np.concatenate([prompt, new])) - gen.seconds_of(prompt)
+        out[name] = {"tokens": len(new), "music_s": music, "compute_s": dt,
+                     "tokens_per_s": len(new) / dt, "x_real_time": music / dt}
+        print(f"{name:<14}{len(new):>6} tokens {music:>6.1f} s of music in {dt:>5.2f} s: "
+              f"{len(new) / dt:>5.0f} tokens/s, {music / dt:>5.1f}x real time")
+    live = 40.6  # tokens per second of music in asap-maestro/validation (live playing)
+    tps = np.mean([v["tokens_per_s"] for v in out.values()])
+    print(f"at the token rate of live playing ({live} tokens/s of music): "
+          f"{tps / live:.1f}x real time (goal >= 10x); {torch.get_num_threads()} threads")
+    return out
+
+
+def cmd_stats(a) -> dict:
+    """32 held-out openings (8 s) continued for 20 s, against their true continuations."""
+    from cadenza.generate import SampleConfig, run_generate
+    files = sorted(need(PIANO / "asap-maestro" / "validation").rglob("*.mid"))
+    pop = valid_files(Path(a.dataset)).get("pop909", []) if a.dataset else []
+    picks = [str(f) for f in files[:: max(1, len(files) // 16)][:16]] + pop[:16]
+    work = Path(a.work)
+    shutil.rmtree(work, ignore_errors=True)
+    gen_dir, true_dir = work / "generated", work / "true"
+    true_dir.mkdir(parents=True)
+    from cadenza.data.midi import (
+        cut_notes,
+        load_score,
+        notes_from_score,
+        score_from_notes,
+        write_midi,
+    )
+    for i, f in enumerate(picks):
+        run_generate(MODEL, str(gen_dir / f"{i:02d}"), f, 8.0, 0,
+                     SampleConfig(seconds=20.0, seed=i, top_p=0.95), audio=False)
+        n = notes_from_score(load_score(f))
+        keep = n.start >= 8.0  # the true next 20 s, as a piece of its own
+        cont = type(n)(n.start[keep] - 8.0, n.end[keep] - 8.0, n.pitch[keep], n.velocity[keep])
+        write_midi(score_from_notes(cut_notes(cont, 20.0)), true_dir / f"{i:02d}.mid")
+    print(f"{len(picks)} continuations in {gen_dir}, true continuations in {true_dir}; now:")
+    print(f"  cadenza stats {gen_dir} --reference {true_dir}")
+    return {"openings": picks}
+
+
+def cmd_finetune(a) -> dict:
+    from cadenza.config import PRESETS, ModelConfig, PrepareConfig, TrainConfig
+    from cadenza.data.prepare import prepare
+    from cadenza.evaluate import evaluate
+    from cadenza.generate import SampleConfig, run_generate
+    from cadenza.train import train
+    folder = need(PIANO / "piano-midi.de" / "Grieg")
+    work = Path(a.work)
+    data = work / "grieg"
+    if not (data / "manifest.json").exists():
+        print(prepare(PrepareConfig(sources=(str(folder),), out=str(data), valid_frac=0.25,
+                                    test_frac=0.0)).summary())
+    ft, scratch = work / "finetuned", work / "scratch"
+    rows = {"pretrained, as is": (evaluate(MODEL, data).nll, MODEL)}
+    from cadenza.checkpoint import read_config
+    from cadenza.config import finetune_settings
+    ck = read_config(MODEL)
+    m, t = finetune_settings(ck["model"], ck["train"])
+    res = train(ModelConfig.from_dict(m),
+                TrainConfig.from_dict({**t, "data": str(data), "out": str(ft), "init": MODEL,
+                                       "minutes": a.minutes, "force": True}))
+    rows[f"fine-tuned {a.minutes:g} min"] = (res["best_val_nll"], str(ft / "best"))
+    # from scratch: the same architecture and windows at a from-scratch learning rate
+    mp, tp = PRESETS["piano"]
+    res = train(ModelConfig.from_dict({**m, **mp}),
+                TrainConfig.from_dict({**t, "data": str(data), "out": str(scratch),
+                                       "lr": tp["lr"], "warmup_steps": 50,
+                                       "minutes": a.minutes, "force": True}))
+    rows[f"from scratch {a.minutes:g} min"] = (res["best_val_nll"], str(scratch / "best"))
+    m_ = json.loads((data / "manifest.json").read_text())
+    primer = next(r["path"] for r in m_["files"] if r["split"] == "valid")
+    print(f"\n{'model':<28}{'valid NLL':>10}  piano roll ({Path(primer).name}, 8 s + 20 s)")
+    for k, (nll, ckpt) in rows.items():
+        sdir = work / "rolls" / k.split()[0]
+        run_generate(ckpt, str(sdir), primer, 8.0, 0,
+                     SampleConfig(seconds=20.0, seed=0, top_p=0.95), audio=False, force=True)
+        print(f"{k:<28}{nll:>10.3f}  {sdir}/sample-0.png")
+    return {k: v[0] for k, v in rows.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("part", choices=("nll", "speed", "stats", "finetune"))
+    ap.add_argument("--dataset", default=str(ROOT / "data/piano"),
+                    help="the prepared piano dataset (for its valid splits)")
+    ap.add_argument("--work", default="runs/piano-bench", help="where runs and samples go")
+    ap.add_argument("--minutes", type=float, default=5.0, help="fine-tuning budgets")
+    ap.add_argument("--seconds", type=float, default=20.0, help="music to generate (speed)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    a = ap.parse_args()
+    res = {"nll": cmd_nll, "speed": cmd_speed, "stats": cmd_stats,
+           "finetune": cmd_finetune}[a.part](a)
+    Path(a.work).mkdir(parents=True, exist_ok=True)
+    (Path(a.work) / f"{a.part}.json").write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Reproduce the shipped pretrained piano model (pretrained:piano).
+#
+#   bash scripts/pretrain_piano.sh [PIANO_DATA_DIR] [RUN_DIR]
+#
+# 1. prepare: the piano corpora's training splits as performance tokens (their own splits
+#    kept: ASAP by MAESTRO's split, POP909 and piano-midi.de by content hash), leaving out
+#    the piano-midi.de files that play a piece of asap-maestro/validation (so that number is
+#    on unseen pieces) and all of Grieg (kept for the fine-tuning comparison);
+# 2. train: `cadenza train --preset piano`, on a GPU if there is one (the shipped weights:
+#    one H200, bf16, about 7 minutes; on 2 CPU cores the same steps take about a day).
+#
+# Environment: STEPS overrides the preset's step budget (a smoke run: STEPS=20).
+set -euo pipefail
+PIANO=${1:-${CADENZA_PIANO_DATA:-../shared/data/piano}}
+RUN=${2:-runs/piano}
+DATA=${DATA:-data/piano}
+if [ ! -f "$DATA/manifest.json" ]; then
+  python -m cadenza prepare "$PIANO/pop909" "$PIANO/piano-midi.de" "$PIANO/asap-maestro" \
+    --out "$DATA" --workers "$(nproc)" \
+    --exclude 'piano-midi.de/Grieg/*' \
+    --exclude 'piano-midi.de/Balakirev/islamei.mid' \
+    --exclude 'piano-midi.de/Beethoven/beethoven_opus22_1.mid' \
+    --exclude 'piano-midi.de/Beethoven/beethoven_opus90_1.mid' \
+    --exclude 'piano-midi.de/Beethoven/beethoven_opus90_2.mid' \
+    --exclude 'piano-midi.de/Beethoven/beethoven_hammerklavier_4.mid' \
+    --exclude 'piano-midi.de/Chopin/chpn_op10_e05.mid' \
+    --exclude 'piano-midi.de/Schubert/schumm-1.mid' \
+    --exclude 'piano-midi.de/Schubert/schumm-3.mid'
+fi
+python -m cadenza train --data "$DATA" --out "$RUN" --preset piano \
+  ${STEPS:+--max-steps "$STEPS"} "${@:3}"
