@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -82,7 +81,7 @@ def cmd_speed(a) -> dict:
     from cadenza.generate import Generator, SampleConfig
     gen = Generator.load(MODEL)
     out = {}
-    for name in ("joplin", "pop909-024", "pop909-113"):
+    for name in ("schubert", "pop909-024", "pop909-113"):
         prompt, _ = gen.encode_primer(f"builtin:openings/{name}", 8.0)
         gen.generate(prompt, SampleConfig(tokens=32, seed=0))  # warm-up
         t = time.perf_counter()
@@ -102,28 +101,44 @@ def cmd_speed(a) -> dict:
 
 def cmd_stats(a) -> dict:
     """32 held-out openings (8 s) continued for 20 s, against their true continuations."""
-    from cadenza.generate import SampleConfig, run_generate
-    files = sorted(need(PIANO / "asap-maestro" / "validation").rglob("*.mid"))
-    pop = valid_files(Path(a.dataset)).get("pop909", []) if a.dataset else []
-    picks = [str(f) for f in files[:: max(1, len(files) // 16)][:16]] + pop[:16]
-    work = Path(a.work)
-    shutil.rmtree(work, ignore_errors=True)
-    gen_dir, true_dir = work / "generated", work / "true"
-    true_dir.mkdir(parents=True)
     from cadenza.data.midi import (
+        BadInput,
         cut_notes,
         load_score,
         notes_from_score,
         score_from_notes,
         write_midi,
     )
-    for i, f in enumerate(picks):
-        run_generate(MODEL, str(gen_dir / f"{i:02d}"), f, 8.0, 0,
-                     SampleConfig(seconds=20.0, seed=i, top_p=0.95), audio=False)
-        n = notes_from_score(load_score(f))
-        keep = n.start >= 8.0  # the true next 20 s, as a piece of its own
-        cont = type(n)(n.start[keep] - 8.0, n.end[keep] - 8.0, n.pitch[keep], n.velocity[keep])
-        write_midi(score_from_notes(cut_notes(cont, 20.0)), true_dir / f"{i:02d}.mid")
+    from cadenza.generate import SampleConfig, run_generate
+    files = sorted(need(PIANO / "asap-maestro" / "validation").rglob("*.mid"))
+    pop = valid_files(Path(a.dataset)).get("pop909", []) if a.dataset else []
+    asap = [str(f) for f in files[:: max(1, len(files) // 16)]]
+    work = Path(a.work)
+    gen_dir, true_dir = work / "generated", work / "true"
+    true_dir.mkdir(parents=True, exist_ok=True)
+    picks: list[str] = []
+    for group in (asap, pop):  # up to 16 of each whose first 8 s hold notes
+        done = 0
+        for f in group:
+            if done == 16:
+                break
+            i = len(picks)
+            sdir = gen_dir / f"{i:02d}"
+            try:
+                if not (sdir / "sample-0.json").exists():
+                    run_generate(MODEL, str(sdir), f, 8.0, 0,
+                                 SampleConfig(seconds=20.0, seed=i, top_p=0.95), audio=False,
+                                 force=True)
+            except BadInput as e:
+                print(f"skipped {f}: {e}")
+                continue
+            n = notes_from_score(load_score(f))
+            keep = n.start >= 8.0  # the true next 20 s, as a piece of its own
+            cont = type(n)(n.start[keep] - 8.0, n.end[keep] - 8.0, n.pitch[keep],
+                           n.velocity[keep])
+            write_midi(score_from_notes(cut_notes(cont, 20.0)), true_dir / f"{i:02d}.mid")
+            picks.append(f)
+            done += 1
     print(f"{len(picks)} continuations in {gen_dir}, true continuations in {true_dir}; now:")
     print(f"  cadenza stats {gen_dir} --reference {true_dir}")
     return {"openings": picks}
@@ -139,7 +154,7 @@ def cmd_finetune(a) -> dict:
     work = Path(a.work)
     data = work / "grieg"
     if not (data / "manifest.json").exists():
-        print(prepare(PrepareConfig(sources=(str(folder),), out=str(data), valid_frac=0.25,
+        print(prepare(PrepareConfig(sources=(str(folder),), out=str(data), valid_frac=0.3,
                                     test_frac=0.0)).summary())
     ft, scratch = work / "finetuned", work / "scratch"
     rows = {"pretrained, as is": (evaluate(MODEL, data).nll, MODEL)}
@@ -147,22 +162,25 @@ def cmd_finetune(a) -> dict:
     from cadenza.config import finetune_settings
     ck = read_config(MODEL)
     m, t = finetune_settings(ck["model"], ck["train"])
-    res = train(ModelConfig.from_dict(m),
-                TrainConfig.from_dict({**t, "data": str(data), "out": str(ft), "init": MODEL,
-                                       "minutes": a.minutes, "force": True}))
-    rows[f"fine-tuned {a.minutes:g} min"] = (res["best_val_nll"], str(ft / "best"))
+    def run(out: Path, model: dict, train_cfg: dict) -> float:
+        done = out / "best" / "metrics.json"
+        if a.reuse and done.exists():
+            return json.loads(done.read_text())["best_val_nll"]
+        return train(ModelConfig.from_dict(model), TrainConfig.from_dict(
+            {**train_cfg, "data": str(data), "out": str(out), "minutes": a.minutes,
+             "force": True}))["best_val_nll"]
+
+    nll = run(ft, m, {**t, "init": MODEL})
+    rows[f"fine-tuned {a.minutes:g} min"] = (nll, str(ft / "best"))
     # from scratch: the same architecture and windows at a from-scratch learning rate
     mp, tp = PRESETS["piano"]
-    res = train(ModelConfig.from_dict({**m, **mp}),
-                TrainConfig.from_dict({**t, "data": str(data), "out": str(scratch),
-                                       "lr": tp["lr"], "warmup_steps": 50,
-                                       "minutes": a.minutes, "force": True}))
-    rows[f"from scratch {a.minutes:g} min"] = (res["best_val_nll"], str(scratch / "best"))
+    nll = run(scratch, {**m, **mp}, {**t, "lr": tp["lr"], "warmup_steps": 50})
+    rows[f"from scratch {a.minutes:g} min"] = (nll, str(scratch / "best"))
     m_ = json.loads((data / "manifest.json").read_text())
     primer = next(r["path"] for r in m_["files"] if r["split"] == "valid")
     print(f"\n{'model':<28}{'valid NLL':>10}  piano roll ({Path(primer).name}, 8 s + 20 s)")
     for k, (nll, ckpt) in rows.items():
-        sdir = work / "rolls" / k.split()[0]
+        sdir = work / "rolls" / k.split()[0].strip(",").replace("-", "")
         run_generate(ckpt, str(sdir), primer, 8.0, 0,
                      SampleConfig(seconds=20.0, seed=0, top_p=0.95), audio=False, force=True)
         print(f"{k:<28}{nll:>10.3f}  {sdir}/sample-0.png")
@@ -179,6 +197,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=5.0, help="fine-tuning budgets")
     ap.add_argument("--seconds", type=float, default=20.0, help="music to generate (speed)")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--reuse", action="store_true",
+                    help="finetune: keep runs already finished in --work")
     a = ap.parse_args()
     res = {"nll": cmd_nll, "speed": cmd_speed, "stats": cmd_stats,
            "finetune": cmd_finetune}[a.part](a)

@@ -392,7 +392,8 @@ def bench_models(data: str, out: str, minutes: float, device: str = "cpu",
 
 
 def _mean_tps(path: Path) -> float:
-    vals = [float(r["tokens_per_s"]) for r in csv.DictReader(open(path))][1:]
+    vals = [float(r["tokens_per_s"]) for r in csv.DictReader(open(path))
+            if r["tokens_per_s"]][1:]
     return sum(vals) / max(len(vals), 1)
 
 

@@ -234,7 +234,8 @@ def _add_train(sub) -> None:
     p.add_argument("--init", metavar="CHECKPOINT", help="fine-tune: start from this "
                    "checkpoint's weights (RUN/best or pretrained:piano), same tokenizer as "
                    "--data; a fresh optimizer and schedule, with fine-tuning defaults (lr "
-                   "x0.3, 30 warm-up steps, 16 windows of 512 tokens)")
+                   "3e-5, 10 warm-up steps, 8 windows of its context, evaluation every 20 "
+                   "steps, starting with the weights given)")
     add_model_train_flags(p)
     p.set_defaults(func=cmd_train)
 

@@ -83,14 +83,14 @@ def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu
         written.append((primer, sdir, infos[0]))
     print()
     ck = json.loads((OPENINGS.parent / "pretrained" / "piano" / "metrics.json").read_text())
-    print(f"{'pretrained:piano':<24}validation NLL {ck['best_val_nll']:.3f} nats/token "
+    print(f"{'pretrained:piano':<28}validation NLL {ck['best_val_nll']:.3f} nats/token "
           "(its piano validation split; see its MODEL_CARD.md)")
     for name, sdir, info in piano:
         _sample_row(name, sdir, info)
-    print(f"{'your chorale model':<24}validation NLL {result['best_val_nll']:.4f} nats/token "
+    print(f"{'your chorale model':<28}validation NLL {result['best_val_nll']:.4f} nats/token "
           f"({result['step']} steps, {result['parameters'] / 1e6:.1f}M parameters)")
-    print(f"{'checkpoint':<24}{run / 'best'}")
-    print(f"{'loss curve':<24}{run / 'loss.png'}")
+    print(f"{'checkpoint':<28}{run / 'best'}")
+    print(f"{'loss curve':<28}{run / 'loss.png'}")
     for primer, sdir, info in written:
         _sample_row(_piece_name(primer), sdir, info)
     summary = {"val_nll": result["best_val_nll"], "steps": result["step"],
@@ -102,5 +102,5 @@ def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu
 
 def _sample_row(name: str, sdir: Path, info: dict) -> None:
     files = ", ".join(v for v in info["files"].values() if v)
-    print(f"{name:<24}{sdir}/ ({files}; {info['new_seconds']:.1f} s new, "
+    print(f"{name:<28}{sdir}/ ({files}; {info['new_seconds']:.1f} s new, "
           f"{info['tokens_per_second']:.0f} tokens/s)")

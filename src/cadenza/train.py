@@ -344,6 +344,13 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int |
         log(f"note: {horizon - step} steps to go is fewer than --log-every {cfg.log_every}, "
             f"--eval-every {cfg.eval_every} or --warmup-steps {cfg.warmup_steps}; the run "
             "logs, evaluates and saves at its end (and warms up for all of it if need be)")
+    if cfg.init and state is None:  # fine-tuning: best/ starts as the weights given
+        val = best = evaluate_now()
+        checkpoint("best", _metrics(0, val, best, 0.0, sampler, cfg, None),
+                   with_state=False)
+        log(f"step      0 | val {_val(val)} (the --init weights, saved as best/)")
+        if writer:
+            writer.writerow([0, "", f"{val:.5f}", "", "", "0.0"])
     logged = step
     pace = Pace(cfg, log) if not horizon else None
     while True:
@@ -519,8 +526,9 @@ def plot_losses(out: Path) -> Path | None:
     rows = list(csv.DictReader(open(path)))
     if not rows:
         return None
-    steps = np.array([int(r["step"]) for r in rows])
-    loss = np.array([float(r["train_loss"]) for r in rows])
+    trained = [r for r in rows if r["train_loss"]]  # a fine-tuning run's step 0 has none
+    steps = np.array([int(r["step"]) for r in trained])
+    loss = np.array([float(r["train_loss"]) for r in trained])
     vrows = [(int(r["step"]), float(r["val_nll"])) for r in rows if r["val_nll"]]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, loss, label="train loss", lw=1)

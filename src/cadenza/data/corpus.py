@@ -10,7 +10,7 @@ conversion's version), keeping the score's beats, tempo map and time signatures;
 - ``builtin:classical``: the above plus string quartets, Palestrina, Monteverdi, trecento
 - ``builtin:openings``: three 12-second piano openings shipped as MIDI inside the package
   (``cadenza/openings``, none of them in the pretrained piano model's training data), the
-  primers of ``cadenza demo``: ``--primer builtin:openings/joplin``
+  primers of ``cadenza demo``: ``--primer builtin:openings/schubert``
 
 Try it: ``cadenza prepare builtin:chorales --out data/chorales``.
 """
