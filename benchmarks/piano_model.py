@@ -79,7 +79,7 @@ def cmd_speed(a) -> dict:
     """Batch-1 decoding on this CPU: new tokens per second, and seconds of music per second
     of compute for each opening (its own token rate), with the default threads."""
     from cadenza.generate import Generator, SampleConfig
-    gen = Generator.load(MODEL)
+    gen = Generator.load(MODEL, precision=a.precision)
     out = {}
     for name in ("schubert", "pop909-024", "pop909-113"):
         prompt, _ = gen.encode_primer(f"builtin:openings/{name}", 8.0)
@@ -95,7 +95,8 @@ def cmd_speed(a) -> dict:
     live = 40.6  # tokens per second of music in asap-maestro/validation (live playing)
     tps = np.mean([v["tokens_per_s"] for v in out.values()])
     print(f"at the token rate of live playing ({live} tokens/s of music): "
-          f"{tps / live:.1f}x real time (goal >= 10x); {torch.get_num_threads()} threads")
+          f"{tps / live:.1f}x real time (goal >= 10x); {gen.precision}, "
+          f"{torch.get_num_threads()} threads")
     return out
 
 
@@ -197,6 +198,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=5.0, help="fine-tuning budgets")
     ap.add_argument("--seconds", type=float, default=20.0, help="music to generate (speed)")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--precision", default="auto", help="speed: auto (bf16 here), fp32")
     ap.add_argument("--reuse", action="store_true",
                     help="finetune: keep runs already finished in --work")
     a = ap.parse_args()

@@ -95,6 +95,19 @@ def tiny_dataset(tmp_path, midi_folder) -> Path:
     return out
 
 
+@pytest.fixture
+def tiny_run(tiny_dataset, tmp_path) -> Path:
+    """A run directory: a tiny performance-token Transformer trained 6 steps on tiny_dataset."""
+    from cadenza.config import AugmentConfig, ModelConfig, TrainConfig
+    from cadenza.train import train
+    out = tmp_path / "run"
+    train(ModelConfig(n_layer=1, d_model=32, n_head=4, d_ff=64, dropout=0.0, position="rope",
+                      max_context=64),
+          TrainConfig(data=str(tiny_dataset), out=str(out), context=64, batch_size=4,
+                      max_steps=6, eval_every=3, augment=AugmentConfig()), quiet=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def real_piano_scores(tmp_path_factory) -> list[symusic.Score]:
     """Two real piano pieces from music21's corpus, converted as the built-in corpus is."""

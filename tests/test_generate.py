@@ -100,17 +100,6 @@ def test_seconds_budget_and_contradictory_options():
     assert tok.decode_notes(new).duration <= 2.0 + 1.0  # the last token's shift may overshoot
 
 
-@pytest.fixture
-def tiny_run(tiny_dataset, tmp_path):
-    from cadenza.train import train
-    out = tmp_path / "run"
-    train(ModelConfig(n_layer=1, d_model=32, n_head=4, d_ff=64, dropout=0.0, position="rope",
-                      max_context=64),
-          TrainConfig(data=str(tiny_dataset), out=str(out), context=64, batch_size=4,
-                      max_steps=6, eval_every=3, augment=AugmentConfig()), quiet=True)
-    return out
-
-
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "cadenza", *map(str, args)],
                           capture_output=True, text=True)

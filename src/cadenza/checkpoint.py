@@ -115,6 +115,7 @@ class Checkpoint:
     tokenizer: Tokenizer
     config: dict[str, Any]
     metrics: dict[str, Any]
+    stored_dtype: str = "fp32"  # of model.safetensors: "bf16" for shipped models
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -174,6 +175,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     except Exception as e:  # SafetensorError: truncated, empty or not safetensors at all
         raise CheckpointError(f"{path / 'model.safetensors'}: damaged or truncated weights "
                               f"({str(e).splitlines()[0][:100]})") from e
+    stored = "bf16" if weights and all(v.dtype == torch.bfloat16
+                                       for v in weights.values()) else "fp32"
     if "tok.weight" in weights and hasattr(model, "head"):
         weights["head.weight"] = weights["tok.weight"]
     try:
@@ -184,7 +187,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     model.to(device).eval()
     metrics_file = path / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    return Checkpoint(path, model, model_cfg, train_cfg, tokenizer, config, metrics)
+    return Checkpoint(path, model, model_cfg, train_cfg, tokenizer, config, metrics, stored)
 
 
 def load_members(paths: str | Path | Sequence[str | Path],

@@ -377,6 +377,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--reference", help="training dataset for memorization (default: the "
                    "checkpoint's own, when present)")
     _add_transpositions(p)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="numbers the model runs in; auto: bf16 for weights stored in bf16 "
+                   "(pretrained models), else fp32")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_generate)
 
@@ -394,7 +397,8 @@ def cmd_generate(a) -> int:
     infos = run_generate(a.checkpoint, a.out, a.primer, a.primer_seconds, a.primer_tokens, cfg,
                          a.continuation_only, a.soundfont, default_device(a.device),
                          not a.no_audio,
-                         a.reference, a.transpositions, force=a.force)
+                         a.reference, a.transpositions, force=a.force,
+                         precision=a.precision)
     for i in infos:
         files = ", ".join(v for v in i["files"].values() if v)
         print(f"sample {i['sample']}: {i['new_tokens']} tokens, {i['new_seconds']:.1f} s new "
