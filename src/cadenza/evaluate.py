@@ -231,9 +231,6 @@ def midi_pieces(paths: list[Path], tokenizer) -> tuple[list[str], list[np.ndarra
         except BadInput as e:
             skipped.append({"path": str(f), "reason": str(e)})
             continue
-        except Exception as e:  # a file that crashes a library is a bad file
-            skipped.append({"path": str(f), "reason": f"unreadable ({type(e).__name__})"})
-            continue
         names.append(str(f))
         pieces.append(np.concatenate([[BOS], ids, [EOS]]).astype(np.int64))
     if not pieces:

@@ -76,14 +76,21 @@ class PrepareResult:
 def encode_file(path: str, tok: Tokenizer, max_mb: float = 20.0, sustain: bool = True,
                 programs: str = "all") -> tuple[np.ndarray, str, dict[str, int]]:
     """One MIDI file, whole -> (token ids without BOS/EOS, music digest, track facts).
-    Raises BadInput with the reason a file cannot be used."""
-    score, facts = select_tracks(load_score(path, max_mb), programs)
-    ids = tok.encode(tok.piece_from_source(score, sustain))
-    if len(ids) == 0:
-        raise BadInput("no notes the tokenizer can use")
-    if ids.max() >= 65535:
-        raise BadInput("token id does not fit uint16")
-    return ids, music_digest(notes_from_score(score, sustain_pedal=False)), facts
+    Raises BadInput with the reason a file cannot be used, also when a library crashes on
+    it: a bad file is a bad file, not a bad run (prepare skips it, evaluate lists it)."""
+    try:
+        score, facts = select_tracks(load_score(path, max_mb), programs)
+        ids = tok.encode(tok.piece_from_source(score, sustain))
+        if len(ids) == 0:
+            raise BadInput("no notes the tokenizer can use")
+        if ids.max() >= 65535:
+            raise BadInput("token id does not fit uint16")
+        return ids, music_digest(notes_from_score(score, sustain_pedal=False)), facts
+    except BadInput:
+        raise
+    except Exception as e:
+        raise BadInput(f"unreadable ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:100] if str(e) else ''})") from e
 
 
 def _encode_midi(args: tuple[str, str, dict, float, bool, str]) -> tuple[str, Any]:
@@ -95,8 +102,6 @@ def _encode_midi(args: tuple[str, str, dict, float, bool, str]) -> tuple[str, An
         return "ok", (digest, ids.astype(np.uint16), facts)
     except BadInput as e:
         return "skip", str(e)
-    except Exception as e:  # a file that crashes a library is a bad file, not a bad run
-        return "skip", f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:100]})"
 
 
 def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
