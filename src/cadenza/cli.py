@@ -269,11 +269,11 @@ def _add_download(sub) -> None:
 
 
 def cmd_download(a) -> int:
-    from .data.download import download
+    from .data.download import archive_sha256, download
+    from .data.sources import midi_files
     dest = download(a.name, url=a.url, force=a.force)
-    n = sum(1 for f in dest.rglob("*") if f.suffix.lower() in (".mid", ".midi"))
-    print(f"{a.name}: {n:,} MIDI files in {dest} "
-          f"({(dest / '.complete').read_text().split()[-1][:16]}... SHA-256)")
+    print(f"{a.name}: {len(midi_files([dest])):,} MIDI files in {dest} "
+          f"({archive_sha256(dest)[:16]}... SHA-256)")
     print(f"next: cadenza prepare {dest} --out data/{a.name} --workers 2")
     return 0
 

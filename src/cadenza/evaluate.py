@@ -165,6 +165,7 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
     from .checkpoint import common_period, key_views, load_members
     from .config import transposition_shifts
     from .data.dataset import TokenDataset
+    from .data.sources import BENCHMARK_SUFFIXES
 
     cks = load_members(checkpoints, device)
     ck = cks[0]
@@ -211,9 +212,6 @@ def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,
     can be averaged over keys (``transpositions``)."""
     return evaluate_members(checkpoint, data, split, batch_size, stride, device, precision,
                             transpositions).result
-
-
-BENCHMARK_SUFFIXES = (".json", ".mat", ".pickle", ".pkl")
 
 
 def midi_pieces(paths: list[Path], tokenizer) -> tuple[list[str], list[np.ndarray],

@@ -32,6 +32,7 @@ from .corpus import cadenza_home
 
 CHUNK = 1 << 16
 TIMEOUT = 30.0  # seconds without a byte before a download is given up (and can resume)
+MARKER = ".complete"  # in a finished corpus: the address and the archive's SHA-256
 
 
 class DownloadError(RuntimeError):
@@ -83,7 +84,7 @@ def download(name: str, url: str | None = None, home: Path | None = None,
     a = catalog[name]
     home = cadenza_home() if home is None else Path(home)
     dest = home / "corpora" / name
-    if (dest / ".complete").exists() and not force:
+    if (dest / MARKER).exists() and not force:
         return dest
     downloads = home / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
@@ -92,8 +93,13 @@ def download(name: str, url: str | None = None, home: Path | None = None,
     digest = _check(a, part)
     _extract(a, part, dest)
     part.unlink()
-    (dest / ".complete").write_text(f"{url or a.url}\nsha256 {digest}\n")
+    (dest / MARKER).write_text(f"{url or a.url}\nsha256 {digest}\n")
     return dest
+
+
+def archive_sha256(dest: Path) -> str:
+    """The SHA-256 of the archive a downloaded corpus came from (its marker records it)."""
+    return (Path(dest) / MARKER).read_text().split()[-1]
 
 
 def _fetch(a: Archive, url: str, part: Path, progress: bool) -> None:
@@ -189,4 +195,4 @@ def _extract(a: Archive, archive: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["CATALOG", "Archive", "DownloadError", "download"]
+__all__ = ["CATALOG", "Archive", "DownloadError", "archive_sha256", "download"]

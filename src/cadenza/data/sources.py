@@ -33,6 +33,7 @@ from .midi import BadInput, Notes
 from .tokenizers.grid import Grid, Roll
 
 MIDI_SUFFIXES = (".mid", ".midi")
+BENCHMARK_SUFFIXES = (".json", ".mat", ".pickle", ".pkl")  # read by read_benchmark
 SPLITS = ("train", "valid", "test")
 # Boulanger-Lewandowski frame rates: JSB is on quarter notes, the others on eighths.
 ROLL_STEP = {"jsb": 0.5, "default": 0.25}
@@ -91,7 +92,7 @@ def expand_sources(sources: list[str] | tuple[str, ...], workers: int = 1,
                 raise SourceError(f"{src}: no such file or folder")
             if p.is_dir():
                 layouts[src], found = folder_items(p, src)
-            elif p.suffix.lower() in (".json", ".mat", ".pickle", ".pkl"):
+            elif p.suffix.lower() in BENCHMARK_SUFFIXES:
                 layouts[src], found = "benchmark", read_benchmark(p)
             else:  # anything else named explicitly is treated as MIDI (rejected with a reason)
                 layouts[src], found = "file", [Item(str(p))]
@@ -289,5 +290,6 @@ def hash_split(digest: str, valid_frac: float, test_frac: float) -> str:
     return "train"
 
 
-__all__ = ["LAYOUTS", "BadInput", "Item", "SourceError", "excluded", "expand_sources",
-           "folder_items", "hash_split", "ids_digest", "midi_files", "music_digest"]
+__all__ = ["BENCHMARK_SUFFIXES", "LAYOUTS", "BadInput", "Item", "SourceError", "excluded",
+           "expand_sources", "folder_items", "hash_split", "ids_digest", "midi_files",
+           "music_digest"]
