@@ -30,6 +30,7 @@ from .config import (
     TrainConfig,
     finetune_settings,
     flag,
+    run_settings,
 )
 
 
@@ -151,19 +152,15 @@ def add_model_train_flags(p: argparse.ArgumentParser) -> None:
 
 def _run_configs(out: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None:
     """(model, train, augment) settings of the run in ``out`` (for --resume), if any."""
-    import json
     from pathlib import Path
 
-    from .checkpoint import CheckpointError, resolve
-    from .train import INVOCATION
+    from .checkpoint import CheckpointError, read_config
     try:
-        config = json.loads((resolve(Path(out) / "last") / "config.json").read_text())
+        config = read_config(Path(out) / "last")
     except (CheckpointError, OSError, ValueError):
         return None  # train() says what is wrong with the run
-    m = {k: v for k, v in config["model"].items()
-         if k not in ("vocab_size", "step_token", "pitch_of")}  # the tokenizer's, not flags
-    t = {k: v for k, v in config["train"].items() if k not in INVOCATION + ("augment",)}
-    return m, t, config["train"].get("augment", {})
+    m, t = run_settings(config["model"], config["train"])
+    return m, t, t.pop("augment", {})
 
 
 def configs_from_args(a, data: str, out: str) -> tuple[ModelConfig, TrainConfig]:
@@ -184,13 +181,13 @@ def configs_from_args(a, data: str, out: str) -> tuple[ModelConfig, TrainConfig]
         ck = read_config(init)
         m_over, t_over = finetune_settings(ck["model"], ck["train"])
         m.update(m_over)
-        t.update(t_over, init=init)
+        t.update(t_over)
     elif base is None or a.preset is not None:  # a preset named on resume is a change too
         m_over, t_over = PRESETS[a.preset or "small"]
         m.update(m_over)
         t.update(t_over)
-        if init:
-            t["init"] = init
+    if init:  # on --resume a different one is a change train() names
+        t["init"] = init
     if a.model:
         m["kind"] = a.model
     m.update({k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k, None) is not None})

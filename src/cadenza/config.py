@@ -221,16 +221,29 @@ ARCHITECTURE = ("kind", "n_layer", "d_model", "n_head", "d_ff", "position", "voi
                 "step_positions", "pitch_dims")  # fixed by --init; dropout may change
 
 
+# A run's saved configs hold more than its settings: model fields the tokenizer decides
+# (train.tokenizer_facts sets them) and train fields of one invocation rather than of the
+# run. Of the rest, --resume may change only RESUMABLE.
+TOKENIZER_FIELDS = ("vocab_size", "step_token", "pitch_of")
+INVOCATION = ("data", "out", "resume", "force", "compile")
+RESUMABLE = ("max_steps", "minutes", "patience", "log_every", "eval_every")
+
+
+def run_settings(model: dict[str, Any], train: dict[str, Any]
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (model, train) settings of a run's config.json, without what is not a setting."""
+    return ({k: v for k, v in model.items() if k not in TOKENIZER_FIELDS},
+            {k: v for k, v in train.items() if k not in INVOCATION})
+
+
 def finetune_settings(ck_model: dict[str, Any], ck_train: dict[str, Any]
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model, train) settings a fine-tuning run of a checkpoint starts from."""
-    own = ("data", "out", "resume", "force", "compile", "init", "max_steps", "minutes",
-           "eval_stride", "patience")
-    t = {k: v for k, v in ck_train.items() if k not in own}
-    t.update(FINETUNE)
-    m = {k: v for k, v in ck_model.items() if k not in ("vocab_size", "step_token",
-                                                        "pitch_of")}
-    return m, t
+    """(model, train) settings a fine-tuning run of a checkpoint starts from: its own,
+    without its budget, early stopping and origin, with FINETUNE on top."""
+    m, t = run_settings(ck_model, ck_train)
+    for k in ("init", "max_steps", "minutes", "eval_stride", "patience"):
+        t.pop(k, None)
+    return m, {**t, **FINETUNE}
 
 
 # Presets: (model overrides, train overrides). The CLI applies explicit flags on top.

@@ -42,7 +42,15 @@ import torch.nn.functional as F
 
 from .atomic import atomic_path, locked_dir
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig, flag
+from .config import (
+    FORMAT_VERSION,
+    INVOCATION,
+    RESUMABLE,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    flag,
+)
 from .data.dataset import IGNORE, TokenDataset, WindowSampler
 from .data.tokenizers.base import Tokenizer
 from .evaluate import autocast, score_pieces, summarize
@@ -131,10 +139,6 @@ def _fmt_time(s: float) -> str:
 
 CHECKPOINTS = ("best", "last", ".best.old", ".last.old")  # .old: a swap in progress
 RUN_FILES = CHECKPOINTS + ("metrics.csv", "loss.png", "tensorboard")
-# What --resume may change: the budget and how often to log, evaluate and stop early; and
-# what belongs to this invocation rather than to the run.
-RESUMABLE = ("max_steps", "minutes", "patience", "log_every", "eval_every")
-INVOCATION = ("data", "out", "resume", "force", "compile")
 
 
 def holds_run(out: Path) -> bool:
