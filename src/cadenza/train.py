@@ -336,6 +336,18 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int |
                 st["raw_model"] = raw.state_dict()
         save_checkpoint(out / name, scored, config, metrics, st)
 
+    def evaluate_and_save(loss: float | None) -> None:
+        """Score the valid split; save best/ when it improved, and last/ (with all that
+        resuming needs) every time."""
+        nonlocal val, best, since_best
+        val = evaluate_now()
+        improved = val < best
+        best, since_best = (val, 0) if improved else (best, since_best + 1)
+        m = _metrics(step, val, best, elapsed, sampler, cfg, loss)
+        if improved:
+            checkpoint("best", m, with_state=False)
+        checkpoint("last", m, with_state=True)
+
     t_start = time.perf_counter() - elapsed0
     t_log, tokens_log = time.perf_counter(), 0
     loss_acc, loss_n = 0.0, 0
@@ -349,9 +361,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int |
             f"--eval-every {cfg.eval_every} or --warmup-steps {cfg.warmup_steps}; the run "
             "logs, evaluates and saves at its end (and warms up for all of it if need be)")
     if cfg.init and state is None:  # fine-tuning: best/ starts as the weights given
-        val = best = evaluate_now()
-        checkpoint("best", _metrics(0, val, best, 0.0, sampler, cfg, None),
-                   with_state=False)
+        evaluate_and_save(None)
         log(f"step      0 | val {_val(val)} (the --init weights, saved as best/)")
         if writer:
             writer.writerow([0, "", f"{val:.5f}", "", "", "0.0"])
@@ -408,12 +418,9 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int |
             tps = tokens_log / max(now - t_log, 1e-9)
             elapsed = now - t_start
             if is_eval:
-                val = evaluate_now()
-                improved = val < best
-                if improved:
-                    best, since_best = val, 0
-                else:
-                    since_best += 1
+                evaluate_and_save(last_loss)
+                if cfg.patience and since_best >= cfg.patience:
+                    stop_reason = f"no improvement in {cfg.patience} evaluations"
             lr = opt.param_groups[0]["lr"]
             left = []
             if horizon:
@@ -436,23 +443,9 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int |
                 if is_eval:
                     tb.add_scalar("nll/valid", val, step)
             loss_acc, loss_n, tokens_log, t_log = 0.0, 0, 0, time.perf_counter()
-            if is_eval:
-                m = _metrics(step, val, best, elapsed, sampler, cfg, last_loss)
-                if improved:
-                    checkpoint("best", m, with_state=False)
-                checkpoint("last", m, with_state=True)
-                if cfg.patience and since_best >= cfg.patience:
-                    stop_reason = f"no improvement in {cfg.patience} evaluations"
     elapsed = time.perf_counter() - t_start
     if step % cfg.eval_every != 0 and step > 0:  # final evaluation and checkpoint
-        val = evaluate_now()
-        improved = val < best
-        if improved:
-            best, since_best = val, 0
-        m = _metrics(step, val, best, elapsed, sampler, cfg, loss_acc / max(loss_n, 1))
-        if improved:
-            checkpoint("best", m, with_state=False)
-        checkpoint("last", m, with_state=True)
+        evaluate_and_save(loss_acc / max(loss_n, 1))
     if writer and step > logged:  # the steps since the last progress line, and the final eval
         tps = tokens_log / max(time.perf_counter() - t_log, 1e-9)
         writer.writerow([step, f"{loss_acc / max(loss_n, 1):.5f}", f"{val:.5f}",
