@@ -32,6 +32,7 @@ def _piece_name(path: str) -> str:
 def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu",
              precision: str = "bf16", seconds: float = 20.0, primer_seconds: float = 6.0,
              seed: int = 0, force: bool = False) -> dict:
+    from .checkpoint import resolve
     from .data.dataset import TokenDataset
     from .data.prepare import prepare
     from .generate import SampleConfig, run_generate
@@ -82,7 +83,7 @@ def run_demo(out: str = "cadenza-demo", minutes: float = 5.0, device: str = "cpu
                                           seed=seed + i), device=device, force=force)
         written.append((primer, sdir, infos[0]))
     print()
-    ck = json.loads((OPENINGS.parent / "pretrained" / "piano" / "metrics.json").read_text())
+    ck = json.loads((resolve(PRETRAINED) / "metrics.json").read_text())
     print(f"{'pretrained:piano':<28}validation NLL {ck['best_val_nll']:.3f} nats/token "
           "(its piano validation split; see its MODEL_CARD.md)")
     for name, sdir, info in piano:

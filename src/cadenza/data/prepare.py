@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,10 +187,9 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
                                 "music_sha1": it.digest, "split": split,
                                 "piece": k, "tokens": int(len(ids)),
                                 **(it.tracks or {})})
+        counts = Counter((r["source"], r["split"]) for r in records)
         per_source = {src: {"layout": layouts[src], "splits": {
-            s: sum(r["source"] == src and r["split"] == s for r in records)
-            for s in SPLITS if any(r["source"] == src and r["split"] == s for r in records)}}
-            for src in cfg.sources}
+            s: counts[src, s] for s in SPLITS if counts[src, s]}} for src in cfg.sources}
         manifest = {
             "format_version": FORMAT_VERSION,
             "tokenizer": {"name": tok.name, "config": tok_cfg, "vocab": tok.vocab},
