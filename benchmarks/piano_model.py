@@ -158,7 +158,8 @@ def cmd_finetune(a) -> dict:
         print(prepare(PrepareConfig(sources=(str(folder),), out=str(data), valid_frac=0.3,
                                     test_frac=0.0)).summary())
     ft, scratch = work / "finetuned", work / "scratch"
-    rows = {"pretrained, as is": (evaluate(MODEL, data).nll, MODEL)}
+    # label -> (NLL, checkpoint, folder of its piano roll)
+    rows = {"pretrained, as is": (evaluate(MODEL, data).nll, MODEL, "pretrained")}
     from cadenza.checkpoint import read_config
     from cadenza.config import finetune_settings
     ck = read_config(MODEL)
@@ -172,16 +173,16 @@ def cmd_finetune(a) -> dict:
              "force": True}))["best_val_nll"]
 
     nll = run(ft, m, {**t, "init": MODEL})
-    rows[f"fine-tuned {a.minutes:g} min"] = (nll, str(ft / "best"))
+    rows[f"fine-tuned {a.minutes:g} min"] = (nll, str(ft / "best"), ft.name)
     # from scratch: the same architecture and windows at a from-scratch learning rate
     mp, tp = PRESETS["piano"]
     nll = run(scratch, {**m, **mp}, {**t, "lr": tp["lr"], "warmup_steps": 50})
-    rows[f"from scratch {a.minutes:g} min"] = (nll, str(scratch / "best"))
+    rows[f"from scratch {a.minutes:g} min"] = (nll, str(scratch / "best"), scratch.name)
     m_ = json.loads((data / "manifest.json").read_text())
     primer = next(r["path"] for r in m_["files"] if r["split"] == "valid")
     print(f"\n{'model':<28}{'valid NLL':>10}  piano roll ({Path(primer).name}, 8 s + 20 s)")
-    for k, (nll, ckpt) in rows.items():
-        sdir = work / "rolls" / k.split()[0].strip(",").replace("-", "")
+    for k, (nll, ckpt, name) in rows.items():
+        sdir = work / "rolls" / name
         run_generate(ckpt, str(sdir), primer, 8.0, 0,
                      SampleConfig(seconds=20.0, seed=0, top_p=0.95), audio=False, force=True)
         print(f"{k:<28}{nll:>10.3f}  {sdir}/sample-0.png")
