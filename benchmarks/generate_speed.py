@@ -16,10 +16,11 @@ import time
 import numpy as np
 import torch
 
-from cadenza.config import PRESETS, ModelConfig
+from cadenza.config import ModelConfig
 from cadenza.data.tokenizers import BOS, build_tokenizer
 from cadenza.generate import SampleConfig, sample
 from cadenza.models import build_model
+from cadenza.recipes import RECIPES
 
 V, L, D, H, FF = 391, 6, 256, 8, 1024
 
@@ -70,8 +71,8 @@ def main() -> None:
         ck = load_checkpoint(a.checkpoint)
         small, tok, label = ck.model, ck.tokenizer, f"checkpoint {a.checkpoint}"
     else:
-        m, _ = PRESETS["small"]
-        small = build_model(ModelConfig(vocab_size=tok.vocab_size, max_context=512, **m)).eval()
+        small = build_model(RECIPES["small"].model.replace(vocab_size=tok.vocab_size,
+                                                           max_context=512)).eval()
         label = "small preset, untrained"
     cfg = SampleConfig(seconds=10.0, seed=0)
     news: list = []

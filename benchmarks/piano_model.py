@@ -110,7 +110,7 @@ def cmd_stats(a) -> dict:
         score_from_notes,
         write_midi,
     )
-    from cadenza.generate import SampleConfig, run_generate
+    from cadenza.generate import GenerateConfig, SampleConfig, run_generate
     files = sorted(need(PIANO / "asap-maestro" / "validation").rglob("*.mid"))
     pop = valid_files(Path(a.dataset)).get("pop909", []) if a.dataset else []
     asap = [str(f) for f in files[:: max(1, len(files) // 16)]]
@@ -127,9 +127,10 @@ def cmd_stats(a) -> dict:
             sdir = gen_dir / f"{i:02d}"
             try:
                 if not (sdir / "sample-0.json").exists():
-                    run_generate(MODEL, str(sdir), f, 8.0, 0,
-                                 SampleConfig(seconds=20.0, seed=i, top_p=0.95), audio=False,
-                                 force=True)
+                    run_generate(GenerateConfig(
+                        out=str(sdir), checkpoint=MODEL, primer=f, primer_seconds=8.0,
+                        sample=SampleConfig(seconds=20.0, seed=i, top_p=0.95), audio=False,
+                        force=True))
             except BadInput as e:
                 print(f"skipped {f}: {e}")
                 continue
@@ -146,10 +147,11 @@ def cmd_stats(a) -> dict:
 
 
 def cmd_finetune(a) -> dict:
-    from cadenza.config import PRESETS, ModelConfig, PrepareConfig, TrainConfig
+    from cadenza.config import GenerateConfig, ModelConfig, PrepareConfig, TrainConfig
     from cadenza.data.prepare import prepare
     from cadenza.evaluate import evaluate
     from cadenza.generate import SampleConfig, run_generate
+    from cadenza.recipes import RECIPES
     from cadenza.train import train
     folder = need(PIANO / "piano-midi.de" / "Grieg")
     work = Path(a.work)
@@ -170,12 +172,12 @@ def cmd_finetune(a) -> dict:
             return json.loads(done.read_text())["best_val_nll"]
         return train(ModelConfig.from_dict(model), TrainConfig.from_dict(
             {**train_cfg, "data": str(data), "out": str(out), "minutes": a.minutes,
-             "force": True}))["best_val_nll"]
+             "force": True})).best_val_nll
 
     nll = run(ft, m, {**t, "init": MODEL})
     rows[f"fine-tuned {a.minutes:g} min"] = (nll, str(ft / "best"), ft.name)
     # from scratch: the same architecture and windows at a from-scratch learning rate
-    mp, tp = PRESETS["piano"]
+    mp, tp = RECIPES["piano"].settings()
     nll = run(scratch, {**m, **mp}, {**t, "lr": tp["lr"], "warmup_steps": 50})
     rows[f"from scratch {a.minutes:g} min"] = (nll, str(scratch / "best"), scratch.name)
     m_ = json.loads((data / "manifest.json").read_text())
@@ -183,8 +185,9 @@ def cmd_finetune(a) -> dict:
     print(f"\n{'model':<28}{'valid NLL':>10}  piano roll ({Path(primer).name}, 8 s + 20 s)")
     for k, (nll, ckpt, name) in rows.items():
         sdir = work / "rolls" / name
-        run_generate(ckpt, str(sdir), primer, 8.0, 0,
-                     SampleConfig(seconds=20.0, seed=0, top_p=0.95), audio=False, force=True)
+        run_generate(GenerateConfig(out=str(sdir), checkpoint=ckpt, primer=primer,
+                                    primer_seconds=8.0, audio=False, force=True,
+                                    sample=SampleConfig(seconds=20.0, seed=0, top_p=0.95)))
         print(f"{k:<28}{nll:>10.3f}  {sdir}/sample-0.png")
     return {k: v[0] for k, v in rows.items()}
 

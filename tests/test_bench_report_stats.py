@@ -29,8 +29,8 @@ def test_bench_jsb16_prints_the_paper_table(tmp_path, capsys, position):
     out = capsys.readouterr().out
     assert "0.335" in out
     assert f"Cadenza {position or 'rope'} + voice labels, averaged over 12 keys" in out
-    assert r["ours"]["own_key_valid"]["tokens"] == r["ours"]["valid"]["tokens"] == 120
-    assert r["ours"]["valid"]["nll"] > 0 and r["ours"]["test"]["tokens"] == 80
+    assert r.own_key_valid.tokens == r.valid.tokens == 120
+    assert r.valid.nll > 0 and r.test.tokens == 80
 
 
 def test_bench_jsb16_ensemble_trains_members_at_once_and_scores_their_mixture(tmp_path,
@@ -49,12 +49,12 @@ def test_bench_jsb16_ensemble_trains_members_at_once_and_scores_their_mixture(tm
     assert all("step" in (tmp_path / "b" / f"run-{i}.log").read_text() for i in range(2))
     cfgs = [json.loads((d / "best" / "config.json").read_text())["train"] for d in runs]
     assert [c["seed"] for c in cfgs] == [0, 1]
-    members = [m["nll"] for m in r["ours"]["members_valid"]]
+    members = [m.nll for m in r.members_valid]
     assert members[0] != members[1]
-    assert r["ours"]["valid"]["nll"] <= sum(members) / 2 + 1e-6
+    assert r.valid.nll <= sum(members) / 2 + 1e-6
     direct = evaluate([d / "best" for d in runs], f, "valid")
-    assert r["ours"]["valid"]["nll"] == pytest.approx(direct.nll)
-    assert r["ours"]["test"] is None
+    assert r.valid.nll == pytest.approx(direct.nll)
+    assert r.test is None
 
 
 def test_bench_pianoroll_reports_nll_per_frame(tmp_path, capsys):
@@ -64,17 +64,17 @@ def test_bench_pianoroll_reports_nll_per_frame(tmp_path, capsys):
     f = tmp_path / "JSB Chorales.pickle"
     f.write_bytes(pickle.dumps({"train": [frames(60)] * 2, "valid": [frames(30)],
                                 "test": [frames(25)]}))
-    r = bench.bench_pianoroll("jsb", str(tmp_path / "b"), 5, data=str(f),
+    r = bench.bench_pianoroll("jsb", str(tmp_path / "b"), minutes=5, data=str(f),
                               precision="fp32", **FAST)
     assert "RNN-NADE" in capsys.readouterr().out
-    assert r["ours"]["test"]["frames"] == 25
-    assert r["ours"]["valid"]["frame_nll"] == pytest.approx(r["ours"]["valid"]["nll"] * 90 / 30)
+    assert r.test.frames == 25
+    assert r.valid.frame_nll == pytest.approx(r.valid.nll * 90 / 30)
 
 
 def test_bench_models_trains_all_four_at_matched_size(tiny_dataset, tmp_path):
-    r = bench.bench_models(str(tiny_dataset), str(tmp_path / "m"), 5, precision="fp32",
+    r = bench.bench_models(str(tiny_dataset), str(tmp_path / "m"), minutes=5, precision="fp32",
                            **FAST)
-    sizes = {k: v["parameters"] for k, v in r["rows"].items()}
+    sizes = {k: v.parameters for k, v in r.rows.items()}
     assert set(sizes) == {"transformer", "rnn", "lstm", "gru"}
     t = sizes["transformer"]
     assert all(abs(s - t) / t < 0.15 for s in sizes.values()), sizes
@@ -89,7 +89,7 @@ def test_missing_benchmark_data_says_where_to_get_it(tmp_path):
 
 def test_report_is_self_contained(tiny_dataset, tmp_path):
     from cadenza.config import AugmentConfig, ModelConfig, TrainConfig
-    from cadenza.generate import SampleConfig, run_generate
+    from cadenza.generate import GenerateConfig, SampleConfig, run_generate
     from cadenza.report import build_report
     from cadenza.train import train
     run = tmp_path / "run"
@@ -97,11 +97,15 @@ def test_report_is_self_contained(tiny_dataset, tmp_path):
                       max_context=32),
           TrainConfig(data=str(tiny_dataset), out=str(run), context=32, batch_size=2,
                       max_steps=3, eval_every=3, augment=AugmentConfig()), quiet=True)
-    run_generate(str(run / "best"), str(run / "samples"), None, 0, 0,
-                 SampleConfig(tokens=30), audio=True)
+    run_generate(GenerateConfig(out=str(run / "samples"),
+                                checkpoint=str(run / "best"),
+                                sample=SampleConfig(tokens=30),
+                                audio=True))
     elsewhere = tmp_path / "elsewhere"
-    run_generate(str(run / "best"), str(elsewhere), None, 0, 0,
-                 SampleConfig(tokens=30, seed=4), audio=True)
+    run_generate(GenerateConfig(out=str(elsewhere),
+                                checkpoint=str(run / "best"),
+                                sample=SampleConfig(tokens=30, seed=4),
+                                audio=True))
     (elsewhere / "stats.json").write_text(json.dumps(
         {"generated": 1, "decoded_share": 1.0, "outside_key_profile_share": 0.1,
          "features": {"pitch_class": {"overlap": 0.9, "kl": 0.1, "generated_mean": 5.0,
@@ -147,9 +151,10 @@ def test_memorization_finds_copies_transposed_and_not_new_music():
 
 
 def test_a_recipe_keeps_its_rotary_options_only_with_rope():
-    from cadenza.config import ModelConfig
-    r = bench.Recipe(ModelConfig(d_model=64, n_head=2, position="rope", pitch_dims=8,
-                                 step_positions=True))
+    from cadenza.config import ModelConfig, TrainConfig
+    r = bench.Recipe("x", "a test", ModelConfig(d_model=64, n_head=2, position="rope",
+                                                pitch_dims=8, step_positions=True),
+                     TrainConfig(max_steps=1))
     assert r.with_position("rope") is r and r.with_position(None) is r
     rel = r.with_position("relative").model
     assert (rel.position, rel.pitch_dims, rel.step_positions) == ("relative", 0, False)
@@ -193,9 +198,9 @@ def test_bench_jsb16_averaged_over_keys_equals_transposed_pieces_mixed_by_hand(t
 
     keys = [direct(k) for k in (-1, 0, 1)]
     mixed = -np.log(np.mean(np.exp(-np.stack(keys)), 0))
-    assert r["ours"]["own_key_valid"]["nll"] == pytest.approx(keys[1].mean(), rel=1e-5)
-    assert r["ours"]["valid"]["nll"] == pytest.approx(mixed.mean(), rel=1e-5)
-    assert r["ours"]["valid"]["nll"] != pytest.approx(r["ours"]["own_key_valid"]["nll"])
+    assert r.own_key_valid.nll == pytest.approx(keys[1].mean(), rel=1e-5)
+    assert r.valid.nll == pytest.approx(mixed.mean(), rel=1e-5)
+    assert r.valid.nll != pytest.approx(r.own_key_valid.nll)
 
 
 def test_polyphony_is_measured_over_the_whole_piece():

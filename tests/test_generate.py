@@ -12,7 +12,7 @@ import torch
 
 from cadenza.config import AugmentConfig, ModelConfig, TrainConfig
 from cadenza.data.tokenizers import BOS, build_tokenizer
-from cadenza.generate import SampleConfig, filter_logits, sample
+from cadenza.generate import GenerateConfig, SampleConfig, filter_logits, sample
 from cadenza.models import build_model
 from tests.models.test_models import KINDS
 
@@ -170,9 +170,11 @@ def test_several_checkpoints_generate_as_one_ensemble(tiny_run, tmp_path):
     gen = Generator.load(cks)
     assert isinstance(gen.model, Ensemble) and len(gen.members) == 2
     assert gen.checkpoint_hash != Generator.load(cks[0]).checkpoint_hash
-    infos = run_generate([str(c) for c in cks], str(tmp_path / "g"), None, 0, 0,
-                         SampleConfig(tokens=40, seed=2), audio=False)
-    assert infos[0]["new_tokens"] > 0 and str(cks[1]) in infos[0]["checkpoint"]
+    infos = run_generate(GenerateConfig(out=str(tmp_path / "g"),
+                                        checkpoint=[str(c) for c in cks],
+                                        sample=SampleConfig(tokens=40, seed=2),
+                                        audio=False))
+    assert infos[0].new_tokens > 0 and str(cks[1]) in infos[0].checkpoint
     assert (tmp_path / "g" / "sample-0.mid").exists()
 
 
@@ -182,10 +184,12 @@ def test_generation_averaged_over_keys_decodes_and_says_so(tiny_run, tmp_path):
     gen = Generator.load(tiny_run / "best", transpositions=3)
     assert isinstance(gen.model, Ensemble)
     assert [type(m) for m in gen.model.members] == [Relabelled, type(gen.ck.model), Relabelled]
-    infos = run_generate([str(tiny_run / "best")], str(tmp_path / "g"), None, 0, 0,
-                         SampleConfig(tokens=60, seed=2, num_samples=2), audio=False,
-                         transpositions=3)
-    assert all(i["transpositions"] == 3 and i["notes"] > 0 for i in infos)
+    infos = run_generate(GenerateConfig(out=str(tmp_path / "g"),
+                                        checkpoint=[str(tiny_run / "best")],
+                                        sample=SampleConfig(tokens=60, seed=2, num_samples=2),
+                                        audio=False,
+                                        transpositions=3))
+    assert all(i.transpositions == 3 and i.notes > 0 for i in infos)
     assert all((tmp_path / "g" / f"sample-{k}.mid").exists() for k in range(2))
 
 
@@ -204,15 +208,18 @@ def test_stats_scores_the_continuation_as_the_sample_json_does(tiny_dataset, tmp
     ds = TokenDataset(tiny_dataset)
     primer = next(f["path"] for f in ds.manifest["files"] if f["split"] == "train")
     out = tmp_path / "gen"
-    infos = run_generate(str(run / "best"), str(out), primer, 0, 0,
-                         SampleConfig(tokens=150, seed=3), audio=False)
+    infos = run_generate(GenerateConfig(out=str(out),
+                                        checkpoint=str(run / "best"),
+                                        primer=primer,
+                                        sample=SampleConfig(tokens=150, seed=3),
+                                        audio=False))
     info = infos[0]
-    assert info["primer"]["tokens"] > 200  # the whole training piece is the primer
+    assert info.primer["tokens"] > 200  # the whole training piece is the primer
     res = run_stats(str(out), str(tiny_dataset))
-    assert res["generated_notes"] == info["continuation_notes"] > 0
+    assert res["generated_notes"] == info.continuation_notes > 0
     mem = res["memorization"]
-    assert mem["max_longest_copied_notes"] == info["memorization"]["longest_copied_notes"]
-    assert mem["mean_copied_8gram_share"] == info["memorization"]["copied_8gram_share"]
+    assert mem["max_longest_copied_notes"] == info.memorization["longest_copied_notes"]
+    assert mem["mean_copied_8gram_share"] == info.memorization["copied_8gram_share"]
     assert mem["max_longest_copied_notes"] < 40  # the primer (40+ copied notes) is not in it
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from cadenza.config import AugmentConfig, ConfigError, ModelConfig, PrepareConfig, TrainConfig
 from cadenza.data.prepare import PrepareError, prepare
-from cadenza.generate import SampleConfig, run_generate
+from cadenza.generate import GenerateConfig, SampleConfig, run_generate
 from cadenza.train import TrainingError, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,15 +133,22 @@ def run_dir(tiny_dataset, tmp_path):
 
 def test_a_new_take_never_mixes_with_an_earlier_one(run_dir, tmp_path):
     out = tmp_path / "gen"
-    run_generate(str(run_dir / "best"), str(out), None, 0, 0,
-                 SampleConfig(tokens=30, num_samples=2), audio=False)
+    run_generate(GenerateConfig(out=str(out),
+                                checkpoint=str(run_dir / "best"),
+                                sample=SampleConfig(tokens=30, num_samples=2),
+                                audio=False))
     first = (out / "sample-0.mid").read_bytes()
     with pytest.raises(FileExistsError, match="earlier take.*--force"):
-        run_generate(str(run_dir / "best"), str(out), None, 0, 0,
-                     SampleConfig(tokens=40, seed=5), audio=False)
+        run_generate(GenerateConfig(out=str(out),
+                                    checkpoint=str(run_dir / "best"),
+                                    sample=SampleConfig(tokens=40, seed=5),
+                                    audio=False))
     assert (out / "sample-0.mid").read_bytes() == first
-    run_generate(str(run_dir / "best"), str(out), None, 0, 0,
-                 SampleConfig(tokens=40, seed=5), audio=False, force=True)
+    run_generate(GenerateConfig(out=str(out),
+                                checkpoint=str(run_dir / "best"),
+                                sample=SampleConfig(tokens=40, seed=5),
+                                audio=False,
+                                force=True))
     names = sorted(p.name for p in out.iterdir())
     assert names == ["sample-0.json", "sample-0.mid", "sample-0.png"]  # no sample-1.* left
     assert json.loads((out / "sample-0.json").read_text())["settings"]["seed"] == 5
@@ -164,8 +171,10 @@ def test_a_failed_take_leaves_no_sample_and_no_temp_files(run_dir, tmp_path, mon
 
     monkeypatch.setattr(render, "piano_roll_png", fails_on_the_second)
     with pytest.raises(RuntimeError, match="disk full"):
-        run_generate(str(run_dir / "best"), str(out), None, 0, 0,
-                     SampleConfig(tokens=30, num_samples=2), audio=False)
+        run_generate(GenerateConfig(out=str(out),
+                                    checkpoint=str(run_dir / "best"),
+                                    sample=SampleConfig(tokens=30, num_samples=2),
+                                    audio=False))
     assert list(out.iterdir()) == []  # neither sample-0 alone nor any temporary folder
 
 
@@ -373,8 +382,10 @@ def test_multitrack_files_say_what_was_merged_and_left_out(tmp_path):
 
 def test_stats_compares_with_the_training_music_and_says_so(run_dir, tiny_dataset, tmp_path):
     out = tmp_path / "gen"
-    run_generate(str(run_dir / "best"), str(out), None, 0, 0,
-                 SampleConfig(tokens=40, num_samples=2), audio=False)
+    run_generate(GenerateConfig(out=str(out),
+                                checkpoint=str(run_dir / "best"),
+                                sample=SampleConfig(tokens=40, num_samples=2),
+                                audio=False))
     r = cli("stats", out, "--reference", tiny_dataset)
     assert r.returncode == 0, r.stderr
     n_train = json.loads((tiny_dataset / "manifest.json").read_text())["splits"]["train"]

@@ -92,7 +92,7 @@ def test_init_loads_the_checkpoint_weights_exactly(perf_checkpoint, tiny_dataset
     res = train(ModelConfig(dropout=0.0),
                 cfg.replace(lr=1e-9, warmup_steps=0, eval_every=1), quiet=True)
     base = evaluate(perf_checkpoint, tiny_dataset)
-    assert abs(res["val_nll"] - base.nll) < 1e-3
+    assert abs(res.val_nll - base.nll) < 1e-3
     config = json.loads((tmp_path / "ft" / "best" / "config.json").read_text())
     assert config["train"]["init"] == str(perf_checkpoint)
     # the weights given are scored first and are best/ until something beats them

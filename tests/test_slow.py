@@ -29,8 +29,10 @@ def test_builtin_chorales_build_and_prepare(tmp_path):
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
+    from cadenza.config import DemoConfig
     from cadenza.demo import run_demo
-    out = run_demo(str(tmp_path / "demo"), minutes=0.5, precision="fp32", seconds=4.0)
+    out = run_demo(DemoConfig(out=str(tmp_path / "demo"), minutes=0.5, precision="fp32",
+                              seconds=4.0))
     # half a minute on one thread: clearly better than guessing among 391 tokens
     assert out["val_nll"] < math.log(391) - 0.5 and len(out["samples"]) == 3
     assert [Path(p).name for p in out["piano_samples"]] == [

@@ -43,7 +43,7 @@ def test_checkpoints_are_self_describing(tiny_dataset, tmp_path):
     assert {"format_version", "model", "train", "tokenizer", "data"} <= set(config)
     assert config["tokenizer"]["name"] == "performance" and len(config["tokenizer"]["vocab"]) == 391
     ck = load_checkpoint(run / "best")
-    assert ck.metrics["best_val_nll"] == pytest.approx(res["best_val_nll"])
+    assert ck.metrics["best_val_nll"] == pytest.approx(res.best_val_nll)
     assert not any(k.startswith("_orig_mod") for k in load_file(run / "best" / "model.safetensors"))
 
 
@@ -216,6 +216,6 @@ def test_a_time_budget_is_spent_when_the_first_steps_are_slow(tiny_dataset, tmp_
     res = train(MODEL, cfg(tiny_dataset, tmp_path / "run", max_steps=0, minutes=budget / 60,
                            eval_every=10_000, log_every=50), quiet=False)
     out = capsys.readouterr().out
-    assert res["elapsed"] >= 0.95 * budget, res
-    assert res["step"] > 12 + 2 * (budget - 3) / 0.25  # far more than the slow pace allows
+    assert res.elapsed >= 0.95 * budget, res
+    assert res.step > 12 + 2 * (budget - 3) / 0.25  # far more than the slow pace allows
     assert "time budget reached" in out and "pace changed" in out

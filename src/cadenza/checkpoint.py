@@ -57,8 +57,9 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: dict[str, Any],
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(path)
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        weights.pop("head.weight", None)  # tied to tok.weight
+        tied = tied_weights(model)
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+                   if k not in tied}  # a tied tensor is stored once, under its first name
         save_file(weights, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
@@ -69,6 +70,22 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: dict[str, Any],
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def tied_weights(model: torch.nn.Module) -> dict[str, str]:
+    """Entries of the state dict that are another entry's tensor (tied embeddings): each
+    name -> the first name holding that tensor."""
+    first: dict[tuple, str] = {}
+    tied = {}
+    for k, v in model.state_dict().items():
+        if v.numel() == 0:
+            continue
+        key = (v.data_ptr(), v.dtype, tuple(v.shape), v.stride())
+        if key in first:
+            tied[k] = first[key]
+        else:
+            first[key] = k
+    return tied
 
 
 def _fsync_dir(d: Path) -> None:
@@ -177,8 +194,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
                               f"({str(e).splitlines()[0][:100]})") from e
     stored = "bf16" if weights and all(v.dtype == torch.bfloat16
                                        for v in weights.values()) else "fp32"
-    if "tok.weight" in weights and hasattr(model, "head"):
-        weights["head.weight"] = weights["tok.weight"]
+    for name, same in tied_weights(model).items():
+        if same in weights:
+            weights.setdefault(name, weights[same])
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:

@@ -1,16 +1,23 @@
-"""Frozen, typed configuration for every stage, validated at construction.
+"""Frozen, typed configuration for every command, validated at construction: the single
+source of every option.
 
-Each dataclass is one concern. A bad value raises :class:`ConfigError` whose message names
-the CLI flag that sets the field and shows the value, e.g.
-``--dropout: must be in [0, 1), got 1.5``. The CLI builds these objects from its flags;
-the Python API builds them directly. ``to_dict``/``from_dict`` round-trip them through the
-checkpoint's ``config.json``.
+Each dataclass is one concern, and each field carries its flag's help (and, where the flag's
+name or form differs from the field's, that too) in its metadata: ``cli.py`` builds every
+command's flags from these fields and nothing else, so a default, a choice list or a help
+text lives in one place, and the Python API sees the same defaults and the same checks as
+the command line. A bad value raises :class:`ConfigError` naming the flag and showing the
+value, e.g. ``--dropout: must be in [0, 1), got 1.5``. ``to_dict``/``from_dict`` round-trip
+them through a checkpoint's ``config.json``.
+
+Fields a user never sets (the vocabulary size, and what else the tokenizer or another flag
+decides) say so in ``derived``; they have no flag.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 FORMAT_VERSION = 1  # bump when checkpoint or dataset layouts change incompatibly
@@ -18,6 +25,9 @@ FORMAT_VERSION = 1  # bump when checkpoint or dataset layouts change incompatibl
 MODEL_KINDS = ("transformer", "rnn", "lstm", "gru")
 POSITIONS = ("sinusoidal", "learned", "rope", "relative")
 PRECISIONS = ("fp32", "bf16", "fp16")
+SPLITS = ("train", "valid", "test")
+PIANOROLL_SETS = ("jsb", "nottingham", "musedata", "piano-midi")
+BENCHMARKS = ("jsb16", "pianoroll", "models")
 
 
 class ConfigError(ValueError):
@@ -31,6 +41,25 @@ def flag(name: str) -> str:
 def _check(ok: bool, name: str, msg: str, value: Any) -> None:
     if not ok:
         raise ConfigError(f"{flag(name)}: {msg}, got {value!r}")
+
+
+def option(default: Any = MISSING, help: str = "", *, flag: str = "",
+           choices: tuple[str, ...] | Callable[[], Any] = (), metavar: str = "",
+           positional: bool = False, required: bool = False, repeat: bool = False,
+           derived: str = "", factory: Callable[[], Any] | None = None) -> Any:
+    """A config field and its command-line flag, described once.
+
+    ``flag``: the flag when it is not ``--field-name`` (``--no-audio`` for ``audio=True``);
+    ``choices``: the allowed values, or a function giving them (read when the CLI is built);
+    ``positional``/``required``: how the CLI asks for a field with no sensible default;
+    ``repeat``: a tuple given by repeating the flag (``--exclude A --exclude B``) rather than
+    as several values after it; ``derived``: no flag, the value comes from elsewhere (said).
+    """
+    meta = dict(help=help, flag=flag, choices=choices, metavar=metavar, positional=positional,
+                required=required, repeat=repeat, derived=derived)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def transposition_shifts(transpositions: int) -> list[int]:
@@ -57,13 +86,45 @@ class _Config:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
+def _tokenizer_names() -> list[str]:
+    from .data.tokenizers import tokenizer_names
+    return tokenizer_names()
+
+
+def _recipe_names() -> list[str]:
+    from .recipes import RECIPES
+    return sorted(RECIPES)
+
+
+def _corpus_names() -> list[str]:
+    from .data.download import CATALOG
+    return sorted(CATALOG)
+
+
+TRANSPOSITIONS_HELP = ("average each model's next-token distribution over K keys of the "
+                       "music, centred on its own (7: -3..+3 semitones, 12: -6..+5); K passes "
+                       "a token")
+
+
+@dataclass(frozen=True)
+class Runtime(_Config):
+    """Where a command runs (every command that runs a model has this one flag)."""
+
+    device: str = option("auto", "cpu, cuda or cuda:N; auto: cuda when this PyTorch sees a "
+                         "GPU, else cpu")
+
+
 @dataclass(frozen=True)
 class AugmentConfig(_Config):
     """Training-time augmentation, applied on the fly by the loader (train split only)."""
 
-    transpose: tuple[int, int] = (-6, 5)  # inclusive semitone range; (0, 0) disables
-    stretch: tuple[float, float] = (0.95, 1.05)  # time-stretch factors (performance only)
-    velocity_shift: int = 2  # +-bins of the 32 velocity bins (performance only)
+    transpose: tuple[int, int] = option((-6, 5), "augmentation: transpose each window by "
+                                        "LO..HI semitones (write --transpose=-5,6 when LO is "
+                                        "negative; 0,0: off)")
+    stretch: tuple[float, float] = option((0.95, 1.05), "augmentation: time-stretch factors "
+                                          "LO,HI (performance tokens)")
+    velocity_shift: int = option(2, "augmentation: shift velocities by up to +-N of the 32 "
+                                 "bins (performance tokens)")
 
     def __post_init__(self) -> None:
         lo, hi = self.transpose
@@ -78,18 +139,25 @@ class AugmentConfig(_Config):
 class PrepareConfig(_Config):
     """``cadenza prepare``: sources -> tokenized, split dataset directory."""
 
-    sources: tuple[str, ...]
-    out: str
-    tokenizer: str = "performance"
-    valid_frac: float = 0.05
-    test_frac: float = 0.05
-    workers: int = 1
-    strict: bool = False
-    max_file_mb: float = 20.0
-    sustain_pedal: bool = True
-    force: bool = False  # replace a dataset already in --out
-    programs: str = "all"  # multitrack files: "all" pitched tracks merged, or "piano" only
-    exclude: tuple[str, ...] = ()  # globs of files to leave out (e.g. pieces held out)
+    sources: tuple[str, ...] = option(help="MIDI files, folders, builtin:NAME, benchmark files "
+                                      "(.json chorales, .mat/.pickle piano rolls)",
+                                      positional=True)
+    out: str = option(help="dataset directory to write", required=True)
+    tokenizer: str = option("performance", "tokenization scheme", choices=_tokenizer_names)
+    valid_frac: float = option(0.05, "share of pieces for the valid split")
+    test_frac: float = option(0.05, "share of pieces for the test split")
+    workers: int = option(1, "parallel processes")
+    strict: bool = option(False, "stop at the first bad file")
+    max_file_mb: float = option(20.0, "skip larger MIDI files")
+    sustain_pedal: bool = option(True, "do not extend notes held by the sustain pedal",
+                                 flag="--no-sustain-pedal")
+    force: bool = option(False, "replace a dataset already in --out")
+    programs: str = option("all", "tracks of multitrack files to keep: all pitched "
+                           "instruments merged into one part, or the piano programs (GM 0-7) "
+                           "only; drums never", choices=("all", "piano"))
+    exclude: tuple[str, ...] = option((), "leave out files whose path ends like GLOB "
+                                      "(repeatable), e.g. 'piano-midi.de/Grieg/*' to keep a "
+                                      "composer out of training", metavar="GLOB", repeat=True)
 
     def __post_init__(self) -> None:
         _check(len(self.sources) > 0, "sources", "give at least one source", self.sources)
@@ -101,31 +169,39 @@ class PrepareConfig(_Config):
                self.programs)
 
 
+FROM_TOKENIZER = "the dataset's tokenizer"
+
+
 @dataclass(frozen=True)
 class ModelConfig(_Config):
-    """Architecture. ``vocab_size`` comes from the dataset, never from the user."""
+    """Architecture. What the tokenizer decides (``vocab_size``, ``step_token``,
+    ``pitch_of``) is set by ``train.tokenizer_facts``, never by the user."""
 
-    kind: str = "transformer"
-    vocab_size: int = 0
-    n_layer: int = 4
-    d_model: int = 256
-    n_head: int = 4
-    d_ff: int = 1024
-    dropout: float = 0.1
-    position: str = "relative"
-    max_context: int = 512  # longest window the positional scheme must cover
-    voice_period: int = 0  # >0: add a learned embedding of (position mod P), e.g. 4 voices
+    kind: str = option("transformer", "architecture", flag="--model", choices=MODEL_KINDS)
+    vocab_size: int = option(0, derived=FROM_TOKENIZER)
+    n_layer: int = option(4, "layers")
+    d_model: int = option(256, "hidden size")
+    n_head: int = option(4, "attention heads")
+    d_ff: int = option(1024, "feed-forward size")
+    dropout: float = option(0.1, "dropout probability")
+    position: str = option("relative", "Transformer positional scheme", choices=POSITIONS)
+    # the longest window the positional scheme must cover: a fresh run's --context
+    max_context: int = option(512, derived="--context")
+    voice_period: int = option(0, "add a learned embedding of (position mod P), e.g. 4 for "
+                               "chorale16's voices (0: off)")
     # rope only: rotary positions count time steps (step * STEP_WIDTH + index within the
     # step) instead of tokens; step_token (the token that ends a step, e.g. pianoroll's
-    # FRAME) comes from the tokenizer, never from the user.
-    step_positions: bool = False
-    step_token: int = -1
+    # FRAME) comes from the tokenizer.
+    step_positions: bool = option(False, "rope positions count time steps, not tokens "
+                                  "(pianoroll frames)")
+    step_token: int = option(-1, derived=FROM_TOKENIZER)
     # rope only: this many of each head's dimensions rotate by the token's pitch instead of
     # its position, so attention also depends on the interval between query and key (the
     # "relative pitch" of Huang et al. 2018). pitch_of (token id -> MIDI pitch, -1 for
-    # tokens without one) comes from the tokenizer, never from the user.
-    pitch_dims: int = 0
-    pitch_of: tuple[int, ...] = ()
+    # tokens without one) comes from the tokenizer.
+    pitch_dims: int = option(0, "rope: head dimensions rotated by pitch instead of position, "
+                             "so attention sees intervals (e.g. 16 of 32)")
+    pitch_of: tuple[int, ...] = option((), derived=FROM_TOKENIZER)
 
     def __post_init__(self) -> None:
         _check(self.kind in MODEL_KINDS, "model", f"must be one of {MODEL_KINDS}", self.kind)
@@ -157,29 +233,40 @@ class ModelConfig(_Config):
 class TrainConfig(_Config):
     """``cadenza train``: optimisation, budget, evaluation and checkpointing."""
 
-    data: str = ""
-    out: str = ""
-    context: int = 512
-    batch_size: int = 16  # global batch, split across processes under torchrun
-    lr: float = 1e-3
-    min_lr_frac: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    max_steps: int = 0  # 0: decided by --minutes
-    minutes: float = 0.0  # 0: decided by --max-steps
-    eval_every: int = 200
-    eval_stride: int = 0  # sliding-window stride for long pieces; 0 = context // 2
-    patience: int = 0  # stop after this many evaluations without improvement; 0 = never
-    ema: float = 0.0  # >0: decay of a moving average of the weights, which is evaluated and saved
-    precision: str = "fp32"
-    compile: bool = False
-    seed: int = 0
-    log_every: int = 20
-    resume: bool = False
-    force: bool = False  # start over in an --out that already holds a run (replacing it)
-    init: str = ""  # fine-tune: start from this checkpoint's weights (dir or pretrained:NAME)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: str = option("", "dataset directory from `cadenza prepare`", required=True)
+    out: str = option("", "run directory (OUT/best, OUT/last, OUT/metrics.csv, OUT/loss.png)",
+                      required=True)
+    context: int = option(512, "tokens per training window")
+    batch_size: int = option(16, "global batch (windows per step), split across processes "
+                             "under torchrun")
+    lr: float = option(1e-3, "peak learning rate")
+    min_lr_frac: float = option(0.1, "final learning rate as a fraction of the peak")
+    warmup_steps: int = option(100, "linear warm-up steps")
+    weight_decay: float = option(0.1, "AdamW weight decay (matrices only)")
+    grad_clip: float = option(1.0, "gradient norm clip (0: off)")
+    max_steps: int = option(0, "step budget (0: --minutes decides; given alone, it replaces "
+                            "the preset's time budget)")
+    minutes: float = option(0.0, "time budget in minutes (0: --max-steps decides; given "
+                            "alone, it replaces the preset's step budget)")
+    eval_every: int = option(200, "validate (and save last/, best/) every N steps")
+    eval_stride: int = option(0, "sliding-window stride for long pieces (0: context / 2)")
+    patience: int = option(0, "early stop after N evaluations without gain (0: never)")
+    ema: float = option(0.0, "evaluate and save a moving average of the weights with this "
+                        "decay, e.g. 0.999 (0: off)")
+    precision: str = option("fp32", "numeric precision (bf16 autocast is ~2x faster on recent "
+                            "CPUs)", choices=PRECISIONS)
+    compile: bool = option(False, "torch.compile the model")
+    seed: int = option(0, "random seed")
+    log_every: int = option(20, "progress line every N steps")
+    resume: bool = option(False, "continue from OUT/last exactly")
+    force: bool = option(False, "start over in an --out that already holds a run, "
+                         "replacing it")
+    init: str = option("", "fine-tune: start from this checkpoint's weights (RUN/best or "
+                       "pretrained:piano), same tokenizer as --data; a fresh optimizer and "
+                       "schedule, with fine-tuning defaults (lr 3e-5, 10 warm-up steps, 8 "
+                       "windows of its context, evaluation every 20 steps, starting with the "
+                       "weights given)", metavar="CHECKPOINT")
+    augment: AugmentConfig = option(help="training-time augmentation", factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):  # from_dict of a nested config
@@ -211,12 +298,25 @@ class TrainConfig(_Config):
         return self.eval_stride or max(1, self.context // 2)
 
 
+@dataclass(frozen=True)
+class PresetChoice(_Config):
+    """``cadenza train --preset``: the recipe (recipes.py) the model and training settings
+    start from; the flags given change it."""
+
+    preset: str | None = option(None, "named recipe the settings start from (`cadenza "
+                                "presets` lists them): small when none is named; on --resume "
+                                "the run's own settings, on --init the checkpoint's",
+                                choices=_recipe_names)
+
+
 # Fine-tuning (--init): the model is the checkpoint's; training keeps its windows, precision,
 # augmentation and regularisation, with what suits a few minutes on a small folder: a low
 # learning rate, a short warm-up, CPU-sized batches, frequent evaluation (best/ keeps the
-# best, starting with the weights given). Measured on 16 Grieg pieces with pretrained:piano:
-# by step 20, lr 3e-5 gained 0.03 nats and 1e-4 0.01; 3e-4 was worse at every evaluation.
-FINETUNE = dict(batch_size=8, lr=3e-5, warmup_steps=10, eval_every=20, log_every=10)
+# best, starting with the weights given), five minutes unless a budget is given. Measured
+# on 16 Grieg pieces with pretrained:piano: by step 20, lr 3e-5 gained 0.03 nats and 1e-4
+# 0.01; 3e-4 was worse at every evaluation.
+FINETUNE = dict(batch_size=8, lr=3e-5, warmup_steps=10, eval_every=20, log_every=10,
+                max_steps=0, minutes=5.0)
 ARCHITECTURE = ("kind", "n_layer", "d_model", "n_head", "d_ff", "position", "voice_period",
                 "step_positions", "pitch_dims")  # fixed by --init; dropout may change
 
@@ -239,36 +339,192 @@ def run_settings(model: dict[str, Any], train: dict[str, Any]
 def finetune_settings(ck_model: dict[str, Any], ck_train: dict[str, Any]
                       ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model, train) settings a fine-tuning run of a checkpoint starts from: its own,
-    without its budget, early stopping and origin, with FINETUNE on top."""
+    without its early stopping and origin, with FINETUNE (and its budget) on top."""
     m, t = run_settings(ck_model, ck_train)
-    for k in ("init", "max_steps", "minutes", "eval_stride", "patience"):
+    for k in ("init", "eval_stride", "patience"):
         t.pop(k, None)
     return m, {**t, **FINETUNE}
 
 
-# Presets: (model overrides, train overrides). The CLI applies explicit flags on top.
-PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    # Learns visible structure in about a minute on 2 CPU cores.
-    "debug": (dict(n_layer=2, d_model=128, n_head=4, d_ff=512, dropout=0.0, position="rope"),
-              dict(context=256, batch_size=16, lr=3e-3, warmup_steps=30, max_steps=500,
-                   eval_every=100, log_every=50)),
-    # The CPU default: ~3M parameters, relative attention.
-    "small": (dict(n_layer=4, d_model=256, n_head=4, d_ff=1024, dropout=0.1,
-                   position="relative"),
-              dict(context=512, batch_size=16, lr=1e-3, warmup_steps=100, eval_every=200)),
-    # Huang et al. 2018, JSB chorales: 5 layers, 256 hidden, 1024 feed-forward, 8 heads.
-    "music-transformer-jsb": (dict(n_layer=5, d_model=256, n_head=8, d_ff=1024, dropout=0.2,
-                                   position="relative", voice_period=4),
-                              dict(context=512, batch_size=16, lr=1e-3, warmup_steps=200,
-                                   eval_every=250, weight_decay=0.1)),
-    # The shipped pretrained piano model (pretrained:piano): performance tokens of the
-    # piano corpora. Four layers of 384 keep batch-1 generation on 2 CPU cores near 10x real
-    # time for live playing (~41 tokens/s); rope runs through flash attention on a GPU.
-    # max_steps: its first stage; scripts/pretrain_piano.sh runs both (see its model card).
-    "piano": (dict(n_layer=4, d_model=384, n_head=6, d_ff=1536, dropout=0.1, position="rope"),
-              dict(context=1024, batch_size=64, lr=1e-3, warmup_steps=500, max_steps=9000,
-                   eval_every=1000, log_every=100, precision="bf16")),
-    # For GPUs.
-    "base": (dict(n_layer=8, d_model=512, n_head=8, d_ff=2048, dropout=0.1, position="relative"),
-             dict(context=1024, batch_size=32, lr=6e-4, warmup_steps=500, eval_every=500)),
-}
+@dataclass(frozen=True)
+class SampleConfig(_Config):
+    """How new tokens are drawn, and how many."""
+
+    tokens: int | None = option(None, "new tokens to generate")
+    seconds: float | None = option(None, "new music to generate, seconds (20 when --tokens is "
+                                   "not given)")
+    temperature: float = option(1.0, "softmax temperature")
+    top_k: int = option(0, "sample among the k likeliest tokens (0: all)")
+    top_p: float = option(1.0, "nucleus sampling: the smallest set of tokens with this mass")
+    seed: int = option(0, "random seed (same seed, same music)")
+    num_samples: int = option(1, "samples, generated as one batch")
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "seconds"):  # zero is not "the default": say so
+            v = getattr(self, name)
+            _check(v is None or v > 0, name, "must be > 0", v)
+        if self.tokens and self.seconds:
+            raise ConfigError(f"--tokens {self.tokens} and --seconds {self.seconds:g}: "
+                              "give one of them, not both")
+        if self.tokens is None and self.seconds is None:
+            object.__setattr__(self, "seconds", 20.0)
+        _check(self.temperature > 0, "temperature", "must be > 0", self.temperature)
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
+        _check(self.top_k >= 0, "top_k", "must be >= 0", self.top_k)
+        _check(self.num_samples >= 1, "num_samples", "must be >= 1", self.num_samples)
+
+
+GENERATE_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class GenerateConfig(_Config):
+    """``cadenza generate``: what to continue, with which model, and what to write."""
+
+    out: str = option(help="output folder (sample-K.mid/.json/.png/.wav)", required=True)
+    checkpoint: tuple[str, ...] = option(("pretrained:piano",), "checkpoint directory "
+                                         "(RUN/best) or pretrained:NAME; several sample as one "
+                                         "ensemble", metavar="DIR")
+    primer: str | None = option(None, "MIDI file or builtin:CORPUS[/NAME] to continue "
+                                "(default: start from nothing)")
+    primer_seconds: float = option(0.0, "keep only the primer's first S seconds (0: all)")
+    primer_tokens: int = option(0, "keep only the primer's first N tokens (0: all)")
+    sample: SampleConfig = option(help="sampling", factory=SampleConfig)
+    continuation_only: bool = option(False, "MIDI without the primer")
+    force: bool = option(False, "replace the samples of an earlier take in --out")
+    audio: bool = option(True, "skip the WAV", flag="--no-audio")
+    soundfont: str | None = option(None, "SoundFont for the WAV (default: the system's GM "
+                                   "font)")
+    reference: str | None = option(None, "training dataset for memorization (default: the "
+                                   "checkpoint's own, when present)")
+    transpositions: int = option(1, TRANSPOSITIONS_HELP, metavar="K")
+    precision: str = option("auto", "numbers the model runs in; auto: bf16 for weights stored "
+                            "in bf16 (pretrained models), else fp32",
+                            choices=GENERATE_PRECISIONS)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sample, dict):
+            object.__setattr__(self, "sample", SampleConfig.from_dict(self.sample))
+        if not isinstance(self.checkpoint, tuple):  # one path, or a list of them
+            one = isinstance(self.checkpoint, str) or hasattr(self.checkpoint, "__fspath__")
+            object.__setattr__(self, "checkpoint", tuple(
+                str(c) for c in ([self.checkpoint] if one else self.checkpoint)))
+        _check(len(self.checkpoint) > 0, "checkpoint", "give at least one", self.checkpoint)
+        _check(self.primer_seconds >= 0, "primer_seconds", "must be >= 0", self.primer_seconds)
+        _check(self.primer_tokens >= 0, "primer_tokens", "must be >= 0", self.primer_tokens)
+        transposition_shifts(self.transpositions)
+        _check(self.precision in GENERATE_PRECISIONS, "precision",
+               f"must be one of {GENERATE_PRECISIONS}", self.precision)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(_Config):
+    """``cadenza evaluate``: exact NLL of a split, a benchmark file or MIDI files."""
+
+    checkpoint: tuple[str, ...] = option(help="checkpoint directory (RUN/best) or "
+                                         "pretrained:NAME; several are scored as one ensemble "
+                                         "(the mean of their next-token distributions)",
+                                         metavar="DIR", required=True)
+    data: tuple[str, ...] = option(help="dataset directory or benchmark file (one --split of "
+                                   "it), or MIDI files and folders (every file scored whole; "
+                                   "per-file NLL with --json)", metavar="PATH", required=True)
+    split: str = option("valid", "split to score (dataset or benchmark file)", choices=SPLITS)
+    stride: int = option(0, "sliding-window stride (0: context / 2)")
+    batch_size: int = option(16, "windows per forward pass")
+    transpositions: int = option(1, TRANSPOSITIONS_HELP, metavar="K")
+    json: bool = option(False, "print JSON")
+
+    def __post_init__(self) -> None:
+        _check(self.stride >= 0, "stride", "must be >= 0", self.stride)
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
+        transposition_shifts(self.transpositions)
+
+
+@dataclass(frozen=True)
+class StatsConfig(_Config):
+    """``cadenza stats``: generated MIDI beside a reference."""
+
+    generated: str = option(help="folder (or file) of generated MIDI", positional=True)
+    reference: str = option(help="prepared dataset directory or MIDI folder", required=True)
+    split: str = option("train", "the dataset split to compare with (train: the music the "
+                        "model learnt)", choices=SPLITS)
+    json: bool = option(False, "print JSON")
+
+
+@dataclass(frozen=True)
+class ReportConfig(_Config):
+    """``cadenza report``: one HTML page for a run."""
+
+    run: str = option(help="run (or demo/bench) directory", positional=True)
+    out: str | None = option(None, "HTML file to write (default RUN/report.html)")
+    samples: str | None = option(None, "a folder of samples (from `generate`) to show too")
+
+
+@dataclass(frozen=True)
+class DownloadConfig(_Config):
+    """``cadenza download``: a public piano corpus, checked and resumable."""
+
+    name: str = option(help="corpus", positional=True, choices=_corpus_names)
+    url: str | None = option(None, "a mirror of the same archive (checked the same way)")
+    force: bool = option(False, "fetch it again even if present")
+
+
+@dataclass(frozen=True)
+class DemoConfig(_Config):
+    """``cadenza demo``: the pretrained model, then the whole pipeline on the chorales."""
+
+    out: str = option("cadenza-demo", "output directory")
+    minutes: float = option(5.0, "training time budget")
+    seconds: float = option(20.0, "new music per sample")
+    precision: str = option("bf16", "training precision (bf16 autocast is ~2x faster on "
+                            "recent CPUs)", choices=("fp32", "bf16"))
+    seed: int = option(0, "random seed")
+    force: bool = option(False, "replace an earlier demo in --out")
+
+    def __post_init__(self) -> None:
+        _check(self.minutes > 0, "minutes", "must be > 0", self.minutes)
+        _check(self.seconds > 0, "seconds", "must be > 0", self.seconds)
+
+
+@dataclass(frozen=True)
+class BenchConfig(_Config):
+    """``cadenza bench``: a published table, reproduced on this machine."""
+
+    which: str = option(help="benchmark", positional=True, choices=BENCHMARKS)
+    dataset: str | None = option(None, "piano-roll set (for `pianoroll`)",
+                                 choices=PIANOROLL_SETS)
+    data: str | None = option(None, "benchmark file (jsb16, pianoroll) or dataset directory "
+                              "(models)")
+    benchmarks: str | None = option(None, "folder holding the benchmark files (default "
+                                    "$CADENZA_BENCHMARKS or ../shared/data/benchmarks)")
+    minutes: float = option(60.0, "training time budget")
+    out: str | None = option(None, "output directory (default bench/WHICH)")
+    precision: str = option("bf16", "training precision", choices=PRECISIONS)
+    position: str | None = option(None, "positional scheme instead of the recipe's (jsb16, "
+                                  "pianoroll)", choices=POSITIONS)
+    members: int | None = option(None, "train this many models at once (seeds 0..K-1, the "
+                                 "threads shared) and score them as one ensemble (jsb16, "
+                                 "pianoroll; default: the recipe's)")
+    transpositions: int | None = option(None, "score each model averaged over K keys, beside "
+                                        "its score in the pieces' own keys (jsb16, pianoroll; "
+                                        "default: the recipe's)", metavar="K")
+    force: bool = option(False, "replace the runs of an earlier bench in --out")
+
+    def __post_init__(self) -> None:
+        _check(self.which in BENCHMARKS, "which", f"must be one of {BENCHMARKS}", self.which)
+        _check(self.which != "pianoroll" or self.dataset is not None, "dataset",
+               "required for `bench pianoroll`", self.dataset)
+        _check(self.which != "models" or bool(self.data), "data",
+               "`bench models` needs a prepared dataset directory", self.data)
+        _check(self.minutes > 0, "minutes", "must be > 0", self.minutes)
+        _check(self.members is None or self.members >= 1, "members", "must be >= 1",
+               self.members)
+        if self.transpositions is not None:
+            transposition_shifts(self.transpositions)
+
+    @property
+    def out_dir(self) -> str:
+        if self.out:
+            return self.out
+        return f"bench/pianoroll-{self.dataset}" if self.which == "pianoroll" \
+            else f"bench/{self.which}"

@@ -112,6 +112,11 @@ class NLLResult:
     def perplexity(self) -> float:
         return math.exp(self.nll)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> NLLResult:
+        """The result of :meth:`as_dict` (as a bench.json holds it)."""
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
     def as_dict(self) -> dict:
         d = {"nll": self.nll, "bits": self.bits, "perplexity": self.perplexity,
              "tokens": self.tokens, "pieces": self.pieces}
@@ -126,7 +131,7 @@ def summarize(token_nll: list[np.ndarray], tokenizer=None,
               pieces: list[np.ndarray] | None = None) -> NLLResult:
     allv = np.concatenate(token_nll) if token_nll else np.zeros(0)
     res = NLLResult(float(allv.mean()) if len(allv) else float("nan"), len(allv), len(token_nll))
-    if tokenizer is not None and hasattr(tokenizer, "frame_index") and pieces is not None:
+    if tokenizer is not None and pieces and tokenizer.frame_index(pieces[0][1:-1]) is not None:
         total, frames = 0.0, 0
         for nll, p in zip(token_nll, pieces):
             fi = tokenizer.frame_index(p[1:-1])
@@ -154,7 +159,7 @@ class Scores:
 
 
 def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str | Path,
-                     split: str = "valid", batch_size: int = 16, stride: int = 0,
+                     split: str = "valid", *, batch_size: int = 16, stride: int = 0,
                      device: str = "cpu", precision: str = "fp32",
                      transpositions: int = 1) -> Scores:
     """NLL of a split under one checkpoint or the ensemble of several, each averaged over
@@ -205,13 +210,15 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
 
 
 def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,
-             split: str = "valid", batch_size: int = 16, stride: int = 0, device: str = "cpu",
-             precision: str = "fp32", transpositions: int = 1) -> NLLResult:
+             split: str = "valid", *, batch_size: int = 16, stride: int = 0,
+             device: str = "cpu", precision: str = "fp32", transpositions: int = 1
+             ) -> NLLResult:
     """NLL of a prepared dataset's split, or of a benchmark file's split. Several checkpoints
     are scored as one ensemble (the mean of their next-token distributions), and each model
     can be averaged over keys (``transpositions``)."""
-    return evaluate_members(checkpoint, data, split, batch_size, stride, device, precision,
-                            transpositions).result
+    return evaluate_members(checkpoint, data, split, batch_size=batch_size, stride=stride,
+                            device=device, precision=precision,
+                            transpositions=transpositions).result
 
 
 def midi_pieces(paths: list[Path], tokenizer) -> tuple[list[str], list[np.ndarray],

@@ -33,6 +33,7 @@ import torch
 
 from .atomic import write_bytes
 from .checkpoint import Checkpoint, common_period, key_views, load_members
+from .config import GenerateConfig, SampleConfig
 from .data.midi import (
     BadInput,
     Notes,
@@ -42,35 +43,38 @@ from .data.midi import (
     write_midi,
 )
 from .data.tokenizers import BOS, EOS, PAD
+from .models import TokenModel
 from .models.ensemble import Ensemble
 from .stats import CONTINUATION_TRACK
 
 
 @dataclass(frozen=True)
-class SampleConfig:
-    tokens: int = 0  # new tokens (0: decided by seconds)
-    seconds: float = 0.0  # new music in seconds (0: decided by tokens)
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    num_samples: int = 1
+class SampleInfo:
+    """What ``generate`` wrote for one sample, and how (its ``sample-K.json``)."""
 
-    def __post_init__(self) -> None:
-        from .config import ConfigError
-        if self.tokens and self.seconds:
-            raise ConfigError(f"--tokens {self.tokens} and --seconds {self.seconds:g}: "
-                              "give one of them, not both")
-        if self.tokens < 0 or self.seconds < 0:
-            raise ConfigError("--tokens/--seconds: must be positive")
-        if not self.temperature > 0:
-            raise ConfigError(f"--temperature: must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"--top-p: must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ConfigError(f"--top-k: must be >= 0, got {self.top_k}")
-        if self.num_samples < 1:
-            raise ConfigError(f"--num-samples: must be >= 1, got {self.num_samples}")
+    sample: int
+    checkpoint: str
+    checkpoint_sha1: str
+    transpositions: int
+    precision: str
+    tokenizer: str
+    settings: dict[str, Any]  # the SampleConfig
+    primer: dict[str, Any]  # source, seconds and tokens of the primer used
+    new_tokens: int
+    new_seconds: float
+    notes: int
+    continuation_notes: int
+    continuation_track: str
+    generation_seconds: float
+    tokens_per_second: float
+    files: dict[str, str | None]  # midi, png, wav (None: not written)
+    memorization: dict[str, Any] | None = None  # stats.memorization, with training data
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["memorization"] is None:
+            del d["memorization"]
+        return d
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -87,7 +91,7 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 @torch.no_grad()
-def sample(model: torch.nn.Module, prompt: np.ndarray, grammar, cfg: SampleConfig,
+def sample(model: TokenModel, prompt: np.ndarray, grammar, cfg: SampleConfig,
            max_new: int, use_cache: bool = True, period: int = 1) -> list[np.ndarray]:
     """Continue ``prompt`` ((B, T0) ids starting with BOS) by up to ``max_new`` tokens.
 
@@ -99,7 +103,7 @@ def sample(model: torch.nn.Module, prompt: np.ndarray, grammar, cfg: SampleConfi
     grammar.reset(B)
     grammar.feed(prompt)
     t0_seconds = grammar.elapsed().copy()
-    max_len = getattr(model, "max_len", None)
+    max_len = model.max_context
     T0 = prompt.shape[1]
     # one buffer for prompt + everything new: appending is a column write, not a re-copy
     buf = torch.empty((B, T0 + max_new), dtype=torch.long, device=device)
@@ -230,7 +234,7 @@ class Generator:
         self.checkpoint_hash = h.hexdigest()
 
     @classmethod
-    def load(cls, path: str | Path | Sequence[str | Path], device: str = "cpu",
+    def load(cls, path: str | Path | Sequence[str | Path], *, device: str = "cpu",
              transpositions: int = 1, precision: str = "auto") -> Generator:
         return cls(*load_members(path, device), transpositions=transpositions,
                    precision=precision)
@@ -252,7 +256,7 @@ class Generator:
             if tokens:
                 ids = ids[:tokens]
             info["source"] = str(path)
-        limit = self.model.max_len
+        limit = self.model.max_context
         if limit is not None and len(ids) + 1 > limit - 1:
             keep = limit // 2
             print(f"notice: primer of {len(ids)} tokens exceeds the context ({limit}); "
@@ -286,27 +290,22 @@ class Generator:
         return score_from_notes(self.tok.decode_notes(np.concatenate([prompt[1:], new])))
 
 
-def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
-                 primer_seconds: float, primer_tokens: int, cfg: SampleConfig,
-                 continuation_only: bool = False, soundfont: str | None = None,
-                 device: str = "cpu", audio: bool = True,
-                 reference: str | None = None,
-                 transpositions: int = 1, force: bool = False,
-                 precision: str = "auto") -> list[dict[str, Any]]:
+def run_generate(cfg: GenerateConfig, *, device: str = "cpu") -> list[SampleInfo]:
     """The ``generate`` command: everything is validated before the first file is written.
 
     A take is one unit: each sample's files are written into a temporary folder inside
-    ``out`` and moved into place, its JSON last; an ``out`` that holds an earlier take's
-    samples is refused (``force`` replaces them), so old and new files never mix."""
-    gen = Generator.load(checkpoint, device, transpositions, precision)
-    prompt, pinfo = gen.encode_primer(primer, primer_seconds, primer_tokens)
-    out_dir = Path(out)
+    ``cfg.out`` and moved into place, its JSON last; an ``out`` that holds an earlier take's
+    samples is refused (``cfg.force`` replaces them), so old and new files never mix."""
+    gen = Generator.load(list(cfg.checkpoint), device=device,
+                         transpositions=cfg.transpositions, precision=cfg.precision)
+    prompt, pinfo = gen.encode_primer(cfg.primer, cfg.primer_seconds, cfg.primer_tokens)
+    out_dir = Path(cfg.out)
     if out_dir.exists() and not out_dir.is_dir():
-        raise PermissionError(f"--out {out}: is a file, not a folder")
+        raise PermissionError(f"--out {cfg.out}: is a file, not a folder")
     earlier = sorted(p for p in out_dir.glob("sample-*") if p.is_file()) \
         if out_dir.is_dir() else []
-    if earlier and not force:
-        raise FileExistsError(f"--out {out}: holds samples of an earlier take "
+    if earlier and not cfg.force:
+        raise FileExistsError(f"--out {cfg.out}: holds samples of an earlier take "
                               f"({earlier[0].name}, ...); choose another folder, or pass "
                               "--force to replace them")
     try:
@@ -314,27 +313,24 @@ def run_generate(checkpoint: str | Sequence[str], out: str, primer: str | None,
         _clean_stale_takes(out_dir)
         take = Path(tempfile.mkdtemp(prefix=f".cadenza-take-{os.getpid()}-", dir=out_dir))
     except OSError as e:
-        raise PermissionError(f"--out {out}: cannot write there ({e.strerror})") from e
+        raise PermissionError(f"--out {cfg.out}: cannot write there ({e.strerror})") from e
     try:
-        return _write_take(gen, prompt, pinfo, cfg, out_dir, take, continuation_only,
-                           soundfont, audio, reference, earlier)
+        return _write_take(gen, prompt, pinfo, cfg, take, earlier)
     finally:
         shutil.rmtree(take, ignore_errors=True)
 
 
-def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: SampleConfig,
-                out_dir: Path, take: Path, continuation_only: bool, soundfont: str | None,
-                audio: bool, reference: str | None, earlier: list[Path]
-                ) -> list[dict[str, Any]]:
-    """Generate the samples into ``take``, then move them into ``out_dir``."""
+def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: GenerateConfig,
+                take: Path, earlier: list[Path]) -> list[SampleInfo]:
+    """Generate the samples into ``take``, then move them into ``cfg.out``."""
     from .render import piano_roll_png, render_wav
 
     t = time.perf_counter()
-    news = gen.generate(prompt, cfg)
+    news = gen.generate(prompt, cfg.sample)
     gen_s = time.perf_counter() - t
     primer_notes = gen.tok.decode_notes(prompt[1:])
     t_split = pinfo["seconds"]  # where the primer's stream ends: the continuation's start
-    mem_index = _memorization_index(gen, reference)
+    mem_index = _memorization_index(gen, cfg.reference)
     results = []
     for k, new in enumerate(news):
         full = gen.tok.decode_notes(np.concatenate([prompt[1:], new]))
@@ -343,7 +339,7 @@ def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: 
         # score exactly the notes of the continuation track.
         is_primer = primer_mask(full, primer_notes)
         cont = _pick(full, ~is_primer)
-        if continuation_only:
+        if cfg.continuation_only:
             cont = gen.tok.decode_notes(new)
             tracks = {CONTINUATION_TRACK: cont}
         else:
@@ -353,31 +349,33 @@ def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: 
         piano_roll_png(full, t_split, base.with_suffix(".png"), primer=is_primer,
                        title=f"sample {k}: primer (blue) + continuation (orange)")
         wav = None
-        if audio:
-            wav, why = render_wav(base.with_suffix(".mid"), base.with_suffix(".wav"), soundfont)
+        if cfg.audio:
+            wav, why = render_wav(base.with_suffix(".mid"), base.with_suffix(".wav"),
+                                  cfg.soundfont)
             if wav is None and k == 0:
                 print(f"note: no WAV written: {why}")
-        info = {
-            "sample": k, "checkpoint": ", ".join(str(c.path) for c in gen.members),
-            "checkpoint_sha1": gen.checkpoint_hash, "transpositions": gen.transpositions,
-            "precision": gen.precision,
-            "tokenizer": gen.tok.name, "settings": asdict(cfg),
-            "primer": pinfo, "new_tokens": int(len(new)),
-            "new_seconds": gen.seconds_of(np.concatenate([prompt[1:], new])) - t_split,
-            "notes": int(len(full)), "continuation_notes": int(len(cont)),
-            "continuation_track": CONTINUATION_TRACK, "generation_seconds": gen_s,
-            "tokens_per_second": float(sum(len(n) for n in news) / max(gen_s, 1e-9)),
-            "files": {"midi": base.with_suffix(".mid").name,
-                      "png": base.with_suffix(".png").name,
-                      "wav": wav.name if wav else None},
-        }
+        mem = None
         if mem_index is not None:
             from .stats import memorization
-            info["memorization"] = memorization(cont, mem_index)
-        write_bytes(base.with_suffix(".json"), (json.dumps(info, indent=1) + "\n").encode())
+            mem = memorization(cont, mem_index)
+        info = SampleInfo(
+            sample=k, checkpoint=", ".join(str(c.path) for c in gen.members),
+            checkpoint_sha1=gen.checkpoint_hash, transpositions=gen.transpositions,
+            precision=gen.precision, tokenizer=gen.tok.name, settings=cfg.sample.to_dict(),
+            primer=pinfo, new_tokens=int(len(new)),
+            new_seconds=gen.seconds_of(np.concatenate([prompt[1:], new])) - t_split,
+            notes=int(len(full)), continuation_notes=int(len(cont)),
+            continuation_track=CONTINUATION_TRACK, generation_seconds=gen_s,
+            tokens_per_second=float(sum(len(n) for n in news) / max(gen_s, 1e-9)),
+            files={"midi": base.with_suffix(".mid").name, "png": base.with_suffix(".png").name,
+                   "wav": wav.name if wav else None},
+            memorization=mem)
+        write_bytes(base.with_suffix(".json"),
+                    (json.dumps(info.to_dict(), indent=1) + "\n").encode())
         results.append(info)
     for old in earlier:  # --force: the earlier take goes only once the new one is complete
         old.unlink(missing_ok=True)
+    out_dir = Path(cfg.out)
     for k in range(len(news)):  # move each sample into place, its JSON last
         files = sorted(take.glob(f"sample-{k}.*"), key=lambda f: f.suffix == ".json")
         for f in files:

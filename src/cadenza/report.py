@@ -37,8 +37,10 @@ def build_report(run: str | Path, out: str | Path | None = None,
     if extra is not None and not extra.is_dir():
         raise FileNotFoundError(f"--samples {extra}: no such folder")
     parts = [f"<h1>Cadenza run: {html.escape(str(run))}</h1>"]
-    ck = next((run / n for n in ("best", "last", "run/best", "run-0/best")  # run-0: ensembles
-               if (run / n / "config.json").exists()), None)
+    benches = sorted(run.rglob("bench.json"))
+    ran = [bj.parent / r for bj in benches for r in json.loads(bj.read_text()).get("runs", [])]
+    ck = next((c for c in [run / "best", run / "last", run / "run" / "best", *ran]
+               if (c / "config.json").exists()), None)
     if ck is not None:
         cfg = json.loads((ck / "config.json").read_text())
         metrics = json.loads((ck / "metrics.json").read_text()) if (
@@ -55,14 +57,14 @@ def build_report(run: str | Path, out: str | Path | None = None,
     for png in sorted(run.rglob("loss.png"))[:3] + sorted(run.rglob("models.png"))[:1]:
         parts.append(f"<h3>{html.escape(str(png.relative_to(run)))}</h3>"
                      f"<img src='{_data_uri(png, 'image/png')}'>")
-    for bj in sorted(run.rglob("bench.json")):
+    for bj in benches:
         parts.append(f"<h2>Benchmark {html.escape(str(bj.relative_to(run)))}</h2>"
-                     f"<pre>{html.escape(_bench_text(json.loads(bj.read_text())))}</pre>")
+                     f"<pre>{html.escape(_bench_text(bj))}</pre>")
     found = sorted(run.rglob("sample-*.json")) + (sorted(extra.rglob("sample-*.json"))
                                                    if extra else [])
     stats = sorted(run.rglob("stats.json")) + (sorted(extra.rglob("stats.json"))
                                                if extra else [])
-    if ck is None and not found and not stats and not list(run.rglob("bench.json")):
+    if ck is None and not found and not stats and not benches:
         raise FileNotFoundError(f"{run}: not a Cadenza run, demo or bench folder (no "
                                 "checkpoint, samples, statistics or bench.json in it)")
     if found:
@@ -122,12 +124,9 @@ def _stats_table(res: dict) -> str:
         f"<p>{html.escape(line)}</p>" for line in summary_lines(res))
 
 
-def _bench_text(r: dict) -> str:
+def _bench_text(path: Path) -> str:
     from . import bench
-    if r.get("benchmark") == "jsb16":
-        return bench.format_jsb16(r)
-    if str(r.get("benchmark", "")).startswith("pianoroll"):
-        return bench.format_pianoroll(r)
-    if r.get("benchmark") == "models":
+    r = bench.load_result(path)
+    if isinstance(r, bench.ModelsResult):
         return bench.format_models(r)
-    return json.dumps(r, indent=1)
+    return bench.format_jsb16(r) if r.benchmark == "jsb16" else bench.format_pianoroll(r)

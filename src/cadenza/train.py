@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,15 +124,6 @@ def tokenizer_facts(model_cfg: ModelConfig, tok: Tokenizer) -> ModelConfig:
     return model_cfg
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False):
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "rel" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "rel" not in n)]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8,
-                             **({"fused": True} if fused else {}))
-
-
 def _fmt_time(s: float) -> str:
     s = int(max(s, 0))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -145,8 +137,65 @@ def holds_run(out: Path) -> bool:
     return any((out / n).exists() for n in CHECKPOINTS)
 
 
-def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
-          stop_at: int | None = None, quiet: bool = False) -> dict[str, Any]:
+@dataclass
+class TrainState:
+    """Where a run is. ``last/state.pt`` holds these fields (beside the optimizer's,
+    sampler's and RNG's state), so ``--resume`` continues exactly."""
+
+    step: int = 0
+    best: float = math.inf  # best validation NLL so far
+    since_best: int = 0  # evaluations since it improved (for --patience)
+    elapsed: float = 0.0  # seconds of training, over all sessions of the run
+    horizon: int = 0  # the step budget (0: the time budget decides)
+    warm_elapsed: float = 0.0  # seconds at the end of warm-up (a time schedule starts there)
+    tokens: int = 0  # tokens of the windows trained on
+    val: float = math.nan  # the latest validation NLL
+
+    @classmethod
+    def restore(cls, saved: dict[str, Any], cfg: TrainConfig) -> TrainState:
+        """From a state.pt (runs saved before ``tokens``/``val`` were kept get them from
+        the step and the checkpoint's metrics)."""
+        st = cls(**{k: saved[k] for k in cls.__dataclass_fields__ if k in saved})
+        if "tokens" not in saved:
+            st.tokens = st.step * cfg.batch_size * cfg.context
+        st.horizon = cfg.max_steps or st.horizon  # --resume may change the step budget
+        return st
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int
+    val_nll: float  # the last validation NLL
+    best_val_nll: float
+    elapsed: float  # seconds of training
+    parameters: int
+
+
+@dataclass
+class Run:
+    """Everything the loop works with, made by :func:`setup`."""
+
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    dist: Dist
+    device: torch.device
+    out: Path
+    raw: torch.nn.Module  # the weights that train
+    model: torch.nn.Module  # raw wrapped for the forward pass (DDP, compile)
+    scored: torch.nn.Module  # what is evaluated and saved: raw, or its moving average
+    ema_pairs: tuple[list, list] | None  # (averaged, raw) parameters with --ema
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    sampler: WindowSampler
+    valid: list[np.ndarray]
+    config: dict[str, Any]  # the checkpoints' config.json
+    state: TrainState
+    log: Callable[..., None]
+    metrics: MetricsLog
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu", *,
+          stop_at: int | None = None, quiet: bool = False) -> TrainResult:
     """Train; returns the final metrics. ``stop_at`` ends the run after that step as if it
     were killed there (after saving ``last/``): resume tests and interruptions use it.
 
@@ -167,6 +216,262 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
                 p = out / name
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         return _train(model_cfg, cfg, device, stop_at, quiet)
+
+
+def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int | None,
+           quiet: bool) -> TrainResult:
+    run = setup(model_cfg, cfg, device, quiet)
+    try:
+        reason = fit(run, stop_at)
+    finally:
+        run.metrics.close()
+    st, out = run.state, run.out
+    if run.dist.main and not stop_at:
+        plot_losses(out)
+    run.log(f"done: {reason or f'stopped at step {st.step}'} | step {st.step} | best val NLL "
+            f"{st.best:.4f} | {_fmt_time(st.elapsed)} | checkpoints in {out}/best and "
+            f"{out}/last")
+    if run.dist.world > 1:
+        dist.barrier()
+    return TrainResult(st.step, st.val, st.best, st.elapsed, count_params(run.raw))
+
+
+def fit(run: Run, stop_at: int | None = None) -> str:
+    """The loop: train steps until a budget is spent (or early stopping), logging every
+    ``log_every`` steps and evaluating (and saving) every ``eval_every``; returns why it
+    stopped ("" for ``stop_at``)."""
+    cfg, st, log = run.cfg, run.state, run.log
+    if st.horizon and st.horizon - st.step < max(cfg.log_every, cfg.eval_every,
+                                                 cfg.warmup_steps):
+        log(f"note: {st.horizon - st.step} steps to go is fewer than --log-every "
+            f"{cfg.log_every}, --eval-every {cfg.eval_every} or --warmup-steps "
+            f"{cfg.warmup_steps}; the run logs, evaluates and saves at its end (and warms up "
+            "for all of it if need be)")
+    if cfg.init and not cfg.resume:  # fine-tuning: best/ starts as the weights given
+        evaluate_and_save(run, None)
+        log(f"step      0 | val {_val(st.val)} (the --init weights, saved as best/)")
+        run.metrics.row(0, None, st.val, None, None, 0.0)
+    t_start = time.perf_counter() - st.elapsed
+    since = Window(time.perf_counter())  # what the next progress line averages
+    logged, reason = st.step, ""
+    pace = Pace(cfg, log) if not st.horizon else None
+    run.model.train()
+    while True:
+        st.elapsed = time.perf_counter() - t_start
+        reason = reason or budget_spent(cfg, st)
+        if reason or (stop_at is not None and st.step >= stop_at):
+            break
+        if pace:
+            pace.tick(st.step, st.elapsed)
+        if st.step <= cfg.warmup_steps:
+            st.warm_elapsed = st.elapsed
+        loss, n_tokens = train_step(run)
+        since.add(loss, n_tokens)
+        is_eval = st.step % cfg.eval_every == 0
+        if st.step % cfg.log_every == 0 or is_eval:
+            now = time.perf_counter()
+            tps = since.tokens / max(now - since.t0, 1e-9)
+            st.elapsed = now - t_start
+            if is_eval:
+                evaluate_and_save(run, loss)
+                if cfg.patience and st.since_best >= cfg.patience:
+                    reason = f"no improvement in {cfg.patience} evaluations"
+            lr = run.opt.param_groups[0]["lr"]
+            left = [(st.horizon - st.step) * st.elapsed / max(st.step, 1)] if st.horizon else []
+            left += [cfg.minutes * 60 - st.elapsed] if cfg.minutes else []
+            log(f"step {st.step:>6} | loss {since.mean:.4f} | val {_val(st.val)} | lr "
+                f"{lr:.2e} | {tps:,.0f} tok/s | {_fmt_time(st.elapsed)} | eta "
+                f"{_fmt_time(min(left) if left else 0)}")
+            run.metrics.row(st.step, since.mean, st.val if is_eval else None, lr, tps,
+                            st.elapsed)
+            logged, since = st.step, Window(time.perf_counter())
+    st.elapsed = time.perf_counter() - t_start
+    if st.step % cfg.eval_every != 0 and st.step > 0:  # final evaluation and checkpoint
+        evaluate_and_save(run, since.mean)
+    if st.step > logged:  # the steps since the last progress line, and the final evaluation
+        tps = since.tokens / max(time.perf_counter() - since.t0, 1e-9)
+        run.metrics.row(st.step, since.mean, st.val,
+                        run.opt.param_groups[0]["lr"], tps, st.elapsed)
+    return reason
+
+
+def budget_spent(cfg: TrainConfig, st: TrainState) -> str:
+    if cfg.minutes and st.elapsed >= cfg.minutes * 60:
+        return "time budget reached"
+    if st.horizon and st.step >= st.horizon:
+        return "step budget reached"
+    return ""
+
+
+@dataclass
+class Window:
+    """Training losses and tokens since the last progress line."""
+
+    t0: float
+    loss: float = 0.0
+    n: int = 0
+    tokens: int = 0
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.loss, self.n, self.tokens = self.loss + loss, self.n + 1, self.tokens + tokens
+
+    @property
+    def mean(self) -> float:
+        return self.loss / max(self.n, 1)
+
+
+def train_step(run: Run) -> tuple[float, int]:
+    """One optimizer step on the next global batch: (its mean loss, tokens it had)."""
+    cfg, st, dev = run.cfg, run.state, run.device
+    for g in run.opt.param_groups:
+        g["lr"] = cfg.lr * lr_at(st.step, cfg, progress(st.step, st.elapsed, cfg, st.horizon,
+                                                        st.warm_elapsed))
+    x, y, n_global = run.sampler.next_batch()
+    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+    with autocast(dev, cfg.precision):
+        logits = run.model(x)  # (B, T, V)
+    loss_sum = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1),
+                               ignore_index=IGNORE, reduction="sum")
+    loss = loss_sum * run.dist.world / n_global  # DDP averages over ranks -> global mean
+    if not torch.isfinite(loss):
+        raise TrainingError(f"step {st.step}: loss is {loss.item()}; stopped. The last good "
+                            f"checkpoint is {run.out / 'last'} (try a lower --lr)")
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if cfg.grad_clip:
+        run.scaler.unscale_(run.opt)
+        torch.nn.utils.clip_grad_norm_(run.raw.parameters(), cfg.grad_clip)
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    if run.ema_pairs is not None:  # short memory at first, so early evaluations are not stale
+        with torch.no_grad():
+            decay = min(cfg.ema, (1 + st.step) / (10 + st.step))
+            torch._foreach_lerp_(*run.ema_pairs, 1 - decay)
+    st.step += 1
+    st.tokens += cfg.batch_size * cfg.context
+    lval = loss.detach()
+    if run.dist.world > 1:
+        dist.all_reduce(lval)
+        lval /= run.dist.world
+    return lval.item(), n_global  # the step's one host sync
+
+
+def evaluate_and_save(run: Run, loss: float | None) -> None:
+    """Score the valid split (every rank); rank 0 saves best/ when it improved, and last/
+    (with all that resuming needs) every time."""
+    cfg, st = run.cfg, run.state
+    nll = score_pieces(run.scored, run.valid, cfg.context, cfg.stride,
+                       batch_size=cfg.batch_size, precision=cfg.precision,
+                       period=run.model_cfg.voice_period)
+    st.val = summarize(nll).nll
+    improved = st.val < st.best
+    st.best, st.since_best = (st.val, 0) if improved else (st.best, st.since_best + 1)
+    if not run.dist.main:
+        return
+    metrics = {"step": st.step, "val_nll": st.val, "best_val_nll": st.best, "train_loss": loss,
+               "elapsed_s": round(st.elapsed, 2), "tokens_seen": st.tokens}
+    if improved:
+        save_checkpoint(run.out / "best", run.scored, run.config, metrics)
+    resume = {"optimizer": run.opt.state_dict(), "sampler": run.sampler.state_dict(),
+              "torch_rng": torch.get_rng_state(), **dataclasses.asdict(st)}
+    if run.ema_pairs is not None:
+        resume["raw_model"] = run.raw.state_dict()
+    save_checkpoint(run.out / "last", run.scored, run.config, metrics, resume)
+
+
+def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
+          quiet: bool = False) -> Run:
+    """Processes, data, the model (fresh, resumed from OUT/last or initialised from --init),
+    its wrappers, the optimizer, the sampler and the logs: a :class:`Run` ready for
+    :func:`fit`."""
+    d = setup_distributed(device)
+    if d.world > 1 and device.startswith("cuda"):
+        device = f"cuda:{d.local_rank}"
+    dev = torch.device(device)
+    log = (lambda *a: print(*a, flush=True)) if d.main and not quiet else (lambda *a: None)
+    ds = TokenDataset(cfg.data)
+    if "valid" not in ds.splits:
+        raise TrainingError(f"--data {cfg.data}: no valid split to evaluate on")
+    model_cfg, cfg, raw, saved = _model(model_cfg, cfg, ds.tokenizer)
+    if cfg.precision == "fp16" and dev.type != "cuda":
+        raise ConfigError("--precision: fp16 needs a GPU; use bf16 on CPU")
+    raw.to(dev)
+    ema = None  # the averaged weights: evaluated and saved instead of the raw ones
+    if cfg.ema:
+        ema = copy.deepcopy(raw).requires_grad_(False)
+        if saved is not None:  # last/ holds the average; state.pt the raw weights
+            raw.load_state_dict(saved["raw_model"])
+    model = raw
+    if d.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if dev.type == "cuda" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+    opt = torch.optim.AdamW(raw.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98),
+                            eps=1e-8, **({"fused": True} if dev.type == "cuda" else {}))
+    sampler = WindowSampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
+                            period=model_cfg.voice_period, rank=d.rank, world=d.world)
+    state = TrainState(horizon=cfg.max_steps)
+    if saved is not None:
+        opt.load_state_dict(saved["optimizer"])
+        sampler.load_state_dict(saved["sampler"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = TrainState.restore(saved, cfg)
+    out = Path(cfg.out)
+    config = {"format_version": FORMAT_VERSION, "model": model_cfg.to_dict(),
+              "train": cfg.to_dict(), "tokenizer": ds.manifest["tokenizer"],
+              "data": {"path": str(cfg.data), "sources": ds.manifest["sources"],
+                       "splits": ds.manifest["splits"]},
+              "parameters": count_params(raw)}
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    log(f"model {model_cfg.kind} ({model_cfg.position if model_cfg.kind == 'transformer' else ''})"
+        f" {count_params(raw) / 1e6:.2f}M parameters | data {cfg.data} "
+        f"{ds.manifest['splits']['train']['tokens']:,} train tokens | device {dev} "
+        f"{cfg.precision} | world {d.world}")
+    run = Run(cfg, model_cfg, d, dev, out, raw, model, ema if ema is not None else raw,
+              (list(ema.parameters()), list(raw.parameters())) if ema is not None else None,
+              opt, torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16"
+                                        and dev.type == "cuda"),
+              sampler, ds.pieces("valid"), config, state, log,
+              MetricsLog(out, cfg.resume, state.step, d.main))
+    return run
+
+
+def _model(model_cfg: ModelConfig, cfg: TrainConfig, tok: Tokenizer
+           ) -> tuple[ModelConfig, TrainConfig, torch.nn.Module, dict[str, Any] | None]:
+    """(model config, train config, model, saved state) of a resumed run (its own configs,
+    with the budget and logging given), a fine-tuning run (--init) or a fresh one."""
+    if cfg.resume:
+        last = Path(cfg.out) / "last"
+        try:
+            ck = load_checkpoint(last)
+        except Exception as e:
+            raise TrainingError(f"--resume: cannot load {last}: {e}") from e
+        if ck.tokenizer.vocab != tok.vocab:
+            raise TrainingError(f"--resume: {ck.path}/config.json was trained on another "
+                                f"vocabulary than --data {cfg.data}")
+        conflicts = resume_conflicts(ck.model_cfg, tokenizer_facts(model_cfg, tok), ck.train,
+                                     cfg)
+        if conflicts:
+            raise TrainingError(f"--resume: {'; '.join(conflicts)}: the model, data and "
+                                "training settings of a run cannot change when it resumes "
+                                "(only its budget, logging and patience); drop those flags, "
+                                "or start over with --force")
+        cfg = ck.train.replace(**{k: getattr(cfg, k) for k in RESUMABLE + INVOCATION})
+        saved = torch.load(ck.path / "state.pt", weights_only=False)
+        saved.setdefault("val", float(ck.metrics.get("val_nll", math.nan)))
+        return ck.model_cfg, cfg, ck.model.train(), saved
+    if cfg.init:  # fine-tuning: the checkpoint's model and weights, a fresh optimizer
+        torch.manual_seed(cfg.seed)
+        model_cfg, model = init_model(cfg, tok, model_cfg.dropout)
+        return model_cfg, cfg, model, None
+    model_cfg = tokenizer_facts(model_cfg, tok)
+    if model_cfg.kind == "transformer" and model_cfg.max_context < cfg.context:
+        raise ConfigError(f"--context: {cfg.context} exceeds the {model_cfg.position} "
+                          f"positions' maximum {model_cfg.max_context}")
+    torch.manual_seed(cfg.seed)
+    return model_cfg, cfg, build_model(model_cfg), None
 
 
 def resume_conflicts(ck_model: ModelConfig, model_cfg: ModelConfig, ck_train: TrainConfig,
@@ -214,254 +519,48 @@ def _show(v: Any) -> str:
     return str(v)
 
 
-def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int | None,
-           quiet: bool) -> dict[str, Any]:
-    d = setup_distributed(device)
-    if d.world > 1 and device.startswith("cuda"):
-        device = f"cuda:{d.local_rank}"
-    dev = torch.device(device)
-    log = (lambda *a: print(*a, flush=True)) if d.main and not quiet else (lambda *a: None)
-    ds = TokenDataset(cfg.data)
-    if "valid" not in ds.splits:
-        raise TrainingError(f"--data {cfg.data}: no valid split to evaluate on")
-    out = Path(cfg.out)
-    state: dict[str, Any] | None = None
-    if cfg.resume:
-        last = out / "last"
-        try:
-            ck = load_checkpoint(last)
-        except Exception as e:
-            raise TrainingError(f"--resume: cannot load {last}: {e}") from e
-        if ck.tokenizer.vocab != ds.tokenizer.vocab:
-            raise TrainingError(f"--resume: {ck.path}/config.json was trained on another "
-                                f"vocabulary than --data {cfg.data}")
-        given = tokenizer_facts(model_cfg, ds.tokenizer)
-        conflicts = resume_conflicts(ck.model_cfg, given, ck.train, cfg)
-        if conflicts:
-            raise TrainingError(f"--resume: {'; '.join(conflicts)}: the model, data and "
-                                "training settings of a run cannot change when it resumes "
-                                "(only its budget, logging and patience); drop those flags, "
-                                "or start over with --force")
-        model_cfg = ck.model_cfg
-        keep = {k: getattr(cfg, k) for k in RESUMABLE + INVOCATION}
-        cfg = ck.train.replace(**keep)
-        model = ck.model.train()
-        state = torch.load(ck.path / "state.pt", weights_only=False)
-        state_val = float(ck.metrics.get("val_nll", math.nan))
-    elif cfg.init:  # fine-tuning: the checkpoint's model and weights, a fresh optimizer
-        torch.manual_seed(cfg.seed)
-        model_cfg, model = init_model(cfg, ds.tokenizer, model_cfg.dropout)
-    else:
-        model_cfg = tokenizer_facts(model_cfg, ds.tokenizer)
-        if model_cfg.kind == "transformer" and model_cfg.max_context < cfg.context:
-            raise ConfigError(f"--context: {cfg.context} exceeds the {model_cfg.position} "
-                              f"positions' maximum {model_cfg.max_context}")
-        torch.manual_seed(cfg.seed)
-        model = build_model(model_cfg)
-    model.to(dev)
-    raw = model
-    ema = None  # the averaged weights: evaluated and saved instead of the raw ones
-    if cfg.ema:
-        ema = copy.deepcopy(raw).requires_grad_(False)
-        if state is not None:  # last/ holds the average; state.pt the raw weights
-            raw.load_state_dict(state["raw_model"])
-        ema_pairs = list(ema.parameters()), list(raw.parameters())
-    scored = ema if ema is not None else raw
-    if d.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if dev.type == "cuda" else None)
-    if cfg.compile:
-        model = torch.compile(model)
-    opt = make_optimizer(raw, cfg, fused=dev.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and dev.type == "cuda")
-    if cfg.precision == "fp16" and dev.type != "cuda":
-        raise ConfigError("--precision: fp16 needs a GPU; use bf16 on CPU")
-    sampler = WindowSampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
-                            period=model_cfg.voice_period, rank=d.rank, world=d.world)
-    valid = ds.pieces("valid")
-    step, best, since_best, elapsed0 = 0, math.inf, 0, 0.0
-    horizon = cfg.max_steps or 0
-    warm_elapsed = 0.0  # seconds at the end of warm-up (the time schedule starts there)
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        step, best, since_best = state["step"], state["best"], state["since_best"]
-        elapsed0, horizon = state["elapsed"], cfg.max_steps or state["horizon"]
-        warm_elapsed = state.get("warm_elapsed", 0.0)
-    config = {
-        "format_version": FORMAT_VERSION,
-        "model": model_cfg.to_dict(), "train": cfg.to_dict(),
-        "tokenizer": ds.manifest["tokenizer"],
-        "data": {"path": str(cfg.data), "sources": ds.manifest["sources"],
-                 "splits": ds.manifest["splits"]},
-        "parameters": count_params(raw),
-    }
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-    log(f"model {model_cfg.kind} ({model_cfg.position if model_cfg.kind == 'transformer' else ''})"
-        f" {count_params(raw) / 1e6:.2f}M parameters | data {cfg.data} "
-        f"{ds.manifest['splits']['train']['tokens']:,} train tokens | device {dev} "
-        f"{cfg.precision} | world {d.world}")
-    metrics_path = out / "metrics.csv"
-    if d.main and cfg.resume and metrics_path.exists():
-        # rows logged after last/ was saved are about to be trained again: drop them
-        rows = list(csv.reader(open(metrics_path, newline="")))
-        keep_rows = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit()
-                                and int(r[0]) <= step]
-        with atomic_path(metrics_path) as tmp, open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(keep_rows)
-    new_csv = d.main and (not metrics_path.exists() or not cfg.resume)
-    csv_file = open(metrics_path, "w" if new_csv else "a", newline="") if d.main else None
-    writer = csv.writer(csv_file) if csv_file else None
-    if new_csv and writer:
-        writer.writerow(["step", "train_loss", "val_nll", "lr", "tokens_per_s", "elapsed_s"])
-    tb = _tensorboard(out) if d.main else None
+class MetricsLog:
+    """``metrics.csv`` (and TensorBoard, when installed), written by rank 0 only. On resume,
+    rows logged after ``last/`` was saved are dropped: those steps are about to run again."""
 
-    def evaluate_now() -> float:
-        nll = score_pieces(scored, valid, cfg.context, cfg.stride, batch_size=cfg.batch_size,
-                           precision=cfg.precision, period=model_cfg.voice_period)
-        return summarize(nll).nll
+    HEADER = ["step", "train_loss", "val_nll", "lr", "tokens_per_s", "elapsed_s"]
 
-    def checkpoint(name: str, metrics: dict[str, Any], with_state: bool) -> None:
-        if not d.main:
+    def __init__(self, out: Path, resume: bool, step: int, main: bool) -> None:
+        self.file = self.writer = self.tb = None
+        if not main:
             return
-        st = None
-        if with_state:
-            st = {"optimizer": opt.state_dict(), "sampler": sampler.state_dict(),
-                  "torch_rng": torch.get_rng_state(), "step": step, "best": best,
-                  "since_best": since_best, "elapsed": elapsed, "horizon": horizon,
-                  "warm_elapsed": warm_elapsed}
-            if ema is not None:
-                st["raw_model"] = raw.state_dict()
-        save_checkpoint(out / name, scored, config, metrics, st)
+        path = out / "metrics.csv"
+        if resume and path.exists():
+            rows = list(csv.reader(open(path, newline="")))
+            keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+            with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows(keep)
+        new = not path.exists() or not resume
+        self.file = open(path, "w" if new else "a", newline="")
+        self.writer = csv.writer(self.file)
+        if new:
+            self.writer.writerow(self.HEADER)
+        self.tb = _tensorboard(out)
 
-    def evaluate_and_save(loss: float | None) -> None:
-        """Score the valid split; save best/ when it improved, and last/ (with all that
-        resuming needs) every time."""
-        nonlocal val, best, since_best
-        val = evaluate_now()
-        improved = val < best
-        best, since_best = (val, 0) if improved else (best, since_best + 1)
-        m = _metrics(step, val, best, elapsed, sampler, cfg, loss)
-        if improved:
-            checkpoint("best", m, with_state=False)
-        checkpoint("last", m, with_state=True)
+    def row(self, step: int, loss: float | None, val: float | None, lr: float | None,
+            tps: float | None, elapsed: float) -> None:
+        if self.writer is None:
+            return
+        self.writer.writerow([step, "" if loss is None else f"{loss:.5f}",
+                              "" if val is None else f"{val:.5f}",
+                              "" if lr is None else f"{lr:.3e}",
+                              "" if tps is None else f"{tps:.0f}", f"{elapsed:.1f}"])
+        self.file.flush()
+        if self.tb:
+            for tag, v in (("loss/train", loss), ("lr", lr), ("nll/valid", val)):
+                if v is not None:
+                    self.tb.add_scalar(tag, v, step)
 
-    t_start = time.perf_counter() - elapsed0
-    t_log, tokens_log = time.perf_counter(), 0
-    loss_acc, loss_n = 0.0, 0
-    # the last validation NLL: the checkpoint's when resuming, none before the first one
-    val = state_val if state is not None else math.nan
-    elapsed = elapsed0
-    stop_reason = ""
-    model.train()
-    if horizon and horizon - step < max(cfg.log_every, cfg.eval_every, cfg.warmup_steps):
-        log(f"note: {horizon - step} steps to go is fewer than --log-every {cfg.log_every}, "
-            f"--eval-every {cfg.eval_every} or --warmup-steps {cfg.warmup_steps}; the run "
-            "logs, evaluates and saves at its end (and warms up for all of it if need be)")
-    if cfg.init and state is None:  # fine-tuning: best/ starts as the weights given
-        evaluate_and_save(None)
-        log(f"step      0 | val {_val(val)} (the --init weights, saved as best/)")
-        if writer:
-            writer.writerow([0, "", f"{val:.5f}", "", "", "0.0"])
-    logged = step
-    pace = Pace(cfg, log) if not horizon else None
-    while True:
-        elapsed = time.perf_counter() - t_start
-        if cfg.minutes and elapsed >= cfg.minutes * 60:
-            stop_reason = "time budget reached"
-        if horizon and step >= horizon:
-            stop_reason = stop_reason or "step budget reached"
-        if stop_reason or (stop_at is not None and step >= stop_at):
-            break
-        if pace:
-            pace.tick(step, elapsed)
-        if step <= cfg.warmup_steps:
-            warm_elapsed = elapsed
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_at(step, cfg, progress(step, elapsed, cfg, horizon,
-                                                         warm_elapsed))
-        x, y, n_global = sampler.next_batch()
-        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        with autocast(dev, cfg.precision):
-            logits = model(x)
-        loss_sum = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1),
-                                   ignore_index=IGNORE, reduction="sum")
-        loss = loss_sum * d.world / n_global  # DDP averages over ranks -> global mean
-        if not torch.isfinite(loss):
-            raise TrainingError(f"step {step}: loss is {loss.item()}; stopped. The last good "
-                                f"checkpoint is {out / 'last'} (try a lower --lr)")
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        if ema is not None:  # short memory at first, so early evaluations are not stale
-            with torch.no_grad():
-                decay = min(cfg.ema, (1 + step) / (10 + step))
-                torch._foreach_lerp_(*ema_pairs, 1 - decay)
-        step += 1
-        lval = loss.detach()
-        if d.world > 1:
-            dist.all_reduce(lval)
-            lval /= d.world
-        last_loss = lval.item()  # the step's one host sync
-        loss_acc += last_loss
-        loss_n += 1
-        tokens_log += n_global
-        is_eval = step % cfg.eval_every == 0
-        if step % cfg.log_every == 0 or is_eval:
-            now = time.perf_counter()
-            tps = tokens_log / max(now - t_log, 1e-9)
-            elapsed = now - t_start
-            if is_eval:
-                evaluate_and_save(last_loss)
-                if cfg.patience and since_best >= cfg.patience:
-                    stop_reason = f"no improvement in {cfg.patience} evaluations"
-            lr = opt.param_groups[0]["lr"]
-            left = []
-            if horizon:
-                left.append((horizon - step) * elapsed / max(step, 1))
-            if cfg.minutes:
-                left.append(cfg.minutes * 60 - elapsed)
-            eta = min(left) if left else 0
-            logged = step
-            log(f"step {step:>6} | loss {loss_acc / loss_n:.4f} | val "
-                f"{_val(val)} | lr {lr:.2e} | {tps:,.0f} tok/s | {_fmt_time(elapsed)} | "
-                f"eta {_fmt_time(eta)}")
-            if writer:
-                writer.writerow([step, f"{loss_acc / loss_n:.5f}",
-                                 f"{val:.5f}" if is_eval else "", f"{lr:.3e}", f"{tps:.0f}",
-                                 f"{elapsed:.1f}"])
-                csv_file.flush()
-            if tb:
-                tb.add_scalar("loss/train", loss_acc / loss_n, step)
-                tb.add_scalar("lr", lr, step)
-                if is_eval:
-                    tb.add_scalar("nll/valid", val, step)
-            loss_acc, loss_n, tokens_log, t_log = 0.0, 0, 0, time.perf_counter()
-    elapsed = time.perf_counter() - t_start
-    if step % cfg.eval_every != 0 and step > 0:  # final evaluation and checkpoint
-        evaluate_and_save(loss_acc / max(loss_n, 1))
-    if writer and step > logged:  # the steps since the last progress line, and the final eval
-        tps = tokens_log / max(time.perf_counter() - t_log, 1e-9)
-        writer.writerow([step, f"{loss_acc / max(loss_n, 1):.5f}", f"{val:.5f}",
-                         f"{opt.param_groups[0]['lr']:.3e}", f"{tps:.0f}", f"{elapsed:.1f}"])
-    if csv_file:
-        csv_file.close()
-    if tb:
-        tb.close()
-    if d.main and not stop_at:
-        plot_losses(out)
-    log(f"done: {stop_reason or f'stopped at step {step}'} | step {step} | best val NLL "
-        f"{best:.4f} | {_fmt_time(elapsed)} | checkpoints in {out}/best and {out}/last")
-    if d.world > 1:
-        dist.barrier()
-    return {"step": step, "val_nll": val, "best_val_nll": best, "elapsed": elapsed,
-            "parameters": count_params(raw)}
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb:
+            self.tb.close()
 
 
 class Pace:
@@ -497,11 +596,6 @@ class Pace:
 
 def _val(v: float) -> str:
     return "-" if math.isnan(v) else f"{v:.4f}"
-
-
-def _metrics(step, val, best, elapsed, sampler, cfg, loss) -> dict[str, Any]:
-    return {"step": step, "val_nll": val, "best_val_nll": best, "train_loss": loss,
-            "elapsed_s": round(elapsed, 2), "tokens_seen": step * cfg.batch_size * cfg.context}
 
 
 def _tensorboard(out: Path):

@@ -47,7 +47,7 @@ def test_ensemble_probabilities_are_the_mean_of_the_members():
 
 def test_ensemble_cached_steps_equal_the_full_forward_and_the_shortest_context_rules():
     e = Ensemble(members()).eval()
-    assert e.max_len == 48
+    assert e.max_context == 48
     x = torch.randint(3, 40, (3, 40))
     with torch.no_grad():
         full = e(x)

@@ -167,9 +167,8 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
         raise PrepareError("no usable pieces in " + ", ".join(cfg.sources)
                            + (f" ({len(skipped)} skipped, e.g. {skipped[0]['path']}: "
                               f"{skipped[0]['reason']})" if skipped else ""))
-    if hasattr(tok, "fit_grammar"):
-        tok.fit_grammar([ids.astype(np.int64) for _, ids in by_split["train"]])
-        tok_cfg = tok.config()
+    tok.fit_grammar([ids.astype(np.int64) for _, ids in by_split["train"]])
+    tok_cfg = tok.config()
 
     tmp = temp_dir(out)
     try:

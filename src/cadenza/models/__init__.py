@@ -1,10 +1,12 @@
-"""Models over token ids: ``build_model(ModelConfig)``. Nothing here knows about MIDI."""
+"""Models over token ids: ``build_model(ModelConfig)``, each a :class:`TokenModel`. Nothing
+here knows about MIDI."""
 
 from __future__ import annotations
 
 import torch.nn as nn
 
 from ..config import ModelConfig
+from .base import TokenModel
 from .recurrent import Recurrent
 from .transformer import Transformer
 
@@ -19,4 +21,4 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["Recurrent", "Transformer", "build_model", "count_params"]
+__all__ = ["Recurrent", "TokenModel", "Transformer", "build_model", "count_params"]

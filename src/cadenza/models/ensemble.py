@@ -5,7 +5,7 @@ Averaging probabilities token by token is itself an autoregressive model (each s
 sums to one), so its NLL is an exact likelihood, comparable with any single model's; it is
 never above the members' mean NLL (the log of a mean is at least the mean of the logs). The
 ensemble presents the single-model interface (``forward(idx, cache)``, ``new_cache``,
-``max_len``), so sampling uses it unchanged. ``forward`` returns log probabilities, which are
+``max_context``), so sampling uses it unchanged. ``forward`` returns log probabilities, which are
 valid logits. (Evaluation scores each member once and mixes their per-token NLL instead,
 ``evaluate.mix``: the same numbers, and each member's own NLL comes with them.)
 
@@ -44,8 +44,8 @@ class Ensemble(nn.Module):
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
-        limits = [m.max_len for m in members if getattr(m, "max_len", None) is not None]
-        self.max_len = min(limits) if limits else None  # the shortest context bounds all
+        limits = [m.max_context for m in members if m.max_context is not None]
+        self.max_context = min(limits) if limits else None  # the shortest context bounds all
 
     def new_cache(self, batch: int, device=None, dtype=None) -> EnsembleCache:
         return EnsembleCache([m.new_cache(batch, device, dtype) for m in self.members])
@@ -73,7 +73,7 @@ class Relabelled(nn.Module):
         ids = torch.arange(len(table), device=device)
         self.register_buffer("inp", torch.where(table >= 0, table, ids), persistent=False)
         self.register_buffer("missing", table < 0, persistent=False)
-        self.max_len = getattr(model, "max_len", None)
+        self.max_context = model.max_context
 
     def new_cache(self, batch: int, device=None, dtype=None):
         return self.model.new_cache(batch, device, dtype)

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from .base import decay_groups
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -25,7 +26,7 @@ class Recurrent(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.max_len = None  # no positional limit
+        self.max_context = None  # TokenModel: no positional limit
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.rnn = CELLS[cfg.kind](cfg.d_model, cfg.d_model, num_layers=cfg.n_layer,
@@ -35,6 +36,10 @@ class Recurrent(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.head.weight = self.tok.weight
         nn.init.normal_(self.tok.weight, std=0.02)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay the matrices, not biases or the LayerNorm."""
+        return decay_groups(self, weight_decay)
 
     def new_cache(self, batch: int, device=None, dtype=None) -> RecurrentState:
         return RecurrentState()

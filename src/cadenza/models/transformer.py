@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
+from .base import decay_groups
 
 STEP_WIDTH = 16  # step positions: tokens past the 16th of a step share its position
 PITCH_BASE = 64.0  # pitch rotations: periods from 2*pi to ~240 semitones (pitch_dims 16)
@@ -180,7 +181,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.max_len = cfg.max_context
+        self.max_context = cfg.max_context  # TokenModel: the longest sequence it reads
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
         if cfg.position == "learned":
             self.pos = nn.Embedding(cfg.max_context, cfg.d_model)
@@ -221,6 +222,13 @@ class Transformer(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
 
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay the matrices of the layers and the embeddings; not biases,
+        LayerNorms or the relative-position embeddings (Huang et al. 2018 do not decay
+        them: they are read by distance, not by token)."""
+        rel = {id(b.attn.rel) for b in self.blocks if hasattr(b.attn, "rel")}
+        return decay_groups(self, weight_decay, keep=rel)
+
     def new_cache(self, batch: int, device=None, dtype=None) -> KVCache:
         c = self.cfg
         p = self.tok.weight
@@ -249,9 +257,9 @@ class Transformer(nn.Module):
         """idx (B, T) -> logits (B, T, V). With a cache, idx continues the cached tokens."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
-        if start + T > self.max_len:
+        if start + T > self.max_context:
             raise ValueError(f"--context: {start + T} tokens exceed the model's maximum "
-                             f"context {self.max_len} ({self.cfg.position} positions)")
+                             f"context {self.max_context} ({self.cfg.position} positions)")
         x = self.tok(idx)
         pos = torch.arange(start, start + T, device=idx.device)
         if self.cfg.position == "learned":

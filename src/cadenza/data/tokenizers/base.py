@@ -99,6 +99,16 @@ class Tokenizer(ABC):
         """JSON-able options; ``build_tokenizer(name, **config)`` recreates the tokenizer."""
         return {}
 
+    def fit_grammar(self, sequences: list[np.ndarray]) -> None:
+        """Learn what the grammar allows from the training split's sequences (``prepare``
+        calls it); a scheme whose grammar is fixed has nothing to learn."""
+        return None
+
+    def frame_index(self, ids: np.ndarray) -> np.ndarray | None:
+        """Index of the frame/step of each content token, for NLL per frame (grid
+        schemes); None for schemes without frames."""
+        return None
+
     # --- pieces <-> tokens ----------------------------------------------------------
     @abstractmethod
     def encode(self, piece: Any) -> np.ndarray:
