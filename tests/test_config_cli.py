@@ -164,3 +164,16 @@ def test_configs_validate_for_the_api_as_for_the_cli():
     with pytest.raises(ConfigError, match="--transpositions"):
         GenerateConfig(out="o", transpositions=13)
     assert TrainConfig(max_steps=1) == TrainConfig.from_dict(TrainConfig(max_steps=1).to_dict())
+
+
+def test_a_preset_named_on_resume_keeps_what_the_run_derived(tiny_dataset, tmp_path):
+    """--preset debug on --resume: its values are changes the run refuses by name, but the
+    positions' reach follows the run's --context, not the preset's."""
+    from cadenza.train import train
+    args = ["--preset", "debug", "--data", str(tiny_dataset), "--out", str(tmp_path / "r"),
+            "--d-model", "32", "--n-layer", "1", "--n-head", "2", "--d-ff", "64",
+            "--context", "32", "--batch-size", "2", "--max-steps", "2", "--eval-every", "2"]
+    train(*_train(*args), quiet=True)
+    m, t = _train(*args, "--resume", "--max-steps", "4")
+    assert (m.max_context, t.context, t.max_steps, t.resume) == (32, 32, 4, True)
+    assert train(m, t, quiet=True).step == 4

@@ -45,7 +45,12 @@ class Recipe:
     transpositions: int = 1
 
     def settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        return run_settings(self.model.to_dict(), self.train.to_dict())
+        """The recipe's (model, train) settings: what a user could set by flags (not
+        max_context, which follows --context: a preset named on --resume must not change
+        the run's)."""
+        m, t = run_settings(self.model.to_dict(), self.train.to_dict())
+        m.pop("max_context")
+        return m, t
 
     def configs(self, *, data: str, out: str, **changes: Any) -> tuple[ModelConfig, TrainConfig]:
         """This recipe's configs for a run on ``data`` into ``out``, with ``changes`` (any
@@ -178,13 +183,13 @@ _BENCH = TrainConfig(context=512, batch_size=8, lr=1e-3, warmup_steps=200, minut
                      eval_every=250, log_every=50, precision="bf16",
                      augment=AugmentConfig(transpose=(0, 0)))
 _ROLL = ModelConfig(n_layer=4, d_model=256, n_head=8, d_ff=1024, dropout=0.2,
-                    position="rope", max_context=512)
+                    position="rope")
 _SMALL_ROLL = replace(_ROLL, n_layer=3, d_model=192, n_head=6, d_ff=768, dropout=0.3)
 
 RECIPES: dict[str, Recipe] = _recipes(
     Recipe("debug", "learns visible structure in about a minute on 2 CPU cores",
            ModelConfig(n_layer=2, d_model=128, n_head=4, d_ff=512, dropout=0.0,
-                       position="rope", max_context=256),
+                       position="rope"),
            TrainConfig(context=256, batch_size=16, lr=3e-3, warmup_steps=30, max_steps=500,
                        eval_every=100, log_every=50)),
     Recipe("small", "the CPU default: relative attention, 5 minutes unless told",
@@ -204,12 +209,12 @@ RECIPES: dict[str, Recipe] = _recipes(
     # first stage; scripts/pretrain_piano.sh runs both (see its model card).
     Recipe("piano", "pretrained:piano's first stage (scripts/pretrain_piano.sh; a GPU)",
            ModelConfig(n_layer=4, d_model=384, n_head=6, d_ff=1536, dropout=0.1,
-                       position="rope", max_context=1024),
+                       position="rope"),
            TrainConfig(context=1024, batch_size=64, lr=1e-3, warmup_steps=500, max_steps=9000,
                        eval_every=1000, log_every=100, precision="bf16")),
     Recipe("base", "a bigger relative-attention model for GPUs",
            ModelConfig(n_layer=8, d_model=512, n_head=8, d_ff=2048, dropout=0.1,
-                       position="relative", max_context=1024),
+                       position="relative"),
            TrainConfig(context=1024, batch_size=32, lr=6e-4, warmup_steps=500, eval_every=500,
                        minutes=_NO_BUDGET)),
     # Rotary positions: on CPU they train ~2x faster per token than relative attention,

@@ -25,7 +25,6 @@ Debug preset, about a minute on 2 CPU cores::
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import math
 import os
@@ -41,7 +40,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .atomic import atomic_path, locked_dir
+from .atomic import locked_dir
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import (
     FORMAT_VERSION,
@@ -56,6 +55,7 @@ from .data.dataset import IGNORE, TokenDataset, WindowSampler
 from .data.tokenizers.base import Tokenizer
 from .evaluate import autocast, score_pieces, summarize
 from .models import build_model, count_params
+from .progress import MetricsLog, Pace, Window, fmt_time, plot_losses, show_val
 
 
 class TrainingError(RuntimeError):
@@ -122,11 +122,6 @@ def tokenizer_facts(model_cfg: ModelConfig, tok: Tokenizer) -> ModelConfig:
             raise ConfigError(f"--pitch-dims: tokenizer {tok.name} has no pitch tokens")
         model_cfg = model_cfg.replace(pitch_of=pitch_of)
     return model_cfg
-
-
-def _fmt_time(s: float) -> str:
-    s = int(max(s, 0))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 CHECKPOINTS = ("best", "last", ".best.old", ".last.old")  # .old: a swap in progress
@@ -229,7 +224,7 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int |
     if run.dist.main and not stop_at:
         plot_losses(out)
     run.log(f"done: {reason or f'stopped at step {st.step}'} | step {st.step} | best val NLL "
-            f"{st.best:.4f} | {_fmt_time(st.elapsed)} | checkpoints in {out}/best and "
+            f"{st.best:.4f} | {fmt_time(st.elapsed)} | checkpoints in {out}/best and "
             f"{out}/last")
     if run.dist.world > 1:
         dist.barrier()
@@ -249,7 +244,7 @@ def fit(run: Run, stop_at: int | None = None) -> str:
             "for all of it if need be)")
     if cfg.init and not cfg.resume:  # fine-tuning: best/ starts as the weights given
         evaluate_and_save(run, None)
-        log(f"step      0 | val {_val(st.val)} (the --init weights, saved as best/)")
+        log(f"step      0 | val {show_val(st.val)} (the --init weights, saved as best/)")
         run.metrics.row(0, None, st.val, None, None, 0.0)
     t_start = time.perf_counter() - st.elapsed
     since = Window(time.perf_counter())  # what the next progress line averages
@@ -279,9 +274,9 @@ def fit(run: Run, stop_at: int | None = None) -> str:
             lr = run.opt.param_groups[0]["lr"]
             left = [(st.horizon - st.step) * st.elapsed / max(st.step, 1)] if st.horizon else []
             left += [cfg.minutes * 60 - st.elapsed] if cfg.minutes else []
-            log(f"step {st.step:>6} | loss {since.mean:.4f} | val {_val(st.val)} | lr "
-                f"{lr:.2e} | {tps:,.0f} tok/s | {_fmt_time(st.elapsed)} | eta "
-                f"{_fmt_time(min(left) if left else 0)}")
+            log(f"step {st.step:>6} | loss {since.mean:.4f} | val {show_val(st.val)} | lr "
+                f"{lr:.2e} | {tps:,.0f} tok/s | {fmt_time(st.elapsed)} | eta "
+                f"{fmt_time(min(left) if left else 0)}")
             run.metrics.row(st.step, since.mean, st.val if is_eval else None, lr, tps,
                             st.elapsed)
             logged, since = st.step, Window(time.perf_counter())
@@ -301,23 +296,6 @@ def budget_spent(cfg: TrainConfig, st: TrainState) -> str:
     if st.horizon and st.step >= st.horizon:
         return "step budget reached"
     return ""
-
-
-@dataclass
-class Window:
-    """Training losses and tokens since the last progress line."""
-
-    t0: float
-    loss: float = 0.0
-    n: int = 0
-    tokens: int = 0
-
-    def add(self, loss: float, tokens: int) -> None:
-        self.loss, self.n, self.tokens = self.loss + loss, self.n + 1, self.tokens + tokens
-
-    @property
-    def mean(self) -> float:
-        return self.loss / max(self.n, 1)
 
 
 def train_step(run: Run) -> tuple[float, int]:
@@ -517,120 +495,3 @@ def _show(v: Any) -> str:
     if dataclasses.is_dataclass(v):
         return ", ".join(f"{k}={x}" for k, x in dataclasses.asdict(v).items())
     return str(v)
-
-
-class MetricsLog:
-    """``metrics.csv`` (and TensorBoard, when installed), written by rank 0 only. On resume,
-    rows logged after ``last/`` was saved are dropped: those steps are about to run again."""
-
-    HEADER = ["step", "train_loss", "val_nll", "lr", "tokens_per_s", "elapsed_s"]
-
-    def __init__(self, out: Path, resume: bool, step: int, main: bool) -> None:
-        self.file = self.writer = self.tb = None
-        if not main:
-            return
-        path = out / "metrics.csv"
-        if resume and path.exists():
-            rows = list(csv.reader(open(path, newline="")))
-            keep = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
-            with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-                csv.writer(f).writerows(keep)
-        new = not path.exists() or not resume
-        self.file = open(path, "w" if new else "a", newline="")
-        self.writer = csv.writer(self.file)
-        if new:
-            self.writer.writerow(self.HEADER)
-        self.tb = _tensorboard(out)
-
-    def row(self, step: int, loss: float | None, val: float | None, lr: float | None,
-            tps: float | None, elapsed: float) -> None:
-        if self.writer is None:
-            return
-        self.writer.writerow([step, "" if loss is None else f"{loss:.5f}",
-                              "" if val is None else f"{val:.5f}",
-                              "" if lr is None else f"{lr:.3e}",
-                              "" if tps is None else f"{tps:.0f}", f"{elapsed:.1f}"])
-        self.file.flush()
-        if self.tb:
-            for tag, v in (("loss/train", loss), ("lr", lr), ("nll/valid", val)):
-                if v is not None:
-                    self.tb.add_scalar(tag, v, step)
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-        if self.tb:
-            self.tb.close()
-
-
-class Pace:
-    """For a time budget: says how many steps the budget should buy at this session's
-    average pace, and says again when that changes by more than a quarter (the schedule
-    itself follows the clock, see ``progress``)."""
-
-    def __init__(self, cfg: TrainConfig, log) -> None:
-        self.budget, self.log = cfg.minutes * 60, log
-        self.n = 0  # ticks this session
-        self.origin = (0, 0.0)  # (step, elapsed) at the fourth tick, once caches are warm
-        self.said = 0
-
-    def tick(self, step: int, elapsed: float) -> None:
-        self.n += 1
-        if self.n == 4:
-            self.origin = (step, elapsed)
-        if self.n < 9 or (self.n - 9) % 50:  # first after 8 steps, then every 50
-            return
-        # the average since the fourth step: evaluations are part of the cost, and one
-        # falling into a short window must not read as a change of pace
-        per_step = (elapsed - self.origin[1]) / max(step - self.origin[0], 1)
-        total = step + int(max(self.budget - elapsed, 0) / max(per_step, 1e-9))
-        if not self.said:
-            self.log(f"time budget: about {total} steps at {per_step * 1000:.0f} ms/step "
-                     "(the learning-rate schedule follows the clock)")
-            self.said = total
-        elif abs(total - self.said) > 0.25 * self.said:
-            self.log(f"pace changed: {per_step * 1000:.0f} ms/step, now about {total} steps "
-                     f"in the budget (was {self.said})")
-            self.said = total
-
-
-def _val(v: float) -> str:
-    return "-" if math.isnan(v) else f"{v:.4f}"
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-        return SummaryWriter(str(out / "tensorboard"))
-    except Exception:  # tensorboard not installed: the CSV and the PNG remain
-        return None
-
-
-def plot_losses(out: Path) -> Path | None:
-    """loss.png from metrics.csv: training loss and validation NLL against step."""
-    path = out / "metrics.csv"
-    if not path.exists():
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = list(csv.DictReader(open(path)))
-    if not rows:
-        return None
-    trained = [r for r in rows if r["train_loss"]]  # a fine-tuning run's step 0 has none
-    steps = np.array([int(r["step"]) for r in trained])
-    loss = np.array([float(r["train_loss"]) for r in trained])
-    vrows = [(int(r["step"]), float(r["val_nll"])) for r in rows if r["val_nll"]]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, loss, label="train loss", lw=1)
-    if vrows:
-        ax.plot(*zip(*vrows), "o-", label="valid NLL", lw=1.5)
-    ax.set_xlabel("step")
-    ax.set_ylabel("nats / token")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    png = out / "loss.png"
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
