@@ -110,8 +110,8 @@ def test_train_preset_demo_builds_exactly_what_the_demo_trains(tmp_path):
 @pytest.mark.parametrize("name", ["jsb16", "pianoroll-jsb", "pianoroll-nottingham",
                                   "pianoroll-musedata", "pianoroll-piano-midi"])
 def test_train_preset_builds_exactly_what_bench_trains(tmp_path, name):
-    model, tcs = bench.recipe_configs(RECIPES[name], tmp_path / "b", tmp_path / "b" / "data",
-                                      minutes=7, precision="fp32")
+    model, tcs = bench.recipe_configs(RECIPES[name], data=tmp_path / "b" / "data",
+                                      out=tmp_path / "b", minutes=7, precision="fp32")
     assert len(tcs) == RECIPES[name].members
     got = _train("--preset", name, "--data", str(tmp_path / "b" / "data"), "--out",
                  tcs[0].out, "--minutes", "7", "--precision", "fp32")

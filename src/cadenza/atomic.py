@@ -1,11 +1,13 @@
 """Atomic file output: write to a temporary sibling, then rename over the target.
 
-A crash or an error never leaves a half-written file under the final name.
+A crash or an error never leaves a half-written file under the final name. Also: the
+digests that check a file arrived (or stayed) whole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -110,3 +112,13 @@ def locked_dir(path: str | Path, flag: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def file_digests(path: str | Path, *algorithms: str) -> dict[str, str]:
+    """Hex digests of a file (``"sha256"``, ``"sha1"``...), all from one read of it."""
+    hs = {a: hashlib.new(a) for a in algorithms}
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            for h in hs.values():
+                h.update(block)
+    return {a: h.hexdigest() for a, h in hs.items()}

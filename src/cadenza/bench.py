@@ -204,7 +204,7 @@ def _train_all(model: ModelConfig, tcs: list[TrainConfig], device: str) -> list:
         return pool.starmap(_train_member, [(model, tc, device, threads) for tc in tcs])
 
 
-def recipe_configs(recipe: Recipe, out: str | Path, data: str | Path, **changes: Any
+def recipe_configs(recipe: Recipe, *, data: str | Path, out: str | Path, **changes: Any
                    ) -> tuple[ModelConfig, list[TrainConfig]]:
     """What a bench trains: the recipe on ``data`` with ``changes`` (the budget, the
     precision...), into ``out/run``, or, for an ensemble, ``out/run-K`` with seed + K."""
@@ -221,7 +221,7 @@ def _train_and_score(name: str, src: Path, out: str, recipe: Recipe, paper: Any,
     with seeds 0..K-1), score the valid and test splits."""
     root = Path(out)
     ds = _prepare_once(src, root / "data", recipe.tokenizer)
-    model, tcs = recipe_configs(recipe, root, ds, **changes)
+    model, tcs = recipe_configs(recipe, data=ds, out=root, **changes)
     results = _train_all(model, tcs, device)
     cks = [Path(tc.out) / "best" for tc in tcs]
     kt = recipe.transpositions

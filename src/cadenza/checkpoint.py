@@ -22,7 +22,6 @@ moment leaves a loadable checkpoint.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import aside, replace_dir, temp_dir, user_mode
+from .atomic import aside, file_digests, replace_dir, temp_dir, user_mode
 from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig, transposition_shifts
 from .data.tokenizers import Tokenizer, build_tokenizer
 from .models import build_model
@@ -152,21 +151,25 @@ def verify_weights(path: Path) -> None:
     m = CARD_HASH.search(card.read_text())
     if m is None:
         return
-    st = (path / "model.safetensors").stat()
-    got = _sha256(str(path / "model.safetensors"), st.st_size, st.st_mtime_ns)
+    got = weights_digest(path, "sha256")
     if got != m.group(1):
         raise CheckpointError(f"{path / 'model.safetensors'}: damaged weights (SHA-256 "
                               f"{got[:16]}..., its model card says {m.group(1)[:16]}...); "
                               "reinstall Cadenza or restore the file")
 
 
+def weights_digest(path: Path, algorithm: str) -> str:
+    """``sha1`` or ``sha256`` of a checkpoint's model.safetensors: both from one read of the
+    file, kept while its size and mtime stay the same (loading pretrained:piano again, for
+    a second primer or a second command in one process, does not hash it again)."""
+    f = Path(path) / "model.safetensors"
+    st = f.stat()
+    return _digests(str(f), st.st_size, st.st_mtime_ns)[algorithm]
+
+
 @functools.lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _digests(path: str, size: int, mtime_ns: int) -> dict[str, str]:
+    return file_digests(path, "sha1", "sha256")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:

@@ -202,27 +202,20 @@ def cmd_prepare(a) -> int:
     return 0
 
 
-SETTINGS = (ModelConfig, TrainConfig)  # train's flags that start from --preset
-
-
 def _small_settings() -> dict[str, Any]:
+    """The small preset's values, which train's setting flags show as their defaults (the
+    invocation's flags, and --init, keep their own)."""
     from .recipes import RECIPES
-    m, t = RECIPES["small"].settings()
-    aug = t.pop("augment")
-    invocation = {f.name for f in fields(TrainConfig) if f.metadata["required"]} | {"init"}
-    return {**m, **aug,
-            **{k: v for k, v in t.items() if k not in invocation}}
+    m, t = RECIPES["small"].settings()  # without data/out/resume/force/compile
+    t.pop("init")
+    return {**m, **t.pop("augment"), **t}
 
 
 def train_args_configs(a: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     """``train``'s configs: --preset (or the run resumed, or the checkpoint fine-tuned),
     then the flags given (recipes.train_configs)."""
     from .recipes import train_configs
-    settings = {**given(ModelConfig, a), **given(TrainConfig, a)}
-    for k in ("data", "out", "resume", "force", "compile", "init"):
-        settings.pop(k, None)
-    return train_configs(a.preset, data=a.data, out=a.out, resume=a.resume, force=a.force,
-                         compile=a.compile, init=a.init or "", **settings)
+    return train_configs(a.preset, **given(ModelConfig, a), **given(TrainConfig, a))
 
 
 def cmd_train(a) -> int:

@@ -16,6 +16,7 @@ decides) say so in ``derived``; they have no flag.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
@@ -406,7 +407,7 @@ class GenerateConfig(_Config):
         if isinstance(self.sample, dict):
             object.__setattr__(self, "sample", SampleConfig.from_dict(self.sample))
         if not isinstance(self.checkpoint, tuple):  # one path, or a list of them
-            one = isinstance(self.checkpoint, str) or hasattr(self.checkpoint, "__fspath__")
+            one = isinstance(self.checkpoint, (str, os.PathLike))
             object.__setattr__(self, "checkpoint", tuple(
                 str(c) for c in ([self.checkpoint] if one else self.checkpoint)))
         _check(len(self.checkpoint) > 0, "checkpoint", "give at least one", self.checkpoint)

@@ -131,10 +131,10 @@ def summarize(token_nll: list[np.ndarray], tokenizer=None,
               pieces: list[np.ndarray] | None = None) -> NLLResult:
     allv = np.concatenate(token_nll) if token_nll else np.zeros(0)
     res = NLLResult(float(allv.mean()) if len(allv) else float("nan"), len(allv), len(token_nll))
-    if tokenizer is not None and pieces and tokenizer.frame_index(pieces[0][1:-1]) is not None:
+    frame_of = [tokenizer.frame_index(p[1:-1]) for p in pieces or []] if tokenizer else []
+    if frame_of and frame_of[0] is not None:  # a grid scheme: NLL per frame too
         total, frames = 0.0, 0
-        for nll, p in zip(token_nll, pieces):
-            fi = tokenizer.frame_index(p[1:-1])
+        for nll, fi in zip(token_nll, frame_of):
             per = np.bincount(fi, weights=nll)
             total, frames = total + per.sum(), frames + len(per)
         res.frame_nll, res.frames = total / max(frames, 1), frames

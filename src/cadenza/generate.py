@@ -32,7 +32,7 @@ import symusic
 import torch
 
 from .atomic import write_bytes
-from .checkpoint import Checkpoint, common_period, key_views, load_members
+from .checkpoint import Checkpoint, common_period, key_views, load_members, weights_digest
 from .config import GenerateConfig, SampleConfig
 from .data.midi import (
     BadInput,
@@ -228,10 +228,10 @@ class Generator:
         self.transpositions = transpositions
         self.tok = ck.tokenizer
         self.period = common_period(self.members)
-        h = hashlib.sha1()
-        for c in self.members:
-            h.update((c.path / "model.safetensors").read_bytes())
-        self.checkpoint_hash = h.hexdigest()
+        # the weights' SHA-1 (an ensemble's: of its members' digests, in order)
+        digests = [weights_digest(c.path, "sha1") for c in self.members]
+        self.checkpoint_hash = digests[0] if len(digests) == 1 else \
+            hashlib.sha1("".join(digests).encode()).hexdigest()
 
     @classmethod
     def load(cls, path: str | Path | Sequence[str | Path], *, device: str = "cpu",

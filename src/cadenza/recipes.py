@@ -20,6 +20,7 @@ from typing import Any
 
 from .config import (
     ARCHITECTURE,
+    INVOCATION,
     AugmentConfig,
     ConfigError,
     ModelConfig,
@@ -83,7 +84,6 @@ class Recipe:
 _MODEL = {f.name for f in fields(ModelConfig)}
 _TRAIN = {f.name for f in fields(TrainConfig)} - {"augment"}
 _AUGMENT = {f.name for f in fields(AugmentConfig)}
-_INVOCATION = ("data", "out", "resume", "force", "compile")
 
 
 def cli_flag(name: str) -> str:
@@ -101,7 +101,7 @@ def compose(model: dict[str, Any], train: dict[str, Any], given: dict[str, Any],
     budget, and, except on resume, ``max_steps`` given alone replaces a time budget. A fresh
     model's positions cover exactly the training windows (``max_context`` = ``context``)."""
     given = dict(given)
-    for k in _INVOCATION:
+    for k in INVOCATION:
         if k in given:
             invocation[k] = given.pop(k)
     unknown = set(given) - _MODEL - _TRAIN - _AUGMENT
@@ -109,7 +109,6 @@ def compose(model: dict[str, Any], train: dict[str, Any], given: dict[str, Any],
         raise ConfigError(f"{flag(sorted(unknown)[0])}: not a model or training setting")
     m, t = dict(model), dict(train)
     aug = dict(t.pop("augment", None) or {})
-    aug = aug.to_dict() if isinstance(aug, AugmentConfig) else aug
     m.update({k: v for k, v in given.items() if k in _MODEL})
     t.update({k: v for k, v in given.items() if k in _TRAIN})
     aug.update({k: v for k, v in given.items() if k in _AUGMENT})

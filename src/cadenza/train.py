@@ -94,15 +94,14 @@ def lr_at(step: int, cfg: TrainConfig, frac: float) -> float:
     return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac))
 
 
-def progress(step: int, elapsed: float, cfg: TrainConfig, horizon: int,
-             warm_elapsed: float) -> float:
+def progress(step: int, elapsed: float, cfg: TrainConfig, warm_elapsed: float) -> float:
     """Share of the budget after warm-up spent: of the steps for a step budget; of the time
     for ``--minutes`` alone (``warm_elapsed``: seconds at the end of warm-up). A time
     budget's schedule follows the clock, so a slow stretch (another program on the machine)
     costs steps but never ends the run early or leaves it on a stale horizon; both times
     travel in the resume state, so resume continues the same schedule."""
-    if horizon:
-        return (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps)
+    if cfg.max_steps:
+        return (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     budget = cfg.minutes * 60
     return (elapsed - warm_elapsed) / max(budget - warm_elapsed, 1e-9)
 
@@ -135,26 +134,21 @@ def holds_run(out: Path) -> bool:
 @dataclass
 class TrainState:
     """Where a run is. ``last/state.pt`` holds these fields (beside the optimizer's,
-    sampler's and RNG's state), so ``--resume`` continues exactly."""
+    sampler's and RNG's state), so ``--resume`` continues exactly. What follows from the
+    configs is not kept here: the step budget is ``cfg.max_steps``, the tokens seen are
+    step x batch x context (neither batch nor context can change on resume)."""
 
     step: int = 0
     best: float = math.inf  # best validation NLL so far
     since_best: int = 0  # evaluations since it improved (for --patience)
     elapsed: float = 0.0  # seconds of training, over all sessions of the run
-    horizon: int = 0  # the step budget (0: the time budget decides)
     warm_elapsed: float = 0.0  # seconds at the end of warm-up (a time schedule starts there)
-    tokens: int = 0  # tokens of the windows trained on
     val: float = math.nan  # the latest validation NLL
 
     @classmethod
-    def restore(cls, saved: dict[str, Any], cfg: TrainConfig) -> TrainState:
-        """From a state.pt (runs saved before ``tokens``/``val`` were kept get them from
-        the step and the checkpoint's metrics)."""
-        st = cls(**{k: saved[k] for k in cls.__dataclass_fields__ if k in saved})
-        if "tokens" not in saved:
-            st.tokens = st.step * cfg.batch_size * cfg.context
-        st.horizon = cfg.max_steps or st.horizon  # --resume may change the step budget
-        return st
+    def restore(cls, saved: dict[str, Any]) -> TrainState:
+        """From a state.pt (older ones also hold keys no longer kept, e.g. ``horizon``)."""
+        return cls(**{k: saved[k] for k in cls.__dataclass_fields__ if k in saved})
 
 
 @dataclass(frozen=True)
@@ -236,9 +230,9 @@ def fit(run: Run, stop_at: int | None = None) -> str:
     ``log_every`` steps and evaluating (and saving) every ``eval_every``; returns why it
     stopped ("" for ``stop_at``)."""
     cfg, st, log = run.cfg, run.state, run.log
-    if st.horizon and st.horizon - st.step < max(cfg.log_every, cfg.eval_every,
-                                                 cfg.warmup_steps):
-        log(f"note: {st.horizon - st.step} steps to go is fewer than --log-every "
+    if cfg.max_steps and cfg.max_steps - st.step < max(cfg.log_every, cfg.eval_every,
+                                                       cfg.warmup_steps):
+        log(f"note: {cfg.max_steps - st.step} steps to go is fewer than --log-every "
             f"{cfg.log_every}, --eval-every {cfg.eval_every} or --warmup-steps "
             f"{cfg.warmup_steps}; the run logs, evaluates and saves at its end (and warms up "
             "for all of it if need be)")
@@ -249,7 +243,7 @@ def fit(run: Run, stop_at: int | None = None) -> str:
     t_start = time.perf_counter() - st.elapsed
     since = Window(time.perf_counter())  # what the next progress line averages
     logged, reason = st.step, ""
-    pace = Pace(cfg, log) if not st.horizon else None
+    pace = Pace(cfg, log) if not cfg.max_steps else None
     run.model.train()
     while True:
         st.elapsed = time.perf_counter() - t_start
@@ -272,7 +266,8 @@ def fit(run: Run, stop_at: int | None = None) -> str:
                 if cfg.patience and st.since_best >= cfg.patience:
                     reason = f"no improvement in {cfg.patience} evaluations"
             lr = run.opt.param_groups[0]["lr"]
-            left = [(st.horizon - st.step) * st.elapsed / max(st.step, 1)] if st.horizon else []
+            left = [(cfg.max_steps - st.step) * st.elapsed / max(st.step, 1)] \
+                if cfg.max_steps else []
             left += [cfg.minutes * 60 - st.elapsed] if cfg.minutes else []
             log(f"step {st.step:>6} | loss {since.mean:.4f} | val {show_val(st.val)} | lr "
                 f"{lr:.2e} | {tps:,.0f} tok/s | {fmt_time(st.elapsed)} | eta "
@@ -293,7 +288,7 @@ def fit(run: Run, stop_at: int | None = None) -> str:
 def budget_spent(cfg: TrainConfig, st: TrainState) -> str:
     if cfg.minutes and st.elapsed >= cfg.minutes * 60:
         return "time budget reached"
-    if st.horizon and st.step >= st.horizon:
+    if cfg.max_steps and st.step >= cfg.max_steps:
         return "step budget reached"
     return ""
 
@@ -302,7 +297,7 @@ def train_step(run: Run) -> tuple[float, int]:
     """One optimizer step on the next global batch: (its mean loss, tokens it had)."""
     cfg, st, dev = run.cfg, run.state, run.device
     for g in run.opt.param_groups:
-        g["lr"] = cfg.lr * lr_at(st.step, cfg, progress(st.step, st.elapsed, cfg, st.horizon,
+        g["lr"] = cfg.lr * lr_at(st.step, cfg, progress(st.step, st.elapsed, cfg,
                                                         st.warm_elapsed))
     x, y, n_global = run.sampler.next_batch()
     x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
@@ -326,7 +321,6 @@ def train_step(run: Run) -> tuple[float, int]:
             decay = min(cfg.ema, (1 + st.step) / (10 + st.step))
             torch._foreach_lerp_(*run.ema_pairs, 1 - decay)
     st.step += 1
-    st.tokens += cfg.batch_size * cfg.context
     lval = loss.detach()
     if run.dist.world > 1:
         dist.all_reduce(lval)
@@ -347,7 +341,8 @@ def evaluate_and_save(run: Run, loss: float | None) -> None:
     if not run.dist.main:
         return
     metrics = {"step": st.step, "val_nll": st.val, "best_val_nll": st.best, "train_loss": loss,
-               "elapsed_s": round(st.elapsed, 2), "tokens_seen": st.tokens}
+               "elapsed_s": round(st.elapsed, 2),
+               "tokens_seen": st.step * cfg.batch_size * cfg.context}
     if improved:
         save_checkpoint(run.out / "best", run.scored, run.config, metrics)
     resume = {"optimizer": run.opt.state_dict(), "sampler": run.sampler.state_dict(),
@@ -389,12 +384,12 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
                             eps=1e-8, **({"fused": True} if dev.type == "cuda" else {}))
     sampler = WindowSampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
                             period=model_cfg.voice_period, rank=d.rank, world=d.world)
-    state = TrainState(horizon=cfg.max_steps)
+    state = TrainState()
     if saved is not None:
         opt.load_state_dict(saved["optimizer"])
         sampler.load_state_dict(saved["sampler"])
         torch.set_rng_state(saved["torch_rng"])
-        state = TrainState.restore(saved, cfg)
+        state = TrainState.restore(saved)
     out = Path(cfg.out)
     config = {"format_version": FORMAT_VERSION, "model": model_cfg.to_dict(),
               "train": cfg.to_dict(), "tokenizer": ds.manifest["tokenizer"],

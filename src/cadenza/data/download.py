@@ -16,7 +16,6 @@ from a local HTTP server on 127.0.0.1.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import shutil
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..atomic import file_digests
 from .corpus import cadenza_home
 
 CHUNK = 1 << 16
@@ -153,11 +153,7 @@ def _check(a: Archive, part: Path) -> str:
     if a.size is not None and size < a.size:
         raise DownloadError(f"download {a.name}: got {size:,} of {a.size:,} bytes (the "
                             "connection closed early); run the same command again to resume")
-    h = hashlib.sha256()
-    with open(part, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = file_digests(part, "sha256")["sha256"]
     if (a.size is not None and size != a.size) or (a.sha256 and digest != a.sha256):
         part.unlink()
         want = f"{a.size:,} bytes" if a.size is not None else "any size"

@@ -167,7 +167,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
         raise PrepareError("no usable pieces in " + ", ".join(cfg.sources)
                            + (f" ({len(skipped)} skipped, e.g. {skipped[0]['path']}: "
                               f"{skipped[0]['reason']})" if skipped else ""))
-    tok.fit_grammar([ids.astype(np.int64) for _, ids in by_split["train"]])
+    tok.fit_grammar(ids for _, ids in by_split["train"])  # read only by learnt grammars
     tok_cfg = tok.config()
 
     tmp = temp_dir(out)

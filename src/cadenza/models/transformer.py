@@ -226,7 +226,8 @@ class Transformer(nn.Module):
         """AdamW groups: decay the matrices of the layers and the embeddings; not biases,
         LayerNorms or the relative-position embeddings (Huang et al. 2018 do not decay
         them: they are read by distance, not by token)."""
-        rel = {id(b.attn.rel) for b in self.blocks if hasattr(b.attn, "rel")}
+        rel = {id(b.attn.rel) for b in self.blocks} if self.cfg.position == "relative" \
+            else set()
         return decay_groups(self, weight_decay, keep=rel)
 
     def new_cache(self, batch: int, device=None, dtype=None) -> KVCache:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -99,7 +100,7 @@ class Tokenizer(ABC):
         """JSON-able options; ``build_tokenizer(name, **config)`` recreates the tokenizer."""
         return {}
 
-    def fit_grammar(self, sequences: list[np.ndarray]) -> None:
+    def fit_grammar(self, sequences: Iterable[np.ndarray]) -> None:
         """Learn what the grammar allows from the training split's sequences (``prepare``
         calls it); a scheme whose grammar is fixed has nothing to learn."""
         return None

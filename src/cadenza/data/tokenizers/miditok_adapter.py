@@ -14,7 +14,7 @@ import functools
 import json
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,7 @@ class MidiTokTokenizer(Tokenizer):
                 t[i] = int(val)
         return t
 
-    def fit_grammar(self, sequences: list[np.ndarray]) -> None:
+    def fit_grammar(self, sequences: Iterable[np.ndarray]) -> None:
         """Record which token types follow which in real data (BOS starts, EOS ends)."""
         n = len(self.type_names)
         tr = np.zeros((n, n), bool)
