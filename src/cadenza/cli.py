@@ -9,6 +9,7 @@
     cadenza stats GENERATED --reference DIR_OR_FOLDER
     cadenza bench jsb16|pianoroll|models ...
     cadenza report RUN
+    cadenza studio [--runs DIR]                    # the web page, on 127.0.0.1
 
 Every flag is generated from a field of the config dataclasses (config.py): its name, type,
 default, choices and help live there, once. A command is its description, the configs it
@@ -40,6 +41,7 @@ from .config import (
     ReportConfig,
     Runtime,
     StatsConfig,
+    StudioConfig,
     TrainConfig,
     flag,
 )
@@ -294,6 +296,16 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_studio(a) -> int:
+    from .studio import serve
+    try:
+        serve(from_args(StudioConfig, a), device=_device(a))
+    except KeyboardInterrupt:
+        pass
+    print("Cadenza Studio stopped; its temporary files are gone.")
+    return 0
+
+
 COMMANDS = (
     Command("demo", "prepare, train, generate on the built-in chorales",
             "Continue three piano openings with the pretrained model, then the whole "
@@ -346,6 +358,13 @@ COMMANDS = (
             "Configs, loss curves, evaluation, benchmark and statistics tables, piano rolls "
             "(inlined) and audio players (linked) in RUN_DIR/report.html.",
             "cadenza report runs/mine", (ReportConfig,), cmd_report),
+    Command("studio", "a local web page: continue a piece, listen, compare takes",
+            "Serve Cadenza Studio on this computer (needs the studio extra: pip install -e "
+            "'.[studio]'): upload a MIDI file or pick a built-in opening, choose a model (the "
+            "pretrained piano model and every checkpoint under --runs) and the sampling "
+            "settings, then hear, see, download, compare and continue the takes. Nothing is "
+            "fetched from the internet; Ctrl-C stops it and removes its temporary files.",
+            "cadenza studio --runs runs/", (StudioConfig, Runtime), cmd_studio),
 )
 EXAMPLES = {c.name: c.example for c in COMMANDS}
 GROUPS = {ModelConfig: "model (defaults come from --preset)", TrainConfig: "training",

@@ -488,6 +488,27 @@ class DemoConfig(_Config):
 
 
 @dataclass(frozen=True)
+class StudioConfig(_Config):
+    """``cadenza studio``: a local web page to continue a piece, hear and compare takes."""
+
+    runs: str | None = option(None, "a folder searched for checkpoints (RUN/best, RUN/last) "
+                              "to offer beside the pretrained models", metavar="DIR")
+    host: str = option("127.0.0.1", "address to listen on (anything but 127.0.0.1 lets "
+                       "other machines use your CPU and files)")
+    port: int = option(8765, "port to listen on (0: any free port)")
+    max_upload_mb: float = option(4.0, "largest MIDI file the page accepts, MB")
+    max_seconds: float = option(120.0, "longest continuation one take may ask for, seconds")
+    max_takes: int = option(8, "most takes one click may ask for")
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port <= 65535, "port", "must be in 0..65535", self.port)
+        _check(0 < self.max_upload_mb <= 100, "max_upload_mb", "must be in (0, 100]",
+               self.max_upload_mb)
+        _check(self.max_seconds > 0, "max_seconds", "must be > 0", self.max_seconds)
+        _check(self.max_takes >= 1, "max_takes", "must be >= 1", self.max_takes)
+
+
+@dataclass(frozen=True)
 class BenchConfig(_Config):
     """``cadenza bench``: a published table, reproduced on this machine."""
 

@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from .data.tokenizers import BOS, EOS, PAD
 from .models import TokenModel
 from .models.ensemble import Ensemble
 from .stats import CONTINUATION_TRACK
+
+Progress = Callable[[float], None]  # hears the share of the sampling done, 0..1
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,13 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 @torch.no_grad()
 def sample(model: TokenModel, prompt: np.ndarray, grammar, cfg: SampleConfig,
-           max_new: int, use_cache: bool = True, period: int = 1) -> list[np.ndarray]:
+           max_new: int, use_cache: bool = True, period: int = 1,
+           progress: Progress | None = None) -> list[np.ndarray]:
     """Continue ``prompt`` ((B, T0) ids starting with BOS) by up to ``max_new`` tokens.
 
     Returns each sample's new tokens, cut at EOS or where ``cfg.seconds`` is reached.
+    ``progress``, when given, hears the share done (0..1) every few tokens; an exception it
+    raises stops sampling (the studio cancels that way).
     """
     device = next(model.parameters()).device
     B = prompt.shape[0]
@@ -141,6 +146,12 @@ def sample(model: TokenModel, prompt: np.ndarray, grammar, cfg: SampleConfig,
         ends[new_end] = i + 1
         if (ends >= 0).all():
             break
+        if progress is not None and i % 8 == 0:
+            if cfg.seconds:  # the slowest sample still running decides
+                done = np.where(ends >= 0, 1.0, (grammar.elapsed() - t0_seconds) / cfg.seconds)
+                progress(float(np.clip(done.min(), 0.0, 1.0)))
+            else:
+                progress(i / max_new)
         if use_cache:
             if max_len is not None and cache.length >= max_len:  # slide: re-read recent half
                 cache = model.new_cache(B)
@@ -275,12 +286,12 @@ class Generator:
         g.feed(np.asarray(ids, np.int64)[None])
         return float(g.elapsed()[0])
 
-    def generate(self, prompt: np.ndarray, cfg: SampleConfig,
-                 use_cache: bool = True) -> list[np.ndarray]:
+    def generate(self, prompt: np.ndarray, cfg: SampleConfig, use_cache: bool = True,
+                 progress: Progress | None = None) -> list[np.ndarray]:
         max_new = cfg.tokens or int(max(cfg.seconds, 1) * 200)  # a generous token ceiling
         prompts = np.repeat(prompt[None], cfg.num_samples, 0)
         return sample(self.model, prompts, self.tok.grammar(), cfg, max_new, use_cache,
-                      period=self.period)
+                      period=self.period, progress=progress)
 
     def continue_midi(self, primer: str | None = None, seconds: float = 20.0,
                       primer_seconds: float = 10.0, **kw) -> symusic.Score:
@@ -290,8 +301,10 @@ class Generator:
         return score_from_notes(self.tok.decode_notes(np.concatenate([prompt[1:], new])))
 
 
-def run_generate(cfg: GenerateConfig, *, device: str = "cpu") -> list[SampleInfo]:
+def run_generate(cfg: GenerateConfig, *, device: str = "cpu",
+                 progress: Progress | None = None) -> list[SampleInfo]:
     """The ``generate`` command: everything is validated before the first file is written.
+    ``progress`` hears the share of the sampling done (see ``sample``).
 
     A take is one unit: each sample's files are written into a temporary folder inside
     ``cfg.out`` and moved into place, its JSON last; an ``out`` that holds an earlier take's
@@ -315,18 +328,18 @@ def run_generate(cfg: GenerateConfig, *, device: str = "cpu") -> list[SampleInfo
     except OSError as e:
         raise PermissionError(f"--out {cfg.out}: cannot write there ({e.strerror})") from e
     try:
-        return _write_take(gen, prompt, pinfo, cfg, take, earlier)
+        return _write_take(gen, prompt, pinfo, cfg, take, earlier, progress)
     finally:
         shutil.rmtree(take, ignore_errors=True)
 
 
 def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: GenerateConfig,
-                take: Path, earlier: list[Path]) -> list[SampleInfo]:
+                take: Path, earlier: list[Path], progress: Progress | None) -> list[SampleInfo]:
     """Generate the samples into ``take``, then move them into ``cfg.out``."""
     from .render import piano_roll_png, render_wav
 
     t = time.perf_counter()
-    news = gen.generate(prompt, cfg.sample)
+    news = gen.generate(prompt, cfg.sample, progress=progress)
     gen_s = time.perf_counter() - t
     primer_notes = gen.tok.decode_notes(prompt[1:])
     t_split = pinfo["seconds"]  # where the primer's stream ends: the continuation's start

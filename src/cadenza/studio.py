@@ -1,0 +1,470 @@
+"""``cadenza studio``: a local web page to continue a piece, hear the takes, see them, compare
+them and continue the one you like.
+
+Built on Starlette (the ASGI toolkit under FastAPI) and uvicorn, with one static page
+(``static/studio.html``, ``.js``, ``.css``): no build step, nothing fetched from the internet,
+and piano rolls drawn in the page as SVG from the notes, so that primer and continuation get
+their colours, the axes seconds and note names, and every note a tooltip. Generation is the
+CLI's own: each click is one ``run_generate(GenerateConfig)`` into its own folder.
+
+One worker thread runs the clicks in order (two tabs queue; the CPU has no spare cores to
+run them side by side), and each job owns its folder, so takes never mix. Everything the
+server writes lives in one temporary folder, removed when it stops (Ctrl-C or SIGTERM); one
+left by a killed server is removed by the next start.
+
+    cadenza studio                       # the pretrained piano model
+    cadenza studio --runs runs/          # and every checkpoint under runs/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import socket
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import CheckpointError, pretrained_names, read_config, resolve
+from .config import ConfigError, GenerateConfig, SampleConfig, StudioConfig
+from .data.midi import BadInput, cut_notes, load_score, notes_from_score, score_from_notes
+from .data.midi import write_midi as _write_midi
+from .generate import PRIMER_TRACK, run_generate
+from .render import find_soundfont, note_name, render_wav
+
+STATIC = Path(__file__).parent / "static"
+OPENINGS = Path(__file__).parent / "openings"
+WORK_PREFIX = "cadenza-studio-"
+START_AUDIO_SECONDS = 120.0  # a start's WAV covers its first two minutes
+
+
+class Stopped(Exception):
+    """Raised into a running generation when the server stops."""
+
+
+@dataclass
+class Start:
+    """A piece to continue: an upload, a built-in opening, or an earlier take."""
+
+    id: str
+    name: str
+    midi: Path
+    notes: Any  # data.midi.Notes
+    wav: Path | None
+
+    def to_dict(self) -> dict[str, Any]:
+        n = self.notes
+        return {"id": self.id, "name": self.name, "seconds": round(n.duration, 3),
+                "notes": _note_rows(n.start, n.end, n.pitch, n.velocity, np.ones(len(n))),
+                "audio": f"/api/starts/{self.id}/audio.wav" if self.wav else None}
+
+
+@dataclass
+class Job:
+    """One click of Generate: its settings, where it stands, and its takes when done."""
+
+    id: str
+    seq: int  # order of submission: the queue's order
+    cfg: GenerateConfig
+    model: str
+    start: str | None  # the start's name
+    state: str = "queued"  # queued, running, writing, done, failed
+    progress: float = 0.0
+    error: str | None = None
+    takes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _note_rows(start, end, pitch, velocity, primer) -> list[list]:
+    """Notes as the page draws them: [start s, end s, pitch, velocity, 1 primer / 0 new]."""
+    return [[round(float(a), 4), round(float(b), 4), int(p), int(v), int(m)]
+            for a, b, p, v, m in zip(start, end, pitch, velocity, primer)]
+
+
+def take_notes(midi: Path) -> list[list]:
+    """A take's notes with their track: the primer's, or the continuation's."""
+    score = load_score(midi).to("second")
+    rows: list[list] = []
+    for tr in score.tracks:
+        a = tr.notes.numpy()
+        is_primer = np.full(len(a["time"]), tr.name == PRIMER_TRACK)
+        rows += _note_rows(a["time"], a["time"] + a["duration"], a["pitch"], a["velocity"],
+                           is_primer)
+    return sorted(rows)
+
+
+def list_models(runs: str | None) -> list[dict[str, Any]]:
+    """The shipped pretrained models, then every checkpoint under ``runs``."""
+    specs = [(f"pretrained:{n}", f"pretrained:{n}") for n in pretrained_names()]
+    if runs:
+        root = Path(runs)
+        if not root.is_dir():
+            raise ConfigError(f"--runs {runs}: no such folder")
+        for cfg in sorted(root.rglob("config.json")):
+            d = cfg.parent
+            if (d / "model.safetensors").exists() and not any(
+                    part.startswith(".") or part.endswith(".old")
+                    for part in d.relative_to(root).parts):
+                specs.append((str(d), str(d.relative_to(root)) if d != root else d.name))
+    models = []
+    for spec, label in specs:
+        try:
+            c = read_config(spec)
+            metrics_file = resolve(spec) / "metrics.json"
+            m = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        except (CheckpointError, OSError, json.JSONDecodeError):
+            continue  # a half-written run: not offered
+        models.append({"id": spec, "name": label, "tokenizer": c["tokenizer"]["name"],
+                       "parameters": c.get("parameters"),
+                       "val_nll": m.get("best_val_nll", m.get("val_nll"))})
+    return models
+
+
+def builtin_pieces() -> list[dict[str, str]]:
+    """The openings shipped with the package (``builtin:openings``)."""
+    return [{"id": f.stem, "name": f.stem.replace("-", " ")}
+            for f in sorted(OPENINGS.glob("*.mid"))]
+
+
+def clean_stale(root: Path) -> None:
+    """Remove studio folders whose server was killed (its PID is gone)."""
+    for d in root.glob(WORK_PREFIX + "*"):
+        try:
+            os.kill(int(d.name[len(WORK_PREFIX):].split("-")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
+
+
+def _defaults() -> dict[str, Any]:
+    """Each setting's default and help, from the configs the CLI uses."""
+    sample = {f.name: {"default": f.default, "help": f.metadata.get("help", "")}
+              for f in fields(SampleConfig)}
+    sample["seconds"]["default"] = SampleConfig().seconds  # "neither given" means 20 s
+    return sample
+
+
+class Studio:
+    """The server's state: starts, jobs, the worker and the folder they all live in."""
+
+    def __init__(self, cfg: StudioConfig, *, device: str = "cpu") -> None:
+        self.cfg, self.device = cfg, device
+        self.models = list_models(cfg.runs)
+        if not self.models:
+            raise ConfigError(f"--runs {cfg.runs}: no checkpoint found, and no pretrained "
+                              "model is installed")
+        tmp = Path(tempfile.gettempdir())
+        clean_stale(tmp)
+        self.work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=tmp))
+        self.starts: dict[str, Start] = {}
+        self.jobs: dict[str, Job] = {}
+        self.queue: queue.Queue[Job | None] = queue.Queue()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.audio_missing = None if find_soundfont() and shutil.which("fluidsynth") else (
+            render_wav(Path("none.mid"), Path("none.wav"))[1])
+        self.worker = threading.Thread(target=self._work, name="studio-worker", daemon=True)
+        self.worker.start()
+
+    # --- starts ------------------------------------------------------------------------
+
+    def add_start(self, name: str, midi_bytes: bytes) -> Start:
+        """Check and keep a MIDI file as a start; BadInput (naming the file) if unusable."""
+        if not midi_bytes:
+            raise BadInput(f"{name}: empty file")
+        if len(midi_bytes) > self.cfg.max_upload_mb * 1e6:
+            raise BadInput(f"{name}: too large ({len(midi_bytes) / 1e6:.1f} MB; the studio "
+                           f"takes up to {self.cfg.max_upload_mb:g} MB)")
+        sid = uuid.uuid4().hex[:12]
+        d = self.work / "starts" / sid
+        d.mkdir(parents=True)
+        midi = d / "start.mid"
+        midi.write_bytes(midi_bytes)
+        try:
+            notes = notes_from_score(load_score(midi))
+        except BadInput as e:
+            shutil.rmtree(d, ignore_errors=True)
+            raise BadInput(f"{name}: {e}") from e
+        wav = None
+        if self.audio_missing is None:
+            heard = d / "heard.mid"
+            _write_midi(score_from_notes(cut_notes(notes, START_AUDIO_SECONDS)), heard)
+            wav = render_wav(heard, d / "start.wav")[0]
+        start = Start(sid, name, midi, notes, wav)
+        with self.lock:
+            self.starts[sid] = start
+        return start
+
+    def builtin_start(self, piece: str) -> Start:
+        f = OPENINGS / f"{piece}.mid"
+        if piece not in {p["id"] for p in builtin_pieces()}:
+            raise BadInput(f"builtin:openings/{piece}: no such piece")
+        return self.add_start(f.name, f.read_bytes())
+
+    def take_start(self, job_id: str, k: int) -> Start:
+        """An earlier take, primer and continuation, as a new start."""
+        return self.add_start(f"take {job_id[:6]}-{k}.mid", self.take_file(job_id, k, "mid")
+                              .read_bytes())
+
+    # --- jobs --------------------------------------------------------------------------
+
+    def submit(self, req: dict[str, Any]) -> Job:
+        """Validate a Generate click and queue it; ConfigError names the bad setting."""
+        model = req.get("model") or self.models[0]["id"]
+        if model not in {m["id"] for m in self.models}:
+            raise ConfigError(f"--checkpoint {model}: not one of this studio's models")
+        start = self.starts.get(req["start"]) if req.get("start") else None
+        if req.get("start") and start is None:
+            raise ConfigError("start: unknown (the server was restarted?); choose it again")
+        names = {f.name for f in fields(SampleConfig)}
+        sample = SampleConfig.from_dict({k: v for k, v in req.get("sample", {}).items()
+                                         if k in names and v not in (None, "")})
+        if sample.num_samples > self.cfg.max_takes:
+            raise ConfigError(f"--num-samples: the studio makes up to {self.cfg.max_takes} "
+                              f"takes at once (--max-takes), got {sample.num_samples}")
+        if (sample.seconds or 0) > self.cfg.max_seconds:
+            raise ConfigError(f"--seconds: the studio makes up to {self.cfg.max_seconds:g} s "
+                              f"per take (--max-seconds), got {sample.seconds:g}")
+        jid = uuid.uuid4().hex[:12]
+        cfg = GenerateConfig(out=str(self.work / "jobs" / jid), checkpoint=(model,),
+                             primer=str(start.midi) if start else None,
+                             primer_seconds=float(req.get("primer_seconds") or 0.0),
+                             sample=sample)
+        with self.lock:
+            job = Job(jid, len(self.jobs), cfg, model, start.name if start else None)
+            self.jobs[jid] = job
+        self.queue.put(job)
+        return job
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        with self.lock:  # jobs to finish before this one starts
+            ahead = sum(1 for j in self.jobs.values() if j.seq < job.seq and j.state in
+                        ("queued", "running", "writing")) if job.state == "queued" else 0
+        return {"id": job.id, "state": job.state, "progress": round(job.progress, 3),
+                "ahead": ahead, "error": job.error, "takes": job.takes}
+
+    def take_file(self, job_id: str, k: int, kind: str) -> Path:
+        job = self.jobs.get(job_id)
+        if job is None or job.state != "done" or not 0 <= k < len(job.takes) \
+                or kind not in ("mid", "wav", "png"):
+            raise KeyError(f"{job_id}/{k}.{kind}")
+        p = Path(job.cfg.out) / f"sample-{k}.{kind}"
+        if not p.exists():
+            raise KeyError(f"{job_id}/{k}.{kind}")
+        return p
+
+    def _work(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None or self.stopping.is_set():
+                return
+            job.state = "running"
+            try:
+                infos = run_generate(job.cfg, device=self.device, progress=self._hear(job))
+                job.takes = [self._take(job, i) for i in infos]
+                job.progress, job.state = 1.0, "done"
+            except Stopped:
+                return
+            except Exception as e:  # one line in the page; the server keeps serving
+                job.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+                job.state = "failed"
+
+    def _hear(self, job: Job):
+        def progress(share: float) -> None:
+            if self.stopping.is_set():
+                raise Stopped
+            job.progress = share
+            if share >= 1.0:
+                job.state = "writing"
+        return progress
+
+    def _take(self, job: Job, info) -> dict[str, Any]:
+        k, cfg = info.sample, job.cfg
+        base = f"/api/jobs/{job.id}/takes/{k}"
+        s = cfg.sample
+        cmd = ["cadenza generate", f"--checkpoint {job.model}",
+               f"--primer '{job.start}'" if job.start else "",
+               f"--primer-seconds {cfg.primer_seconds:g}" if cfg.primer_seconds else "",
+               f"--seconds {s.seconds:g}" if s.seconds else f"--tokens {s.tokens}",
+               f"--temperature {s.temperature:g} --top-p {s.top_p:g} --top-k {s.top_k}",
+               f"--seed {s.seed} --num-samples {s.num_samples} --out takes/"]
+        return {"job": job.id, "take": k, "model": job.model, "start": job.start,
+                "primer_seconds": info.primer["seconds"], "new_seconds": info.new_seconds,
+                "settings": info.settings, "memorization": info.memorization,
+                "notes": take_notes(Path(cfg.out) / info.files["midi"]),
+                "tokens_per_second": info.tokens_per_second,
+                "midi": f"{base}/mid", "wav": f"{base}/wav" if info.files["wav"] else None,
+                "png": f"{base}/png",
+                "command": " ".join(c for c in cmd if c) + f"   # sample-{k}"}
+
+    def close(self) -> None:
+        """Stop the worker (a running generation stops within a few tokens), remove the
+        folder."""
+        self.stopping.set()
+        self.queue.put(None)
+        if self.worker.is_alive() and threading.current_thread() is not self.worker:
+            self.worker.join(timeout=60)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def info(self) -> dict[str, Any]:
+        return {"models": self.models, "pieces": builtin_pieces(), "defaults": _defaults(),
+                "limits": {"max_upload_mb": self.cfg.max_upload_mb,
+                           "max_seconds": self.cfg.max_seconds,
+                           "max_takes": self.cfg.max_takes},
+                "audio_missing": self.audio_missing,
+                "note_names": [note_name(p) for p in range(128)]}
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+def make_app(studio: Studio):
+    """The Starlette app: the page, its files, and a small JSON API over ``studio``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, JSONResponse
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    def error(msg: str, status: int = 400) -> JSONResponse:
+        return JSONResponse({"error": msg}, status_code=status)
+
+    async def read_body(request: Request, name: str) -> bytes:
+        limit = studio.cfg.max_upload_mb * 1e6
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise BadInput(f"{name}: too large ({int(declared) / 1e6:.1f} MB; the studio "
+                           f"takes up to {studio.cfg.max_upload_mb:g} MB)")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BadInput(f"{name}: too large (over {studio.cfg.max_upload_mb:g} MB, "
+                               "the studio's limit)")
+        return bytes(body)
+
+    async def json_object(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError(f"{request.url.path}: expected a JSON object")
+        return body
+
+    def guarded(fn):
+        async def handler(request: Request):
+            try:
+                return await fn(request)
+            except (BadInput, ConfigError, CheckpointError, ValueError, TypeError) as e:
+                too_big = "too large" in str(e)
+                return error(str(e).splitlines()[0], 413 if too_big else 400)
+            except KeyError as e:
+                return error(f"not found: {e.args[0]}", 404)
+        return handler
+
+    async def index(request: Request):
+        return FileResponse(STATIC / "studio.html")
+
+    async def info(request: Request):
+        return JSONResponse(studio.info())
+
+    async def upload(request: Request):
+        name = Path(request.query_params.get("name") or "upload.mid").name
+        data = await read_body(request, name)
+        from starlette.concurrency import run_in_threadpool
+        start = await run_in_threadpool(studio.add_start, name, data)
+        return JSONResponse(start.to_dict())
+
+    async def builtin(request: Request):
+        from starlette.concurrency import run_in_threadpool
+        body = await json_object(request)
+        return JSONResponse((await run_in_threadpool(studio.builtin_start,
+                                                     str(body.get("piece")))).to_dict())
+
+    async def from_take(request: Request):
+        from starlette.concurrency import run_in_threadpool
+        body = await json_object(request)
+        return JSONResponse((await run_in_threadpool(studio.take_start, str(body["job"]),
+                                                     int(body["take"]))).to_dict())
+
+    async def start_audio(request: Request):
+        s = studio.starts.get(request.path_params["sid"])
+        if s is None or s.wav is None:
+            raise KeyError(request.path_params["sid"])
+        return FileResponse(s.wav, media_type="audio/wav")
+
+    async def submit(request: Request):
+        job = studio.submit(await json_object(request))
+        return JSONResponse(studio.status(job.id))
+
+    async def status(request: Request):
+        return JSONResponse(studio.status(request.path_params["jid"]))
+
+    async def take(request: Request):
+        p = request.path_params
+        f = studio.take_file(p["jid"], p["k"], p["kind"])
+        media = {"mid": "audio/midi", "wav": "audio/wav", "png": "image/png"}[p["kind"]]
+        return FileResponse(f, media_type=media,
+                            filename=f"take-{p['jid'][:6]}-{p['k']}.{p['kind']}")
+
+    routes = [
+        Route("/", index),
+        Route("/api/info", guarded(info)),
+        Route("/api/starts", guarded(upload), methods=["POST"]),
+        Route("/api/starts/builtin", guarded(builtin), methods=["POST"]),
+        Route("/api/starts/from-take", guarded(from_take), methods=["POST"]),
+        Route("/api/starts/{sid}/audio.wav", guarded(start_audio)),
+        Route("/api/jobs", guarded(submit), methods=["POST"]),
+        Route("/api/jobs/{jid}", guarded(status)),
+        Route("/api/jobs/{jid}/takes/{k:int}/{kind}", guarded(take)),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    return Starlette(routes=routes)
+
+
+def missing_extra() -> str | None:
+    """Why the studio cannot start here (its optional dependencies), or None."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        return (f"cadenza studio needs the studio extra ({e.name} is missing): "
+                "pip install -e '.[studio]'")
+    return None
+
+
+def serve(cfg: StudioConfig, *, device: str = "cpu") -> None:
+    """Run the studio until Ctrl-C or SIGTERM; its temporary folder goes with it."""
+    why = missing_extra()
+    if why:
+        raise ConfigError(why)
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((cfg.host, cfg.port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"--port {cfg.port}: cannot listen on {cfg.host} ({e.strerror}); "
+                          "choose another port, or --port 0 for any free one") from e
+    studio = Studio(cfg, device=device)
+    try:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        print(f"Cadenza Studio: http://{shown}:{port}/  (models: "
+              f"{', '.join(m['name'] for m in studio.models)}; Ctrl-C stops it)", flush=True)
+        server = uvicorn.Server(uvicorn.Config(make_app(studio), log_level="warning",
+                                               lifespan="off"))
+        server.run(sockets=[sock])
+    finally:
+        studio.close()
+        sock.close()

@@ -1,0 +1,332 @@
+"""Cadenza Studio: the server's API on a tiny trained model (bad input, two requests at once,
+continuing a take, its temporary folder), and the page itself in headless Chromium driven by
+Playwright on the shipped piano model.
+
+The browser test needs Debian's ``chromium`` (scripts/test.sh installs it when it may) and
+Playwright for Python (the dev extra); it skips with the reason otherwise. Set
+``CADENZA_STUDIO_SCREENSHOTS=docs`` to keep its screenshots (the README's come from there).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cadenza.data.midi import load_score, notes_from_score, only_track
+from cadenza.generate import PRIMER_TRACK
+from cadenza.stats import CONTINUATION_TRACK
+from tests.conftest import make_score, random_piece
+
+pytest.importorskip("starlette", reason="the studio extra is not installed "
+                    "(pip install -e '.[studio]')")
+pytest.importorskip("httpx", reason="Starlette's test client needs httpx (the dev extra)")
+
+ROOT = Path(__file__).resolve().parents[1]
+OPENING = ROOT / "src/cadenza/openings/schubert-moment-musical-3.mid"
+
+
+@pytest.fixture
+def studio(tiny_run, tmp_path, monkeypatch):
+    """A Studio over tiny_run, its temporary folder under tmp_path/tmp, and a client."""
+    import tempfile
+
+    from starlette.testclient import TestClient
+
+    from cadenza.config import StudioConfig
+    from cadenza.studio import Studio, make_app
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    s = Studio(StudioConfig(runs=str(tiny_run), max_upload_mb=0.05), device="cpu")
+    with TestClient(make_app(s)) as client:
+        yield s, client
+    s.close()
+
+
+def _midi_bytes(tmp_path: Path, notes, name: str = "piece.mid") -> bytes:
+    f = tmp_path / name
+    make_score(notes).dump_midi(str(f))
+    return f.read_bytes()
+
+
+def _wait(client, job_id: str, timeout: float = 120.0) -> dict:
+    t = time.time()
+    while time.time() - t < timeout:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def _run_model(studio) -> str:
+    return next(m["id"] for m in studio.models if not m["id"].startswith("pretrained:"))
+
+
+def test_models_lists_runs_checkpoints_with_their_numbers(studio, tiny_run):
+    s, client = studio
+    models = client.get("/api/info").json()["models"]
+    names = {m["name"] for m in models}
+    assert {"best", "last"} <= names and "pretrained:piano" in names
+    best = next(m for m in models if m["name"] == "best")
+    assert best["tokenizer"] == "performance" and best["parameters"] > 0
+    assert best["val_nll"] > 0
+    # the page's defaults are the CLI's
+    defaults = client.get("/api/info").json()["defaults"]
+    assert defaults["seconds"]["default"] == 20.0 and defaults["temperature"]["default"] == 1.0
+
+
+def test_bad_uploads_get_a_clear_message_and_the_server_keeps_serving(studio, tmp_path):
+    s, client = studio
+    r = client.post("/api/starts?name=notes.txt", content=b"these are not notes")
+    assert r.status_code == 400 and r.json()["error"] == \
+        "notes.txt: not a MIDI file (no MThd header)"
+    r = client.post("/api/starts?name=empty.mid", content=b"")
+    assert r.status_code == 400 and r.json()["error"] == "empty.mid: empty file"
+    silent = _midi_bytes(tmp_path, [], "silent.mid")
+    r = client.post("/api/starts?name=silent.mid", content=silent)
+    assert r.status_code == 400 and "silent.mid: no notes" in r.json()["error"]
+    big = b"MThd" + bytes(60_000)  # over this studio's 0.05 MB
+    r = client.post("/api/starts?name=big.mid", content=big)
+    assert r.status_code == 413 and "big.mid: too large" in r.json()["error"] \
+        and "0.05 MB" in r.json()["error"]
+    r = client.post("/api/jobs", json={"model": _run_model(s), "sample": {"temperature": -1}})
+    assert r.status_code == 400 and r.json()["error"] == "--temperature: must be > 0, got -1"
+    r = client.post("/api/jobs", json={"sample": {"num_samples": 99}})
+    assert r.status_code == 400 and "--max-takes" in r.json()["error"]
+    assert not list((s.work / "starts").glob("*/start.mid")) if (s.work / "starts").exists() \
+        else True  # nothing refused was kept
+    # still serving: a good file after the bad ones
+    good = _midi_bytes(tmp_path, random_piece(np.random.default_rng(1), 30, 8.0))
+    r = client.post("/api/starts?name=good.mid", content=good)
+    assert r.status_code == 200 and len(r.json()["notes"]) == 30
+
+
+def test_two_requests_at_once_each_get_their_own_takes(studio, tmp_path):
+    """Two tabs click Generate together: the takes each gets are exactly what `generate`
+    makes from its own settings, alone."""
+    from cadenza.config import GenerateConfig, SampleConfig
+    from cadenza.generate import run_generate
+    s, client = studio
+    model = _run_model(s)
+    piece = _midi_bytes(tmp_path, random_piece(np.random.default_rng(2), 40, 10.0))
+    sid = client.post("/api/starts?name=p.mid", content=piece).json()["id"]
+    asks = [{"model": model, "start": sid, "primer_seconds": 4,
+             "sample": {"tokens": 40, "seed": 1, "num_samples": 2}},
+            {"model": model, "start": sid, "primer_seconds": 6,
+             "sample": {"tokens": 30, "seed": 2, "num_samples": 1, "temperature": 0.8}}]
+    jobs = [client.post("/api/jobs", json=a).json() for a in asks]
+    assert jobs[1]["state"] == "queued"  # one worker: the second waits its turn
+    done = [_wait(client, j["id"]) for j in jobs]
+    assert [len(d["takes"]) for d in done] == [2, 1]
+    for ask, job in zip(asks, done):
+        assert job["state"] == "done", job["error"]
+        alone = tmp_path / f"alone-{job['id']}"
+        run_generate(GenerateConfig(out=str(alone), checkpoint=(model,),
+                                    primer=str(s.starts[sid].midi),
+                                    primer_seconds=ask["primer_seconds"],
+                                    sample=SampleConfig(**ask["sample"]), audio=False))
+        for t in job["takes"]:
+            assert t["settings"]["seed"] == ask["sample"]["seed"]
+            got = client.get(t["midi"]).content
+            want = (alone / f"sample-{t['take']}.mid").read_bytes()
+            a, b = (notes_from_score(load_score(f)) for f in _write(tmp_path, got, want))
+            assert np.array_equal(a.pitch, b.pitch) and np.allclose(a.start, b.start)
+
+
+def _write(tmp_path: Path, *blobs: bytes) -> list[Path]:
+    out = []
+    for i, b in enumerate(blobs):
+        f = tmp_path / f"blob-{i}-{time.time_ns()}.mid"
+        f.write_bytes(b)
+        out.append(f)
+    return out
+
+
+def test_continue_a_take_and_the_folder_goes_with_the_server(studio, tmp_path):
+    s, client = studio
+    model = _run_model(s)
+    job = client.post("/api/jobs", json={"model": model, "sample": {"tokens": 30}}).json()
+    job = _wait(client, job["id"])
+    assert job["state"] == "done" and job["takes"][0]["start"] is None  # from silence
+    take = job["takes"][0]
+    start = client.post("/api/starts/from-take", json={"job": job["id"], "take": 0}).json()
+    assert len(start["notes"]) == len(take["notes"]) > 0
+    assert client.get(f"/api/jobs/{job['id']}/takes/5/mid").status_code == 404
+    assert client.get("/api/jobs/nope").status_code == 404
+    assert s.work.is_dir()
+    s.close()
+    assert not s.work.exists()
+
+
+def test_a_killed_servers_folder_is_removed_by_the_next(tiny_run, tmp_path, monkeypatch):
+    import tempfile
+
+    from cadenza.config import StudioConfig
+    from cadenza.studio import Studio
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f"cadenza-studio-{dead.pid}-abc"
+    (left / "jobs").mkdir(parents=True)
+    mine = tmp_path / f"cadenza-studio-{os.getpid()}-alive"
+    mine.mkdir()
+    s = Studio(StudioConfig(runs=str(tiny_run)))
+    try:
+        assert not left.exists() and mine.exists()  # a live server's folder is left alone
+    finally:
+        s.close()
+
+
+def test_without_fluidsynth_the_page_says_so_and_still_offers_midi(tiny_run, tmp_path,
+                                                                     monkeypatch):
+    import tempfile
+
+    from starlette.testclient import TestClient
+
+    from cadenza.config import StudioConfig
+    from cadenza.studio import Studio, make_app
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    s = Studio(StudioConfig(runs=str(tiny_run)))
+    try:
+        client = TestClient(make_app(s))
+        assert "FluidSynth not found" in client.get("/api/info").json()["audio_missing"]
+        piece = _midi_bytes(tmp_path, random_piece(np.random.default_rng(3), 20, 6.0))
+        start = client.post("/api/starts?name=p.mid", content=piece).json()
+        assert start["audio"] is None
+        job = client.post("/api/jobs", json={"model": _run_model(s), "start": start["id"],
+                                             "sample": {"tokens": 20}}).json()
+        take = _wait(client, job["id"])["takes"][0]
+        assert take["wav"] is None and client.get(take["midi"]).status_code == 200
+        assert client.post("/api/jobs", json=["not", "a", "request"]).status_code == 400
+    finally:
+        s.close()
+
+
+def test_a_port_in_use_is_one_line_naming_the_flag(tiny_run):
+    import socket
+
+    from cadenza.config import ConfigError, StudioConfig
+    from cadenza.studio import serve
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"^--port {port}: cannot listen on 127.0.0.1"):
+            serve(StudioConfig(runs=str(tiny_run), port=port))
+
+
+# --- the page, in a real browser ---------------------------------------------------------
+
+
+def _chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium); "
+                    "scripts/test.sh installs it when it may")
+    return exe
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`cadenza studio --port 0` in its own process, with its own temp folder."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cadenza", "studio", "--port", "0",
+                             "--device", "cpu"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    line = proc.stdout.readline()
+    m = re.search(r"http://127\.0\.0\.1:\d+/", line)
+    assert m, f"studio did not start: {line}{proc.stdout.read() if proc.poll() else ''}"
+    yield m.group(0), tmp, proc
+    if proc.poll() is None:
+        proc.kill()
+
+
+def test_the_page_in_chromium(server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is "
+                                   "not installed (pip install -e '.[dev]')")
+    exe = _chromium()
+    url, tmp, proc = server
+    shots = Path(os.environ.get("CADENZA_STUDIO_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    keep = 5.0
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run",
+            "--disable-quic"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        outside = []  # nothing may come from anywhere but the studio itself
+        page.on("request", lambda r: None if r.url.startswith(url) else outside.append(r.url))
+        page.goto(url)
+        page.wait_for_selector("#model option[value='pretrained:piano']", state="attached")
+        page.set_input_files("#upload", str(OPENING))
+        page.wait_for_selector("#start svg.roll rect.note")
+        assert page.inner_text("#start-name") == OPENING.name
+        page.fill("#keep", str(keep))
+        page.fill("#settings [name=seconds]", "4")
+        page.fill("#settings [name=num_samples]", "2")
+        page.fill("#settings [name=seed]", "7")
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('.take').length === 2",
+                               timeout=120_000)
+        audio = page.locator(".take audio").count() == 2
+        if audio:  # both players loaded their WAV
+            page.wait_for_function("[...document.querySelectorAll('.take audio')]"
+                                   ".every(a => a.readyState >= 1 && a.duration > 4)",
+                                   timeout=30_000)
+        else:
+            assert "FluidSynth" in page.inner_text("#takes")
+        for card in page.locator(".take").all():
+            assert card.locator("svg.roll rect.note.primer").count() > 0
+            assert card.locator("svg.roll rect.note.cont").count() > 0
+            assert "seed 7" in card.inner_text()
+        page.screenshot(path=str(shots / "studio.png"), full_page=True)
+
+        with page.expect_download() as dl:
+            page.locator(".take .midi-link").first.click()
+        midi = tmp_path / "take.mid"
+        dl.value.save_as(midi)
+        score = load_score(midi)  # it decodes
+        primer = notes_from_score(only_track(score, PRIMER_TRACK))
+        cont = notes_from_score(only_track(score, CONTINUATION_TRACK))
+        upload = notes_from_score(load_score(OPENING))
+        first = upload.start < keep - 0.05  # the primer's notes are the upload's first 5 s
+        assert len(cont) > 0 and len(primer) >= first.sum() > 10
+        unmatched = list(zip(primer.start.tolist(), primer.pitch.tolist()))
+        for t, pitch in zip(upload.start[first].tolist(), upload.pitch[first].tolist()):
+            hit = next((u for u in unmatched if u[1] == pitch and abs(u[0] - t) <= 0.02), None)
+            assert hit is not None, f"the upload's {pitch} at {t:.3f} s is not in the take"
+            unmatched.remove(hit)
+
+        page.locator(".take .compare-box").nth(0).check()
+        page.locator(".take .compare-box").nth(1).check()
+        page.wait_for_selector("#compare-section:not([hidden]) #compare .take >> nth=1")
+        page.locator("#compare-section").screenshot(path=str(shots / "studio-compare.png"))
+
+        page.locator(".take .continue").first.click()
+        page.wait_for_function("document.querySelector('#start-name').textContent"
+                               ".startsWith('take')")
+
+        bad = tmp_path / "notes.mid"
+        bad.write_text("not music")
+        page.set_input_files("#upload", str(bad))
+        page.wait_for_selector("#message:not([hidden])")
+        assert page.inner_text("#message") == "notes.mid: not a MIDI file (no MThd header)"
+        assert outside == []
+        browser.close()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert not list(tmp.glob("cadenza-studio-*"))  # no temporary file left behind
