@@ -3,7 +3,7 @@ with Cadenza's KV cache, without a cache, and Hugging Face `generate` on a GPT-2
 dimensions (6 layers, d_model 256, 8 heads, d_ff 1024, vocab 391), in the same run. Then, with
 the `performance` tokenizer and the `small` preset, the time to generate 10 s of music.
 
-    python benchmarks/generate_speed.py [--new 1024] [--primer 256]
+    python benchmarks/generate_speed.py [--new 1024] [--primer 256] [--device cuda --batches 1,64]
 
 Goals: ours >= 2x Hugging Face and >= 5x our uncached loop; 10 s of music in < 5 s.
 """
@@ -40,39 +40,55 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="a trained performance checkpoint (e.g. the demo's "
                     "run/best) for the 10-seconds-of-music test; default: an untrained "
                     "`small` model, whose token density is not music's")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batches", default="1,8", help="batch sizes, comma-separated")
     a = ap.parse_args()
     from transformers import GPT2Config, GPT2LMHeadModel
+    dev = a.device
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
     total = a.primer + a.new
     torch.manual_seed(0)
     ours = build_model(ModelConfig(vocab_size=V, n_layer=L, d_model=D, n_head=H, d_ff=FF,
-                                   dropout=0.0, position="learned", max_context=total)).eval()
+                                   dropout=0.0, position="learned", max_context=total)
+                       ).eval().to(dev)
     hf = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=total, n_embd=D, n_layer=L,
-                                    n_head=H, n_inner=FF, attn_implementation="sdpa")).eval()
+                                    n_head=H, n_inner=FF, attn_implementation="sdpa",
+                                    bos_token_id=1, eos_token_id=2)
+                         ).eval().to(dev)
     tok = build_tokenizer("performance")
     rng = np.random.default_rng(0)
-    for batch in (1, 8):
+    if dev.startswith("cuda"):
+        print(torch.cuda.get_device_name())
+    for batch in (int(b) for b in a.batches.split(",")):
         prompt = np.concatenate([np.full((batch, 1), BOS),
                                  rng.integers(259, 359, (batch, a.primer - 1))], 1)
         cfg = SampleConfig(tokens=a.new, seed=0, num_samples=batch)
+        warm = SampleConfig(tokens=8, seed=0, num_samples=batch)  # first calls: allocation
+        sample(ours, prompt, tok.grammar(), warm, 8)
+        with torch.no_grad():
+            hf.generate(torch.from_numpy(prompt).to(dev), max_new_tokens=8, do_sample=True,
+                        attention_mask=torch.ones(prompt.shape, dtype=torch.long, device=dev),
+                        top_k=0, pad_token_id=0)
         t_ours = timed(sample, ours, prompt, tok.grammar(), cfg, a.new)
         n_unc = a.uncached_tokens
         t_unc = timed(sample, ours, prompt, tok.grammar(), cfg, n_unc, use_cache=False)
-        ids = torch.from_numpy(prompt)
+        ids = torch.from_numpy(prompt).to(dev)
         with torch.no_grad():
             t_hf = timed(hf.generate, ids, attention_mask=torch.ones_like(ids),
                          max_new_tokens=a.new, min_new_tokens=a.new, do_sample=True, top_k=0,
                          pad_token_id=0)
+            sync()
         r_ours, r_unc, r_hf = batch * a.new / t_ours, batch * n_unc / t_unc, batch * a.new / t_hf
         print(f"batch {batch}: cadenza cached {r_ours:>8,.0f} tok/s | uncached {r_unc:>7,.0f} "
               f"tok/s | HF generate {r_hf:>7,.0f} tok/s | ours/HF {r_ours / r_hf:.2f}x "
               f"(goal >= 2) | cached/uncached {r_ours / r_unc:.1f}x (goal >= 5)")
     if a.checkpoint:
         from cadenza.checkpoint import load_checkpoint
-        ck = load_checkpoint(a.checkpoint)
+        ck = load_checkpoint(a.checkpoint, dev)
         small, tok, label = ck.model, ck.tokenizer, f"checkpoint {a.checkpoint}"
     else:
         small = build_model(RECIPES["small"].model.replace(vocab_size=tok.vocab_size,
-                                                           max_context=512)).eval()
+                                                           max_context=512)).eval().to(dev)
         label = "small preset, untrained"
     cfg = SampleConfig(seconds=10.0, seed=0)
     news: list = []

@@ -67,6 +67,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    ddp: bool = False  # under torchrun: a process group and DDP, even for one process
 
     @property
     def main(self) -> bool:
@@ -74,12 +75,17 @@ class Dist:
 
 
 def setup_distributed(device: str) -> Dist:
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+    """Under torchrun (RANK set), a process group and DDP even for one process: a one-GPU
+    `torchrun --nproc-per-node 1` runs the same NCCL path as eight GPUs."""
+    if "RANK" not in os.environ:
         return Dist()
     backend = "nccl" if device.startswith("cuda") else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend)
-    d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        dist.init_process_group(backend, device_id=torch.device("cuda", local)
+                                if backend == "nccl" else None)
+    d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
+             ddp=True)
     if device.startswith("cuda"):
         torch.cuda.set_device(d.local_rank)
     return d
@@ -220,8 +226,9 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int |
     run.log(f"done: {reason or f'stopped at step {st.step}'} | step {st.step} | best val NLL "
             f"{st.best:.4f} | {fmt_time(st.elapsed)} | checkpoints in {out}/best and "
             f"{out}/last")
-    if run.dist.world > 1:
+    if run.dist.ddp:
         dist.barrier()
+        dist.destroy_process_group()
     return TrainResult(st.step, st.val, st.best, st.elapsed, count_params(run.raw))
 
 
@@ -322,7 +329,7 @@ def train_step(run: Run) -> tuple[float, int]:
             torch._foreach_lerp_(*run.ema_pairs, 1 - decay)
     st.step += 1
     lval = loss.detach()
-    if run.dist.world > 1:
+    if run.dist.ddp:
         dist.all_reduce(lval)
         lval /= run.dist.world
     return lval.item(), n_global  # the step's one host sync
@@ -358,7 +365,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     its wrappers, the optimizer, the sampler and the logs: a :class:`Run` ready for
     :func:`fit`."""
     d = setup_distributed(device)
-    if d.world > 1 and device.startswith("cuda"):
+    if d.ddp and device.startswith("cuda"):
         device = f"cuda:{d.local_rank}"
     dev = torch.device(device)
     log = (lambda *a: print(*a, flush=True)) if d.main and not quiet else (lambda *a: None)
@@ -375,7 +382,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         if saved is not None:  # last/ holds the average; state.pt the raw weights
             raw.load_state_dict(saved["raw_model"])
     model = raw
-    if d.world > 1:
+    if d.ddp:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[d.local_rank] if dev.type == "cuda" else None)
     if cfg.compile:
