@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from .base import decay_groups
+from .layers import Dropout, Linear
 
 STEP_WIDTH = 16  # step positions: tokens past the 16th of a step share its position
 PITCH_BASE = 64.0  # pitch rotations: periods from 2*pi to ~240 semitones (pitch_dims 16)
@@ -107,8 +108,8 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_head, self.hs = cfg.n_head, cfg.d_model // cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.qkv = Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = Linear(cfg.d_model, cfg.d_model, bias=False)
         self.position = cfg.position
         if self.position == "relative":
             # one embedding per head and distance 0..max_context-1 (Music Transformer)
@@ -168,9 +169,9 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = Attention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.out = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.fc = Linear(cfg.d_model, cfg.d_ff)
+        self.out = Linear(cfg.d_ff, cfg.d_model)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x, start, rope, cache, layer):
         x = x + self.drop(self.attn(self.ln1(x), start, rope, cache, layer))
@@ -203,10 +204,10 @@ class Transformer(nn.Module):
             self.register_buffer("pitch_sin", sin[pitch], persistent=False)
         if cfg.voice_period:  # "instrument labels" of Huang et al. 2018: position mod P
             self.voice = nn.Embedding(cfg.voice_period, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
-        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.head.weight = self.tok.weight  # tied embeddings (Press & Wolf 2017)
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections
