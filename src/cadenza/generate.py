@@ -158,6 +158,8 @@ def sample(model: TokenModel, prompt: np.ndarray, grammar, cfg: SampleConfig,
                 logits = model(window(buf[:, :n]), cache)[:, -1]
             else:
                 logits = model(step, cache)[:, -1]
+    if progress is not None:
+        progress(1.0)
     new = buf[:, T0:n].cpu().numpy()
     return [new[b, : ends[b] if ends[b] >= 0 else new.shape[1]] for b in range(B)]
 

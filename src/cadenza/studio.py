@@ -456,7 +456,11 @@ def serve(cfg: StudioConfig, *, device: str = "cpu") -> None:
         sock.close()
         raise ConfigError(f"--port {cfg.port}: cannot listen on {cfg.host} ({e.strerror}); "
                           "choose another port, or --port 0 for any free one") from e
-    studio = Studio(cfg, device=device)
+    try:
+        studio = Studio(cfg, device=device)
+    except BaseException:
+        sock.close()
+        raise
     try:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
