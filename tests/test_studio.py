@@ -213,6 +213,24 @@ def test_without_fluidsynth_the_page_says_so_and_still_offers_midi(tiny_run, tmp
         s.close()
 
 
+def test_each_takes_command_line_is_the_cli_for_the_same_settings():
+    """The "same take from the command line" parses, through the real CLI parser, into the
+    settings the take was made with."""
+    import shlex
+
+    from cadenza.cli import build_parser, from_args
+    from cadenza.config import GenerateConfig, SampleConfig
+    from cadenza.studio import Job, command_line
+    sample = SampleConfig(seconds=3.5, temperature=0.9, top_p=0.95, top_k=12, seed=4,
+                          num_samples=2)
+    job = Job("j", 0, GenerateConfig(out="o", primer="/tmp/x/start.mid", primer_seconds=4.5,
+                                     sample=sample), "my song's.mid")
+    args = build_parser().parse_args(shlex.split(command_line(job))[1:])
+    cfg = from_args(GenerateConfig, args)
+    assert cfg.sample == sample and cfg.primer == "my song's.mid"
+    assert cfg.primer_seconds == 4.5 and cfg.checkpoint == ("pretrained:piano",)
+
+
 def test_a_port_in_use_is_one_line_naming_the_flag(tiny_run):
     import socket
 

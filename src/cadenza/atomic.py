@@ -114,6 +114,19 @@ def locked_dir(path: str | Path, flag: str) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def process_dir(root: str | Path, prefix: str) -> Path:
+    """A new temporary folder ``root/PREFIX<pid>-XXXX`` owned by this process; those whose
+    process is gone (killed before it could clean up) are removed first."""
+    for d in Path(root).glob(prefix + "*"):
+        try:
+            os.kill(int(d.name[len(prefix):].split("-")[0]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue  # not named by a PID, or another user's live process
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root))
+
+
 def file_digests(path: str | Path, *algorithms: str) -> dict[str, str]:
     """Hex digests of a file (``"sha256"``, ``"sha1"``...), all from one read of it."""
     hs = {a: hashlib.new(a) for a in algorithms}

@@ -143,6 +143,12 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{d / 'config.json'}: not valid JSON ({e})") from e
 
 
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metrics.json (directory or pretrained:NAME); {} when it has none."""
+    f = resolve(path) / "metrics.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
 def verify_weights(path: Path) -> None:
     """A directory with a model card: its weights must have the card's SHA-256."""
     card = path / CARD
@@ -206,9 +212,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise CheckpointError(f"{path / 'model.safetensors'}: weights do not match "
                               f"config.json ({str(e).splitlines()[0]})") from e
     model.to(device).eval()
-    metrics_file = path / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    return Checkpoint(path, model, model_cfg, train_cfg, tokenizer, config, metrics, stored)
+    return Checkpoint(path, model, model_cfg, train_cfg, tokenizer, config, read_metrics(path),
+                      stored)
 
 
 def load_members(paths: str | Path | Sequence[str | Path],

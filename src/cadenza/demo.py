@@ -58,7 +58,7 @@ def demo_configs(cfg: DemoConfig) -> tuple[ModelConfig, TrainConfig]:
 def run_demo(cfg: DemoConfig | None = None, *, device: str = "cpu",
              primer_seconds: float = 6.0) -> dict:
     cfg = cfg or DemoConfig()
-    from .checkpoint import resolve
+    from .checkpoint import read_metrics
     from .data.dataset import TokenDataset
     from .data.prepare import prepare
     from .generate import run_generate
@@ -104,7 +104,7 @@ def run_demo(cfg: DemoConfig | None = None, *, device: str = "cpu",
         written.append((primer, sdir, take(str(run / "best"), sdir, primer, cfg.seed + i,
                                            0.95)))
     print()
-    ck = json.loads((resolve(PRETRAINED) / "metrics.json").read_text())
+    ck = read_metrics(PRETRAINED)
     print(f"{'pretrained:piano':<28}validation NLL {ck['best_val_nll']:.3f} nats/token "
           "(its piano validation split; see its MODEL_CARD.md)")
     for name, sdir, info in piano:

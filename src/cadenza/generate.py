@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ import numpy as np
 import symusic
 import torch
 
-from .atomic import write_bytes
+from .atomic import process_dir, write_bytes
 from .checkpoint import Checkpoint, common_period, key_views, load_members, weights_digest
 from .config import GenerateConfig, SampleConfig
 from .data.midi import (
@@ -187,18 +186,6 @@ def _pick(n: Notes, m: np.ndarray) -> Notes:
     return Notes(n.start[m], n.end[m], n.pitch[m], n.velocity[m])
 
 
-def _clean_stale_takes(out_dir: Path) -> None:
-    """Remove temporary take folders left by a generate that was killed (its PID is gone)."""
-    for d in out_dir.glob(".cadenza-take-*"):
-        try:
-            pid = int(d.name.split("-")[2])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            continue
-
-
 def resolve_primer(spec: str) -> Path:
     """A MIDI path, or ``builtin:CORPUS[/NAME]`` (the first file whose name contains NAME)."""
     if spec.startswith("builtin:"):
@@ -325,8 +312,7 @@ def run_generate(cfg: GenerateConfig, *, device: str = "cpu",
                               "--force to replace them")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _clean_stale_takes(out_dir)
-        take = Path(tempfile.mkdtemp(prefix=f".cadenza-take-{os.getpid()}-", dir=out_dir))
+        take = process_dir(out_dir, ".cadenza-take-")  # a killed generate's is removed
     except OSError as e:
         raise PermissionError(f"--out {cfg.out}: cannot write there ({e.strerror})") from e
     try:

@@ -59,14 +59,25 @@ def find_soundfont(explicit: str | None = None) -> Path | None:
     return None
 
 
+def _tools(soundfont: str | None) -> tuple[str | None, Path | None, str | None]:
+    """FluidSynth and the SoundFont, and why no WAV can be rendered (None when both exist)."""
+    exe, sf = shutil.which("fluidsynth"), find_soundfont(soundfont)
+    why = None if exe and sf else \
+        ("FluidSynth not found; " if exe is None else "no SoundFont found; ") + INSTALL_HINT
+    return exe, sf, why
+
+
+def audio_missing(soundfont: str | None = None) -> str | None:
+    """Why no WAV can be rendered here (no FluidSynth, no SoundFont), or None."""
+    return _tools(soundfont)[2]
+
+
 def render_wav(midi: Path, wav: Path, soundfont: str | None = None,
                sample_rate: int = 44100) -> tuple[Path | None, str]:
     """Render a MIDI file to WAV; returns (path, "") or (None, why not)."""
-    exe = shutil.which("fluidsynth")
-    sf = find_soundfont(soundfont)
-    if exe is None or sf is None:
-        return None, ("FluidSynth not found; " if exe is None else "no SoundFont found; ") + \
-            INSTALL_HINT
+    exe, sf, why = _tools(soundfont)
+    if why:
+        return None, why
     try:
         with atomic_path(wav) as tmp:
             r = subprocess.run([exe, "-ni", "-q", "-g", "0.7", "-r", str(sample_rate),

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from .atomic import write_bytes
+from .checkpoint import read_metrics
 
 
 def _data_uri(path: Path, mime: str) -> str:
@@ -43,8 +44,7 @@ def build_report(run: str | Path, out: str | Path | None = None,
                if (c / "config.json").exists()), None)
     if ck is not None:
         cfg = json.loads((ck / "config.json").read_text())
-        metrics = json.loads((ck / "metrics.json").read_text()) if (
-            ck / "metrics.json").exists() else {}
+        metrics = read_metrics(ck)
         parts.append("<h2>Model and training</h2>")
         parts.append(_table([("checkpoint", str(ck)),
                              ("parameters", f"{cfg.get('parameters', 0):,}"),

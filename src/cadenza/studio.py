@@ -18,9 +18,8 @@ left by a killed server is removed by the next start.
 
 from __future__ import annotations
 
-import json
-import os
 import queue
+import shlex
 import shutil
 import socket
 import tempfile
@@ -32,21 +31,36 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import CheckpointError, pretrained_names, read_config, resolve
-from .config import ConfigError, GenerateConfig, SampleConfig, StudioConfig
-from .data.midi import BadInput, cut_notes, load_score, notes_from_score, score_from_notes
-from .data.midi import write_midi as _write_midi
+from .atomic import process_dir
+from .checkpoint import CheckpointError, pretrained_names, read_config, read_metrics
+from .config import ConfigError, GenerateConfig, SampleConfig, StudioConfig, flag
+from .data.corpus import OPENINGS
+from .data.midi import (
+    BadInput,
+    cut_notes,
+    load_score,
+    notes_from_score,
+    score_from_notes,
+    write_midi,
+)
 from .generate import PRIMER_TRACK, run_generate
-from .render import find_soundfont, note_name, render_wav
+from .render import audio_missing, note_name, render_wav
 
 STATIC = Path(__file__).parent / "static"
-OPENINGS = Path(__file__).parent / "openings"
 WORK_PREFIX = "cadenza-studio-"
 START_AUDIO_SECONDS = 120.0  # a start's WAV covers its first two minutes
 
 
 class Stopped(Exception):
     """Raised into a running generation when the server stops."""
+
+
+class TooLarge(BadInput):
+    """An upload over --max-upload-mb (HTTP 413)."""
+
+    def __init__(self, name: str, limit_mb: float, size: int | None = None) -> None:
+        got = f"{size / 1e6:.1f} MB" if size is not None else f"over {limit_mb:g} MB"
+        super().__init__(f"{name}: too large ({got}; the studio takes up to {limit_mb:g} MB)")
 
 
 @dataclass
@@ -72,9 +86,8 @@ class Job:
 
     id: str
     seq: int  # order of submission: the queue's order
-    cfg: GenerateConfig
-    model: str
-    start: str | None  # the start's name
+    cfg: GenerateConfig  # its checkpoint, primer and sampling settings
+    start: str | None  # the start's name (cfg.primer is its copy in the work folder)
     state: str = "queued"  # queued, running, writing, done, failed
     progress: float = 0.0
     error: str | None = None
@@ -108,17 +121,15 @@ def list_models(runs: str | None) -> list[dict[str, Any]]:
             raise ConfigError(f"--runs {runs}: no such folder")
         for cfg in sorted(root.rglob("config.json")):
             d = cfg.parent
+            # hidden folders: a run's temporaries and the .NAME.old twins of a swap
             if (d / "model.safetensors").exists() and not any(
-                    part.startswith(".") or part.endswith(".old")
-                    for part in d.relative_to(root).parts):
+                    part.startswith(".") for part in d.relative_to(root).parts):
                 specs.append((str(d), str(d.relative_to(root)) if d != root else d.name))
     models = []
     for spec, label in specs:
         try:
-            c = read_config(spec)
-            metrics_file = resolve(spec) / "metrics.json"
-            m = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        except (CheckpointError, OSError, json.JSONDecodeError):
+            c, m = read_config(spec), read_metrics(spec)
+        except (CheckpointError, OSError, ValueError):
             continue  # a half-written run: not offered
         models.append({"id": spec, "name": label, "tokenizer": c["tokenizer"]["name"],
                        "parameters": c.get("parameters"),
@@ -132,15 +143,19 @@ def builtin_pieces() -> list[dict[str, str]]:
             for f in sorted(OPENINGS.glob("*.mid"))]
 
 
-def clean_stale(root: Path) -> None:
-    """Remove studio folders whose server was killed (its PID is gone)."""
-    for d in root.glob(WORK_PREFIX + "*"):
-        try:
-            os.kill(int(d.name[len(WORK_PREFIX):].split("-")[0]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
-        except (ValueError, PermissionError):
-            continue
+def command_line(job: Job) -> str:
+    """The `cadenza generate` line that makes this job's takes again, its flags named by the
+    configs (the primer by the name it was uploaded under)."""
+    cfg = job.cfg
+    args = [flag("checkpoint"), cfg.checkpoint[0]]
+    if job.start:
+        args += [flag("primer"), shlex.quote(job.start)]
+    if cfg.primer_seconds:
+        args += [flag("primer_seconds"), f"{cfg.primer_seconds:g}"]
+    for name, v in cfg.sample.to_dict().items():
+        if v is not None:
+            args += [flag(name), f"{v:g}" if isinstance(v, float) else str(v)]
+    return " ".join(["cadenza generate", *args, flag("out"), "takes/"])
 
 
 def _defaults() -> dict[str, Any]:
@@ -160,16 +175,14 @@ class Studio:
         if not self.models:
             raise ConfigError(f"--runs {cfg.runs}: no checkpoint found, and no pretrained "
                               "model is installed")
-        tmp = Path(tempfile.gettempdir())
-        clean_stale(tmp)
-        self.work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=tmp))
+        # a killed server's folder is removed by the next start
+        self.work = process_dir(tempfile.gettempdir(), WORK_PREFIX)
         self.starts: dict[str, Start] = {}
         self.jobs: dict[str, Job] = {}
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.audio_missing = None if find_soundfont() and shutil.which("fluidsynth") else (
-            render_wav(Path("none.mid"), Path("none.wav"))[1])
+        self.audio_missing = audio_missing()
         self.worker = threading.Thread(target=self._work, name="studio-worker", daemon=True)
         self.worker.start()
 
@@ -180,8 +193,7 @@ class Studio:
         if not midi_bytes:
             raise BadInput(f"{name}: empty file")
         if len(midi_bytes) > self.cfg.max_upload_mb * 1e6:
-            raise BadInput(f"{name}: too large ({len(midi_bytes) / 1e6:.1f} MB; the studio "
-                           f"takes up to {self.cfg.max_upload_mb:g} MB)")
+            raise TooLarge(name, self.cfg.max_upload_mb, len(midi_bytes))
         sid = uuid.uuid4().hex[:12]
         d = self.work / "starts" / sid
         d.mkdir(parents=True)
@@ -195,7 +207,7 @@ class Studio:
         wav = None
         if self.audio_missing is None:
             heard = d / "heard.mid"
-            _write_midi(score_from_notes(cut_notes(notes, START_AUDIO_SECONDS)), heard)
+            write_midi(score_from_notes(cut_notes(notes, START_AUDIO_SECONDS)), heard)
             wav = render_wav(heard, d / "start.wav")[0]
         start = Start(sid, name, midi, notes, wav)
         with self.lock:
@@ -238,7 +250,7 @@ class Studio:
                              primer_seconds=float(req.get("primer_seconds") or 0.0),
                              sample=sample)
         with self.lock:
-            job = Job(jid, len(self.jobs), cfg, model, start.name if start else None)
+            job = Job(jid, len(self.jobs), cfg, start.name if start else None)
             self.jobs[jid] = job
         self.queue.put(job)
         return job
@@ -291,21 +303,13 @@ class Studio:
     def _take(self, job: Job, info) -> dict[str, Any]:
         k, cfg = info.sample, job.cfg
         base = f"/api/jobs/{job.id}/takes/{k}"
-        s = cfg.sample
-        cmd = ["cadenza generate", f"--checkpoint {job.model}",
-               f"--primer '{job.start}'" if job.start else "",
-               f"--primer-seconds {cfg.primer_seconds:g}" if cfg.primer_seconds else "",
-               f"--seconds {s.seconds:g}" if s.seconds else f"--tokens {s.tokens}",
-               f"--temperature {s.temperature:g} --top-p {s.top_p:g} --top-k {s.top_k}",
-               f"--seed {s.seed} --num-samples {s.num_samples} --out takes/"]
-        return {"job": job.id, "take": k, "model": job.model, "start": job.start,
+        return {"job": job.id, "take": k, "model": cfg.checkpoint[0], "start": job.start,
                 "primer_seconds": info.primer["seconds"], "new_seconds": info.new_seconds,
                 "settings": info.settings, "memorization": info.memorization,
                 "notes": take_notes(Path(cfg.out) / info.files["midi"]),
                 "tokens_per_second": info.tokens_per_second,
                 "midi": f"{base}/mid", "wav": f"{base}/wav" if info.files["wav"] else None,
-                "png": f"{base}/png",
-                "command": " ".join(c for c in cmd if c) + f"   # sample-{k}"}
+                "png": f"{base}/png", "command": command_line(job) + f"   # sample-{k}"}
 
     def close(self) -> None:
         """Stop the worker (a running generation stops within a few tokens), remove the
@@ -331,6 +335,7 @@ class Studio:
 def make_app(studio: Studio):
     """The Starlette app: the page, its files, and a small JSON API over ``studio``."""
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import FileResponse, JSONResponse
     from starlette.routing import Mount, Route
@@ -340,17 +345,16 @@ def make_app(studio: Studio):
         return JSONResponse({"error": msg}, status_code=status)
 
     async def read_body(request: Request, name: str) -> bytes:
-        limit = studio.cfg.max_upload_mb * 1e6
+        """The upload, refused before it is read whole when it is over the limit."""
+        mb = studio.cfg.max_upload_mb
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise BadInput(f"{name}: too large ({int(declared) / 1e6:.1f} MB; the studio "
-                           f"takes up to {studio.cfg.max_upload_mb:g} MB)")
+        if declared and declared.isdigit() and int(declared) > mb * 1e6:
+            raise TooLarge(name, mb, int(declared))
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > limit:
-                raise BadInput(f"{name}: too large (over {studio.cfg.max_upload_mb:g} MB, "
-                               "the studio's limit)")
+            if len(body) > mb * 1e6:
+                raise TooLarge(name, mb)
         return bytes(body)
 
     async def json_object(request: Request) -> dict[str, Any]:
@@ -364,8 +368,7 @@ def make_app(studio: Studio):
             try:
                 return await fn(request)
             except (BadInput, ConfigError, CheckpointError, ValueError, TypeError) as e:
-                too_big = "too large" in str(e)
-                return error(str(e).splitlines()[0], 413 if too_big else 400)
+                return error(str(e).splitlines()[0], 413 if isinstance(e, TooLarge) else 400)
             except KeyError as e:
                 return error(f"not found: {e.args[0]}", 404)
         return handler
@@ -379,18 +382,15 @@ def make_app(studio: Studio):
     async def upload(request: Request):
         name = Path(request.query_params.get("name") or "upload.mid").name
         data = await read_body(request, name)
-        from starlette.concurrency import run_in_threadpool
         start = await run_in_threadpool(studio.add_start, name, data)
         return JSONResponse(start.to_dict())
 
     async def builtin(request: Request):
-        from starlette.concurrency import run_in_threadpool
         body = await json_object(request)
         return JSONResponse((await run_in_threadpool(studio.builtin_start,
                                                      str(body.get("piece")))).to_dict())
 
     async def from_take(request: Request):
-        from starlette.concurrency import run_in_threadpool
         body = await json_object(request)
         return JSONResponse((await run_in_threadpool(studio.take_start, str(body["job"]),
                                                      int(body["take"]))).to_dict())
