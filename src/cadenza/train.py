@@ -313,9 +313,6 @@ def train_step(run: Run) -> tuple[float, int]:
     loss_sum = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1),
                                ignore_index=IGNORE, reduction="sum")
     loss = loss_sum * run.dist.world / n_global  # DDP averages over ranks -> global mean
-    if not torch.isfinite(loss):
-        raise TrainingError(f"step {st.step}: loss is {loss.item()}; stopped. The last good "
-                            f"checkpoint is {run.out / 'last'} (try a lower --lr)")
     run.opt.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     if cfg.grad_clip:
@@ -327,12 +324,19 @@ def train_step(run: Run) -> tuple[float, int]:
         with torch.no_grad():
             decay = min(cfg.ema, (1 + st.step) / (10 + st.step))
             torch._foreach_lerp_(*run.ema_pairs, 1 - decay)
-    st.step += 1
     lval = loss.detach()
     if run.dist.ddp:
         dist.all_reduce(lval)
         lval /= run.dist.world
-    return lval.item(), n_global  # the step's one host sync
+    value = lval.item()  # the step's one host sync
+    if not math.isfinite(value):
+        # checked here, not before the update: a check there waits for the GPU a second
+        # time each step. Nothing of this step is saved; every rank sees the same mean
+        # (a NaN on one rank stops them all, instead of leaving the others waiting).
+        raise TrainingError(f"step {st.step}: loss is {value}; stopped. The last good "
+                            f"checkpoint is {run.out / 'last'} (try a lower --lr)")
+    st.step += 1
+    return value, n_global
 
 
 def evaluate_and_save(run: Run, loss: float | None) -> None:
