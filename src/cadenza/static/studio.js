@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, start: null, takes: [], compare: [], polling: null };
+const state = { info: null, start: null, compare: [] };  // compare: the ticked takes
 const SVG = "http://www.w3.org/2000/svg";
 
 function noteName(p) { return state.info ? state.info.note_names[p] : String(p); }
@@ -245,7 +245,6 @@ function takeCard(t, compact, minSeconds) {
 }
 
 function addTake(t) {
-  state.takes.push(t);
   $("no-takes").hidden = true;
   $("takes").prepend(takeCard(t, false));
 }
