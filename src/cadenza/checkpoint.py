@@ -133,6 +133,16 @@ class Checkpoint:
     metrics: dict[str, Any]
     stored_dtype: str = "fp32"  # of model.safetensors: "bf16" for shipped models
 
+    @property
+    def task(self) -> str:
+        """What it was trained for: "continue", or a paired task of ``prepare --task``."""
+        return (self.config.get("data", {}).get("task") or {}).get("name", "continue")
+
+    @property
+    def bars(self) -> int:
+        """A paired task's bars per pair (0 for "continue")."""
+        return (self.config.get("data", {}).get("task") or {}).get("bars", 0)
+
 
 def read_config(path: str | Path) -> dict[str, Any]:
     """A checkpoint's config.json (directory or pretrained:NAME), without loading weights."""

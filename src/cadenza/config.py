@@ -23,12 +23,16 @@ from typing import Any
 
 FORMAT_VERSION = 1  # bump when checkpoint or dataset layouts change incompatibly
 
-MODEL_KINDS = ("transformer", "rnn", "lstm", "gru")
+MODEL_KINDS = ("transformer", "encoder-decoder", "rnn", "lstm", "gru")
+ATTENTION_KINDS = ("transformer", "encoder-decoder")
+NORMS = ("pre", "post")
 POSITIONS = ("sinusoidal", "learned", "rope", "relative")
 PRECISIONS = ("fp32", "bf16", "fp16")
 SPLITS = ("train", "valid", "test")
 PIANOROLL_SETS = ("jsb", "nottingham", "musedata", "piano-midi")
-BENCHMARKS = ("jsb16", "pianoroll", "models")
+BENCHMARKS = ("jsb16", "pianoroll", "models", "tasks")
+TASKS = ("continue", "harmonize", "accompany")  # prepare --task; pairs.py builds the pairs
+TASK_TOKENIZER = {"harmonize": "chorale16", "accompany": "performance"}
 
 
 class ConfigError(ValueError):
@@ -144,7 +148,14 @@ class PrepareConfig(_Config):
                                       "(.json chorales, .mat/.pickle piano rolls)",
                                       positional=True)
     out: str = option(help="dataset directory to write", required=True)
-    tokenizer: str = option("performance", "tokenization scheme", choices=_tokenizer_names)
+    tokenizer: str = option(None, "tokenization scheme (default: performance; --task "
+                            "harmonize uses chorale16, accompany performance)",
+                            choices=_tokenizer_names)
+    task: str = option("continue", "what the dataset trains: continue pieces, or source -> "
+                       "target pairs: harmonize (a chorale's soprano -> alto, tenor, bass; the "
+                       "JSB16 JSON), accompany (a song's MELODY -> PIANO track; POP909)",
+                       choices=TASKS)
+    bars: int = option(0, "paired tasks: bars per pair (0: 4 to harmonize, 2 to accompany)")
     valid_frac: float = option(0.05, "share of pieces for the valid split")
     test_frac: float = option(0.05, "share of pieces for the test split")
     workers: int = option(1, "parallel processes")
@@ -168,6 +179,13 @@ class PrepareConfig(_Config):
         _check(self.max_file_mb > 0, "max_file_mb", "must be > 0", self.max_file_mb)
         _check(self.programs in ("all", "piano"), "programs", "must be all or piano",
                self.programs)
+        _check(self.task in TASKS, "task", f"must be one of {TASKS}", self.task)
+        _check(0 <= self.bars <= 16, "bars", "must be in 0..16", self.bars)
+        need = TASK_TOKENIZER.get(self.task)
+        if self.tokenizer is None:
+            object.__setattr__(self, "tokenizer", need or "performance")
+        _check(need is None or self.tokenizer == need, "tokenizer",
+               f"--task {self.task} uses {need}", self.tokenizer)
 
 
 FROM_TOKENIZER = "the dataset's tokenizer"
@@ -185,7 +203,11 @@ class ModelConfig(_Config):
     n_head: int = option(4, "attention heads")
     d_ff: int = option(1024, "feed-forward size")
     dropout: float = option(0.1, "dropout probability")
-    position: str = option("relative", "Transformer positional scheme", choices=POSITIONS)
+    position: str = option(None, "Transformer positional scheme (default: relative; "
+                           "sinusoidal for the encoder-decoder, as in the paper)",
+                           choices=POSITIONS)
+    norm: str = option("pre", "LayerNorm before each sublayer (pre, GPT-2) or after the "
+                       "residual sum (post, as in the paper)", choices=NORMS)
     # the longest window the positional scheme must cover: a fresh run's --context
     max_context: int = option(512, derived="--context")
     voice_period: int = option(0, "add a learned embedding of (position mod P), e.g. 4 for "
@@ -213,7 +235,18 @@ class ModelConfig(_Config):
         _check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)", self.dropout)
         _check(self.max_context >= 2, "context", "must be >= 2", self.max_context)
         _check(self.voice_period >= 0, "voice_period", "must be >= 0", self.voice_period)
-        if self.kind == "transformer":
+        if self.position is None:
+            object.__setattr__(self, "position", "sinusoidal" if self.kind == "encoder-decoder"
+                               else "relative")
+        _check(self.norm in NORMS, "norm", f"must be one of {NORMS}", self.norm)
+        if self.kind == "encoder-decoder":
+            _check(self.position != "relative", "position", "relative attention is built "
+                   "for a causal decoder (the skewing trick); the encoder-decoder takes "
+                   "sinusoidal, learned or rope", self.position)
+            for name in ("step_positions", "pitch_dims", "voice_period"):
+                _check(not getattr(self, name), name, "is for the decoder-only transformer",
+                       getattr(self, name))
+        if self.kind in ATTENTION_KINDS:
             _check(self.position in POSITIONS, "position", f"must be one of {POSITIONS}",
                    self.position)
             _check(self.n_head >= 1 and self.d_model % self.n_head == 0, "n_head",

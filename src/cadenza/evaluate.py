@@ -94,6 +94,59 @@ def score_pieces(model: torch.nn.Module, pieces: list[np.ndarray], context: int,
     return out
 
 
+@torch.no_grad()
+def score_pairs(model: torch.nn.Module, sources: list[np.ndarray], targets: list[np.ndarray],
+                batch_size: int = 16, precision: str = "fp32") -> list[np.ndarray]:
+    """Per pair (framed source and target), the NLL of each target content token, shape
+    (len(target) - 2,). An encoder-decoder reads the source with its encoder; any other
+    model reads the source as a prefix, ``[BOS src EOS BOS tgt EOS]``, and is scored on the
+    target's tokens only. Each pair is one forward pass (prepare keeps pairs short)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    encdec = hasattr(model, "encode_into")
+    out: list[np.ndarray] = [np.zeros(0)] * len(targets)
+    order = sorted(range(len(targets)), key=lambda i: -len(targets[i]) - len(sources[i]))
+    for b in range(0, len(order), batch_size):
+        chunk = [i for i in order[b: b + batch_size] if len(targets[i]) > 2]
+        if not chunk:
+            continue
+        if encdec:
+            S = max(len(sources[i]) for i in chunk)
+            W = max(len(targets[i]) - 2 for i in chunk)
+            src = torch.zeros(len(chunk), S, dtype=torch.long)
+            x = torch.zeros(len(chunk), W, dtype=torch.long)
+            y = torch.zeros(len(chunk), W, dtype=torch.long)
+            for r, i in enumerate(chunk):
+                s, t = sources[i], targets[i]
+                src[r, : len(s)] = torch.from_numpy(s)
+                x[r, : len(t) - 2] = torch.from_numpy(t[:-2])
+                y[r, : len(t) - 2] = torch.from_numpy(t[1:-1])
+            first = [0] * len(chunk)
+            with autocast(device, precision):
+                logits = model(x.to(device), src=src.to(device))
+        else:
+            W = max(len(sources[i]) + len(targets[i]) - 2 for i in chunk)
+            x = torch.zeros(len(chunk), W, dtype=torch.long)
+            y = torch.zeros(len(chunk), W, dtype=torch.long)
+            first = []
+            for r, i in enumerate(chunk):
+                q, cut = np.concatenate([sources[i], targets[i]]), len(sources[i])
+                n = len(targets[i]) - 2
+                x[r, : cut + n] = torch.from_numpy(q[: cut + n])
+                y[r, : cut + n] = torch.from_numpy(q[1: cut + n + 1])
+                first.append(cut)
+            with autocast(device, precision):
+                logits = model(x.to(device))
+        nll = -F.log_softmax(logits.float(), -1).gather(2, y.to(device)[..., None])[..., 0]
+        nll = nll.cpu().numpy()
+        for r, i in enumerate(chunk):
+            n = len(targets[i]) - 2
+            out[i] = nll[r, first[r]: first[r] + n]
+    model.train(was_training)
+    return out
+
+
 @dataclass
 class NLLResult:
     nll: float  # nats per token
@@ -183,6 +236,8 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
         if ds.tokenizer.vocab != ck.tokenizer.vocab:
             raise ValueError(f"--data {data}: its vocabulary differs from the checkpoint's "
                              f"({ds.tokenizer.name} vs {ck.tokenizer.name})")
+        if ds.task != "continue":
+            return _evaluate_pairs(cks, ds, split, batch_size, precision, transpositions)
         pieces = ds.pieces(split)
     elif len(paths) == 1 and data.is_file() and data.suffix.lower() in BENCHMARK_SUFFIXES:
         pieces = benchmark_pieces(data, split, ck.tokenizer)
@@ -207,6 +262,22 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
 
     return Scores(together([n for per in nlls for n in per]), [together(per) for per in nlls],
                   together([per[own] for per in nlls]))
+
+
+def _evaluate_pairs(cks: list, ds, split: str, batch_size: int, precision: str,
+                    transpositions: int) -> Scores:
+    """A paired dataset: NLL per target token of one model trained on its task."""
+    task = ds.task
+    if len(cks) > 1 or transpositions > 1:
+        raise ValueError(f"--data {ds.path}: a {task} dataset is scored by one checkpoint in "
+                         "the pieces' own keys (no ensembles or --transpositions)")
+    ck = cks[0]
+    if ck.task != task:
+        raise ValueError(f"--checkpoint {ck.path}: trained to {ck.task}, --data {ds.path} "
+                         f"is a {task} dataset")
+    res = summarize(score_pairs(ck.model, ds.pieces(split, "source"), ds.pieces(split),
+                                batch_size, precision))
+    return Scores(res, [res], res)
 
 
 def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,

@@ -116,6 +116,12 @@ def compose(model: dict[str, Any], train: dict[str, Any], given: dict[str, Any],
         t["max_steps"] = 0
     if base != "run" and "max_steps" in given and "minutes" not in given:
         t["minutes"] = 0.0
+    if base == "recipe" and given.get("kind") == "encoder-decoder":
+        # a decoder-only recipe's position options: the encoder-decoder's own defaults
+        # (sinusoidal, as in the paper) unless given
+        m.update({k: v for k, v in (("position", None), ("voice_period", 0),
+                                    ("step_positions", False), ("pitch_dims", 0))
+                  if k not in given})
     m["max_context"] = t["context"] if base == "recipe" else \
         max(m.get("max_context", 0), t["context"])
     t["augment"] = AugmentConfig.from_dict(aug)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from .atomic import locked_dir
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import (
+    ATTENTION_KINDS,
     FORMAT_VERSION,
     INVOCATION,
     RESUMABLE,
@@ -52,8 +53,9 @@ from .config import (
     flag,
 )
 from .data.dataset import IGNORE, TokenDataset, WindowSampler
+from .data.pairs import PairSampler, pair_lengths
 from .data.tokenizers.base import Tokenizer
-from .evaluate import autocast, score_pieces, summarize
+from .evaluate import autocast, score_pairs, score_pieces, summarize
 from .models import build_model, count_params
 from .progress import MetricsLog, Pace, Window, fmt_time, plot_losses, show_val
 
@@ -181,8 +183,8 @@ class Run:
     ema_pairs: tuple[list, list] | None  # (averaged, raw) parameters with --ema
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    sampler: WindowSampler
-    valid: list[np.ndarray]
+    sampler: WindowSampler | PairSampler
+    valid: list[np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]  # pieces, or pairs
     config: dict[str, Any]  # the checkpoints' config.json
     state: TrainState
     log: Callable[..., None]
@@ -307,9 +309,12 @@ def train_step(run: Run) -> tuple[float, int]:
         g["lr"] = cfg.lr * lr_at(st.step, cfg, progress(st.step, st.elapsed, cfg,
                                                         st.warm_elapsed))
     x, y, n_global = run.sampler.next_batch()
-    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+    y = y.to(dev, non_blocking=True)
     with autocast(dev, cfg.precision):
-        logits = run.model(x)  # (B, T, V)
+        if isinstance(x, dict):  # pairs: {"idx": target (or prefix + target), "src": source}
+            logits = run.model(**{k: v.to(dev, non_blocking=True) for k, v in x.items()})
+        else:
+            logits = run.model(x.to(dev, non_blocking=True))  # (B, T, V)
     loss_sum = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1),
                                ignore_index=IGNORE, reduction="sum")
     loss = loss_sum * run.dist.world / n_global  # DDP averages over ranks -> global mean
@@ -343,9 +348,13 @@ def evaluate_and_save(run: Run, loss: float | None) -> None:
     """Score the valid split (every rank); rank 0 saves best/ when it improved, and last/
     (with all that resuming needs) every time."""
     cfg, st = run.cfg, run.state
-    nll = score_pieces(run.scored, run.valid, cfg.context, cfg.stride,
-                       batch_size=cfg.batch_size, precision=cfg.precision,
-                       period=run.model_cfg.voice_period)
+    if isinstance(run.valid, tuple):  # pairs: (sources, targets)
+        nll = score_pairs(run.scored, *run.valid, batch_size=cfg.batch_size,
+                          precision=cfg.precision)
+    else:
+        nll = score_pieces(run.scored, run.valid, cfg.context, cfg.stride,
+                           batch_size=cfg.batch_size, precision=cfg.precision,
+                           period=run.model_cfg.voice_period)
     st.val = summarize(nll).nll
     improved = st.val < st.best
     st.best, st.since_best = (st.val, 0) if improved else (st.best, st.since_best + 1)
@@ -393,8 +402,20 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         model = torch.compile(model)
     opt = torch.optim.AdamW(raw.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98),
                             eps=1e-8, **({"fused": True} if dev.type == "cuda" else {}))
-    sampler = WindowSampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
-                            period=model_cfg.voice_period, rank=d.rank, world=d.world)
+    if ds.task != "continue":
+        check_pairs_fit(ds, model_cfg, cfg)
+        sampler = PairSampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
+                              prefix=model_cfg.kind != "encoder-decoder", rank=d.rank,
+                              world=d.world)
+        valid = (ds.pieces("valid", "source"), ds.pieces("valid"))
+    else:
+        if model_cfg.kind == "encoder-decoder":
+            raise ConfigError(f"--model encoder-decoder: --data {cfg.data} has no source -> "
+                              "target pairs; prepare it with --task harmonize or --task "
+                              "accompany")
+        sampler = WindowSampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
+                                period=model_cfg.voice_period, rank=d.rank, world=d.world)
+        valid = ds.pieces("valid")
     state = TrainState()
     if saved is not None:
         opt.load_state_dict(saved["optimizer"])
@@ -405,7 +426,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     config = {"format_version": FORMAT_VERSION, "model": model_cfg.to_dict(),
               "train": cfg.to_dict(), "tokenizer": ds.manifest["tokenizer"],
               "data": {"path": str(cfg.data), "sources": ds.manifest["sources"],
-                       "splits": ds.manifest["splits"]},
+                       "splits": ds.manifest["splits"], "task": ds.manifest.get("task")},
               "parameters": count_params(raw)}
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -417,9 +438,23 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
               (list(ema.parameters()), list(raw.parameters())) if ema is not None else None,
               opt, torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16"
                                         and dev.type == "cuda"),
-              sampler, ds.pieces("valid"), config, state, log,
+              sampler, valid, config, state, log,
               MetricsLog(out, cfg.resume, state.step, d.main))
     return run
+
+
+def check_pairs_fit(ds: TokenDataset, model_cfg: ModelConfig, cfg: TrainConfig) -> None:
+    """Every valid pair must fit one window, so its score is exact: the target (and for an
+    encoder-decoder the source) within --context, or for a decoder-only model the source
+    and target together. Longer training pairs are cut at --context."""
+    src, tgt = pair_lengths(ds, "valid")
+    need = max(src, tgt - 1) if model_cfg.kind == "encoder-decoder" else src + tgt - 1
+    if cfg.context < need:
+        what = "its longest source or target" if model_cfg.kind == "encoder-decoder" else \
+            "its longest source and target together (a decoder-only model reads the source " \
+            "as a prefix)"
+        raise ConfigError(f"--context: {cfg.context} is too short for --data {cfg.data}: "
+                          f"{what} needs {need}")
 
 
 def _model(model_cfg: ModelConfig, cfg: TrainConfig, tok: Tokenizer
@@ -451,7 +486,7 @@ def _model(model_cfg: ModelConfig, cfg: TrainConfig, tok: Tokenizer
         model_cfg, model = init_model(cfg, tok, model_cfg.dropout)
         return model_cfg, cfg, model, None
     model_cfg = tokenizer_facts(model_cfg, tok)
-    if model_cfg.kind == "transformer" and model_cfg.max_context < cfg.context:
+    if model_cfg.kind in ATTENTION_KINDS and model_cfg.max_context < cfg.context:
         raise ConfigError(f"--context: {cfg.context} exceeds the {model_cfg.position} "
                           f"positions' maximum {model_cfg.max_context}")
     torch.manual_seed(cfg.seed)
@@ -485,7 +520,7 @@ def init_model(cfg: TrainConfig, tok: Tokenizer, dropout: float
                             f"--data {cfg.data} has {_tok_desc(tok)}; prepare the data with "
                             f"--tokenizer {ck.tokenizer.name}")
     model_cfg = ck.model_cfg.replace(dropout=dropout)
-    if model_cfg.kind == "transformer" and model_cfg.max_context < cfg.context:
+    if model_cfg.kind in ATTENTION_KINDS and model_cfg.max_context < cfg.context:
         raise ConfigError(f"--context: {cfg.context} exceeds --init {cfg.init}'s maximum "
                           f"{model_cfg.max_context}")
     model = build_model(model_cfg)

@@ -61,21 +61,32 @@ class TokenDataset:
     def splits(self) -> list[str]:
         return list(self.manifest["splits"])
 
-    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens uint16 memmap, offsets int64) of a split."""
-        if name not in self._splits:
-            tok, off = self.path / f"{name}.tokens.npy", self.path / f"{name}.offsets.npy"
+    @property
+    def task(self) -> str:
+        """"continue" (pieces), or a paired task: "harmonize", "accompany" (pairs.py)."""
+        return self.manifest.get("task", {}).get("name", "continue")
+
+    def split(self, name: str, side: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """(tokens uint16 memmap, offsets int64) of a split; ``side="source"``: a paired
+        dataset's sources (the pieces are its targets)."""
+        key = f"{name}.{side}" if side else name
+        if key not in self._splits:
+            tok, off = self.path / f"{key}.tokens.npy", self.path / f"{key}.offsets.npy"
             if name not in self.manifest["splits"]:
                 raise DatasetError(f"--data {self.path}: has no '{name}' split "
                                    f"(it has {', '.join(self.splits)})")
+            if side and self.task == "continue":
+                raise DatasetError(f"--data {self.path}: not a paired dataset (prepare it "
+                                   "with --task harmonize or --task accompany)")
             if not tok.exists() or not off.exists():
                 raise DatasetError(f"--data {self.path}: {tok.name} or {off.name} is missing")
-            self._splits[name] = (np.load(tok, mmap_mode="r"), np.load(off))
-        return self._splits[name]
+            self._splits[key] = (np.load(tok, mmap_mode="r"), np.load(off))
+        return self._splits[key]
 
-    def pieces(self, name: str) -> list[np.ndarray]:
-        """Every piece of a split as int64 [BOS, content..., EOS]."""
-        tokens, off = self.split(name)
+    def pieces(self, name: str, side: str = "") -> list[np.ndarray]:
+        """Every piece of a split as int64 [BOS, content..., EOS] (of a paired dataset: its
+        targets, or with ``side="source"`` its sources)."""
+        tokens, off = self.split(name, side)
         return [np.asarray(tokens[a:b], np.int64) for a, b in zip(off[:-1], off[1:])]
 
 

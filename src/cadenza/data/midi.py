@@ -172,6 +172,21 @@ def quarters_at(score: symusic.Score, seconds: float) -> float:
     return q
 
 
+def seconds_at(score: symusic.Score, quarters: float) -> float:
+    """The time in seconds of a position in quarter notes (the inverse of quarters_at)."""
+    tpq = score.ticks_per_quarter
+    marks = sorted((int(t.time), float(t.qpm)) for t in score.tempos)
+    if not marks or marks[0][0] > 0:
+        marks.insert(0, (0, 120.0))
+    q = sec = 0.0
+    for i, (tick, qpm) in enumerate(marks):
+        span_q = (marks[i + 1][0] - tick) / tpq if i + 1 < len(marks) else np.inf
+        if q + span_q >= quarters:
+            return sec + (quarters - q) * 60 / qpm
+        q, sec = q + span_q, sec + span_q * 60 / qpm
+    return sec
+
+
 def cut_notes(notes: Notes, end: float) -> Notes:
     """The notes that start before ``end``, released at ``end`` at the latest."""
     keep = notes.start < end

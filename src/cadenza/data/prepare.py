@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ..atomic import replace_dir, temp_dir
 from ..config import FORMAT_VERSION, PrepareConfig
+from . import pairs
 from .midi import BadInput, load_score, notes_from_score, select_tracks
 from .sources import SPLITS, Item, expand_sources, hash_split, ids_digest, music_digest
 from .tokenizers import BOS, EOS, Tokenizer, build_tokenizer
@@ -52,8 +53,17 @@ class PrepareResult:
         m = self.manifest
         lines = [f"dataset {self.out}  tokenizer {m['tokenizer']['name']}  "
                  f"vocabulary {len(m['tokenizer']['vocab'])}"]
+        if "task" in m:
+            lines[0] += f"  task {m['task']['name']} ({m['task']['bars']} bars a pair)"
         for s, info in m["splits"].items():
-            lines.append(f"  {s:<5} {info['pieces']:>6} pieces {info['tokens']:>11,} tokens")
+            if "songs" in info:
+                lines.append(f"  {s:<5} {info['pieces']:>6} pairs from {info['songs']} pieces: "
+                             f"source {info['source_tokens']:,} tokens, target "
+                             f"{info['tokens']:,} (longest {info['source_longest']} and "
+                             f"{info['longest']})")
+            else:
+                lines.append(f"  {s:<5} {info['pieces']:>6} pieces {info['tokens']:>11,} "
+                             "tokens")
         if len(m.get("per_source", {})) > 1 or any(
                 v["layout"] not in ("folder", "file") for v in m.get("per_source", {}).values()):
             for src, v in m["per_source"].items():
@@ -115,6 +125,8 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
         tok_cfg["step_seconds"] = rolls[0].step_seconds  # keep the benchmark's frame rate
     tok = build_tokenizer(cfg.tokenizer, **tok_cfg)
     tok_cfg = tok.config()
+    if cfg.task != "continue":
+        return prepare_pairs(cfg, items, layouts, tok, progress)
 
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -207,6 +219,105 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
                                                  for r in records),
                        "other_notes_dropped": sum(r.get("other_notes_dropped", 0)
                                                   for r in records)},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return PrepareResult(out, manifest, manifest["skipped"])
+
+
+def prepare_pairs(cfg: PrepareConfig, items: list[Item], layouts: dict[str, str],
+                  tok: Tokenizer, progress: bool = True) -> PrepareResult:
+    """``--task harmonize|accompany``: source -> target pairs of ``bars`` bars (pairs.py),
+    split by piece (a benchmark file's own splits; songs by their music's hash)."""
+    bars = cfg.bars or pairs.DEFAULT_BARS[cfg.task]
+    skipped: list[dict[str, str]] = []
+    by_split: dict[str, list[tuple[Item, list[pairs.Pair]]]] = {s: [] for s in SPLITS}
+
+    def skip(item: Item, reason: str) -> None:
+        if cfg.strict:
+            raise PrepareError(f"{item.name}: {reason}")
+        skipped.append({"path": item.name, "reason": reason})
+
+    seen: dict[str, str] = {}
+    for it in tqdm(sorted(items, key=lambda i: (i.path, i.split or "", i.index or 0)),
+                   unit="piece", desc="pairing", disable=not progress):
+        try:
+            if cfg.task == "harmonize":
+                if it.grid is None or getattr(it.grid, "array", np.zeros((0, 0))).ndim != 2 \
+                        or it.grid.array.shape[1] != 4:
+                    raise BadInput("--task harmonize reads 4-voice chorale grids (the JSB16 "
+                                   "JSON), not this")
+                digest = ids_digest(tok.encode(it.grid.array))
+                split = it.split or hash_split(digest, cfg.valid_frac, cfg.test_frac)
+                made = pairs.harmonize_pairs(it.grid.array, bars, split == "train")
+            else:
+                if it.grid is not None:
+                    raise BadInput("--task accompany reads MIDI files with MELODY and PIANO "
+                                   "tracks (POP909), not benchmark grids")
+                made, notes = pairs.accompany_pairs(it.path, tok, bars, True, cfg.max_file_mb)
+                digest = music_digest(notes)
+                split = it.split or hash_split(it.group or digest, cfg.valid_frac,
+                                               cfg.test_frac)
+                if split != "train":  # evaluation tiles each song once
+                    made, _ = pairs.accompany_pairs(it.path, tok, bars, False, cfg.max_file_mb)
+            if not made:
+                raise BadInput("no window with a melody")
+        except BadInput as e:
+            skip(it, str(e))
+            continue
+        if digest in seen and it.split is None:
+            skip(it, f"duplicate of {seen[digest]}")
+            continue
+        seen.setdefault(digest, it.name)
+        by_split[split].append((it, made))
+    if not by_split["train"] or not any(by_split[s] for s in ("valid", "test")):
+        raise PrepareError(f"--task {cfg.task}: needs training and validation pieces in "
+                           + ", ".join(cfg.sources) + f" ({len(skipped)} skipped"
+                           + (f", e.g. {skipped[0]['path']}: {skipped[0]['reason']})"
+                              if skipped else ")"))
+    out = Path(cfg.out)
+    tmp = temp_dir(out)
+    try:
+        splits_info, records = {}, []
+        for split, entries in by_split.items():
+            if not entries:
+                continue
+            flat = [p for _, made in entries for p in made]
+            for side in ("target", "source"):
+                seqs = [pairs.framed(getattr(p, side)).astype(np.uint16) for p in flat]
+                lengths = np.array([len(q) for q in seqs], np.int64)
+                stem = split if side == "target" else f"{split}.source"
+                np.save(tmp / f"{stem}.tokens.npy", np.concatenate(seqs))
+                np.save(tmp / f"{stem}.offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
+                info = {"pieces": len(seqs), "tokens": int(lengths.sum()),
+                        "longest": int(lengths.max())}
+                if side == "target":
+                    splits_info[split] = {**info, "songs": len(entries)}
+                else:
+                    splits_info[split]["source_tokens"] = info["tokens"]
+                    splits_info[split]["source_longest"] = info["longest"]
+            for it, made in entries:
+                records.append({"path": it.name, "source": it.source, "split": split,
+                                "pairs": len(made)})
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "tokenizer": {"name": tok.name, "config": tok.config(), "vocab": tok.vocab},
+            "task": {"name": cfg.task, "bars": bars},
+            "sources": list(cfg.sources),
+            "per_source": {src: {"layout": layouts[src], "splits": dict(Counter(
+                r["split"] for r in records if r["source"] == src))} for src in cfg.sources},
+            "exclude": list(cfg.exclude),
+            "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac,
+            "sustain_pedal": cfg.sustain_pedal, "programs": cfg.programs,
+            "splits": splits_info,
+            "files": sorted(records, key=lambda r: (r["split"], r["path"])),
+            "skipped": sorted(skipped, key=lambda s: s["path"]),
+            "totals": {"pieces": len(records), "skipped": len(skipped),
+                       "pairs": sum(s["pieces"] for s in splits_info.values()),
+                       "tokens": sum(s["tokens"] for s in splits_info.values())},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         replace_dir(tmp, out)

@@ -144,6 +144,22 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
+    def probs(self, x: torch.Tensor, start: int, rope: tuple | None, cache: None, layer: int
+              ) -> torch.Tensor:
+        """The weights ``forward`` attends with, written out: (B, H, T, T). A separate path
+        for attention maps (models/inspect.py); training and sampling never run it."""
+        B, T, C = x.shape
+        q, k, _ = self.qkv(x).split(C, dim=2)
+        q, k = (t.view(B, T, self.n_head, self.hs).transpose(1, 2) for t in (q, k))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q = q * (1.0 / math.sqrt(self.hs))
+        att = q @ k.transpose(-1, -2)
+        if self.position == "relative":
+            att = att + self._relative_logits(q, 0, T)
+        att = att.masked_fill(self._future(0, T, T, x.device), float("-inf"))
+        return torch.softmax(att.float(), dim=-1)
+
     @staticmethod
     def _future(start: int, T: int, S: int, device) -> torch.Tensor:
         """(T, S) True where key j lies in the future of query start + i."""
@@ -163,6 +179,23 @@ class Attention(nn.Module):
         return qe.gather(3, dist.expand(q.shape[0], q.shape[1], T, S))
 
 
+def residual(x: torch.Tensor, ln: nn.LayerNorm, f, drop: nn.Module, post: bool
+             ) -> torch.Tensor:
+    """One sublayer with its residual connection: pre-LN x + f(LN(x)) (GPT-2, today's
+    default), or post-LN LN(x + f(x)) (Vaswani et al. 2017, sec. 3.1)."""
+    return ln(x + drop(f(x))) if post else x + drop(f(ln(x)))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc = Linear(cfg.d_model, cfg.d_ff)
+        self.out = Linear(cfg.d_ff, cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.fc(x)))
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -172,10 +205,13 @@ class Block(nn.Module):
         self.fc = Linear(cfg.d_model, cfg.d_ff)
         self.out = Linear(cfg.d_ff, cfg.d_model)
         self.drop = Dropout(cfg.dropout)
+        self.post = cfg.norm == "post"
 
     def forward(self, x, start, rope, cache, layer):
-        x = x + self.drop(self.attn(self.ln1(x), start, rope, cache, layer))
-        return x + self.drop(self.out(F.gelu(self.fc(self.ln2(x)))))
+        x = residual(x, self.ln1, lambda h: self.attn(h, start, rope, cache, layer), self.drop,
+                     self.post)
+        return residual(x, self.ln2, lambda h: self.out(F.gelu(self.fc(h))), self.drop,
+                        self.post)
 
 
 class Transformer(nn.Module):
@@ -206,7 +242,8 @@ class Transformer(nn.Module):
             self.voice = nn.Embedding(cfg.voice_period, cfg.d_model)
         self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
+        # post-LN ends on a LayerNorm already: no final one (the paper has none)
+        self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
         self.head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.head.weight = self.tok.weight  # tied embeddings (Press & Wolf 2017)
         self.apply(self._init)

@@ -209,24 +209,30 @@ class Tokenizer(ABC):
 
     def augment(self, ids: np.ndarray, rng: np.random.Generator, aug) -> np.ndarray:
         """Randomly transpose one training window, never outside the piano's keys."""
-        return transpose_window(ids, self, rng, aug.transpose)
+        return self.augment_together([ids], rng, aug)[0]
+
+    def augment_together(self, seqs: list[np.ndarray], rng: np.random.Generator, aug
+                         ) -> list[np.ndarray]:
+        """Augment sequences that sound together (a melody and its accompaniment) alike:
+        one transposition that keeps every note of all of them on the keyboard."""
+        return transpose_together(seqs, self, rng, aug.transpose)
 
 
-def transpose_window(ids: np.ndarray, tok: Tokenizer, rng: np.random.Generator,
-                     span: tuple[int, int]) -> np.ndarray:
+def transpose_together(seqs: list[np.ndarray], tok: Tokenizer, rng: np.random.Generator,
+                       span: tuple[int, int]) -> list[np.ndarray]:
     lo, hi = span
     if lo == hi == 0:
-        return ids
-    pitches = tok.pitches[ids]
+        return seqs
+    pitches = np.concatenate([tok.pitches[ids] for ids in seqs])
     pitches = pitches[pitches >= 0]
     if len(pitches):  # only shifts that keep every note on the keyboard
         lo = max(lo, MIN_PITCH - int(pitches.min()))
         hi = min(hi, MAX_PITCH - int(pitches.max()))
     if lo > hi:
-        return ids
+        return seqs
     shift = int(rng.integers(lo, hi + 1))
     if shift == 0:
-        return ids
-    out = tok.transpose_table(shift)[ids]
-    assert (out >= 0).all(), "transposition left the keyboard"
+        return seqs
+    out = [tok.transpose_table(shift)[ids] for ids in seqs]
+    assert all((o >= 0).all() for o in out), "transposition left the keyboard"
     return out

@@ -30,20 +30,11 @@ class Chorale16Tokenizer(Tokenizer):
         self.vocab += ["SILENCE"] + [f"PITCH_{p}" for p in range(MIN_PITCH, MAX_PITCH + 1)]
 
     def encode(self, grid: np.ndarray) -> np.ndarray:
-        g = np.asarray(grid, np.int64)
-        assert g.ndim == 2 and g.shape[1] == VOICES, g.shape
-        if ((g >= 0) & ((g < MIN_PITCH) | (g > MAX_PITCH))).any():
-            raise BadInput("pitch outside the piano range 21..108")
-        return np.where(g < 0, SILENCE, P0 + g - MIN_PITCH).reshape(-1)
+        assert np.ndim(grid) == 2 and np.shape(grid)[1] == VOICES, np.shape(grid)
+        return grid_ids(grid)
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, np.int64)
-        eos = np.flatnonzero(ids == EOS)
-        if len(eos):
-            ids = ids[: eos[0]]
-        ids = ids[ids >= SILENCE]
-        ids = ids[: len(ids) - len(ids) % VOICES].reshape(-1, VOICES)
-        return np.where(ids == SILENCE, -1, ids - P0 + MIN_PITCH)
+        return ids_grid(ids, VOICES)
 
     def piece_from_source(self, src, sustain_pedal: bool = True) -> np.ndarray:
         if isinstance(src, Grid) and src.array.shape[1] == VOICES:
@@ -70,6 +61,26 @@ class Chorale16Tokenizer(Tokenizer):
 
     def grammar(self) -> Grammar:
         return StepGrammar(self.vocab_size, VOICES, self.step_seconds)
+
+
+def grid_ids(grid: np.ndarray) -> np.ndarray:
+    """Ids of a (steps, voices) pitch grid, step by step (-1: a silent voice)."""
+    g = np.asarray(grid, np.int64)
+    if ((g >= 0) & ((g < MIN_PITCH) | (g > MAX_PITCH))).any():
+        raise BadInput("pitch outside the piano range 21..108")
+    return np.where(g < 0, SILENCE, P0 + g - MIN_PITCH).reshape(-1)
+
+
+def ids_grid(ids: np.ndarray, voices: int) -> np.ndarray:
+    """The (steps, voices) grid of ids (up to EOS; specials skipped, a last partial step
+    dropped)."""
+    ids = np.asarray(ids, np.int64)
+    eos = np.flatnonzero(ids == EOS)
+    if len(eos):
+        ids = ids[: eos[0]]
+    ids = ids[ids >= SILENCE]
+    ids = ids[: len(ids) - len(ids) % voices].reshape(-1, voices)
+    return np.where(ids == SILENCE, -1, ids - P0 + MIN_PITCH)
 
 
 class StepGrammar(Grammar):

@@ -184,17 +184,25 @@ class PerformanceTokenizer(Tokenizer):
         t[OFF0:SHIFT0] = np.arange(128)
         return t
 
-    def augment(self, ids: np.ndarray, rng: np.random.Generator, aug) -> np.ndarray:
-        ids = super().augment(ids, rng, aug)
+    def augment_together(self, seqs: list[np.ndarray], rng: np.random.Generator, aug
+                         ) -> list[np.ndarray]:
+        """One transposition, velocity shift and time stretch for all of ``seqs``."""
+        seqs = super().augment_together(seqs, rng, aug)
         if aug.velocity_shift:
             d = int(rng.integers(-aug.velocity_shift, aug.velocity_shift + 1))
-            v = ids >= VEL0
-            ids = ids.copy()
-            ids[v] = VEL0 + np.clip(ids[v] - VEL0 + d, 0, N_VEL - 1)
+            seqs = [_shift_velocity(ids, d) for ids in seqs]
         lo, hi = aug.stretch
         if hi > lo or lo != 1.0:
-            ids = stretch_time(ids, float(rng.uniform(lo, hi)))
-        return ids
+            factor = float(rng.uniform(lo, hi))
+            seqs = [stretch_time(ids, factor) for ids in seqs]
+        return seqs
+
+
+def _shift_velocity(ids: np.ndarray, d: int) -> np.ndarray:
+    v = ids >= VEL0
+    ids = ids.copy()
+    ids[v] = VEL0 + np.clip(ids[v] - VEL0 + d, 0, N_VEL - 1)
+    return ids
 
 
 def _group_rank_key(sorted_pitch: np.ndarray) -> np.ndarray:
