@@ -188,20 +188,27 @@ def _train_member(model: ModelConfig, tc: TrainConfig, device: str, threads: int
 
 
 def _train_all(model: ModelConfig, tcs: list[TrainConfig], device: str) -> list:
-    """Train one model in this process, or several at once in as many processes, each with
+    """Train one model in this process, or several at once (ensemble members)."""
+    return _train_parallel([(model, tc) for tc in tcs], device, "ensemble members")
+
+
+def _train_parallel(jobs: list[tuple[ModelConfig, TrainConfig]], device: str,
+                    what: str = "models") -> list:
+    """Train one run in this process, or several at once in as many processes, each with
     an equal share of the CPU threads (on 2 cores, two one-thread runs make ~1.1x the
-    tokens of one two-thread run: small matrices do not split well across cores)."""
-    if len(tcs) == 1:
+    tokens of one two-thread run: small matrices do not split well across cores), so runs
+    compared with each other share the machine alike."""
+    if len(jobs) == 1:
         from .train import train
-        return [train(model, tcs[0], device=device)]
+        return [train(*jobs[0], device=device)]
     import multiprocessing
 
     import torch
-    threads = max(1, torch.get_num_threads() // len(tcs))
-    print(f"training {len(tcs)} ensemble members at once, {threads} thread(s) each; progress "
-          f"in {', '.join(tc.out + '.log' for tc in tcs)}", flush=True)
-    with multiprocessing.get_context("spawn").Pool(len(tcs)) as pool:
-        return pool.starmap(_train_member, [(model, tc, device, threads) for tc in tcs])
+    threads = max(1, torch.get_num_threads() // len(jobs))
+    print(f"training {len(jobs)} {what} at once, {threads} thread(s) each; progress "
+          f"in {', '.join(tc.out + '.log' for _, tc in jobs)}", flush=True)
+    with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
+        return pool.starmap(_train_member, [(m, tc, device, threads) for m, tc in jobs])
 
 
 def recipe_configs(recipe: Recipe, *, data: str | Path, out: str | Path, **changes: Any
@@ -408,12 +415,112 @@ def plot_models(out: Path, names: list[str]) -> Path:
     return out / "models.png"
 
 
-def run_bench(cfg: BenchConfig, *, device: str = "cpu") -> BenchResult | ModelsResult:
+@dataclass(frozen=True)
+class TaskRow:
+    parameters: int
+    steps: int
+    tokens_per_s: float
+    best_val_nll: float  # nats per target token, valid split
+
+
+@dataclass(frozen=True)
+class TasksResult:
+    """What ``bench tasks`` measured (``bench.json``): per task, per model."""
+
+    minutes: float
+    rows: dict[str, dict[str, TaskRow]]
+    skipped: dict[str, str]  # task -> why it did not run (its data is missing)
+    benchmark: str = "tasks"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TasksResult:
+        rows = {t: {m: TaskRow(**r) for m, r in v.items()} for t, v in d["rows"].items()}
+        return cls(**{**d, "rows": rows})
+
+
+TASK_MODELS = {  # the baseline: a decoder-only Transformer of about the same size
+    "encoder-decoder": {},
+    "decoder-only": {"kind": "transformer", "n_layer": 7},
+}
+
+
+def find_pop909(data: str | None) -> Path:
+    """POP909: --data, else $CADENZA_PIANO/pop909, else ../shared/data/piano/pop909."""
+    p = Path(data) if data else Path(os.environ.get("CADENZA_PIANO", "../shared/data/piano"),
+                                          "pop909")
+    if not (p.is_dir() and any(p.glob("*/*.mid"))):
+        raise BenchDataMissing(f"no POP909 at {p}: get it with `cadenza download pop909` and "
+                               "pass --data FOLDER (or set CADENZA_PIANO)")
+    return p
+
+
+def bench_tasks(out: str, *, minutes: float, data: str | None = None,
+                benchmarks: str | None = None, device: str = "cpu", precision: str = "bf16",
+                **changes: Any) -> TasksResult:
+    """Harmonization (JSB16) and accompaniment (POP909): the encoder-decoder against a
+    decoder-only Transformer reading the source as a prefix, same data, same minutes, the
+    two trained at once with half the threads each; NLL per target token (valid)."""
+    from .data.prepare import prepare
+    root = Path(out)
+    rows: dict[str, dict[str, TaskRow]] = {}
+    skipped: dict[str, str] = {}
+    for task in ("harmonize", "accompany"):
+        try:
+            src = find_file("jsb16", None, benchmarks) if task == "harmonize" \
+                else find_pop909(data)
+        except BenchDataMissing as e:
+            print(f"--- {task}: skipped ({e})")
+            skipped[task] = str(e)
+            continue
+        ds = root / task / "data"
+        if not (ds / "manifest.json").exists():
+            prepare(PrepareConfig(sources=(str(src),), out=str(ds), task=task), progress=False)
+        recipe = RECIPES[task]
+        jobs = [recipe.configs(data=str(ds), out=str(root / task / name), minutes=minutes,
+                               precision=precision, **{**extra, **changes})
+                for name, extra in TASK_MODELS.items()]
+        print(f"--- {task}")
+        results = _train_parallel(jobs, device)
+        rows[task] = {name: TaskRow(r.parameters, r.step, _mean_tps(Path(tc.out) / "metrics.csv"),
+                                    r.best_val_nll)
+                      for name, r, (_, tc) in zip(TASK_MODELS, results, jobs)}
+    result = TasksResult(minutes, rows, skipped)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "bench.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    print(format_tasks(result))
+    return result
+
+
+def format_tasks(r: TasksResult) -> str:
+    lines = [f"{'task':<11}{'model':<17}{'parameters':>12}{'steps':>8}{'tokens/s':>10}"
+             f"{'valid NLL/target token':>24}"]
+    for task, models in r.rows.items():
+        for name, row in models.items():
+            lines.append(f"{task:<11}{name:<17}{row.parameters:>12,}{row.steps:>8,}"
+                         f"{row.tokens_per_s:>10,.0f}{row.best_val_nll:>24.4f}")
+    for task, why in r.skipped.items():
+        lines.append(f"{task:<11}skipped: {why}")
+    lines.append(f"{r.minutes:g} minutes each, the two models of a task trained at once")
+    if "harmonize" in r.rows:
+        lines.append("in context (not the same measure): whole 4-voice JSB16 chorales, NLL "
+                     "per note, Music Transformer "
+                     f"{MUSIC_TRANSFORMER_TABLE2[-1][1]}; `bench jsb16` here 0.338 (one "
+                     "key), 0.304 (12 keys)")
+    return "\n".join(lines)
+
+
+def run_bench(cfg: BenchConfig, *, device: str = "cpu"
+              ) -> BenchResult | ModelsResult | TasksResult:
     """``cadenza bench``."""
     common = dict(minutes=cfg.minutes, device=device, precision=cfg.precision,
                   force=cfg.force)
     if cfg.which == "models":
         return bench_models(cfg.data, cfg.out_dir, **common)
+    if cfg.which == "tasks":
+        return bench_tasks(cfg.out_dir, data=cfg.data, benchmarks=cfg.benchmarks, **common)
     keys = dict(data=cfg.data, benchmarks=cfg.benchmarks, position=cfg.position,
                 members=cfg.members, transpositions=cfg.transpositions)
     if cfg.which == "jsb16":
@@ -424,5 +531,5 @@ def run_bench(cfg: BenchConfig, *, device: str = "cpu") -> BenchResult | ModelsR
 def load_result(path: Path) -> BenchResult | ModelsResult:
     """A bench.json, typed."""
     d = json.loads(Path(path).read_text())
-    return ModelsResult.from_dict(d) if d.get("benchmark") == "models" \
-        else BenchResult.from_dict(d)
+    kind = {"models": ModelsResult, "tasks": TasksResult}.get(d.get("benchmark"), BenchResult)
+    return kind.from_dict(d)

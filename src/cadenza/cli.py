@@ -6,8 +6,10 @@
     cadenza presets                                # the named recipes train --preset takes
     cadenza generate --checkpoint RUN/best --out DIR
     cadenza evaluate --checkpoint RUN/best --data DIR
+    cadenza harmonize|accompany --checkpoint RUN/best --melody FILE --out DIR
+    cadenza attention --checkpoint RUN/best --primer FILE --out DIR
     cadenza stats GENERATED --reference DIR_OR_FOLDER
-    cadenza bench jsb16|pianoroll|models ...
+    cadenza bench jsb16|pianoroll|models|tasks ...
     cadenza report RUN
     cadenza studio [--runs DIR]                    # the web page, on 127.0.0.1
 
@@ -29,6 +31,8 @@ from dataclasses import MISSING, Field, dataclass, fields, is_dataclass
 from typing import Any
 
 from .config import (
+    ArrangeConfig,
+    AttentionConfig,
     BenchConfig,
     ConfigError,
     DemoConfig,
@@ -265,6 +269,27 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def _arrange(task: str):
+    def run(a) -> int:
+        from .tasks import arrange
+        cfg = from_args(ArrangeConfig, a)
+        for r in arrange(cfg, task, device=_device(a)):
+            files = ", ".join(v for v in r["files"].values() if v)
+            parts = ", ".join(f"{n} {c}" for n, c in r["tracks"].items())
+            print(f"sample {r['sample']}: {r['windows']} windows of {r['bars_per_window']} "
+                  f"bars; notes: {parts} -> {cfg.out}/ ({files})")
+        return 0
+    return run
+
+
+def cmd_attention(a) -> int:
+    from .attention import run_attention
+    cfg = from_args(AttentionConfig, a)
+    for f in run_attention(cfg, device=_device(a)):
+        print(f)
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
     run_demo(from_args(DemoConfig, a), device=_device(a))
@@ -339,6 +364,27 @@ COMMANDS = (
             "cadenza generate --checkpoint runs/mine/best --primer song.mid "
             "--primer-seconds 8 --seconds 30 --num-samples 4 --out out/",
             (GenerateConfig, Runtime), cmd_generate),
+    Command("harmonize", "a melody in, alto, tenor and bass out (MIDI, WAV, PNG)",
+            "Harmonize a melody with a model trained on `prepare --task harmonize` pairs "
+            "(JSB chorales): its highest line on the 16th-note grid is the soprano; the "
+            "model writes alto, tenor and bass, window by window. Writes sample-K.mid (each "
+            "voice on its own track), .png, .wav and .json into --out.",
+            "cadenza harmonize --checkpoint runs/harm/best --melody tune.mid --out harm/",
+            (ArrangeConfig, Runtime), _arrange("harmonize")),
+    Command("accompany", "a melody in, a piano accompaniment out (MIDI, WAV, PNG)",
+            "Accompany a melody with a model trained on `prepare --task accompany` pairs "
+            "(POP909): the melody's bars (from a beat_midi.txt beside it, else its own "
+            "beats) are accompanied window by window. Writes sample-K.mid (melody and piano "
+            "on their own tracks), .png, .wav and .json into --out.",
+            "cadenza accompany --checkpoint runs/acc/best --melody song.mid --out acc/",
+            (ArrangeConfig, Runtime), _arrange("accompany")),
+    Command("attention", "pictures of what each attention head looks at",
+            "Read a MIDI file (the primer; for an encoder-decoder, the melody) with a "
+            "checkpoint and draw every head's attention weights, one PNG per layer: "
+            "self-attention (and for an encoder-decoder, the encoder's and the "
+            "cross-attention), axes labelled with each token's time and note.",
+            "cadenza attention --checkpoint pretrained:piano --primer builtin:openings "
+            "--out attention/", (AttentionConfig, Runtime), cmd_attention),
     Command("evaluate", "NLL of a split under a checkpoint",
             "Exact mean NLL per token (nats, bits), perplexity, and per frame/step for "
             "pianoroll/chorale16, with a sliding window for long pieces.",
@@ -416,8 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return a.func(a)
     except (ConfigError, SourceError, PrepareError, DatasetError, CheckpointError, BadInput,
-            TrainingError, Busy, DownloadError, FileNotFoundError, PermissionError,
-            ValueError) as e:
+            TrainingError, Busy, DownloadError, FileNotFoundError, FileExistsError,
+            PermissionError, ValueError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"cadenza: error: {msg}", file=sys.stderr)
         return 2

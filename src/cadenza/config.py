@@ -381,12 +381,9 @@ def finetune_settings(ck_model: dict[str, Any], ck_train: dict[str, Any]
 
 
 @dataclass(frozen=True)
-class SampleConfig(_Config):
-    """How new tokens are drawn, and how many."""
+class Drawing(_Config):
+    """How each new token is drawn (the sampling options every generating command shares)."""
 
-    tokens: int | None = option(None, "new tokens to generate")
-    seconds: float | None = option(None, "new music to generate, seconds (20 when --tokens is "
-                                   "not given)")
     temperature: float = option(1.0, "softmax temperature")
     top_k: int = option(0, "sample among the k likeliest tokens (0: all)")
     top_p: float = option(1.0, "nucleus sampling: the smallest set of tokens with this mass")
@@ -394,6 +391,22 @@ class SampleConfig(_Config):
     num_samples: int = option(1, "samples, generated as one batch")
 
     def __post_init__(self) -> None:
+        _check(self.temperature > 0, "temperature", "must be > 0", self.temperature)
+        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
+        _check(self.top_k >= 0, "top_k", "must be >= 0", self.top_k)
+        _check(self.num_samples >= 1, "num_samples", "must be >= 1", self.num_samples)
+
+
+@dataclass(frozen=True)
+class SampleConfig(Drawing):
+    """How new tokens are drawn, and how many."""
+
+    tokens: int | None = option(None, "new tokens to generate")
+    seconds: float | None = option(None, "new music to generate, seconds (20 when --tokens is "
+                                   "not given)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("tokens", "seconds"):  # zero is not "the default": say so
             v = getattr(self, name)
             _check(v is None or v > 0, name, "must be > 0", v)
@@ -402,10 +415,6 @@ class SampleConfig(_Config):
                               "give one of them, not both")
         if self.tokens is None and self.seconds is None:
             object.__setattr__(self, "seconds", 20.0)
-        _check(self.temperature > 0, "temperature", "must be > 0", self.temperature)
-        _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
-        _check(self.top_k >= 0, "top_k", "must be >= 0", self.top_k)
-        _check(self.num_samples >= 1, "num_samples", "must be >= 1", self.num_samples)
 
 
 GENERATE_PRECISIONS = ("auto", "fp32", "bf16")
@@ -449,6 +458,46 @@ class GenerateConfig(_Config):
         transposition_shifts(self.transpositions)
         _check(self.precision in GENERATE_PRECISIONS, "precision",
                f"must be one of {GENERATE_PRECISIONS}", self.precision)
+
+
+@dataclass(frozen=True)
+class ArrangeConfig(_Config):
+    """``cadenza harmonize`` / ``cadenza accompany``: a melody in, new parts under it out."""
+
+    melody: str = option(help="MIDI file of the melody (its MELODY track when it has one, "
+                         "else its highest line for harmonize, all its notes for accompany)",
+                         required=True, metavar="FILE")
+    checkpoint: str = option(help="checkpoint trained on the task (RUN/best)", required=True,
+                             metavar="DIR")
+    out: str = option(help="output folder (sample-K.mid/.json/.png/.wav)", required=True)
+    seconds: float = option(0.0, "arrange only the melody's first S seconds (0: all)")
+    sample: Drawing = option(help="sampling", factory=Drawing)
+    force: bool = option(False, "replace the samples of an earlier take in --out")
+    audio: bool = option(True, "skip the WAV", flag="--no-audio")
+    soundfont: str | None = option(None, "SoundFont for the WAV (default: the system's GM "
+                                   "font)")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sample, dict):
+            object.__setattr__(self, "sample", Drawing.from_dict(self.sample))
+        _check(self.seconds >= 0, "seconds", "must be >= 0", self.seconds)
+
+
+@dataclass(frozen=True)
+class AttentionConfig(_Config):
+    """``cadenza attention``: what each head of a model looks at, one picture per layer."""
+
+    checkpoint: str = option(help="checkpoint directory (RUN/best) or pretrained:NAME",
+                             required=True, metavar="DIR")
+    primer: str = option(help="MIDI file (or builtin:CORPUS[/NAME]) the model reads; for an "
+                         "encoder-decoder, the melody", required=True, metavar="FILE")
+    out: str = option(help="output folder (layer-K.png, cross-K.png, attention.json)",
+                      required=True)
+    tokens: int = option(96, "tokens read (the picture shows every pair of them)")
+    force: bool = option(False, "replace the pictures of an earlier run in --out")
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.tokens <= 512, "tokens", "must be in 2..512", self.tokens)
 
 
 @dataclass(frozen=True)

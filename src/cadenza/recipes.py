@@ -191,6 +191,11 @@ _ROLL = ModelConfig(n_layer=4, d_model=256, n_head=8, d_ff=1024, dropout=0.2,
                     position="rope")
 _SMALL_ROLL = replace(_ROLL, n_layer=3, d_model=192, n_head=6, d_ff=768, dropout=0.3)
 
+# The paper's encoder-decoder on paired tasks (prepare --task), 3 + 3 layers; bench tasks
+# trains it beside a 7-layer decoder-only Transformer of about the same size.
+_ENCDEC = ModelConfig(kind="encoder-decoder", n_layer=3, d_model=256, n_head=4, d_ff=1024,
+                      dropout=0.1, position="sinusoidal")
+
 RECIPES: dict[str, Recipe] = _recipes(
     Recipe("debug", "learns visible structure in about a minute on 2 CPU cores",
            ModelConfig(n_layer=2, d_model=128, n_head=4, d_ff=512, dropout=0.0,
@@ -254,6 +259,15 @@ RECIPES: dict[str, Recipe] = _recipes(
            "(it overfits), relative pitch, EMA, an ensemble of 2",
            replace(_SMALL_ROLL, pitch_dims=16), replace(_BENCH, warmup_steps=100, ema=0.999),
            tokenizer="pianoroll", members=2),
+    # A decoder-only model reads source + target: 66 + 194 tokens for 4 bars of chorale.
+    Recipe("harmonize", "the encoder-decoder, soprano -> alto, tenor, bass (prepare --task "
+           "harmonize; `bench tasks`)", replace(_ENCDEC, dropout=0.2),
+           replace(_BENCH, context=260, batch_size=16, warmup_steps=100, eval_every=200,
+                   augment=AugmentConfig(transpose=(-6, 5))), tokenizer="chorale16"),
+    Recipe("accompany", "the encoder-decoder, melody -> piano (prepare --task accompany on "
+           "POP909; `bench tasks`)", _ENCDEC,
+           replace(_BENCH, context=512, batch_size=16, warmup_steps=100, eval_every=200,
+                   augment=AugmentConfig())),
 )
 
 
