@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from cadenza import bench
 from cadenza.data.midi import Notes
@@ -72,13 +73,36 @@ def test_bench_pianoroll_reports_nll_per_frame(tmp_path, capsys):
 
 
 def test_bench_models_trains_all_four_at_matched_size(tiny_dataset, tmp_path):
-    r = bench.bench_models(str(tiny_dataset), str(tmp_path / "m"), minutes=5, precision="fp32",
-                           **FAST)
-    sizes = {k: v.parameters for k, v in r.rows.items()}
+    r = bench.bench_models(str(tiny_dataset), str(tmp_path / "m"), budgets=(5, 7),
+                           precision="fp32", **FAST)
+    assert list(r.rows) == ["5", "7"]
+    sizes = {k: v.parameters for k, v in r.rows["7"].items()}
     assert set(sizes) == {"transformer", "rnn", "lstm", "gru"}
     t = sizes["transformer"]
     assert all(abs(s - t) / t < 0.15 for s in sizes.values()), sizes
     assert (tmp_path / "m" / "models.png").exists()
+    assert r.windows > 0 and all(len(row.by_position) == 7  # positions 1, 2-3, ..., 64
+                                 for row in r.rows["7"].values())
+    assert "valid NLL by position" in bench.format_models(r)
+
+
+def test_nll_by_position_is_each_positions_mean(tiny_run, tiny_dataset):
+    from cadenza.checkpoint import load_checkpoint
+    from cadenza.data.dataset import TokenDataset
+    from cadenza.evaluate import nll_by_position
+    m = load_checkpoint(tiny_run / "best").model.eval()
+    pieces = TokenDataset(tiny_dataset).pieces("valid")
+    got, n = nll_by_position(m, pieces, 32, batch_size=3)
+    rows = []
+    for p in pieces:  # every full 33-token span at 0, 32, 64, ..., each read alone
+        for s in range(0, len(p) - 32, 32):
+            x = torch.tensor(p[s: s + 33])[None]
+            lp = torch.log_softmax(m(x[:, :-1]), -1)[0]
+            rows.append(-lp.gather(1, x[0, 1:, None])[:, 0].detach().numpy())
+    assert n == len(rows) > 3
+    np.testing.assert_allclose(got, np.mean(rows, 0), rtol=1e-5)
+    b = bench.bucket_positions(np.arange(1, 33, dtype=float))
+    assert b == [1.0, 2.5, 5.5, 11.5, 23.5, 32.0]
 
 
 def test_missing_benchmark_data_says_where_to_get_it(tmp_path):

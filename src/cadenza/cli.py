@@ -126,6 +126,8 @@ def add_flags(p: argparse._ActionsContainer, cls: type,
             default = False
         elif seq and typing.get_args(tp)[-1] is Ellipsis:
             kw.update(action="append") if md["repeat"] else kw.update(nargs="+")
+            if typing.get_args(tp)[0] in (int, float):
+                kw["type"] = typing.get_args(tp)[0]
             default = list(default) if default else None
         elif seq:
             kw["type"] = _range(typing.get_args(tp)[0])

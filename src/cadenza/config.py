@@ -601,7 +601,9 @@ class BenchConfig(_Config):
                               "(models)")
     benchmarks: str | None = option(None, "folder holding the benchmark files (default "
                                     "$CADENZA_BENCHMARKS or ../shared/data/benchmarks)")
-    minutes: float = option(60.0, "training time budget")
+    minutes: float = option(60.0, "training time budget (jsb16, pianoroll, tasks)")
+    budgets: tuple[float, ...] = option((2.0, 10.0, 30.0), "`bench models`: the time budgets, "
+                                        "minutes; every model trains once for each")
     out: str | None = option(None, "output directory (default bench/WHICH)")
     precision: str = option("bf16", "training precision", choices=PRECISIONS)
     position: str | None = option(None, "positional scheme instead of the recipe's (jsb16, "
@@ -621,6 +623,8 @@ class BenchConfig(_Config):
         _check(self.which != "models" or bool(self.data), "data",
                "`bench models` needs a prepared dataset directory", self.data)
         _check(self.minutes > 0, "minutes", "must be > 0", self.minutes)
+        _check(len(self.budgets) > 0 and all(b > 0 for b in self.budgets), "budgets",
+               "give one or more budgets > 0", self.budgets)
         _check(self.members is None or self.members >= 1, "members", "must be >= 1",
                self.members)
         if self.transpositions is not None:

@@ -95,6 +95,34 @@ def score_pieces(model: torch.nn.Module, pieces: list[np.ndarray], context: int,
 
 
 @torch.no_grad()
+def nll_by_position(model: torch.nn.Module, pieces: list[np.ndarray], context: int,
+                    batch_size: int = 16, precision: str = "fp32") -> tuple[np.ndarray, int]:
+    """Mean NLL at each position of windows read from their first token: (context,), and
+    the number of windows. Windows are the full ``context + 1`` spans at 0, context, 2 *
+    context... of each piece; position p predicts its token from the p tokens before it
+    in the window, so the curve shows how much a model gains from a longer past (an RNN
+    from its state, a Transformer from attention)."""
+    spans = [(i, s) for i, p in enumerate(pieces)
+             for s in range(0, len(p) - context - 1 + 1, context)]
+    total = np.zeros(context)
+    if not spans:
+        return total, 0
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for b in range(0, len(spans), batch_size):
+        w = np.stack([pieces[i][s: s + context + 1] for i, s in spans[b: b + batch_size]])
+        x = torch.from_numpy(w[:, :-1]).to(device)
+        y = torch.from_numpy(w[:, 1:]).to(device)
+        with autocast(device, precision):
+            logits = model(x)
+        nll = -F.log_softmax(logits.float(), -1).gather(2, y[..., None])[..., 0]
+        total += nll.sum(0).cpu().numpy()
+    model.train(was_training)
+    return total / len(spans), len(spans)
+
+
+@torch.no_grad()
 def score_pairs(model: torch.nn.Module, sources: list[np.ndarray], targets: list[np.ndarray],
                 batch_size: int = 16, precision: str = "fp32") -> list[np.ndarray]:
     """Per pair (framed source and target), the NLL of each target content token, shape

@@ -129,4 +129,6 @@ def _bench_text(path: Path) -> str:
     r = bench.load_result(path)
     if isinstance(r, bench.ModelsResult):
         return bench.format_models(r)
+    if isinstance(r, bench.TasksResult):
+        return bench.format_tasks(r)
     return bench.format_jsb16(r) if r.benchmark == "jsb16" else bench.format_pianoroll(r)

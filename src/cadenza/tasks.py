@@ -71,6 +71,20 @@ class ExactLength(Grammar):
         super().advance(tokens)
 
 
+class AfterPrefix:
+    """A grammar that starts at the target: a decoder-only model's prompt ``[BOS src EOS]
+    BOS`` holds the source's EOS, which must not end the sample."""
+
+    def __init__(self, grammar: Grammar, skip: int) -> None:
+        self.inner, self.skip = grammar, skip
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def feed(self, ids: np.ndarray) -> None:
+        self.inner.feed(ids[:, self.skip:])
+
+
 def _windows(task: str, tok, score, path: Path, bars: int, seconds: float
              ) -> tuple[list[np.ndarray], list[float], Any]:
     """The melody's windows as source ids, each window's start (seconds), and the melody
@@ -154,14 +168,14 @@ def _generate(ck, task: str, src: list[np.ndarray], starts: list, cfg: ArrangeCo
         def draw(net, prompt, rows):
             need = np.repeat(lengths[rows], len(prompt) // len(rows))
             scfg = SampleConfig(tokens=int(need.max()) + 1, **cfg.sample.to_dict())
-            return sample(net, prompt, ExactLength(tok.vocab_size, need), scfg,
-                          int(need.max()) + 1)
+            grammar = AfterPrefix(ExactLength(tok.vocab_size, need), prompt.shape[1] - 1)
+            return sample(net, prompt, grammar, scfg, int(need.max()) + 1)
     else:  # piano events until the window's length in time
         span = max(t1 - t0 for t0, t1 in starts)
 
         def draw(net, prompt, rows):
             scfg = SampleConfig(seconds=span, **cfg.sample.to_dict())
-            return sample(net, prompt, tok.grammar(), scfg,
+            return sample(net, prompt, AfterPrefix(tok.grammar(), prompt.shape[1] - 1), scfg,
                           model.max_context - prompt.shape[1])
     with torch.no_grad():
         if hasattr(model, "encode_into"):  # row = window * k + sample

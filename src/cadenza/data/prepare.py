@@ -243,7 +243,8 @@ def prepare_pairs(cfg: PrepareConfig, items: list[Item], layouts: dict[str, str]
 
     seen: dict[str, str] = {}
     for it in tqdm(sorted(items, key=lambda i: (i.path, i.split or "", i.index or 0)),
-                   unit="piece", desc="pairing", disable=not progress):
+                   unit="piece", desc="pairing",
+                   disable=not progress or all(it.grid is not None for it in items)):
         try:
             if cfg.task == "harmonize":
                 if it.grid is None or getattr(it.grid, "array", np.zeros((0, 0))).ndim != 2 \
