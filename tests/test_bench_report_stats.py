@@ -92,10 +92,10 @@ def test_nll_by_position_is_each_positions_mean(tiny_run, tiny_dataset):
     from cadenza.evaluate import nll_by_position
     m = load_checkpoint(tiny_run / "best").model.eval()
     pieces = TokenDataset(tiny_dataset).pieces("valid")
-    got, n = nll_by_position(m, pieces, 32, batch_size=3)
+    got, n = nll_by_position(m, pieces, 32, stride=24, batch_size=3)
     rows = []
-    for p in pieces:  # every full 33-token span at 0, 32, 64, ..., each read alone
-        for s in range(0, len(p) - 32, 32):
+    for p in pieces:  # every full 33-token span at 0, 24, 48, ..., each read alone
+        for s in range(0, len(p) - 32, 24):
             x = torch.tensor(p[s: s + 33])[None]
             lp = torch.log_softmax(m(x[:, :-1]), -1)[0]
             rows.append(-lp.gather(1, x[0, 1:, None])[:, 0].detach().numpy())

@@ -274,6 +274,8 @@ def test_training_and_evaluation_score_target_tokens(harmonize_run, tmp_path):
           TrainConfig(data=str(data), out=str(out), context=260, batch_size=4, max_steps=2,
                       eval_every=2), quiet=True)
     assert evaluate(str(out / "best"), str(data)).tokens == count
+    from cadenza.studio import list_models  # the studio offers models that continue pieces
+    assert not [m for m in list_models(str(tmp_path)) if not m["id"].startswith("pretrained")]
 
 
 def test_paired_misuse_is_one_line(harmonize_run, tiny_dataset, tiny_run, tmp_path, capsys,
@@ -288,6 +290,8 @@ def test_paired_misuse_is_one_line(harmonize_run, tiny_dataset, tiny_run, tmp_pa
           str(chorale_json), "--out", str(tmp_path / "z")], "trained to continue"),
         (["evaluate", "--checkpoint", str(tiny_run / "best"), "--data", str(data)],
          "vocabulary differs"),
+        (["generate", "--checkpoint", str(run / "best"), "--out", str(tmp_path / "g")],
+         "trained to harmonize a melody, not to continue a piece; use `cadenza harmonize`"),
         (["prepare", str(chorale_json), "--task", "accompany", "--out", str(tmp_path / "w")],
          "needs training and validation"),
         (["prepare", str(chorale_json), "--task", "harmonize", "--tokenizer", "performance",

@@ -96,14 +96,17 @@ def score_pieces(model: torch.nn.Module, pieces: list[np.ndarray], context: int,
 
 @torch.no_grad()
 def nll_by_position(model: torch.nn.Module, pieces: list[np.ndarray], context: int,
-                    batch_size: int = 16, precision: str = "fp32") -> tuple[np.ndarray, int]:
+                    stride: int = 0, batch_size: int = 16, precision: str = "fp32"
+                    ) -> tuple[np.ndarray, int]:
     """Mean NLL at each position of windows read from their first token: (context,), and
-    the number of windows. Windows are the full ``context + 1`` spans at 0, context, 2 *
-    context... of each piece; position p predicts its token from the p tokens before it
+    the number of windows. Windows are the full ``context + 1`` spans at 0, stride, 2 *
+    stride... (default context / 4) of each piece, each read alone from its own first
+    token; position p predicts its token from the p tokens before it
     in the window, so the curve shows how much a model gains from a longer past (an RNN
     from its state, a Transformer from attention)."""
+    stride = stride or max(1, context // 4)
     spans = [(i, s) for i, p in enumerate(pieces)
-             for s in range(0, len(p) - context - 1 + 1, context)]
+             for s in range(0, len(p) - context - 1 + 1, stride)]
     total = np.zeros(context)
     if not spans:
         return total, 0

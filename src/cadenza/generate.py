@@ -212,6 +212,10 @@ class Generator:
     def __init__(self, ck: Checkpoint, *others: Checkpoint, transpositions: int = 1,
                  precision: str = "auto") -> None:
         self.ck, self.members = ck, [ck, *others]
+        for c in self.members:
+            if c.task != "continue":
+                raise ValueError(f"--checkpoint {c.path}: trained to {c.task} a melody, not "
+                                 f"to continue a piece; use `cadenza {c.task}`")
         # "auto": weights stored in bf16 (the shipped models) also run in bf16: nothing of
         # them is lost, and on a CPU the model and its cache then fit the last-level cache
         # (pretrained:piano: 404 instead of 320 tokens/s at batch 1). fp32 otherwise.

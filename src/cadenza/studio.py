@@ -131,6 +131,8 @@ def list_models(runs: str | None) -> list[dict[str, Any]]:
             c, m = read_config(spec), read_metrics(spec)
         except (CheckpointError, OSError, ValueError):
             continue  # a half-written run: not offered
+        if (c.get("data", {}).get("task") or {}).get("name", "continue") != "continue":
+            continue  # a harmonize/accompany model does not continue pieces
         models.append({"id": spec, "name": label, "tokenizer": c["tokenizer"]["name"],
                        "parameters": c.get("parameters"),
                        "val_nll": m.get("best_val_nll", m.get("val_nll"))})
