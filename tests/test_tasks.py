@@ -111,7 +111,8 @@ def test_encdec_causal_cached_and_reads_its_source(position, norm):
         assert not torch.allclose(m(later, src=src)[:, 8:], full[:, 8:])
         other = src.clone()
         other[:, 2] = (other[:, 2] + 5 - 3) % 47 + 3
-        assert (m(tgt, src=other) - full).abs().amax(-1).min() > 1e-4  # every position
+        moved = (m(tgt, src=other) - full).abs().amax(-1)
+        assert moved.min() > 1e-6  # every position reads the source (identical input: 0)
         padded = src.clone()
         padded[1, 7:] = 0
         wider = torch.cat([padded, torch.zeros(2, 3, dtype=torch.long)], 1)  # more padding

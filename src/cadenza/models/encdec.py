@@ -178,7 +178,10 @@ class EncoderDecoder(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
-        nn.init.normal_(self.tok.weight, std=d ** -0.5)  # unit-size once scaled by sqrt(d)
+        # Embeddings at std 0.02, scaled by sqrt(d) as in the paper: the token (~0.3 a
+        # dimension at d 256) stands beside the unit-size sinusoids, and the tied output
+        # starts near uniform (4.6 nats at 92 tokens). At std d^-0.5 the input token itself
+        # dominated the first logits (13 nats) and cost the first few hundred steps.
         for name, p in self.named_parameters():  # GPT-2: scale residual projections
             if name.endswith("proj.weight") or name.endswith("ff.out.weight"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(3 * cfg.n_layer))
