@@ -203,18 +203,18 @@ def _train_all(model: ModelConfig, tcs: list[TrainConfig], device: str) -> list:
 
 
 def _train_parallel(jobs: list[tuple[ModelConfig, TrainConfig]], device: str,
-                    what: str = "models") -> list:
+                    what: str = "models", threads: int | None = None) -> list:
     """Train one run in this process, or several at once in as many processes, each with
     an equal share of the CPU threads (on 2 cores, two one-thread runs make ~1.1x the
     tokens of one two-thread run: small matrices do not split well across cores), so runs
     compared with each other share the machine alike."""
-    if len(jobs) == 1:
+    if len(jobs) == 1 and threads is None:
         from .train import train
         return [train(*jobs[0], device=device)]
     import multiprocessing
 
     import torch
-    threads = max(1, torch.get_num_threads() // len(jobs))
+    threads = threads or max(1, torch.get_num_threads() // len(jobs))
     print(f"training {len(jobs)} {what} at once, {threads} thread(s) each; progress "
           f"in {', '.join(tc.out + '.log' for _, tc in jobs)}", flush=True)
     with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
@@ -516,9 +516,12 @@ class TasksResult:
 # in 10 minutes (3.36 nats on harmonize, the encoder-decoder 1.02): its token embeddings
 # start at std 0.02 beside unit-size sinusoids, where the encoder-decoder scales them by
 # sqrt(d_model) as the paper does.
+# The encoder-decoder also with rotary positions, so the two architectures meet with the
+# same positions too.
 TASK_MODELS = {
     "encoder-decoder": {},
     "decoder-only": {"kind": "transformer", "n_layer": 7, "position": "rope"},
+    "encoder-decoder, rope": {"position": "rope"},
 }
 
 
@@ -536,12 +539,14 @@ def bench_tasks(out: str, *, minutes: float, data: str | None = None,
                 benchmarks: str | None = None, device: str = "cpu", precision: str = "bf16",
                 **changes: Any) -> TasksResult:
     """Harmonization (JSB16) and accompaniment (POP909): the encoder-decoder against a
-    decoder-only Transformer reading the source as a prefix, same data, same minutes, the
-    two trained at once with half the threads each; NLL per target token (valid)."""
+    decoder-only Transformer reading the source as a prefix, same data, same minutes; NLL
+    per target token (valid). Runs train two at a time, one thread each (each task's first
+    two models together, then the rotary encoder-decoders of both tasks), so every run
+    has the same share of the machine."""
     from .data.prepare import prepare
     root = Path(out)
-    rows: dict[str, dict[str, TaskRow]] = {}
     skipped: dict[str, str] = {}
+    jobs: dict[tuple[str, str], tuple[ModelConfig, TrainConfig]] = {}
     for task in ("harmonize", "accompany"):
         try:
             src = find_file("jsb16", None, benchmarks) if task == "harmonize" \
@@ -553,15 +558,26 @@ def bench_tasks(out: str, *, minutes: float, data: str | None = None,
         ds = root / task / "data"
         if not (ds / "manifest.json").exists():
             prepare(PrepareConfig(sources=(str(src),), out=str(ds), task=task), progress=False)
-        recipe = RECIPES[task]
-        jobs = [recipe.configs(data=str(ds), out=str(root / task / name), minutes=minutes,
-                               precision=precision, **{**extra, **changes})
-                for name, extra in TASK_MODELS.items()]
-        print(f"--- {task}")
-        results = _train_parallel(jobs, device)
-        rows[task] = {name: TaskRow(r.parameters, r.step, _mean_tps(Path(tc.out) / "metrics.csv"),
-                                    r.best_val_nll)
-                      for name, r, (_, tc) in zip(TASK_MODELS, results, jobs)}
+        for name, extra in TASK_MODELS.items():
+            jobs[task, name] = RECIPES[task].configs(
+                data=str(ds), out=str(root / task / name.replace(", ", "-")), minutes=minutes,
+                precision=precision, **{**extra, **changes})
+    order = [k for k in jobs if k[1] != "encoder-decoder, rope"] + \
+        [k for k in jobs if k[1] == "encoder-decoder, rope"]
+    import torch
+    threads = max(1, torch.get_num_threads() // 2)
+    results = {}
+    for i in range(0, len(order), 2):
+        keys = order[i: i + 2]
+        print("--- " + " and ".join(f"{t}: {n}" for t, n in keys))
+        for k, r in zip(keys, _train_parallel([jobs[k] for k in keys], device,
+                                              threads=threads)):
+            results[k] = r
+    rows: dict[str, dict[str, TaskRow]] = {}
+    for (task, name), (_, tc) in jobs.items():
+        r = results[task, name]
+        rows.setdefault(task, {})[name] = TaskRow(
+            r.parameters, r.step, _mean_tps(Path(tc.out) / "metrics.csv"), r.best_val_nll)
     result = TasksResult(minutes, rows, skipped)
     root.mkdir(parents=True, exist_ok=True)
     (root / "bench.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
@@ -570,15 +586,15 @@ def bench_tasks(out: str, *, minutes: float, data: str | None = None,
 
 
 def format_tasks(r: TasksResult) -> str:
-    lines = [f"{'task':<11}{'model':<17}{'parameters':>12}{'steps':>8}{'tokens/s':>10}"
+    lines = [f"{'task':<11}{'model':<23}{'parameters':>12}{'steps':>8}{'tokens/s':>10}"
              f"{'valid NLL/target token':>24}"]
     for task, models in r.rows.items():
         for name, row in models.items():
-            lines.append(f"{task:<11}{name:<17}{row.parameters:>12,}{row.steps:>8,}"
+            lines.append(f"{task:<11}{name:<23}{row.parameters:>12,}{row.steps:>8,}"
                          f"{row.tokens_per_s:>10,.0f}{row.best_val_nll:>24.4f}")
     for task, why in r.skipped.items():
         lines.append(f"{task:<11}skipped: {why}")
-    lines.append(f"{r.minutes:g} minutes each, the two models of a task trained at once")
+    lines.append(f"{r.minutes:g} minutes each, two runs at a time with one thread each")
     if "harmonize" in r.rows:
         lines.append("in context (not the same measure): whole 4-voice JSB16 chorales, NLL "
                      "per note, Music Transformer "
