@@ -151,6 +151,12 @@ def test_relative_is_refused_for_the_encoder_decoder():
         ModelConfig(kind="encoder-decoder", position="relative")
     assert ModelConfig(kind="encoder-decoder").position == "sinusoidal"
     assert ModelConfig().position == "relative"
+    from cadenza.recipes import train_configs  # another kind: its own position defaults
+    kw = dict(data="d", out="o")
+    assert train_configs("small", kind="encoder-decoder", **kw)[0].position == "sinusoidal"
+    assert train_configs("harmonize", kind="transformer", **kw)[0].position == "relative"
+    assert train_configs("harmonize", kind="transformer", position="rope", **kw)[0].position \
+        == "rope"
 
 
 # --- paired data --------------------------------------------------------------------------

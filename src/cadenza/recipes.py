@@ -116,9 +116,10 @@ def compose(model: dict[str, Any], train: dict[str, Any], given: dict[str, Any],
         t["max_steps"] = 0
     if base != "run" and "max_steps" in given and "minutes" not in given:
         t["minutes"] = 0.0
-    if base == "recipe" and given.get("kind") == "encoder-decoder":
-        # a decoder-only recipe's position options: the encoder-decoder's own defaults
-        # (sinusoidal, as in the paper) unless given
+    if base == "recipe" and "kind" in given and \
+            (given["kind"] == "encoder-decoder") != (model.get("kind") == "encoder-decoder"):
+        # the recipe's position options are its kind's: another kind starts from its own
+        # defaults (encoder-decoder: sinusoidal, as in the paper; transformer: relative)
         m.update({k: v for k, v in (("position", None), ("voice_period", 0),
                                     ("step_positions", False), ("pitch_dims", 0))
                   if k not in given})
