@@ -8,7 +8,11 @@
   piano-roll sets with the pianoroll tokenizer, NLL per frame beside Boulanger-Lewandowski et
   al. 2012, Table 1.
 - ``bench models --data DIR``: RNN, LSTM, GRU and Transformer at matched parameter counts on
-  the same data and time budget; a table and a plot of validation NLL against time.
+  the same data, for each of ``--budgets`` (2, 10 and 30 minutes); a table, validation NLL
+  against time, and NLL by position in the window (how much each model uses a longer past).
+- ``bench tasks``: harmonization (JSB16) and accompaniment (POP909) pairs, the encoder-
+  decoder (sinusoidal and rotary) against a decoder-only Transformer reading the melody as
+  a prefix, same data and minutes; NLL per target token.
 
 The recipes are ``jsb16`` and ``pianoroll-*`` in the registry (recipes.py; ``cadenza
 presets``): ``cadenza train --preset jsb16`` trains exactly what ``bench jsb16`` trains.

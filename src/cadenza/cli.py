@@ -400,7 +400,10 @@ COMMANDS = (
     Command("bench", "reproduce the published tables on this machine",
             "jsb16: the Music Transformer's JSB chorale setup; pianoroll: the "
             "Boulanger-Lewandowski sets; models: RNN/LSTM/GRU/Transformer at matched size on "
-            "one dataset. The recipes are `cadenza presets`' jsb16 and pianoroll-*.",
+            "one dataset, at --budgets of 2, 10 and 30 minutes, with NLL by position in the "
+            "window; tasks: harmonize (JSB16) and accompany (POP909) with the encoder-decoder "
+            "against a decoder-only model reading the melody as a prefix. The recipes are "
+            "`cadenza presets`' jsb16, pianoroll-*, small, harmonize and accompany.",
             "cadenza bench jsb16 --minutes 60", (BenchConfig, Runtime), cmd_bench),
     Command("report", "one HTML page for a run (opens from disk)",
             "Configs, loss curves, evaluation, benchmark and statistics tables, piano rolls "
