@@ -29,11 +29,11 @@ import json, sys
 print(next(f["path"] for f in json.load(open(sys.argv[1]))["files"] if f["split"] == "valid"))
 EOF
 )
-cadenza harmonize --checkpoint "$B/harmonize/encoder-decoder/best" --melody "$T/soprano.mid" \
+cadenza harmonize --checkpoint "$B/harmonize/encoder-decoder-rope/best" --melody "$T/soprano.mid" \
     --out "$T/harm" --seconds 16 --no-audio --seed 1
-cadenza accompany --checkpoint "$B/accompany/encoder-decoder/best" --melody "$SONG" \
+cadenza accompany --checkpoint "$B/accompany/encoder-decoder-rope/best" --melody "$SONG" \
     --out "$T/acc" --seconds 24 --no-audio --seed 1 --top-p 0.95
-cadenza attention --checkpoint "$B/harmonize/encoder-decoder/best" --primer "$T/soprano.mid" \
+cadenza attention --checkpoint "$B/harmonize/encoder-decoder-rope/best" --primer "$T/soprano.mid" \
     --out "$T/att-harm" --tokens 96
 cadenza attention --checkpoint pretrained:piano --primer builtin:openings/schubert \
     --out "$T/att-piano" --tokens 64
