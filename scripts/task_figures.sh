@@ -24,22 +24,26 @@ for s in range(1, len(line) + 1):
         start = s
 write_midi(score_from_notes(Notes.make(*zip(*notes))), sys.argv[2])
 EOF
+# the validation song whose melody starts soonest
 SONG=$(python - "$B/accompany/data/manifest.json" <<'EOF'
 import json, sys
-print(next(f["path"] for f in json.load(open(sys.argv[1]))["files"] if f["split"] == "valid"))
+from cadenza.data.midi import load_score, only_track
+songs = [f["path"] for f in json.load(open(sys.argv[1]))["files"] if f["split"] == "valid"]
+print(min(songs, key=lambda p: only_track(load_score(p), "MELODY").to("second").tracks[0]
+          .notes.numpy()["time"].min()))
 EOF
 )
 cadenza harmonize --checkpoint "$B/harmonize/encoder-decoder-rope/best" --melody "$T/soprano.mid" \
     --out "$T/harm" --seconds 16 --no-audio --seed 1
 cadenza accompany --checkpoint "$B/accompany/encoder-decoder-rope/best" --melody "$SONG" \
-    --out "$T/acc" --seconds 24 --no-audio --seed 1 --top-p 0.95
+    --out "$T/acc" --seconds 16 --no-audio --seed 1 --top-p 0.95
 cadenza attention --checkpoint "$B/harmonize/encoder-decoder-rope/best" --primer "$T/soprano.mid" \
     --out "$T/att-harm" --tokens 96
 cadenza attention --checkpoint pretrained:piano --primer builtin:openings/schubert \
     --out "$T/att-piano" --tokens 64
 cp "$T/harm/sample-0.png" docs/harmonize-example.png
 cp "$T/acc/sample-0.png" docs/accompany-example.png
-cp "$T/att-harm/cross-3.png" docs/attention-cross.png
+cp "$T/att-harm/decoder-1.png" docs/attention-harmonize.png
 cp "$T/att-piano/layer-2.png" docs/attention-piano.png
-echo "wrote docs/harmonize-example.png docs/accompany-example.png docs/attention-cross.png" \
+echo "wrote docs/harmonize-example.png docs/accompany-example.png docs/attention-harmonize.png" \
      "docs/attention-piano.png (accompanied: $SONG)"

@@ -29,6 +29,7 @@ from .config import AttentionConfig, Drawing
 from .data import pairs
 from .data.midi import BadInput, load_score
 from .data.tokenizers import BOS
+from .data.tokenizers.chorale16 import StepGrammar
 from .models.encdec import CrossAttention, EncoderAttention
 from .models.transformer import Attention
 from .render import note_name
@@ -70,10 +71,12 @@ def attention_maps(model: torch.nn.Module, idx: torch.Tensor, src: torch.Tensor 
     return {name: mod.probs(*args)[0].float().cpu().numpy() for name, mod, args in calls}
 
 
-def token_labels(tok, ids: np.ndarray) -> list[str]:
+def token_labels(tok, ids: np.ndarray, voices: int = 0) -> list[str]:
     """A short name per token: its time (the grammar's clock) and note, e.g. ``1.25s E4``;
-    a time shift is ``+0.30s``; BOS/EOS by name."""
-    g = tok.grammar()
+    a time shift is ``+0.30s``; BOS/EOS by name. ``voices``: a grid stream of that many
+    tokens a step (harmonize: 1 for the soprano, 3 for alto, tenor and bass), not the
+    tokenizer's own."""
+    g = StepGrammar(tok.vocab_size, voices, tok.step_seconds) if voices else tok.grammar()
     g.reset(1)
     out = []
     for t in np.asarray(ids, np.int64):
@@ -159,10 +162,13 @@ def run_attention(cfg: AttentionConfig, *, device: str = "cpu") -> list[Path]:
     dev = next(ck.model.parameters()).device
     src_t = torch.as_tensor(src_ids, device=dev)[None] if src_ids is not None else None
     maps = attention_maps(ck.model, torch.as_tensor(ids, device=dev)[None], src_t)
-    labels = token_labels(tok, ids)
-    slabels = token_labels(tok, src_ids) if src_ids is not None else []
+    grid = ck.task == "harmonize"
+    labels = token_labels(tok, ids, pairs.LOWER_VOICES if grid else 0)
+    slabels = token_labels(tok, src_ids, 1 if grid else 0) if src_ids is not None else []
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    p = Path(str(ck.path))  # RUN/best: the run's name
+    model_name = p.parent.name if p.name in ("best", "last") else p.name
     what = {"layer": "self-attention", "encoder": "encoder self-attention (melody)",
             "decoder": "decoder masked self-attention (new part)",
             "cross": "cross-attention: new part (rows) looking at the melody (columns)"}
@@ -170,7 +176,7 @@ def run_attention(cfg: AttentionConfig, *, device: str = "cpu") -> list[Path]:
         kind, k = name.split("-")
         q = slabels if kind == "encoder" else labels
         kl = slabels if kind in ("encoder", "cross") else labels
-        written.append(plot_layer(w, q, kl, f"{Path(str(ck.path)).name}: {what[kind]}, layer "
+        written.append(plot_layer(w, q, kl, f"{model_name}: {what[kind]}, layer "
                                   f"{k} ({w.shape[0]} heads)", out / f"{name}.png"))
     record = {"checkpoint": str(ck.path), "primer": str(path), "task": ck.task,
               "tokens": labels, "source_tokens": slabels,
