@@ -432,13 +432,21 @@ def _mean_tps(path: Path) -> float:
     return sum(vals) / max(len(vals), 1)
 
 
+def _runs_table(groups: dict[str, dict[str, Any]], group: str, nll: str) -> list[str]:
+    """Lines of a table of runs (ModelsRow or TaskRow) grouped by budget or task."""
+    gw = max([len(group)] + [len(g) for g in groups]) + 2
+    mw = max([5] + [len(m) for rows in groups.values() for m in rows]) + 2
+    lines = [f"{group:<{gw}}{'model':<{mw}}{'parameters':>12}{'steps':>8}{'tokens/s':>10}"
+             f"{nll:>{len(nll) + 2}}"]
+    for g, rows in groups.items():
+        for name, row in rows.items():
+            lines.append(f"{g:<{gw}}{name:<{mw}}{row.parameters:>12,}{row.steps:>8,}"
+                         f"{row.tokens_per_s:>10,.0f}{row.best_val_nll:>{len(nll) + 2}.4f}")
+    return lines
+
+
 def format_models(r: ModelsResult) -> str:
-    lines = [f"{'budget':>7}  {'model':<12}{'parameters':>12}{'steps':>8}{'tokens/s':>10}"
-             f"{'best val NLL':>14}"]
-    for key, models in r.rows.items():
-        for name, row in models.items():
-            lines.append(f"{key + ' min':>7}  {name:<12}{row.parameters:>12,}{row.steps:>8,}"
-                         f"{row.tokens_per_s:>10,.0f}{row.best_val_nll:>14.4f}")
+    lines = _runs_table({f"{k} min": v for k, v in r.rows.items()}, "budget", "best val NLL")
     last = r.rows[f"{r.budgets[-1]:g}"]
     if any(row.by_position for row in last.values()):
         n = max(len(row.by_position) for row in last.values())
@@ -592,12 +600,7 @@ def bench_tasks(out: str, *, minutes: float, data: str | None = None,
 
 
 def format_tasks(r: TasksResult) -> str:
-    lines = [f"{'task':<11}{'model':<29}{'parameters':>12}{'steps':>8}{'tokens/s':>10}"
-             f"{'valid NLL/target token':>24}"]
-    for task, models in r.rows.items():
-        for name, row in models.items():
-            lines.append(f"{task:<11}{name:<29}{row.parameters:>12,}{row.steps:>8,}"
-                         f"{row.tokens_per_s:>10,.0f}{row.best_val_nll:>24.4f}")
+    lines = _runs_table(r.rows, "task", "valid NLL/target token")
     for task, why in r.skipped.items():
         lines.append(f"{task:<11}skipped: {why}")
     lines.append(f"{r.minutes:g} minutes each, two runs at a time with one thread each")

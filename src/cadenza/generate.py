@@ -305,29 +305,48 @@ def run_generate(cfg: GenerateConfig, *, device: str = "cpu",
     gen = Generator.load(list(cfg.checkpoint), device=device,
                          transpositions=cfg.transpositions, precision=cfg.precision)
     prompt, pinfo = gen.encode_primer(cfg.primer, cfg.primer_seconds, cfg.primer_tokens)
-    out_dir = Path(cfg.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise PermissionError(f"--out {cfg.out}: is a file, not a folder")
-    earlier = sorted(p for p in out_dir.glob("sample-*") if p.is_file()) \
-        if out_dir.is_dir() else []
-    if earlier and not cfg.force:
-        raise FileExistsError(f"--out {cfg.out}: holds samples of an earlier take "
-                              f"({earlier[0].name}, ...); choose another folder, or pass "
-                              "--force to replace them")
+    take, earlier = open_take(cfg.out, cfg.force)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        take = process_dir(out_dir, ".cadenza-take-")  # a killed generate's is removed
-    except OSError as e:
-        raise PermissionError(f"--out {cfg.out}: cannot write there ({e.strerror})") from e
-    try:
-        return _write_take(gen, prompt, pinfo, cfg, take, earlier, progress)
+        infos = _write_take(gen, prompt, pinfo, cfg, take, progress)
+        place_take(take, Path(cfg.out), earlier, len(infos))
+        return infos
     finally:
         shutil.rmtree(take, ignore_errors=True)
 
 
+def open_take(out: str, force: bool) -> tuple[Path, list[Path]]:
+    """Before anything is generated: ``out`` must be a folder (made if need be) without an
+    earlier take's samples, unless ``force``. Returns the new take's temporary folder inside
+    it (a killed command's is removed by the next) and the earlier take's files."""
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PermissionError(f"--out {out}: is a file, not a folder")
+    earlier = sorted(p for p in out_dir.glob("sample-*") if p.is_file()) \
+        if out_dir.is_dir() else []
+    if earlier and not force:
+        raise FileExistsError(f"--out {out}: holds samples of an earlier take "
+                              f"({earlier[0].name}, ...); choose another folder, or pass "
+                              "--force to replace them")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return process_dir(out_dir, ".cadenza-take-"), earlier
+    except OSError as e:
+        raise PermissionError(f"--out {out}: cannot write there ({e.strerror})") from e
+
+
+def place_take(take: Path, out_dir: Path, earlier: list[Path], samples: int) -> None:
+    """A complete take into ``out_dir``: the earlier take's files go first (``--force``),
+    then each sample's files are moved in, its JSON last."""
+    for old in earlier:
+        old.unlink(missing_ok=True)
+    for k in range(samples):
+        for f in sorted(take.glob(f"sample-{k}.*"), key=lambda f: f.suffix == ".json"):
+            os.replace(f, out_dir / f.name)
+
+
 def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: GenerateConfig,
-                take: Path, earlier: list[Path], progress: Progress | None) -> list[SampleInfo]:
-    """Generate the samples into ``take``, then move them into ``cfg.out``."""
+                take: Path, progress: Progress | None) -> list[SampleInfo]:
+    """Generate the samples into ``take``."""
     from .render import piano_roll_png, render_wav
 
     t = time.perf_counter()
@@ -378,13 +397,6 @@ def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: 
         write_bytes(base.with_suffix(".json"),
                     (json.dumps(info.to_dict(), indent=1) + "\n").encode())
         results.append(info)
-    for old in earlier:  # --force: the earlier take goes only once the new one is complete
-        old.unlink(missing_ok=True)
-    out_dir = Path(cfg.out)
-    for k in range(len(news)):  # move each sample into place, its JSON last
-        files = sorted(take.glob(f"sample-{k}.*"), key=lambda f: f.suffix == ".json")
-        for f in files:
-            os.replace(f, out_dir / f.name)
     return results
 
 

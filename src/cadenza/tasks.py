@@ -22,7 +22,6 @@ Try it: ``cadenza harmonize --checkpoint runs/harm/best --melody tune.mid --out 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,31 +30,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import process_dir, write_bytes
+from .atomic import write_bytes
 from .checkpoint import load_checkpoint
 from .config import ArrangeConfig, SampleConfig
 from .data import pairs
 from .data.midi import BadInput, Notes, cut_notes, load_score, score_from_tracks, write_midi
 from .data.tokenizers import BOS, EOS, PAD
 from .data.tokenizers.base import Grammar
-from .data.tokenizers.chorale16 import grid_ids, ids_grid
-from .generate import sample
+from .data.tokenizers.chorale16 import StepGrammar, grid_ids, ids_grid
+from .generate import open_take, place_take, sample
 from .models import Conditioned
 
 TRACKS = {"harmonize": ("Soprano", ["Alto", "Tenor", "Bass"]),
           "accompany": ("Melody", ["Piano"])}
 
 
-class ExactLength(Grammar):
-    """Per sample, exactly ``n[b]`` content tokens, then EOS (harmonize: three a step)."""
+class ExactLength(StepGrammar):
+    """Per sample, exactly ``n[b]`` content tokens (whole steps of ``period``), then EOS:
+    harmonize writes three tokens a step, no more and no fewer."""
 
-    def __init__(self, vocab_size: int, lengths: np.ndarray) -> None:
-        super().__init__(vocab_size)
+    def __init__(self, vocab_size: int, period: int, step_seconds: float,
+                 lengths: np.ndarray) -> None:
+        super().__init__(vocab_size, period, step_seconds)
         self.lengths = np.asarray(lengths)
-
-    def reset(self, batch: int) -> None:
-        super().reset(batch)
-        self.count = np.zeros(batch, np.int64)
 
     def allowed(self) -> np.ndarray:
         m = super().allowed()
@@ -65,10 +62,6 @@ class ExactLength(Grammar):
         m[full] = False
         m[full, EOS] = True
         return m
-
-    def advance(self, tokens: np.ndarray) -> None:
-        self.count += (~self.done) & (tokens > EOS)
-        super().advance(tokens)
 
 
 class AfterPrefix:
@@ -130,25 +123,13 @@ def arrange(cfg: ArrangeConfig, task: str, *, device: str = "cpu") -> list[dict[
         raise BadInput(f"--melody {path}: {e}") from e
     if not src:
         raise BadInput(f"--melody {path}: no melody notes to {task}")
-    out_dir = Path(cfg.out)
-    earlier = sorted(p for p in out_dir.glob("sample-*") if p.is_file()) \
-        if out_dir.is_dir() else []
-    if earlier and not cfg.force:
-        raise FileExistsError(f"--out {cfg.out}: holds samples of an earlier take "
-                              f"({earlier[0].name}, ...); choose another folder, or pass "
-                              "--force to replace them")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    take = process_dir(out_dir, ".cadenza-take-")
+    take, earlier = open_take(cfg.out, cfg.force)
     try:
         t = time.perf_counter()
         news = _generate(ck, task, src, starts, cfg)
         gen_s = time.perf_counter() - t
         records = _write(ck, task, news, starts, melody, cfg, take, gen_s)
-        for old in earlier:
-            old.unlink(missing_ok=True)
-        for k in range(cfg.sample.num_samples):  # each sample into place, its JSON last
-            for f in sorted(take.glob(f"sample-{k}.*"), key=lambda f: f.suffix == ".json"):
-                os.replace(f, out_dir / f.name)
+        place_take(take, Path(cfg.out), earlier, len(records))
         return records
     finally:
         shutil.rmtree(take, ignore_errors=True)
@@ -168,7 +149,8 @@ def _generate(ck, task: str, src: list[np.ndarray], starts: list, cfg: ArrangeCo
         def draw(net, prompt, rows):
             need = np.repeat(lengths[rows], len(prompt) // len(rows))
             scfg = SampleConfig(tokens=int(need.max()) + 1, **cfg.sample.to_dict())
-            grammar = AfterPrefix(ExactLength(tok.vocab_size, need), prompt.shape[1] - 1)
+            grammar = AfterPrefix(ExactLength(tok.vocab_size, pairs.LOWER_VOICES,
+                                              tok.step_seconds, need), prompt.shape[1] - 1)
             return sample(net, prompt, grammar, scfg, int(need.max()) + 1)
     else:  # piano events until the window's length in time
         span = max(t1 - t0 for t0, t1 in starts)

@@ -156,9 +156,10 @@ def merge_tracks(score: symusic.Score, name: str = "Piano") -> symusic.Score:
     return out
 
 
-def quarters_at(score: symusic.Score, seconds: float) -> float:
-    """The position in quarter notes of a time in seconds, through the score's tempo map
-    (120 bpm before its first tempo event, as MIDI says)."""
+def _tempo_spans(score: symusic.Score):
+    """Each stretch of constant tempo: (its start in quarters, in seconds, its length in
+    quarters (inf for the last), its quarters per minute); 120 bpm before the first tempo
+    event, as MIDI says."""
     tpq = score.ticks_per_quarter
     marks = sorted((int(t.time), float(t.qpm)) for t in score.tempos)
     if not marks or marks[0][0] > 0:
@@ -166,25 +167,24 @@ def quarters_at(score: symusic.Score, seconds: float) -> float:
     q = sec = 0.0
     for i, (tick, qpm) in enumerate(marks):
         span_q = (marks[i + 1][0] - tick) / tpq if i + 1 < len(marks) else np.inf
+        yield q, sec, span_q, qpm
+        q, sec = q + span_q, sec + span_q * 60 / qpm
+
+
+def quarters_at(score: symusic.Score, seconds: float) -> float:
+    """The position in quarter notes of a time in seconds, through the score's tempo map."""
+    for q, sec, span_q, qpm in _tempo_spans(score):
         if sec + span_q * 60 / qpm >= seconds:
             return q + (seconds - sec) * qpm / 60
-        q, sec = q + span_q, sec + span_q * 60 / qpm
-    return q
+    raise AssertionError("the last tempo span is endless")
 
 
 def seconds_at(score: symusic.Score, quarters: float) -> float:
     """The time in seconds of a position in quarter notes (the inverse of quarters_at)."""
-    tpq = score.ticks_per_quarter
-    marks = sorted((int(t.time), float(t.qpm)) for t in score.tempos)
-    if not marks or marks[0][0] > 0:
-        marks.insert(0, (0, 120.0))
-    q = sec = 0.0
-    for i, (tick, qpm) in enumerate(marks):
-        span_q = (marks[i + 1][0] - tick) / tpq if i + 1 < len(marks) else np.inf
+    for q, sec, span_q, qpm in _tempo_spans(score):
         if q + span_q >= quarters:
             return sec + (quarters - q) * 60 / qpm
-        q, sec = q + span_q, sec + span_q * 60 / qpm
-    return sec
+    raise AssertionError("the last tempo span is endless")
 
 
 def cut_notes(notes: Notes, end: float) -> Notes:

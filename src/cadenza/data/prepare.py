@@ -180,7 +180,6 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
                            + (f" ({len(skipped)} skipped, e.g. {skipped[0]['path']}: "
                               f"{skipped[0]['reason']})" if skipped else ""))
     tok.fit_grammar(ids for _, ids in by_split["train"])  # read only by learnt grammars
-    tok_cfg = tok.config()
 
     tmp = temp_dir(out)
     try:
@@ -198,28 +197,10 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
                                 "music_sha1": it.digest, "split": split,
                                 "piece": k, "tokens": int(len(ids)),
                                 **(it.tracks or {})})
-        counts = Counter((r["source"], r["split"]) for r in records)
-        per_source = {src: {"layout": layouts[src], "splits": {
-            s: counts[src, s] for s in SPLITS if counts[src, s]}} for src in cfg.sources}
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "tokenizer": {"name": tok.name, "config": tok_cfg, "vocab": tok.vocab},
-            "sources": list(cfg.sources),
-            "per_source": per_source,
-            "exclude": list(cfg.exclude),
-            "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac,
-            "sustain_pedal": cfg.sustain_pedal, "programs": cfg.programs,
-            "splits": splits_info,
-            "files": sorted(records, key=lambda r: (r["split"], r["piece"])),
-            "skipped": sorted(skipped, key=lambda s: s["path"]),
-            "totals": {"pieces": len(records), "skipped": len(skipped),
-                       "tokens": sum(s["tokens"] for s in splits_info.values()),
-                       "multitrack_files": sum(r.get("tracks", 1) > 1 for r in records),
-                       "drum_notes_dropped": sum(r.get("drum_notes_dropped", 0)
-                                                 for r in records),
-                       "other_notes_dropped": sum(r.get("other_notes_dropped", 0)
-                                                  for r in records)},
-        }
+        manifest = _manifest(cfg, tok, layouts, splits_info, records, skipped, "piece", {
+            "multitrack_files": sum(r.get("tracks", 1) > 1 for r in records),
+            "drum_notes_dropped": sum(r.get("drum_notes_dropped", 0) for r in records),
+            "other_notes_dropped": sum(r.get("other_notes_dropped", 0) for r in records)})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         replace_dir(tmp, out)
     except BaseException:
@@ -303,29 +284,40 @@ def prepare_pairs(cfg: PrepareConfig, items: list[Item], layouts: dict[str, str]
             for it, made in entries:
                 records.append({"path": it.name, "source": it.source, "split": split,
                                 "pairs": len(made)})
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "tokenizer": {"name": tok.name, "config": tok.config(), "vocab": tok.vocab},
-            "task": {"name": cfg.task, "bars": bars},
-            "sources": list(cfg.sources),
-            "per_source": {src: {"layout": layouts[src], "splits": dict(Counter(
-                r["split"] for r in records if r["source"] == src))} for src in cfg.sources},
-            "exclude": list(cfg.exclude),
-            "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac,
-            "sustain_pedal": cfg.sustain_pedal, "programs": cfg.programs,
-            "splits": splits_info,
-            "files": sorted(records, key=lambda r: (r["split"], r["path"])),
-            "skipped": sorted(skipped, key=lambda s: s["path"]),
-            "totals": {"pieces": len(records), "skipped": len(skipped),
-                       "pairs": sum(s["pieces"] for s in splits_info.values()),
-                       "tokens": sum(s["tokens"] for s in splits_info.values())},
-        }
+        manifest = _manifest(cfg, tok, layouts, splits_info, records, skipped, "path", {
+            "pairs": sum(s["pieces"] for s in splits_info.values())},
+            task={"name": cfg.task, "bars": bars})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return PrepareResult(out, manifest, manifest["skipped"])
+
+
+def _manifest(cfg: PrepareConfig, tok: Tokenizer, layouts: dict[str, str],
+              splits_info: dict[str, Any], records: list[dict[str, Any]],
+              skipped: list[dict[str, str]], order: str, totals: dict[str, int],
+              **extra: Any) -> dict[str, Any]:
+    """manifest.json: the tokenizer (to rebuild it exactly), the options, each split's size,
+    every file's record (sorted by split, then ``order``) and every skipped file's reason."""
+    counts = Counter((r["source"], r["split"]) for r in records)
+    return {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": {"name": tok.name, "config": tok.config(), "vocab": tok.vocab},
+        **extra,
+        "sources": list(cfg.sources),
+        "per_source": {src: {"layout": layouts[src], "splits": {
+            s: counts[src, s] for s in SPLITS if counts[src, s]}} for src in cfg.sources},
+        "exclude": list(cfg.exclude),
+        "valid_frac": cfg.valid_frac, "test_frac": cfg.test_frac,
+        "sustain_pedal": cfg.sustain_pedal, "programs": cfg.programs,
+        "splits": splits_info,
+        "files": sorted(records, key=lambda r: (r["split"], r[order])),
+        "skipped": sorted(skipped, key=lambda s: s["path"]),
+        "totals": {"pieces": len(records), "skipped": len(skipped),
+                   "tokens": sum(s["tokens"] for s in splits_info.values()), **totals},
+    }
 
 
 def check_out(out: Path, force: bool) -> None:
