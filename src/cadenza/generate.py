@@ -347,7 +347,6 @@ def place_take(take: Path, out_dir: Path, earlier: list[Path], samples: int) -> 
 def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: GenerateConfig,
                 take: Path, progress: Progress | None) -> list[SampleInfo]:
     """Generate the samples into ``take``."""
-    from .render import piano_roll_png, render_wav
 
     t = time.perf_counter()
     news = gen.generate(prompt, cfg.sample, progress=progress)
@@ -369,15 +368,9 @@ def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: 
         else:
             tracks = {PRIMER_TRACK: _pick(full, is_primer), CONTINUATION_TRACK: cont}
         base = take / f"sample-{k}"
-        write_midi(score_from_tracks(tracks), base.with_suffix(".mid"))
-        piano_roll_png(full, t_split, base.with_suffix(".png"), primer=is_primer,
-                       title=f"sample {k}: primer (blue) + continuation (orange)")
-        wav = None
-        if cfg.audio:
-            wav, why = render_wav(base.with_suffix(".mid"), base.with_suffix(".wav"),
-                                  cfg.soundfont)
-            if wav is None and k == 0:
-                print(f"note: no WAV written: {why}")
+        wav = write_sample(base, tracks, full, is_primer, t_split,
+                           f"sample {k}: primer (blue) + continuation (orange)",
+                           cfg.soundfont if cfg.audio else False, warn=k == 0)
         mem = None
         if mem_index is not None:
             from .stats import memorization
@@ -398,6 +391,23 @@ def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: 
                     (json.dumps(info.to_dict(), indent=1) + "\n").encode())
         results.append(info)
     return results
+
+
+def write_sample(base: Path, tracks: dict[str, Notes], notes: Notes, blue: np.ndarray,
+                 split_seconds: float, title: str, soundfont: str | None | bool,
+                 warn: bool = True) -> Path | None:
+    """BASE.mid (one track per entry), BASE.png (the ``blue`` notes blue, the others
+    orange) and, unless ``soundfont`` is False, BASE.wav; returns the WAV (None when no
+    synthesizer or SoundFont is found, said once when ``warn``)."""
+    from .render import piano_roll_png, render_wav
+    write_midi(score_from_tracks(tracks), base.with_suffix(".mid"))
+    piano_roll_png(notes, split_seconds, base.with_suffix(".png"), primer=blue, title=title)
+    if soundfont is False:
+        return None
+    wav, why = render_wav(base.with_suffix(".mid"), base.with_suffix(".wav"), soundfont)
+    if wav is None and warn:
+        print(f"note: no WAV written: {why}")
+    return wav
 
 
 def _memorization_index(gen: Generator, reference: str | None):

@@ -34,11 +34,11 @@ from .atomic import write_bytes
 from .checkpoint import load_checkpoint
 from .config import ArrangeConfig, SampleConfig
 from .data import pairs
-from .data.midi import BadInput, Notes, cut_notes, load_score, score_from_tracks, write_midi
+from .data.midi import BadInput, Notes, cut_notes, load_score
 from .data.tokenizers import BOS, EOS, PAD
 from .data.tokenizers.base import Grammar
 from .data.tokenizers.chorale16 import StepGrammar, grid_ids, ids_grid
-from .generate import open_take, place_take, sample
+from .generate import open_take, place_take, sample, write_sample
 from .models import Conditioned
 
 TRACKS = {"harmonize": ("Soprano", ["Alto", "Tenor", "Bass"]),
@@ -194,25 +194,16 @@ def _parts(task: str, tok, new: list[np.ndarray], starts: list, melody) -> tuple
 
 def _write(ck, task: str, news: list[list[np.ndarray]], starts: list, melody,
            cfg: ArrangeConfig, take: Path, gen_s: float) -> list[dict[str, Any]]:
-    from .render import piano_roll_png, render_wav
     records = []
     for k, new in enumerate(news):
         mel, tracks = _parts(task, ck.tokenizer, new, starts, melody)
         every = Notes.make(*(np.concatenate([getattr(t, f) for t in tracks.values()])
                              for f in ("start", "end", "pitch", "velocity")))
-        is_mel = _is_in(every, mel)
         base = take / f"sample-{k}"
-        write_midi(score_from_tracks(tracks), base.with_suffix(".mid"))
-        piano_roll_png(every, 0.0, base.with_suffix(".png"), primer=is_mel,
-                       title=f"sample {k}: melody (blue) + {task[:-1]}ed parts (orange)"
-                       if task == "harmonize" else
-                       f"sample {k}: melody (blue) + accompaniment (orange)")
-        wav = None
-        if cfg.audio:
-            wav, why = render_wav(base.with_suffix(".mid"), base.with_suffix(".wav"),
-                                  cfg.soundfont)
-            if wav is None and k == 0:
-                print(f"note: no WAV written: {why}")
+        parts = "alto, tenor and bass" if task == "harmonize" else "accompaniment"
+        wav = write_sample(base, tracks, every, _is_in(every, mel), 0.0,
+                           f"sample {k}: melody (blue) + {parts} (orange)",
+                           cfg.soundfont if cfg.audio else False, warn=k == 0)
         rec = {"sample": k, "task": task, "checkpoint": str(ck.path), "melody": cfg.melody,
                "seconds": cfg.seconds, "windows": len(new), "bars_per_window": ck.bars,
                "settings": cfg.sample.to_dict(), "tracks": {n: int(len(t))
