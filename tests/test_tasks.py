@@ -299,6 +299,12 @@ def test_paired_misuse_is_one_line(harmonize_run, tiny_dataset, tiny_run, tmp_pa
          "vocabulary differs"),
         (["generate", "--checkpoint", str(run / "best"), "--out", str(tmp_path / "g")],
          "trained to harmonize a melody, not to continue a piece; use `cadenza harmonize`"),
+        (["harmonize", "--checkpoint", str(run / "best"), "--melody", str(tmp_path / "no.mid"),
+          "--out", str(tmp_path / "z")], f"--melody {tmp_path / 'no.mid'}: no such file"),
+        (["harmonize", "--checkpoint", str(run / "best"), "--melody", str(chorale_json),
+          "--out", str(tmp_path / "z")], "not a MIDI file"),
+        (["accompany", "--checkpoint", str(run / "best"), "--melody", str(chorale_json),
+          "--out", str(tmp_path / "z")], "trained to harmonize, not to accompany"),
         (["prepare", str(chorale_json), "--task", "accompany", "--out", str(tmp_path / "w")],
          "needs training and validation"),
         (["prepare", str(chorale_json), "--task", "harmonize", "--tokenizer", "performance",
@@ -308,6 +314,7 @@ def test_paired_misuse_is_one_line(harmonize_run, tiny_dataset, tiny_run, tmp_pa
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert msg in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "z").exists()  # nothing written by a refused command
 
 
 def melody_file(tmp_path, steps: int = 150) -> Path:

@@ -3,8 +3,9 @@
 The checkpoint must be trained on the task's pairs (``prepare --task``; data/pairs.py): an
 encoder-decoder, or a decoder-only model that reads the source as a prefix. The melody is cut
 into the windows the model was trained on (bars of chorale16 steps to harmonize; bars of the
-song, from a ``beat_midi.txt`` beside it or the file's own beats, to accompany), and every
-window of every sample is generated in one batch:
+song, from a ``beat_midi.txt`` beside it or the file's own beats, to accompany). An
+encoder-decoder writes every window of every sample in one batch; a decoder-only model one
+window (all samples) at a time, since its prompt holds the window's melody:
 
 - harmonize: the melody's highest line on the 16th-note grid is the soprano; the model writes
   exactly three tokens (alto, tenor, bass) per step, no more and no fewer;
@@ -116,6 +117,8 @@ def arrange(cfg: ArrangeConfig, task: str, *, device: str = "cpu") -> list[dict[
         raise ValueError(f"--checkpoint {cfg.checkpoint}: trained to {ck.task}, not to "
                          f"{task} (train it on `cadenza prepare --task {task}` data)")
     path = Path(cfg.melody)
+    if not path.is_file():
+        raise FileNotFoundError(f"--melody {path}: no such file")
     try:
         score = load_score(path)
         src, starts, melody = _windows(task, ck.tokenizer, score, path, ck.bars, cfg.seconds)
