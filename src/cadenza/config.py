@@ -464,8 +464,8 @@ class GenerateConfig(_Config):
 class ArrangeConfig(_Config):
     """``cadenza harmonize`` / ``cadenza accompany``: a melody in, new parts under it out."""
 
-    melody: str = option(help="MIDI file of the melody (its MELODY track when it has one, "
-                         "else its highest line for harmonize, all its notes for accompany)",
+    melody: str = option(help="MIDI file of the melody: harmonize reads its highest line; "
+                         "accompany its MELODY track when it has one, else all its notes",
                          required=True, metavar="FILE")
     checkpoint: str = option(help="checkpoint trained on the task (RUN/best)", required=True,
                              metavar="DIR")
