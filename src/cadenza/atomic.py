@@ -59,6 +59,20 @@ def temp_dir(target: str | Path) -> Path:
     return d
 
 
+@contextlib.contextmanager
+def staged_dir(target: str | Path) -> Iterator[Path]:
+    """The directory form of :func:`atomic_path`: yield a fresh :func:`temp_dir` beside
+    ``target`` to fill; on success it replaces ``target`` (:func:`replace_dir`), on any
+    failure it is removed and ``target`` is untouched."""
+    tmp = temp_dir(target)
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -28,7 +28,7 @@ from .checkpoint import load_checkpoint
 from .config import AttentionConfig, Drawing
 from .data import pairs
 from .data.midi import BadInput, load_score
-from .data.tokenizers import BOS
+from .data.tokenizers import BOS, framed
 from .data.tokenizers.chorale16 import StepGrammar
 from .models.encdec import CrossAttention, EncoderAttention
 from .models.transformer import Attention
@@ -133,7 +133,7 @@ def plot_layer(weights: np.ndarray, qlabels: list[str], klabels: list[str], titl
 def run_attention(cfg: AttentionConfig, *, device: str = "cpu") -> list[Path]:
     """The command: the PNGs written (and ``attention.json`` beside them)."""
     from .generate import resolve_primer
-    from .tasks import _generate, _windows
+    from .tasks import generate_windows, melody_windows
 
     ck = load_checkpoint(cfg.checkpoint, device=device)
     ck.model.float()
@@ -149,11 +149,11 @@ def run_attention(cfg: AttentionConfig, *, device: str = "cpu") -> list[Path]:
             ids = np.concatenate([[BOS], tok.encode_primer(score)])[: cfg.tokens]
             src_ids = None
         else:
-            src, starts, _ = _windows(ck.task, tok, score, path, ck.bars, 0.0)
+            src, starts, _ = melody_windows(ck.task, tok, score, path, ck.bars, 0.0)
             if not src:
                 raise BadInput("no melody notes")
-            src_ids = pairs.framed(src[0])[: cfg.tokens]
-            new = _generate(ck, ck.task, src[:1], starts[:1], _one_take())[0][0]
+            src_ids = framed(src[0])[: cfg.tokens]
+            new = generate_windows(ck, ck.task, src[:1], starts[:1], Drawing())[0][0]
             ids = np.concatenate([[BOS], new])[: cfg.tokens]
     except BadInput as e:
         raise BadInput(f"--primer {path}: {e}") from e
@@ -184,7 +184,3 @@ def run_attention(cfg: AttentionConfig, *, device: str = "cpu") -> list[Path]:
     write_bytes(out / "attention.json", (json.dumps(record, indent=1) + "\n").encode())
     return written
 
-
-def _one_take():
-    from .config import ArrangeConfig
-    return ArrangeConfig(melody="-", checkpoint="-", out="-", sample=Drawing())

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import aside, file_digests, replace_dir, temp_dir, user_mode
+from .atomic import aside, file_digests, staged_dir, user_mode
 from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig, transposition_shifts
 from .data.tokenizers import Tokenizer, build_tokenizer
 from .models import build_model
@@ -54,8 +53,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: dict[str, Any],
                     metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(path)
-    try:
+    with staged_dir(path) as tmp:
         tied = tied_weights(model)
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
                    if k not in tied}  # a tied tensor is stored once, under its first name
@@ -65,10 +63,6 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: dict[str, Any],
         if state is not None:
             torch.save(state, tmp / "state.pt")
         _fsync_dir(tmp)
-        replace_dir(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def tied_weights(model: torch.nn.Module) -> dict[str, str]:

@@ -329,7 +329,7 @@ def midi_pieces(paths: list[Path], tokenizer) -> tuple[list[str], list[np.ndarra
     files skipped with the reason)."""
     from .data.prepare import encode_file
     from .data.sources import BadInput, SourceError, midi_files
-    from .data.tokenizers import BOS, EOS
+    from .data.tokenizers import framed
 
     names, pieces, skipped = [], [], []
     for f in midi_files(paths):
@@ -339,7 +339,7 @@ def midi_pieces(paths: list[Path], tokenizer) -> tuple[list[str], list[np.ndarra
             skipped.append({"path": str(f), "reason": str(e)})
             continue
         names.append(str(f))
-        pieces.append(np.concatenate([[BOS], ids, [EOS]]).astype(np.int64))
+        pieces.append(framed(ids))
     if not pieces:
         first = f" ({skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
         raise SourceError(f"--data {' '.join(map(str, paths))}: no MIDI file could be "
@@ -350,13 +350,12 @@ def midi_pieces(paths: list[Path], tokenizer) -> tuple[list[str], list[np.ndarra
 def benchmark_pieces(path: Path, split: str, tokenizer) -> list[np.ndarray]:
     """Tokenize one split of a benchmark file directly, with the checkpoint's tokenizer."""
     from .data.sources import read_benchmark
-    from .data.tokenizers import BOS, EOS
+    from .data.tokenizers import framed
 
     items = [it for it in read_benchmark(path) if it.split == split]
     if not items:
         raise MissingSplit(f"--split: {path} has no '{split}' split")
-    return [np.concatenate([[BOS], tokenizer.encode(tokenizer.piece_from_source(it.grid)),
-                            [EOS]]).astype(np.int64) for it in items]
+    return [framed(tokenizer.encode(tokenizer.piece_from_source(it.grid))) for it in items]
 
 
 def format_result(res: NLLResult, as_json: bool, split: str = "") -> str:

@@ -33,13 +33,13 @@ import torch
 
 from .atomic import write_bytes
 from .checkpoint import load_checkpoint
-from .config import ArrangeConfig, SampleConfig
+from .config import ArrangeConfig, Drawing, SampleConfig
 from .data import pairs
 from .data.midi import BadInput, Notes, cut_notes, load_score
-from .data.tokenizers import BOS, EOS, PAD
+from .data.tokenizers import BOS, EOS, PAD, framed
 from .data.tokenizers.base import Grammar
 from .data.tokenizers.chorale16 import StepGrammar, grid_ids, ids_grid
-from .generate import open_take, place_take, sample, write_sample
+from .generate import open_take, place_take, primer_mask, sample, write_sample
 from .models import Conditioned
 
 TRACKS = {"harmonize": ("Soprano", ["Alto", "Tenor", "Bass"]),
@@ -79,7 +79,7 @@ class AfterPrefix:
         self.inner.feed(ids[:, self.skip:])
 
 
-def _windows(task: str, tok, score, path: Path, bars: int, seconds: float
+def melody_windows(task: str, tok, score, path: Path, bars: int, seconds: float
              ) -> tuple[list[np.ndarray], list[float], Any]:
     """The melody's windows as source ids, each window's start (seconds), and the melody
     (the soprano grid, or its notes)."""
@@ -121,7 +121,7 @@ def arrange(cfg: ArrangeConfig, task: str, *, device: str = "cpu") -> list[dict[
         raise FileNotFoundError(f"--melody {path}: no such file")
     try:
         score = load_score(path)
-        src, starts, melody = _windows(task, ck.tokenizer, score, path, ck.bars, cfg.seconds)
+        src, starts, melody = melody_windows(task, ck.tokenizer, score, path, ck.bars, cfg.seconds)
     except BadInput as e:
         raise BadInput(f"--melody {path}: {e}") from e
     if not src:
@@ -129,7 +129,7 @@ def arrange(cfg: ArrangeConfig, task: str, *, device: str = "cpu") -> list[dict[
     take, earlier = open_take(cfg.out, cfg.force)
     try:
         t = time.perf_counter()
-        news = _generate(ck, task, src, starts, cfg)
+        news = generate_windows(ck, task, src, starts, cfg.sample)
         gen_s = time.perf_counter() - t
         records = _write(ck, task, news, starts, melody, cfg, take, gen_s)
         place_take(take, Path(cfg.out), earlier, len(records))
@@ -138,20 +138,20 @@ def arrange(cfg: ArrangeConfig, task: str, *, device: str = "cpu") -> list[dict[
         shutil.rmtree(take, ignore_errors=True)
 
 
-def _generate(ck, task: str, src: list[np.ndarray], starts: list, cfg: ArrangeConfig
-              ) -> list[list[np.ndarray]]:
+def generate_windows(ck, task: str, src: list[np.ndarray], starts: list, drawing: Drawing
+                     ) -> list[list[np.ndarray]]:
     """Per sample, each window's new tokens. An encoder-decoder writes every window of every
     sample in one batch (padded sources are masked); a decoder-only model reads
     ``[BOS src EOS] BOS`` and continues it, one window (all samples) at a time."""
     model, tok = ck.model.eval(), ck.tokenizer
-    n, k = len(src), cfg.sample.num_samples
-    framed = [pairs.framed(s) for s in src]
+    n, k = len(src), drawing.num_samples
+    sources = [framed(s) for s in src]
     if task == "harmonize":  # exactly three tokens a step
         lengths = np.array([len(s) * pairs.LOWER_VOICES for s in src])
 
         def draw(net, prompt, rows):
             need = np.repeat(lengths[rows], len(prompt) // len(rows))
-            scfg = SampleConfig(tokens=int(need.max()) + 1, **cfg.sample.to_dict())
+            scfg = SampleConfig(tokens=int(need.max()) + 1, **drawing.to_dict())
             grammar = AfterPrefix(ExactLength(tok.vocab_size, pairs.LOWER_VOICES,
                                               tok.step_seconds, need), prompt.shape[1] - 1)
             return sample(net, prompt, grammar, scfg, int(need.max()) + 1)
@@ -159,18 +159,18 @@ def _generate(ck, task: str, src: list[np.ndarray], starts: list, cfg: ArrangeCo
         span = max(t1 - t0 for t0, t1 in starts)
 
         def draw(net, prompt, rows):
-            scfg = SampleConfig(seconds=span, **cfg.sample.to_dict())
+            scfg = SampleConfig(seconds=span, **drawing.to_dict())
             return sample(net, prompt, AfterPrefix(tok.grammar(), prompt.shape[1] - 1), scfg,
                           model.max_context - prompt.shape[1])
     with torch.no_grad():
         if hasattr(model, "encode_into"):  # row = window * k + sample
             rows = np.repeat(np.arange(n), k)
-            got = draw(Conditioned(model, _batch([framed[w] for w in rows])),
+            got = draw(Conditioned(model, _batch([sources[w] for w in rows])),
                        np.full((n * k, 1), BOS), rows)
         else:
             got = []
             for w in range(n):
-                prompt = np.repeat(np.concatenate([framed[w], [BOS]])[None], k, 0)
+                prompt = np.repeat(np.concatenate([sources[w], [BOS]])[None], k, 0)
                 got += draw(model, prompt, np.array([w]))
     return [[got[w * k + s] for w in range(n)] for s in range(k)]
 
@@ -190,9 +190,7 @@ def _parts(task: str, tok, new: list[np.ndarray], starts: list, melody) -> tuple
     for ids, (t0, t1) in zip(new, starts):
         notes = cut_notes(tok.decode_notes(ids), t1 - t0)
         piano.append(Notes(notes.start + t0, notes.end + t0, notes.pitch, notes.velocity))
-    joined = Notes.make(*(np.concatenate([getattr(p, f) for p in piano])
-                          for f in ("start", "end", "pitch", "velocity")))
-    return melody, {mel_track: melody, names[0]: joined}
+    return melody, {mel_track: melody, names[0]: Notes.concat(piano)}
 
 
 def _write(ck, task: str, news: list[list[np.ndarray]], starts: list, melody,
@@ -200,11 +198,10 @@ def _write(ck, task: str, news: list[list[np.ndarray]], starts: list, melody,
     records = []
     for k, new in enumerate(news):
         mel, tracks = _parts(task, ck.tokenizer, new, starts, melody)
-        every = Notes.make(*(np.concatenate([getattr(t, f) for t in tracks.values()])
-                             for f in ("start", "end", "pitch", "velocity")))
+        every = Notes.concat(list(tracks.values()))
         base = take / f"sample-{k}"
         parts = "alto, tenor and bass" if task == "harmonize" else "accompaniment"
-        wav = write_sample(base, tracks, every, _is_in(every, mel), 0.0,
+        wav = write_sample(base, tracks, every, primer_mask(every, mel), 0.0,
                            f"sample {k}: melody (blue) + {parts} (orange)",
                            cfg.soundfont if cfg.audio else False, warn=k == 0)
         rec = {"sample": k, "task": task, "checkpoint": str(ck.path), "melody": cfg.melody,
@@ -219,9 +216,3 @@ def _write(ck, task: str, news: list[list[np.ndarray]], starts: list, melody,
         records.append(rec)
     return records
 
-
-def _is_in(every: Notes, part: Notes) -> np.ndarray:
-    """Which notes of ``every`` are notes of ``part`` (same onset, pitch)."""
-    keys = {(round(float(s), 4), int(p)) for s, p in zip(part.start, part.pitch)}
-    return np.array([(round(float(s), 4), int(p)) in keys
-                     for s, p in zip(every.start, every.pitch)], bool)

@@ -41,6 +41,12 @@ class Notes:
         order = np.lexsort((pitch, start))
         return cls(start[order], end[order], pitch[order], velocity[order])
 
+    @classmethod
+    def concat(cls, parts: list[Notes]) -> Notes:
+        """The notes of several parts together, sorted as ``make`` sorts."""
+        return cls.make(*(np.concatenate([getattr(p, f) for p in parts])
+                          for f in ("start", "end", "pitch", "velocity")))
+
     @property
     def duration(self) -> float:
         return float(self.end.max()) if len(self) else 0.0

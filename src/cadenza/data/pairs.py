@@ -36,7 +36,7 @@ import torch
 from ..config import TASK_TOKENIZER, TASKS  # noqa: F401  (the tasks, and their tokens)
 from .dataset import IGNORE
 from .midi import BadInput, Notes, load_score, notes_from_score, only_track, seconds_at
-from .tokenizers import BOS, EOS, PAD, Tokenizer
+from .tokenizers import PAD, Tokenizer, framed
 from .tokenizers.chorale16 import grid_ids
 
 DEFAULT_BARS = {"harmonize": 4, "accompany": 2}
@@ -141,10 +141,6 @@ def accompany_pairs(path: str, tok: Tokenizer, bars: int, train: bool,
     if not out:
         raise BadInput("no bar with both melody and piano notes")
     return out, notes_from_score(score)
-
-
-def framed(ids: np.ndarray) -> np.ndarray:
-    return np.concatenate([[BOS], ids, [EOS]]).astype(np.int64)
 
 
 def prefix_sequence(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int]:

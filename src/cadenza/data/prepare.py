@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..atomic import replace_dir, temp_dir
+from ..atomic import staged_dir, temp_dir
 from ..config import FORMAT_VERSION, PrepareConfig
 from . import pairs
 from .midi import BadInput, load_score, notes_from_score, select_tracks
 from .sources import SPLITS, Item, expand_sources, hash_split, ids_digest, music_digest
-from .tokenizers import BOS, EOS, Tokenizer, build_tokenizer
+from .tokenizers import Tokenizer, build_tokenizer, framed
 from .tokenizers.grid import Roll
 
 
@@ -181,16 +181,12 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
                               f"{skipped[0]['reason']})" if skipped else ""))
     tok.fit_grammar(ids for _, ids in by_split["train"])  # read only by learnt grammars
 
-    tmp = temp_dir(out)
-    try:
+    with staged_dir(out) as tmp:
         splits_info = {}
         for split, pieces in by_split.items():
             if not pieces:
                 continue
-            framed = [np.concatenate([[BOS], ids, [EOS]]).astype(np.uint16) for _, ids in pieces]
-            lengths = np.array([len(f) for f in framed], np.int64)
-            np.save(tmp / f"{split}.tokens.npy", np.concatenate(framed))
-            np.save(tmp / f"{split}.offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
+            lengths = _save_stream(tmp, split, [ids for _, ids in pieces])
             splits_info[split] = {"pieces": len(pieces), "tokens": int(lengths.sum())}
             for (it, ids), k in zip(pieces, range(len(pieces))):
                 records.append({"path": it.name, "source": it.source,
@@ -202,10 +198,6 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
             "drum_notes_dropped": sum(r.get("drum_notes_dropped", 0) for r in records),
             "other_notes_dropped": sum(r.get("other_notes_dropped", 0) for r in records)})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return PrepareResult(out, manifest, manifest["skipped"])
 
 
@@ -261,20 +253,16 @@ def prepare_pairs(cfg: PrepareConfig, items: list[Item], layouts: dict[str, str]
                            + (f", e.g. {skipped[0]['path']}: {skipped[0]['reason']})"
                               if skipped else ")"))
     out = Path(cfg.out)
-    tmp = temp_dir(out)
-    try:
+    with staged_dir(out) as tmp:
         splits_info, records = {}, []
         for split, entries in by_split.items():
             if not entries:
                 continue
             flat = [p for _, made in entries for p in made]
             for side in ("target", "source"):
-                seqs = [pairs.framed(getattr(p, side)).astype(np.uint16) for p in flat]
-                lengths = np.array([len(q) for q in seqs], np.int64)
                 stem = split if side == "target" else f"{split}.source"
-                np.save(tmp / f"{stem}.tokens.npy", np.concatenate(seqs))
-                np.save(tmp / f"{stem}.offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
-                info = {"pieces": len(seqs), "tokens": int(lengths.sum()),
+                lengths = _save_stream(tmp, stem, [getattr(p, side) for p in flat])
+                info = {"pieces": len(lengths), "tokens": int(lengths.sum()),
                         "longest": int(lengths.max())}
                 if side == "target":
                     splits_info[split] = {**info, "songs": len(entries)}
@@ -288,11 +276,17 @@ def prepare_pairs(cfg: PrepareConfig, items: list[Item], layouts: dict[str, str]
             "pairs": sum(s["pieces"] for s in splits_info.values())},
             task={"name": cfg.task, "bars": bars})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return PrepareResult(out, manifest, manifest["skipped"])
+
+
+def _save_stream(folder: Path, stem: str, pieces: list[np.ndarray]) -> np.ndarray:
+    """STEM.tokens.npy (every piece as [BOS, content..., EOS], uint16, concatenated) and
+    STEM.offsets.npy (the boundaries); returns each framed piece's length."""
+    seqs = [framed(ids).astype(np.uint16) for ids in pieces]
+    lengths = np.array([len(f) for f in seqs], np.int64)
+    np.save(folder / f"{stem}.tokens.npy", np.concatenate(seqs))
+    np.save(folder / f"{stem}.offsets.npy", np.concatenate([[0], np.cumsum(lengths)]))
+    return lengths
 
 
 def _manifest(cfg: PrepareConfig, tok: Tokenizer, layouts: dict[str, str],

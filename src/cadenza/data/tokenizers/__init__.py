@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import BOS, EOS, PAD, Grammar, Tokenizer
+from .base import BOS, EOS, PAD, Grammar, Tokenizer, framed
 from .chorale16 import Chorale16Tokenizer
 from .miditok_adapter import STREAM_NAMES, MidiTokTokenizer
 from .performance import PerformanceTokenizer
@@ -39,4 +39,5 @@ def build_tokenizer(name: str, **config: Any) -> Tokenizer:
                      f"choose one of {', '.join(tokenizer_names())}")
 
 
-__all__ = ["BOS", "EOS", "PAD", "Grammar", "Tokenizer", "build_tokenizer", "tokenizer_names"]
+__all__ = ["BOS", "EOS", "PAD", "Grammar", "Tokenizer", "build_tokenizer", "framed",
+           "tokenizer_names"]

@@ -34,6 +34,11 @@ PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ["PAD", "BOS", "EOS"]
 
 
+def framed(ids: np.ndarray) -> np.ndarray:
+    """Content ids as a dataset stores a piece: [BOS, content..., EOS] (int64)."""
+    return np.concatenate([[BOS], np.asarray(ids, np.int64), [EOS]]).astype(np.int64)
+
+
 class Grammar:
     """Which tokens may come next, for a batch of sequences being generated.
 
