@@ -35,7 +35,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .atomic import aside, file_digests, staged_dir, user_mode
-from .config import FORMAT_VERSION, ConfigError, ModelConfig, TrainConfig, transposition_shifts
+from .config import (
+    FORMAT_VERSION,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    task_name,
+    transposition_shifts,
+)
 from .data.tokenizers import Tokenizer, build_tokenizer
 from .models import build_model
 
@@ -130,7 +137,7 @@ class Checkpoint:
     @property
     def task(self) -> str:
         """What it was trained for: "continue", or a paired task of ``prepare --task``."""
-        return (self.config.get("data", {}).get("task") or {}).get("name", "continue")
+        return task_name(self.config.get("data", {}).get("task"))
 
     @property
     def bars(self) -> int:

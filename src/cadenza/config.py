@@ -35,6 +35,12 @@ TASKS = ("continue", "harmonize", "accompany")  # prepare --task; pairs.py build
 TASK_TOKENIZER = {"harmonize": "chorale16", "accompany": "performance"}
 
 
+def task_name(task: dict[str, Any] | None) -> str:
+    """The task of a dataset's manifest or a checkpoint's data record ({"name", "bars"}, or
+    none for plain pieces): "continue", "harmonize" or "accompany"."""
+    return (task or {}).get("name", "continue")
+
+
 class ConfigError(ValueError):
     """User-facing configuration error; the message starts with the offending flag."""
 

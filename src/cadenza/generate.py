@@ -168,9 +168,10 @@ PRIMER_TRACK = "Primer"
 
 def primer_mask(full: Notes, primer: Notes) -> np.ndarray:
     """(N,) bool: which of a sample's notes the primer's tokens started (the rest are the
-    continuation); harmonize/accompany mark the melody's notes the same way. Decoding the primer alone gives its notes' onsets exactly
-    (only the end of a note held across the boundary can differ), so each primer note is
-    matched by (onset, pitch); a time cut would misplace notes struck at the boundary."""
+    continuation; harmonize/accompany mark the melody's notes the same way). Decoding the
+    primer alone gives its notes' onsets exactly (only the end of a note held across the
+    boundary can differ), so each primer note is matched by (onset, pitch); a time cut
+    would misplace notes struck at the boundary."""
     left: dict[tuple[int, int], int] = {}
     for t, p in zip(np.round(primer.start * 1e6).tolist(), primer.pitch.tolist()):
         left[(t, p)] = left.get((t, p), 0) + 1

@@ -33,7 +33,7 @@ import numpy as np
 
 from .atomic import process_dir
 from .checkpoint import CheckpointError, pretrained_names, read_config, read_metrics
-from .config import ConfigError, GenerateConfig, SampleConfig, StudioConfig, flag
+from .config import ConfigError, GenerateConfig, SampleConfig, StudioConfig, flag, task_name
 from .data.corpus import OPENINGS
 from .data.midi import (
     BadInput,
@@ -131,7 +131,7 @@ def list_models(runs: str | None) -> list[dict[str, Any]]:
             c, m = read_config(spec), read_metrics(spec)
         except (CheckpointError, OSError, ValueError):
             continue  # a half-written run: not offered
-        if (c.get("data", {}).get("task") or {}).get("name", "continue") != "continue":
+        if task_name(c.get("data", {}).get("task")) != "continue":
             continue  # a harmonize/accompany model does not continue pieces
         models.append({"id": spec, "name": label, "tokenizer": c["tokenizer"]["name"],
                        "parameters": c.get("parameters"),

@@ -53,7 +53,7 @@ from .config import (
     flag,
 )
 from .data.dataset import IGNORE, TokenDataset, WindowSampler
-from .data.pairs import PairSampler, pair_lengths
+from .data.pairs import PairSampler
 from .data.tokenizers.base import Tokenizer
 from .evaluate import autocast, score_pairs, score_pieces, summarize
 from .models import build_model, count_params
@@ -447,7 +447,8 @@ def check_pairs_fit(ds: TokenDataset, model_cfg: ModelConfig, cfg: TrainConfig) 
     """Every valid pair must fit one window, so its score is exact: the target (and for an
     encoder-decoder the source) within --context, or for a decoder-only model the source
     and target together. Longer training pairs are cut at --context."""
-    src, tgt = pair_lengths(ds, "valid")
+    valid = ds.manifest["splits"]["valid"]
+    src, tgt = valid["source_longest"], valid["longest"]
     need = max(src, tgt - 1) if model_cfg.kind == "encoder-decoder" else src + tgt - 1
     if cfg.context < need:
         what = "its longest source or target" if model_cfg.kind == "encoder-decoder" else \

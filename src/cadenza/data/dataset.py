@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import FORMAT_VERSION, AugmentConfig
+from ..config import FORMAT_VERSION, AugmentConfig, task_name
 from .tokenizers import PAD, Tokenizer, build_tokenizer
 
 IGNORE = -100  # target id the loss skips (padding)
@@ -64,7 +64,7 @@ class TokenDataset:
     @property
     def task(self) -> str:
         """"continue" (pieces), or a paired task: "harmonize", "accompany" (pairs.py)."""
-        return self.manifest.get("task", {}).get("name", "continue")
+        return task_name(self.manifest.get("task"))
 
     def split(self, name: str, side: str = "") -> tuple[np.ndarray, np.ndarray]:
         """(tokens uint16 memmap, offsets int64) of a split; ``side="source"``: a paired

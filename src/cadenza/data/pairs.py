@@ -212,8 +212,3 @@ class PairSampler:
         return ({k: torch.from_numpy(v[lo:hi]) for k, v in inputs.items()},
                 torch.from_numpy(y[lo:hi]), n)
 
-
-def pair_lengths(ds, split: str = "train") -> tuple[int, int]:
-    """Longest framed source and target of a split."""
-    (_, so), (_, to) = ds.split(split, "source"), ds.split(split)
-    return int(np.diff(so).max()), int(np.diff(to).max())
