@@ -30,6 +30,7 @@ from .data import pairs
 from .data.midi import BadInput, load_score
 from .data.tokenizers import BOS, framed
 from .data.tokenizers.chorale16 import StepGrammar
+from .evaluate import evaluating
 from .models.encdec import CrossAttention, EncoderAttention
 from .models.transformer import Attention
 from .render import note_name
@@ -60,14 +61,12 @@ def attention_maps(model: torch.nn.Module, idx: torch.Tensor, src: torch.Tensor 
     if not hooks:
         raise ValueError("this model has no attention (an RNN reads one token at a time); "
                          "use a Transformer or encoder-decoder checkpoint")
-    was_training = model.training
-    model.eval()
     try:
-        model(idx, src=src) if encdec else model(idx)
+        with evaluating(model):
+            model(idx, src=src) if encdec else model(idx)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return {name: mod.probs(*args)[0].float().cpu().numpy() for name, mod, args in calls}
 
 

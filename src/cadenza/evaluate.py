@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,37 +60,51 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def label_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) NLL of each label under (B, T, V) logits, in fp32."""
+    return -F.log_softmax(logits.float(), -1).gather(2, labels[..., None])[..., 0]
+
+
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.device]:
+    """The model in eval mode (its mode restored afterwards, also on an error); yields the
+    device its weights are on."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def score_pieces(model: torch.nn.Module, pieces: list[np.ndarray], context: int, stride: int,
                  batch_size: int = 16, precision: str = "fp32",
                  period: int = 1) -> list[np.ndarray]:
     """Per piece, the NLL (nats) of each content token, shape (len(piece) - 2,)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    period = max(1, period)
-    stride = min(stride, context)  # a longer stride would leave targets no window scores
-    stride = max(period, stride - stride % period)
-    out = [np.zeros(max(len(p) - 2, 0)) for p in pieces]
-    jobs = [(i, s, w, f) for i, p in enumerate(pieces) for s, w, f in windows(len(p), context,
-                                                                             stride)]
-    jobs.sort(key=lambda j: -j[2])
-    for b in range(0, len(jobs), batch_size):
-        chunk = jobs[b: b + batch_size]
-        W = chunk[0][2]
-        x = torch.zeros(len(chunk), W, dtype=torch.long)
-        y = torch.zeros(len(chunk), W, dtype=torch.long)
-        for r, (i, s, w, _) in enumerate(chunk):
-            x[r, :w] = torch.from_numpy(pieces[i][s: s + w])
-            y[r, :w] = torch.from_numpy(pieces[i][s + 1: s + w + 1])
-        with autocast(device, precision):
-            logits = model(x.to(device))
-        nll = -F.log_softmax(logits.float(), -1).gather(2, y.to(device)[..., None])[..., 0]
-        nll = nll.cpu().numpy()
-        for r, (i, s, w, f) in enumerate(chunk):
-            # window column c predicts position s+1+c; keep positions f..s+w
-            out[i][f - 1: s + w] = nll[r, f - s - 1: w]
-    model.train(was_training)
+    with evaluating(model) as device:
+        period = max(1, period)
+        stride = min(stride, context)  # a longer stride would leave targets no window scores
+        stride = max(period, stride - stride % period)
+        out = [np.zeros(max(len(p) - 2, 0)) for p in pieces]
+        jobs = [(i, s, w, f) for i, p in enumerate(pieces) for s, w, f in windows(len(p), context,
+                                                                                 stride)]
+        jobs.sort(key=lambda j: -j[2])
+        for b in range(0, len(jobs), batch_size):
+            chunk = jobs[b: b + batch_size]
+            W = chunk[0][2]
+            x = torch.zeros(len(chunk), W, dtype=torch.long)
+            y = torch.zeros(len(chunk), W, dtype=torch.long)
+            for r, (i, s, w, _) in enumerate(chunk):
+                x[r, :w] = torch.from_numpy(pieces[i][s: s + w])
+                y[r, :w] = torch.from_numpy(pieces[i][s + 1: s + w + 1])
+            with autocast(device, precision):
+                logits = model(x.to(device))
+            nll = label_nll(logits, y.to(device))
+            nll = nll.cpu().numpy()
+            for r, (i, s, w, f) in enumerate(chunk):
+                # window column c predicts position s+1+c; keep positions f..s+w
+                out[i][f - 1: s + w] = nll[r, f - s - 1: w]
     return out
 
 
@@ -110,18 +124,15 @@ def nll_by_position(model: torch.nn.Module, pieces: list[np.ndarray], context: i
     total = np.zeros(context)
     if not spans:
         return total, 0
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    for b in range(0, len(spans), batch_size):
-        w = np.stack([pieces[i][s: s + context + 1] for i, s in spans[b: b + batch_size]])
-        x = torch.from_numpy(w[:, :-1]).to(device)
-        y = torch.from_numpy(w[:, 1:]).to(device)
-        with autocast(device, precision):
-            logits = model(x)
-        nll = -F.log_softmax(logits.float(), -1).gather(2, y[..., None])[..., 0]
-        total += nll.sum(0).cpu().numpy()
-    model.train(was_training)
+    with evaluating(model) as device:
+        for b in range(0, len(spans), batch_size):
+            w = np.stack([pieces[i][s: s + context + 1] for i, s in spans[b: b + batch_size]])
+            x = torch.from_numpy(w[:, :-1]).to(device)
+            y = torch.from_numpy(w[:, 1:]).to(device)
+            with autocast(device, precision):
+                logits = model(x)
+            nll = label_nll(logits, y)
+            total += nll.sum(0).cpu().numpy()
     return total / len(spans), len(spans)
 
 
@@ -132,49 +143,26 @@ def score_pairs(model: torch.nn.Module, sources: list[np.ndarray], targets: list
     (len(target) - 2,). An encoder-decoder reads the source with its encoder; any other
     model reads the source as a prefix, ``[BOS src EOS BOS tgt EOS]``, and is scored on the
     target's tokens only. Each pair is one forward pass (prepare keeps pairs short)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    from .data.pairs import pad_batch, prefix_sequence
     encdec = hasattr(model, "encode_into")
     out: list[np.ndarray] = [np.zeros(0)] * len(targets)
     order = sorted(range(len(targets)), key=lambda i: -len(targets[i]) - len(sources[i]))
-    for b in range(0, len(order), batch_size):
-        chunk = [i for i in order[b: b + batch_size] if len(targets[i]) > 2]
-        if not chunk:
-            continue
-        if encdec:
-            S = max(len(sources[i]) for i in chunk)
-            W = max(len(targets[i]) - 2 for i in chunk)
-            src = torch.zeros(len(chunk), S, dtype=torch.long)
-            x = torch.zeros(len(chunk), W, dtype=torch.long)
-            y = torch.zeros(len(chunk), W, dtype=torch.long)
-            for r, i in enumerate(chunk):
-                s, t = sources[i], targets[i]
-                src[r, : len(s)] = torch.from_numpy(s)
-                x[r, : len(t) - 2] = torch.from_numpy(t[:-2])
-                y[r, : len(t) - 2] = torch.from_numpy(t[1:-1])
-            first = [0] * len(chunk)
+    with evaluating(model) as device:
+        for b in range(0, len(order), batch_size):
+            chunk = [i for i in order[b: b + batch_size] if len(targets[i]) > 2]
+            if not chunk:
+                continue
+            rows = []  # (inputs, labels, position of the first target label)
+            for i in chunk:
+                q, cut = (targets[i], 0) if encdec else prefix_sequence(sources[i], targets[i])
+                n = cut + len(targets[i]) - 2  # inputs up to the last content label
+                rows.append((q[:n], q[1: n + 1], cut))
+            kw = {"src": pad_batch([sources[i] for i in chunk]).to(device)} if encdec else {}
             with autocast(device, precision):
-                logits = model(x.to(device), src=src.to(device))
-        else:
-            W = max(len(sources[i]) + len(targets[i]) - 2 for i in chunk)
-            x = torch.zeros(len(chunk), W, dtype=torch.long)
-            y = torch.zeros(len(chunk), W, dtype=torch.long)
-            first = []
-            for r, i in enumerate(chunk):
-                q, cut = np.concatenate([sources[i], targets[i]]), len(sources[i])
-                n = len(targets[i]) - 2
-                x[r, : cut + n] = torch.from_numpy(q[: cut + n])
-                y[r, : cut + n] = torch.from_numpy(q[1: cut + n + 1])
-                first.append(cut)
-            with autocast(device, precision):
-                logits = model(x.to(device))
-        nll = -F.log_softmax(logits.float(), -1).gather(2, y.to(device)[..., None])[..., 0]
-        nll = nll.cpu().numpy()
-        for r, i in enumerate(chunk):
-            n = len(targets[i]) - 2
-            out[i] = nll[r, first[r]: first[r] + n]
-    model.train(was_training)
+                logits = model(pad_batch([r[0] for r in rows]).to(device), **kw)
+            nll = label_nll(logits, pad_batch([r[1] for r in rows]).to(device)).cpu().numpy()
+            for r, (i, (_, _, first)) in enumerate(zip(chunk, rows)):
+                out[i] = nll[r, first: first + len(targets[i]) - 2]
     return out
 
 

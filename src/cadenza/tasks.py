@@ -36,7 +36,7 @@ from .checkpoint import load_checkpoint
 from .config import ArrangeConfig, Drawing, SampleConfig
 from .data import pairs
 from .data.midi import BadInput, Notes, cut_notes, load_score
-from .data.tokenizers import BOS, EOS, PAD, framed
+from .data.tokenizers import BOS, EOS, framed
 from .data.tokenizers.base import Grammar
 from .data.tokenizers.chorale16 import StepGrammar, grid_ids, ids_grid
 from .generate import open_take, place_take, primer_mask, sample, write_sample
@@ -103,13 +103,6 @@ def melody_windows(task: str, tok, score, path: Path, bars: int, seconds: float
     return src, starts, mel
 
 
-def _batch(seqs: list[np.ndarray]) -> torch.Tensor:
-    out = torch.full((len(seqs), max(len(s) for s in seqs)), PAD, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.from_numpy(s)
-    return out
-
-
 def arrange(cfg: ArrangeConfig, task: str, *, device: str = "cpu") -> list[dict[str, Any]]:
     """The ``harmonize`` / ``accompany`` command; returns each sample's record."""
     ck = load_checkpoint(cfg.checkpoint, device=device)
@@ -165,7 +158,7 @@ def generate_windows(ck, task: str, src: list[np.ndarray], starts: list, drawing
     with torch.no_grad():
         if hasattr(model, "encode_into"):  # row = window * k + sample
             rows = np.repeat(np.arange(n), k)
-            got = draw(Conditioned(model, _batch([sources[w] for w in rows])),
+            got = draw(Conditioned(model, pairs.pad_batch([sources[w] for w in rows])),
                        np.full((n * k, 1), BOS), rows)
         else:
             got = []

@@ -143,6 +143,15 @@ def accompany_pairs(path: str, tok: Tokenizer, bars: int, train: bool,
     return out, notes_from_score(score)
 
 
+def pad_batch(seqs: list[np.ndarray]) -> torch.Tensor:
+    """(B, longest) int64, each sequence left-aligned and padded with PAD (masked by the
+    encoder; for targets and labels, positions no score reads)."""
+    out = torch.full((len(seqs), max(len(q) for q in seqs)), PAD, dtype=torch.long)
+    for i, q in enumerate(seqs):
+        out[i, : len(q)] = torch.as_tensor(q)
+    return out
+
+
 def prefix_sequence(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int]:
     """The decoder-only form of a framed pair, [BOS src EOS BOS tgt EOS], and the index of
     the target's BOS (positions after it are the target's tokens)."""
