@@ -113,13 +113,25 @@ class BenchResult:
 
 
 @dataclass(frozen=True)
-class ModelsRow:
+class RunRow:
+    """One training run of a comparison (``bench models``, ``bench tasks``)."""
+
     parameters: int
-    tokens_per_s: float
-    best_val_nll: float
+    tokens_per_s: float  # mean of its progress lines (target tokens for paired data)
+    best_val_nll: float  # nats per (target) token, valid split
     steps: int
+
+    @classmethod
+    def of(cls, result: Any, out: str | Path, **extra: Any):
+        """The row of a ``train`` result whose run directory is ``out``."""
+        return cls(result.parameters, _mean_tps(Path(out) / "metrics.csv"),
+                   result.best_val_nll, result.step, **extra)
+
+
+@dataclass(frozen=True)
+class ModelsRow(RunRow):
     # mean valid NLL of the targets at positions [2^k, 2^(k+1)) of a window read from its
-    # first token (POSITION_BUCKETS); empty when no valid piece fills a window
+    # first token (bucket_positions); empty when no valid piece fills a window
     by_position: list[float] = field(default_factory=list)
 
 
@@ -405,9 +417,8 @@ def bench_models(data: str, out: str, *, budgets: tuple[float, ...] = (2.0, 10.0
         for name, (_, tc) in configs.items():
             ck = load_checkpoint(Path(tc.out) / "best")
             by_pos, windows = nll_by_position(ck.model, valid, tc.context)
-            r = done[name]
-            rows[key][name] = ModelsRow(r.parameters, _mean_tps(Path(tc.out) / "metrics.csv"),
-                                        r.best_val_nll, r.step, bucket_positions(by_pos))
+            rows[key][name] = ModelsRow.of(done[name], tc.out,
+                                           by_position=bucket_positions(by_pos))
     result = ModelsResult(data, list(budgets), rows, windows)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "bench.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
@@ -433,7 +444,7 @@ def _mean_tps(path: Path) -> float:
 
 
 def _runs_table(groups: dict[str, dict[str, Any]], group: str, nll: str) -> list[str]:
-    """Lines of a table of runs (ModelsRow or TaskRow) grouped by budget or task."""
+    """Lines of a table of runs (RunRow) grouped by budget or task."""
     gw = max([len(group)] + [len(g) for g in groups]) + 2
     mw = max([5] + [len(m) for rows in groups.values() for m in rows]) + 2
     lines = [f"{group:<{gw}}{'model':<{mw}}{'parameters':>12}{'steps':>8}{'tokens/s':>10}"
@@ -498,19 +509,11 @@ def plot_models(out: Path, r: ModelsResult) -> Path:
 
 
 @dataclass(frozen=True)
-class TaskRow:
-    parameters: int
-    steps: int
-    tokens_per_s: float
-    best_val_nll: float  # nats per target token, valid split
-
-
-@dataclass(frozen=True)
 class TasksResult:
     """What ``bench tasks`` measured (``bench.json``): per task, per model."""
 
     minutes: float
-    rows: dict[str, dict[str, TaskRow]]
+    rows: dict[str, dict[str, RunRow]]
     skipped: dict[str, str]  # task -> why it did not run (its data is missing)
     benchmark: str = "tasks"
 
@@ -519,7 +522,7 @@ class TasksResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TasksResult:
-        rows = {t: {m: TaskRow(**r) for m, r in v.items()} for t, v in d["rows"].items()}
+        rows = {t: {m: RunRow(**r) for m, r in v.items()} for t, v in d["rows"].items()}
         return cls(**{**d, "rows": rows})
 
 
@@ -587,11 +590,9 @@ def bench_tasks(out: str, *, minutes: float, data: str | None = None,
         for k, r in zip(keys, _train_parallel([jobs[k] for k in keys], device,
                                               threads=threads)):
             results[k] = r
-    rows: dict[str, dict[str, TaskRow]] = {}
+    rows: dict[str, dict[str, RunRow]] = {}
     for (task, name), (_, tc) in jobs.items():
-        r = results[task, name]
-        rows.setdefault(task, {})[name] = TaskRow(
-            r.parameters, r.step, _mean_tps(Path(tc.out) / "metrics.csv"), r.best_val_nll)
+        rows.setdefault(task, {})[name] = RunRow.of(results[task, name], tc.out)
     result = TasksResult(minutes, rows, skipped)
     root.mkdir(parents=True, exist_ok=True)
     (root / "bench.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
