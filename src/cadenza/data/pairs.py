@@ -123,24 +123,46 @@ def accompany_windows(bar_times: np.ndarray, bars: int, train: bool) -> list[tup
             for k in (range(0, max(n - bars, 0) + 1) if train else range(0, n, bars))]
 
 
-def accompany_pairs(path: str, tok: Tokenizer, bars: int, train: bool,
-                    max_mb: float = 20.0) -> tuple[list[Pair], Notes]:
-    """A POP909-style song -> melody / piano pairs, and all its notes (for its digest).
-    Raises BadInput when it has no MELODY or PIANO track."""
+@dataclass
+class Song:
+    """What accompany pairs are cut from: the melody, the piano and the downbeats (s), and
+    every note of the song (for its digest)."""
+
+    melody: Notes
+    piano: Notes
+    bars: np.ndarray
+    notes: Notes
+
+
+def load_song(path: str, max_mb: float = 20.0) -> Song:
+    """A POP909-style song; BadInput when it has no MELODY or PIANO track."""
     score = load_score(path, max_mb)
     mel, pno = only_track(score, "MELODY"), only_track(score, "PIANO")
     missing = [n for n, t in (("MELODY", mel), ("PIANO", pno)) if t is None]
     if missing:
         raise BadInput(f"no {' or '.join(missing)} track (accompany needs both)")
-    m, p = notes_from_score(mel), notes_from_score(pno)
+    return Song(notes_from_score(mel), notes_from_score(pno), downbeats(Path(path), score),
+                notes_from_score(score))
+
+
+def song_pairs(song: Song, tok: Tokenizer, bars: int, train: bool) -> list[Pair]:
+    """Melody / piano pairs of ``bars`` bars (every bar for training, a tiling otherwise);
+    BadInput when no window has both."""
     out = []
-    for t0, t1 in accompany_windows(downbeats(Path(path), score), bars, train):
-        wm, wp = window_notes(m, t0, t1), window_notes(p, t0, t1)
+    for t0, t1 in accompany_windows(song.bars, bars, train):
+        wm, wp = window_notes(song.melody, t0, t1), window_notes(song.piano, t0, t1)
         if len(wm) and len(wp):  # a window with nothing to accompany, or no accompaniment
             out.append(Pair(tok.encode(wm), tok.encode(wp), t0))
     if not out:
         raise BadInput("no bar with both melody and piano notes")
-    return out, notes_from_score(score)
+    return out
+
+
+def accompany_pairs(path: str, tok: Tokenizer, bars: int, train: bool,
+                    max_mb: float = 20.0) -> tuple[list[Pair], Notes]:
+    """A song's pairs, and all its notes."""
+    song = load_song(path, max_mb)
+    return song_pairs(song, tok, bars, train), song.notes
 
 
 def pad_batch(seqs: list[np.ndarray]) -> torch.Tensor:

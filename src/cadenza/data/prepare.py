@@ -36,7 +36,7 @@ from . import pairs
 from .midi import BadInput, load_score, notes_from_score, select_tracks
 from .sources import SPLITS, Item, expand_sources, hash_split, ids_digest, music_digest
 from .tokenizers import Tokenizer, build_tokenizer, framed
-from .tokenizers.grid import Roll
+from .tokenizers.grid import Grid, Roll
 
 
 class PrepareError(ValueError):
@@ -220,8 +220,7 @@ def prepare_pairs(cfg: PrepareConfig, items: list[Item], layouts: dict[str, str]
                    disable=not progress or all(it.grid is not None for it in items)):
         try:
             if cfg.task == "harmonize":
-                if it.grid is None or getattr(it.grid, "array", np.zeros((0, 0))).ndim != 2 \
-                        or it.grid.array.shape[1] != 4:
+                if not isinstance(it.grid, Grid) or it.grid.array.shape[1] != 4:
                     raise BadInput("--task harmonize reads 4-voice chorale grids (the JSB16 "
                                    "JSON), not this")
                 digest = ids_digest(tok.encode(it.grid.array))
@@ -231,12 +230,11 @@ def prepare_pairs(cfg: PrepareConfig, items: list[Item], layouts: dict[str, str]
                 if it.grid is not None:
                     raise BadInput("--task accompany reads MIDI files with MELODY and PIANO "
                                    "tracks (POP909), not benchmark grids")
-                made, notes = pairs.accompany_pairs(it.path, tok, bars, True, cfg.max_file_mb)
-                digest = music_digest(notes)
+                song = pairs.load_song(it.path, cfg.max_file_mb)
+                digest = music_digest(song.notes)
                 split = it.split or hash_split(it.group or digest, cfg.valid_frac,
                                                cfg.test_frac)
-                if split != "train":  # evaluation tiles each song once
-                    made, _ = pairs.accompany_pairs(it.path, tok, bars, False, cfg.max_file_mb)
+                made = pairs.song_pairs(song, tok, bars, split == "train")
             if not made:
                 raise BadInput("no window with a melody")
         except BadInput as e:
