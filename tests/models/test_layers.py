@@ -1,7 +1,9 @@
 """models.layers: the oneDNN fp32 path of Linear gives the reference's numbers (the forward
 and both gradients equal F.linear's to float rounding, and a whole Transformer step equals
 the step with the path switched off); Dropout keeps 1 - p of the elements, scales them, and
-its gradient flows through exactly the kept ones."""
+its gradient flows through exactly the kept ones; the blocked causal attention gives SDPA's
+output and gradients (to fp32 rounding, and within bf16's own error in bf16) and is taken
+only when training on a CPU."""
 
 from __future__ import annotations
 
@@ -80,3 +82,57 @@ def test_dropout_keeps_one_minus_p_scaled_and_its_gradient_follows_the_mask():
     assert torch.equal(layers.Dropout(0.25)(x), y)  # seeded: the same mask
     d.eval()
     assert d(x) is x
+
+
+@pytest.mark.parametrize("T", [layers.CHUNK + 1, 100, 2 * layers.CHUNK])
+def test_causal_attention_equals_sdpa_with_gradients(T):
+    gen = torch.Generator().manual_seed(T)
+    q, k, v, g = (torch.randn(2, 3, T, 16, generator=gen, dtype=torch.float64)
+                  for _ in range(4))
+
+    def run(f, dtype):
+        ins = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out = f(*ins)
+        return [out, *torch.autograd.grad(out, ins, g.to(dtype))]
+
+    exact = run(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True),
+                torch.float64)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        ours = run(layers.causal_attention, dtype)
+        sdpa = run(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True),
+                   dtype)
+        for a, b, ref in zip(ours, sdpa, exact):
+            scale = ref.abs().max().item()
+            err = (a.double() - ref).abs().max().item() / scale
+            assert err < tol, (dtype, err)
+            if dtype == torch.bfloat16:  # no worse than the fused kernel's own rounding, x3
+                assert err < 3 * (b.double() - ref).abs().max().item() / scale + 1e-3
+
+
+def test_causal_attention_is_taken_only_when_training_on_a_cpu(monkeypatch):
+    q = torch.randn(2, 4, 2 * layers.CHUNK, 8)
+    assert layers.use_chunked_attention(q)
+    with torch.no_grad():  # evaluation and sampling: the fused kernel, as before
+        assert not layers.use_chunked_attention(q)
+    assert not layers.use_chunked_attention(q[:, :, : layers.CHUNK])  # one block: fused
+    monkeypatch.setattr(layers, "MAX_SAVED", 1000)  # weights too big to keep: fused
+    assert not layers.use_chunked_attention(q)
+
+
+def test_a_transformer_step_equals_the_step_with_the_fused_kernel(monkeypatch):
+    def step(chunked: bool):
+        monkeypatch.setattr(layers, "MAX_SAVED", layers.MAX_SAVED if chunked else 0)
+        torch.manual_seed(0)
+        m = build_model(ModelConfig(vocab_size=50, n_layer=2, d_model=32, n_head=4, d_ff=64,
+                                    dropout=0.0, position="learned", max_context=100))
+        with torch.no_grad():  # sharper attention than at initialisation: gradients flow
+            for b in m.blocks:
+                b.attn.qkv.weight.mul_(20.0)
+        x = torch.randint(0, 50, (3, 100), generator=torch.Generator().manual_seed(1))
+        loss = F.cross_entropy(m(x[:, :-1]).reshape(-1, 50), x[:, 1:].reshape(-1))
+        loss.backward()
+        return loss.detach(), [p.grad for p in m.parameters()]
+    (l1, g1), (l0, g0) = step(True), step(False)
+    torch.testing.assert_close(l1, l0, rtol=1e-6, atol=1e-6)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

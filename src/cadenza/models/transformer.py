@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 from .base import decay_groups
-from .layers import Dropout, Linear
+from .layers import Dropout, Linear, causal_attention, use_chunked_attention
 
 STEP_WIDTH = 16  # step positions: tokens past the 16th of a step share its position
 PITCH_BASE = 64.0  # pitch rotations: periods from 2*pi to ~240 semitones (pitch_dims 16)
@@ -140,6 +140,8 @@ class Attention(nn.Module):
         elif T > 1 and S != T:  # a multi-token step after a cached prefix
             y = F.scaled_dot_product_attention(q, k, v,
                                                attn_mask=~self._future(start, T, S, x.device))
+        elif T > 1 and use_chunked_attention(q):  # training on a CPU: see layers.py
+            y = causal_attention(q, k, v)
         else:  # T == S: plain causal; T == 1 with a cache: attend to everything
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
