@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from cadenza.config import AugmentConfig, ModelConfig, TrainConfig
-from cadenza.data.tokenizers import BOS, build_tokenizer
-from cadenza.generate import GenerateConfig, SampleConfig, filter_logits, sample
-from cadenza.models import build_model
+from cadenza.data.tokenizers import BOS, EOS, build_tokenizer
+from cadenza.generate import GenerateConfig, SampleConfig, draw, filter_logits, sample
+from cadenza.models import build_model, layers, transformer
 from tests.models.test_models import KINDS
 
 
@@ -72,6 +72,49 @@ def test_fuzzed_batches_always_decode(name, period):
             notes = tok.decode_notes(np.concatenate([prompt[0], new]))
             assert np.all(notes.end > notes.start)
             assert ((notes.pitch >= 0) & (notes.pitch < 128)).all()
+
+
+@pytest.mark.parametrize("position", ["learned", "rope", "relative"])
+def test_fast_decoding_samples_the_reference_paths_tokens(position, monkeypatch):
+    """The one-token fast paths (transposed weights, the lean attention step, the direct
+    draw) against nn.Linear's product, the general attention and torch.multinomial."""
+    tok = build_tokenizer("performance")
+    torch.manual_seed(2)
+    m = build_model(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, d_model=128,
+                                n_head=4, d_ff=256, dropout=0.0, position=position,
+                                max_context=300)).eval()
+    prompt = np.array([[BOS, 62, 70, 262]] * 2)
+    cfg = SampleConfig(tokens=250, seed=11, num_samples=2, top_p=0.95)
+
+    class NoEnd(type(tok.grammar())):  # every sample runs its 250 tokens
+        def allowed(self):
+            a = super().allowed().copy()
+            a[:, EOS] = False
+            return a
+    fast = sample(m, prompt, NoEnd(), cfg, 250)
+
+    def reference_draw(logits, allowed, cfg, gen):
+        lg = logits.float().masked_fill(~allowed, float("-inf")) / cfg.temperature
+        probs = torch.softmax(filter_logits(lg, cfg.top_k, cfg.top_p), -1)
+        return torch.multinomial(probs, 1, generator=gen)[:, 0]
+    monkeypatch.setattr(transformer, "FAST_DECODE", False)
+    monkeypatch.setattr(layers.Linear, "_decode",
+                        lambda self, x: torch.nn.functional.linear(x, self.weight, self.bias))
+    monkeypatch.setattr("cadenza.generate.draw", reference_draw)
+    slow = sample(m, prompt, NoEnd(), cfg, 250)
+    for a, b in zip(fast, slow):
+        assert len(a) == 250 and np.array_equal(a, b)
+
+
+def test_draw_takes_only_allowed_tokens_and_refuses_a_broken_distribution():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.zeros(3, 10)
+    allowed = torch.zeros(3, 10, dtype=torch.bool)
+    allowed[:, 4:6] = True
+    got = torch.stack([draw(logits, allowed, SampleConfig(tokens=1), gen) for _ in range(200)])
+    assert set(got.flatten().tolist()) == {4, 5}
+    with pytest.raises(RuntimeError, match="not finite"):
+        draw(torch.full((1, 10), float("nan")), allowed[:1], SampleConfig(tokens=1), gen)
 
 
 def test_same_seed_same_music_other_seed_other_music():

@@ -91,6 +91,24 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
+def draw(logits: torch.Tensor, allowed: torch.Tensor, cfg: SampleConfig,
+         gen: torch.Generator) -> torch.Tensor:
+    """One token per row of ``logits`` (B, V), among the ``allowed`` ones, at the
+    temperature, after top-k/top-p: (B,) on the CPU.
+
+    ``torch.multinomial(probs, 1)`` draws q ~ Exp(1) per token and takes argmax(probs / q);
+    this does exactly that, with the same generator, so the tokens are the same, with one
+    check of the distribution instead of multinomial's three (a third of the time it took)."""
+    lg = torch.where(allowed, logits.float(), float("-inf"))
+    if cfg.temperature != 1.0:
+        lg = lg / cfg.temperature
+    probs = torch.softmax(filter_logits(lg, cfg.top_k, cfg.top_p), -1).cpu()
+    if not bool(probs.isfinite().all()):  # NaN logits, or no token allowed
+        raise RuntimeError("sampling: the model's next-token distribution is not finite")
+    q = torch.empty_like(probs).exponential_(1.0, generator=gen)
+    return (probs / q).argmax(-1)
+
+
 @torch.no_grad()
 def sample(model: TokenModel, prompt: np.ndarray, grammar, cfg: SampleConfig,
            max_new: int, use_cache: bool = True, period: int = 1,
@@ -129,11 +147,7 @@ def sample(model: TokenModel, prompt: np.ndarray, grammar, cfg: SampleConfig,
     for i in range(max_new):
         if not use_cache:
             logits = model(window(buf[:, :n]))[:, -1]
-        allowed = torch.from_numpy(grammar.allowed()).to(device)
-        lg = logits.float().masked_fill(~allowed, float("-inf")) / cfg.temperature
-        lg = filter_logits(lg, cfg.top_k, cfg.top_p)
-        probs = torch.softmax(lg, -1).cpu()
-        nxt = torch.multinomial(probs, 1, generator=gen)[:, 0]
+        nxt = draw(logits, torch.from_numpy(grammar.allowed()).to(device), cfg, gen)
         tokens = nxt.numpy()
         grammar.advance(tokens)
         step = nxt.to(device)[:, None]

@@ -136,3 +136,25 @@ def test_a_transformer_step_equals_the_step_with_the_fused_kernel(monkeypatch):
     torch.testing.assert_close(l1, l0, rtol=1e-6, atol=1e-6)
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_decoding_product_reads_the_current_weights():
+    """One-token products read a transposed copy of the weight: equal to F.linear to
+    rounding, and never stale after an optimizer step or a state dict load."""
+    torch.manual_seed(0)
+    lin = layers.Linear(64, 96)
+    x = torch.randn(1, 1, 64)
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias),
+                                       rtol=1e-5, atol=1e-6)
+    check()
+    opt = torch.optim.SGD(lin.parameters(), lr=0.5)
+    lin(torch.randn(2, 64)).square().sum().backward()
+    opt.step()  # in place: the copy must follow
+    check()
+    lin.load_state_dict({"weight": torch.randn(96, 64), "bias": torch.randn(96)})
+    check()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert lin(x).dtype == torch.bfloat16  # autocast: the reference path
