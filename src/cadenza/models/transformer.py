@@ -150,19 +150,21 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
     def _decode(self, x: torch.Tensor, start: int, rope: tuple | None, cache: KVCache,
-                layer: int) -> torch.Tensor:
+                layer: int, lean: bool = False) -> torch.Tensor:
         """``forward`` for one new token with a cache, in fewer operations (decoding pays
         per operation): one token's (B, 3, H, 1, hs) split needs no transposes, and its
-        output (B, H, 1, hs) is already laid out as (B, 1, C)."""
+        output (B, H, 1, hs) is already laid out as (B, 1, C). ``lean`` (Block.decode):
+        the products go straight to Linear._decode."""
         B, _, C = x.shape
-        q, k, v = self.qkv(x).view(B, 3, self.n_head, 1, self.hs).unbind(1)
+        qkv = self.qkv._decode(x) if lean else self.qkv(x)
+        q, k, v = qkv.view(B, 3, self.n_head, 1, self.hs).unbind(1)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         cache.k[layer, :, :, start] = k[:, :, 0]
         cache.v[layer, :, :, start] = v[:, :, 0]
         y = F.scaled_dot_product_attention(q, cache.k[layer, :, :, : start + 1],
                                            cache.v[layer, :, :, : start + 1])
-        return self.proj(y.view(B, 1, C))
+        return self.proj._decode(y.view(B, 1, C)) if lean else self.proj(y.view(B, 1, C))
 
     def probs(self, x: torch.Tensor, start: int, rope: tuple | None, cache: None, layer: int
               ) -> torch.Tensor:
@@ -232,6 +234,17 @@ class Block(nn.Module):
                      self.post)
         return residual(x, self.ln2, lambda h: self.out(F.gelu(self.fc(h))), self.drop,
                         self.post)
+
+    def decode(self, x, start, rope, cache, layer):
+        """``forward`` for one token of a pre-LN model in eval mode on a CPU, fp32 or the
+        weights' own type: the same operations without the module calls around them,
+        which were half of a small model's decoding step (see Transformer.forward)."""
+        a = F.layer_norm(x, self.ln1.normalized_shape, self.ln1.weight, self.ln1.bias,
+                         self.ln1.eps)
+        x = x + self.attn._decode(a, start, rope, cache, layer, lean=True)
+        a = F.layer_norm(x, self.ln2.normalized_shape, self.ln2.weight, self.ln2.bias,
+                         self.ln2.eps)
+        return x + self.out._decode(F.gelu(self.fc._decode(a)))
 
 
 class Transformer(nn.Module):
@@ -312,6 +325,15 @@ class Transformer(nn.Module):
         return (torch.cat([cos.expand(B, 1, T, n), self.pitch_cos[idx][:, None]], -1),
                 torch.cat([sin.expand(B, 1, T, n), self.pitch_sin[idx][:, None]], -1))
 
+    def _lean(self, x: torch.Tensor) -> bool:
+        """Whether a one-token step may take Block.decode: what Linear._decode and the
+        lean attention step cover (CPU, no gradient, no autocast, the weights' type,
+        pre-LN, not relative attention)."""
+        return (FAST_DECODE and x.device.type == "cpu" and not torch.is_grad_enabled()
+                and not self.training and not torch.is_autocast_enabled("cpu")
+                and x.dtype == self.tok.weight.dtype and self.cfg.norm == "pre"
+                and self.cfg.position != "relative")
+
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, V). With a cache, idx continues the cached tokens."""
         B, T = idx.shape
@@ -329,8 +351,12 @@ class Transformer(nn.Module):
             x = x + self.voice((pos - 1) % self.cfg.voice_period)
         x = self.drop(x)
         rope = self._rope_angles(idx, start, cache) if self.cfg.position == "rope" else None
-        for i, block in enumerate(self.blocks):
-            x = block(x, start, rope, cache, i)
+        if T == 1 and cache is not None and self._lean(x):
+            for i, block in enumerate(self.blocks):
+                x = block.decode(x, start, rope, cache, i)
+        else:
+            for i, block in enumerate(self.blocks):
+                x = block(x, start, rope, cache, i)
         if cache is not None:
             cache.length += T
         return self.head(self.ln_f(x))
