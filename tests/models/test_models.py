@@ -50,6 +50,32 @@ def test_cached_steps_equal_the_full_forward(kind, position):
     assert torch.allclose(full, torch.cat(parts, 1), atol=1e-5)
 
 
+@pytest.mark.parametrize("position,extra", [("learned", {}), ("sinusoidal", {}),
+                                            ("rope", {"voice_period": 4}), ("rope", {})])
+def test_lean_decoding_step_equals_the_general_step(position, extra, monkeypatch):
+    """Block.decode and the transposed products (one-token steps on a CPU) give the general
+    path's logits to float rounding, step after step."""
+    from cadenza.models import layers, transformer
+    m = tiny("transformer", position, **extra)
+    with torch.no_grad():  # weights of a trained model's size: every sublayer counts
+        for p in m.parameters():
+            p.mul_(8.0) if p.dim() > 1 else p.add_(torch.randn_like(p) * 0.5)
+    x = torch.randint(3, 40, (2, 40))
+
+    def steps():
+        with torch.no_grad():
+            cache = m.new_cache(2)
+            return torch.cat([m(x[:, :9], cache)] +
+                             [m(x[:, t: t + 1], cache) for t in range(9, 40)], 1)
+    fast = steps()
+    monkeypatch.setattr(transformer, "FAST_DECODE", False)
+    monkeypatch.setattr(layers.Linear, "_decode", lambda self, h: F.linear(h, self.weight,
+                                                                          self.bias))
+    slow = steps()
+    assert slow.abs().max() > 1.0
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
 def naive_relative_attention(q, k, v, rel):
     """Shaw et al. 2018 written out: an explicit (L, L, hs) tensor of relative embeddings."""
     L, hs = q.shape[2], q.shape[3]
