@@ -98,7 +98,7 @@ def draw(logits: torch.Tensor, allowed: torch.Tensor, cfg: SampleConfig,
 
     ``torch.multinomial(probs, 1)`` draws q ~ Exp(1) per token and takes argmax(probs / q);
     this does exactly that, with the same generator, so the tokens are the same, with one
-    check of the distribution instead of multinomial's three (a third of the time it took)."""
+    check of the distribution instead of multinomial's three (decoding pays per operation)."""
     lg = torch.where(allowed, logits.float(), float("-inf"))
     if cfg.temperature != 1.0:
         lg = lg / cfg.temperature

@@ -1,4 +1,5 @@
-"""Two torch layers made faster on a CPU, same state-dict names, same results to rounding.
+"""What makes the Transformer fast on a CPU: two torch layers (same state-dict names) and
+one attention function, each giving the reference's results to rounding.
 
 ``Linear``: ``nn.Linear`` whose fp32 products on a CPU go through oneDNN.
 
@@ -15,6 +16,9 @@ change.
 ``bernoulli_``, whose CPU kernel took 11% of a training step (about 5% of the step saved).
 Each element is kept with probability 1 - p and scaled by 1 / (1 - p), as before; the
 draws come from the same generator, so a seeded run (and a resumed one) repeats exactly.
+
+``causal_attention``: causal self-attention for training, in blocks of query rows as
+batched matrix products, instead of torch's CPU flash-attention kernel (see its docstring).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MIN_ROWS = 64  # below this many rows (decoding) the default GEMV is faster
+MIN_ROWS = 64  # fewer rows than this (decoding) without a gradient: Linear._decode
 
 
 def _onednn_works() -> bool:
