@@ -1,10 +1,10 @@
-"""Which model shape learns most per minute of CPU training? The `demo` recipe (bf16,
-rotary positions, batch 16 x 512, lr 1e-3) on one dataset, with one change of shape at a
-time -- head size, width, depth, context -- each trained for the same minutes, one run at
-a time; a table of validation NLL per token, steps and tokens/s.
+"""Which model shape learns most per minute of CPU training? A recipe (default `demo`:
+bf16, rotary positions, 4 x 256, batch 16 x 512, lr 1e-3) on one dataset, with one change
+of shape at a time -- head size, width, depth, context -- each trained for the same
+minutes, one run at a time; a table of validation NLL per token, steps and tokens/s.
 
     python benchmarks/shapes.py --data ~/.cache/cadenza/datasets/chorales-v2-performance \
-        [--minutes 4] [--threads 2] [--out bench/shapes] [--only demo,hs32]
+        [--recipe demo] [--minutes 4] [--threads 2] [--out bench/shapes] [--only as-is,hs32]
 
 The table this printed is in docs/benchmarks.md ("Shapes by NLL per minute").
 """
@@ -20,12 +20,17 @@ import torch
 
 from cadenza.recipes import RECIPES
 
-# name -> (changes to the demo recipe, what it tests)
+# name -> (changes to the recipe, what it tests)
 SHAPES: dict[str, tuple[dict, str]] = {
-    "demo": ({}, "the demo preset: 4 x 256, 4 heads (head size 64), context 512"),
+    "as-is": ({}, "the recipe as it is"),
     "hs32": ({"n_head": 8}, "8 heads of 32"),
     "hs128": ({"n_head": 2}, "2 heads of 128"),
     "depth2": ({"n_layer": 2}, "2 layers"),
+    "depth3": ({"n_layer": 3}, "3 layers"),
+    "2x192": ({"n_layer": 2, "d_model": 192, "n_head": 3, "d_ff": 768},
+              "2 layers, 192 wide (3 heads of 64)"),
+    "2x384": ({"n_layer": 2, "d_model": 384, "n_head": 6, "d_ff": 1536},
+              "2 layers, 384 wide (6 heads of 64)"),
     "depth6": ({"n_layer": 6}, "6 layers"),
     "width192": ({"d_model": 192, "n_head": 3, "d_ff": 768}, "192 wide (3 heads of 64)"),
     "width384": ({"d_model": 384, "n_head": 6, "d_ff": 1536}, "384 wide (6 heads of 64)"),
@@ -38,6 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="a prepared performance dataset")
+    ap.add_argument("--recipe", default="demo", choices=sorted(RECIPES))
     ap.add_argument("--minutes", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", default="bench/shapes")
@@ -52,7 +58,7 @@ def main() -> None:
         else {}
     for name in names:
         changes, about = SHAPES[name]
-        model, tc = RECIPES["demo"].configs(data=a.data, out=str(out / name), force=True,
+        model, tc = RECIPES[a.recipe].configs(data=a.data, out=str(out / name), force=True,
                                             minutes=a.minutes, **changes)
         t = time.perf_counter()
         r = train(model, tc)
@@ -61,7 +67,7 @@ def main() -> None:
                       "tokens_per_s": r.step * tc.batch_size * tc.context / r.elapsed,
                       "wall_s": time.perf_counter() - t}
         (out / "shapes.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"\n{a.minutes:g} minutes each, {a.threads} thread(s), bf16, on {a.data}\n")
+    print(f"\n{a.recipe}, {a.minutes:g} minutes each, {a.threads} thread(s), on {a.data}\n")
     print("| shape | parameters | steps | tokens/s | best valid NLL |")
     print("|---|---|---|---|---|")
     for r in rows.values():

@@ -122,7 +122,8 @@ def test_train_preset_builds_exactly_what_bench_trains(tmp_path, name):
 def test_train_preset_small_builds_what_bench_models_trains(tiny_dataset, tmp_path):
     tf = bench.models_configs(str(tiny_dataset), str(tmp_path), minutes=7,
                               precision="fp32")["transformer"]
-    assert _train("--preset", "small", "--data", str(tiny_dataset), "--out",
+    assert tf[0].n_layer == 4  # the published table's Transformer (small has 2 layers)
+    assert _train("--preset", "small", "--n-layer", "4", "--data", str(tiny_dataset), "--out",
                   str(tmp_path / "transformer"), "--batch-size", "16", "--eval-every", "100",
                   "--log-every", "50", "--minutes", "7", "--precision", "fp32") == tf
 

@@ -205,8 +205,10 @@ RECIPES: dict[str, Recipe] = _recipes(
                        position="rope"),
            TrainConfig(context=256, batch_size=16, lr=3e-3, warmup_steps=30, max_steps=500,
                        eval_every=100, log_every=50)),
+    # Two layers: in 5 minutes on two threads (fp32, the built-in chorales) they reached
+    # 1.268 where four reached 2.336 (2.7x the steps; docs/benchmarks.md).
     Recipe("small", "the CPU default: relative attention, 5 minutes unless told",
-           ModelConfig(n_layer=4, d_model=256, n_head=4, d_ff=1024, dropout=0.1,
+           ModelConfig(n_layer=2, d_model=256, n_head=4, d_ff=1024, dropout=0.1,
                        position="relative"),
            TrainConfig(context=512, batch_size=16, lr=1e-3, warmup_steps=100, eval_every=200,
                        minutes=_NO_BUDGET)),
@@ -231,9 +233,11 @@ RECIPES: dict[str, Recipe] = _recipes(
            TrainConfig(context=1024, batch_size=32, lr=6e-4, warmup_steps=500, eval_every=500,
                        minutes=_NO_BUDGET)),
     # Rotary positions: on CPU they train ~2x faster per token than relative attention,
-    # which matters more than the scheme within a 5-minute budget.
+    # which matters more than the scheme within a 5-minute budget. Two layers: of the shapes
+    # trained 5 minutes on two threads (docs/benchmarks.md, benchmarks/shapes.py) 2 x 256
+    # reached 0.910, 2 x 192 0.918, 2 x 384 0.962, 3 x 256 0.974, 4 x 256 1.010.
     Recipe("demo", "what `cadenza demo` trains on the built-in chorales (bf16, 5 minutes)",
-           ModelConfig(n_layer=4, d_model=256, n_head=4, d_ff=1024, dropout=0.1,
+           ModelConfig(n_layer=2, d_model=256, n_head=4, d_ff=1024, dropout=0.1,
                        position="rope"),
            TrainConfig(context=512, batch_size=16, lr=1e-3, warmup_steps=50, minutes=5.0,
                        eval_every=100, log_every=25, precision="bf16")),

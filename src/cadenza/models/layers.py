@@ -120,7 +120,7 @@ class Dropout(nn.Dropout):
         return _Dropout.apply(x, self.p)
 
 
-CHUNK = 32  # query rows per block of causal attention
+CHUNK = 64  # query rows per block (hs 32: 32 and 128 5% slower; hs 64: 128 3% faster)
 MAX_SAVED = 256 * 2**20  # bytes of attention weights kept per layer for the backward pass
 
 
