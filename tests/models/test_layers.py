@@ -52,19 +52,31 @@ def test_small_products_and_autocast_take_the_default_path():
 
 @needs_onednn
 def test_a_transformer_step_equals_the_step_without_onednn(monkeypatch):
-    def grads(enabled: bool):
-        monkeypatch.setattr(layers, "ONEDNN", enabled)
-        torch.manual_seed(0)
-        m = build_model(ModelConfig(vocab_size=50, n_layer=2, d_model=32, n_head=4, d_ff=64,
-                                    dropout=0.0, position="rope", max_context=64))
-        x = torch.randint(0, 50, (4, 64), generator=torch.Generator().manual_seed(1))
-        loss = F.cross_entropy(m(x[:, :-1]).reshape(-1, 50), x[:, 1:].reshape(-1))
-        loss.backward()
-        return loss.detach(), [p.grad for p in m.parameters()]
-    (l1, g1), (l0, g0) = grads(True), grads(False)
-    torch.testing.assert_close(l1, l0, rtol=1e-6, atol=1e-6)
-    for a, b in zip(g1, g0):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    monkeypatch.setattr(layers, "ONEDNN", True)
+    fast = training_step("rope", batch=4, length=64)
+    monkeypatch.setattr(layers, "ONEDNN", False)
+    assert_same_step(fast, training_step("rope", batch=4, length=64))
+
+
+def training_step(position: str, batch: int, length: int, sharpen: float = 1.0):
+    """Loss and gradients of one step of a small seeded Transformer; ``sharpen`` scales the
+    attention projections (sharper attention than at initialisation: gradients flow)."""
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(vocab_size=50, n_layer=2, d_model=32, n_head=4, d_ff=64,
+                                dropout=0.0, position=position, max_context=length))
+    with torch.no_grad():
+        for b in m.blocks:
+            b.attn.qkv.weight.mul_(sharpen)
+    x = torch.randint(0, 50, (batch, length), generator=torch.Generator().manual_seed(1))
+    loss = F.cross_entropy(m(x[:, :-1]).reshape(-1, 50), x[:, 1:].reshape(-1))
+    loss.backward()
+    return loss.detach(), [p.grad for p in m.parameters()]
+
+
+def assert_same_step(a, b) -> None:
+    torch.testing.assert_close(a[0], b[0], rtol=1e-6, atol=1e-6)
+    for x, y in zip(a[1], b[1]):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
 
 
 def test_dropout_keeps_one_minus_p_scaled_and_its_gradient_follows_the_mask():
@@ -120,22 +132,9 @@ def test_causal_attention_is_taken_only_when_training_on_a_cpu(monkeypatch):
 
 
 def test_a_transformer_step_equals_the_step_with_the_fused_kernel(monkeypatch):
-    def step(chunked: bool):
-        monkeypatch.setattr(layers, "MAX_SAVED", layers.MAX_SAVED if chunked else 0)
-        torch.manual_seed(0)
-        m = build_model(ModelConfig(vocab_size=50, n_layer=2, d_model=32, n_head=4, d_ff=64,
-                                    dropout=0.0, position="learned", max_context=100))
-        with torch.no_grad():  # sharper attention than at initialisation: gradients flow
-            for b in m.blocks:
-                b.attn.qkv.weight.mul_(20.0)
-        x = torch.randint(0, 50, (3, 100), generator=torch.Generator().manual_seed(1))
-        loss = F.cross_entropy(m(x[:, :-1]).reshape(-1, 50), x[:, 1:].reshape(-1))
-        loss.backward()
-        return loss.detach(), [p.grad for p in m.parameters()]
-    (l1, g1), (l0, g0) = step(True), step(False)
-    torch.testing.assert_close(l1, l0, rtol=1e-6, atol=1e-6)
-    for a, b in zip(g1, g0):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    blocked = training_step("learned", batch=3, length=100, sharpen=20.0)
+    monkeypatch.setattr(layers, "MAX_SAVED", 0)  # nothing may be kept: the fused kernel
+    assert_same_step(blocked, training_step("learned", batch=3, length=100, sharpen=20.0))
 
 
 def test_decoding_product_reads_the_current_weights():
