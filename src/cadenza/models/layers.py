@@ -85,8 +85,8 @@ class Linear(nn.Linear):
     def _decode(self, x: torch.Tensor) -> torch.Tensor:
         """x @ W.T for a few rows, reading the weight stored transposed (in, out): when the
         weights do not fit the CPU's cache, as in decoding, the product streams them from
-        memory at ~1.7x the speed of nn.Linear's (out, in) layout (the layout GPT-2's
-        Conv1D keeps). The copy is made on first use and again whenever the weight changes
+        memory faster than from nn.Linear's (out, in) layout (1.1-1.7x measured here; the
+        layout GPT-2's Conv1D keeps). The copy is made on first use and again whenever the weight changes
         (its version counter, storage or type); it is not in the state dict."""
         w = self.weight
         key = (w.data_ptr(), w._version, w.dtype)
