@@ -86,8 +86,9 @@ class Linear(nn.Linear):
         """x @ W.T for a few rows, reading the weight stored transposed (in, out): when the
         weights do not fit the CPU's cache, as in decoding, the product streams them from
         memory faster than from nn.Linear's (out, in) layout (1.1-1.7x measured here; the
-        layout GPT-2's Conv1D keeps). The copy is made on first use and again whenever the weight changes
-        (its version counter, storage or type); it is not in the state dict."""
+        layout GPT-2's Conv1D keeps). The copy is made on first use and again whenever the
+        weight changes (its version counter, storage or type); it is not in the state
+        dict."""
         w = self.weight
         key = (w.data_ptr(), w._version, w.dtype)
         if self._t is None or self._t[0] != key:
