@@ -13,8 +13,8 @@ import torch
 from cadenza.config import AugmentConfig, ModelConfig, TrainConfig
 from cadenza.data.tokenizers import BOS, EOS, build_tokenizer
 from cadenza.generate import GenerateConfig, SampleConfig, draw, filter_logits, sample
-from cadenza.models import build_model, layers, transformer
-from tests.models.test_models import KINDS
+from cadenza.models import build_model
+from tests.models.test_models import KINDS, reference_decoding
 
 
 def tiny(vocab, kind="transformer", position="relative", max_context=64, voice_period=0):
@@ -97,9 +97,7 @@ def test_fast_decoding_samples_the_reference_paths_tokens(position, monkeypatch)
         lg = logits.float().masked_fill(~allowed, float("-inf")) / cfg.temperature
         probs = torch.softmax(filter_logits(lg, cfg.top_k, cfg.top_p), -1)
         return torch.multinomial(probs, 1, generator=gen)[:, 0]
-    monkeypatch.setattr(transformer, "FAST_DECODE", False)
-    monkeypatch.setattr(layers.Linear, "_decode",
-                        lambda self, x: torch.nn.functional.linear(x, self.weight, self.bias))
+    reference_decoding(monkeypatch)
     monkeypatch.setattr("cadenza.generate.draw", reference_draw)
     slow = sample(m, prompt, NoEnd(), cfg, 250)
     for a, b in zip(fast, slow):

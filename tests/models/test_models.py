@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cadenza.config import ModelConfig
-from cadenza.models import build_model
+from cadenza.models import build_model, layers, transformer
 from cadenza.models.transformer import STEP_WIDTH, apply_rope, skew, step_positions
 
 SCHEMES = ["sinusoidal", "learned", "rope", "relative"]
@@ -50,12 +50,19 @@ def test_cached_steps_equal_the_full_forward(kind, position):
     assert torch.allclose(full, torch.cat(parts, 1), atol=1e-5)
 
 
+def reference_decoding(monkeypatch) -> None:
+    """Decoding without its fast paths: one-token steps take the general path (no
+    Block.decode) and the products nn.Linear's (no transposed copy)."""
+    monkeypatch.setattr(transformer, "FAST_DECODE", False)
+    monkeypatch.setattr(layers.Linear, "_decode",
+                        lambda self, h: F.linear(h, self.weight, self.bias))
+
+
 @pytest.mark.parametrize("position,extra", [("learned", {}), ("sinusoidal", {}),
                                             ("rope", {"voice_period": 4}), ("rope", {})])
 def test_lean_decoding_step_equals_the_general_step(position, extra, monkeypatch):
     """Block.decode and the transposed products (one-token steps on a CPU) give the general
     path's logits to float rounding, step after step."""
-    from cadenza.models import layers, transformer
     m = tiny("transformer", position, **extra)
     with torch.no_grad():  # weights of a trained model's size: every sublayer counts
         for p in m.parameters():
@@ -68,9 +75,7 @@ def test_lean_decoding_step_equals_the_general_step(position, extra, monkeypatch
             return torch.cat([m(x[:, :9], cache)] +
                              [m(x[:, t: t + 1], cache) for t in range(9, 40)], 1)
     fast = steps()
-    monkeypatch.setattr(transformer, "FAST_DECODE", False)
-    monkeypatch.setattr(layers.Linear, "_decode", lambda self, h: F.linear(h, self.weight,
-                                                                          self.bias))
+    reference_decoding(monkeypatch)
     slow = steps()
     assert slow.abs().max() > 1.0
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)

@@ -35,7 +35,7 @@ from .layers import Dropout, Linear, causal_attention, use_chunked_attention
 
 STEP_WIDTH = 16  # step positions: tokens past the 16th of a step share its position
 PITCH_BASE = 64.0  # pitch rotations: periods from 2*pi to ~240 semitones (pitch_dims 16)
-FAST_DECODE = True  # one-token steps take Attention._decode (tests switch it off to compare)
+FAST_DECODE = True  # one-token steps take Block.decode (tests switch it off to compare)
 
 
 class KVCache:
@@ -119,8 +119,6 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, start: int, rope: tuple | None,
                 cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, C = x.shape
-        if T == 1 and cache is not None and FAST_DECODE and self.position != "relative":
-            return self._decode(x, start, rope, cache, layer)
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.hs).transpose(1, 2) for t in (q, k, v))
         if rope is not None:  # angles of the new tokens' positions: (T or B,1,T, hs/2)
@@ -143,28 +141,27 @@ class Attention(nn.Module):
         elif T > 1 and S != T:  # a multi-token step after a cached prefix
             y = F.scaled_dot_product_attention(q, k, v,
                                                attn_mask=~self._future(start, T, S, x.device))
-        elif T > 1 and use_chunked_attention(q):  # training on a CPU: see layers.py
+        elif use_chunked_attention(q):  # training on a CPU: see layers.py
             y = causal_attention(q, k, v)
         else:  # T == S: plain causal; T == 1 with a cache: attend to everything
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
     def _decode(self, x: torch.Tensor, start: int, rope: tuple | None, cache: KVCache,
-                layer: int, lean: bool = False) -> torch.Tensor:
-        """``forward`` for one new token with a cache, in fewer operations (decoding pays
-        per operation): one token's (B, 3, H, 1, hs) split needs no transposes, and its
-        output (B, H, 1, hs) is already laid out as (B, 1, C). ``lean`` (Block.decode):
-        the products go straight to Linear._decode."""
+                layer: int) -> torch.Tensor:
+        """``forward`` for one new token with a cache, for Block.decode, in fewer operations
+        (decoding pays per operation): the products go straight to Linear._decode, one
+        token's (B, 3, H, 1, hs) split needs no transposes, and its output (B, H, 1, hs) is
+        already laid out as (B, 1, C)."""
         B, _, C = x.shape
-        qkv = self.qkv._decode(x) if lean else self.qkv(x)
-        q, k, v = qkv.view(B, 3, self.n_head, 1, self.hs).unbind(1)
+        q, k, v = self.qkv._decode(x).view(B, 3, self.n_head, 1, self.hs).unbind(1)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         cache.k[layer, :, :, start] = k[:, :, 0]
         cache.v[layer, :, :, start] = v[:, :, 0]
         y = F.scaled_dot_product_attention(q, cache.k[layer, :, :, : start + 1],
                                            cache.v[layer, :, :, : start + 1])
-        return self.proj._decode(y.view(B, 1, C)) if lean else self.proj(y.view(B, 1, C))
+        return self.proj._decode(y.view(B, 1, C))
 
     def probs(self, x: torch.Tensor, start: int, rope: tuple | None, cache: None, layer: int
               ) -> torch.Tensor:
@@ -241,7 +238,7 @@ class Block(nn.Module):
         which were half of a small model's decoding step (see Transformer.forward)."""
         a = F.layer_norm(x, self.ln1.normalized_shape, self.ln1.weight, self.ln1.bias,
                          self.ln1.eps)
-        x = x + self.attn._decode(a, start, rope, cache, layer, lean=True)
+        x = x + self.attn._decode(a, start, rope, cache, layer)
         a = F.layer_norm(x, self.ln2.normalized_shape, self.ln2.weight, self.ln2.bias,
                          self.ln2.eps)
         return x + self.out._decode(F.gelu(self.fc._decode(a)))
@@ -326,13 +323,13 @@ class Transformer(nn.Module):
                 torch.cat([sin.expand(B, 1, T, n), self.pitch_sin[idx][:, None]], -1))
 
     def _lean(self, x: torch.Tensor) -> bool:
-        """Whether a one-token step may take Block.decode: what Linear._decode and the
-        lean attention step cover (CPU, no gradient, no autocast, the weights' type,
-        pre-LN, not relative attention)."""
+        """Whether a one-token step may take Block.decode: what Linear._decode covers (a
+        CPU, no gradient, no autocast; x has the weights' type, as it comes from the
+        embedding), in eval mode (no dropout), pre-LN, without relative attention. Other
+        steps (post-LN, the encoder-decoder's decoder, a GPU) take the general path."""
         return (FAST_DECODE and x.device.type == "cpu" and not torch.is_grad_enabled()
                 and not self.training and not torch.is_autocast_enabled("cpu")
-                and x.dtype == self.tok.weight.dtype and self.cfg.norm == "pre"
-                and self.cfg.position != "relative")
+                and self.cfg.norm == "pre" and self.cfg.position != "relative")
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, V). With a cache, idx continues the cached tokens."""
