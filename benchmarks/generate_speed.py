@@ -50,9 +50,9 @@ def stream_bandwidth(dtype=torch.float32, mb: int = 64) -> float:
 def decode_bytes(model, context: float) -> float:
     """Bytes one decoding step must read at least: every weight once (the tied embedding
     once, as the output layer), and the cached keys and values of ``context`` tokens."""
-    c = model.cfg
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return weights + 2 * c.n_layer * c.d_model * context * 4
+    c, params = model.cfg, list(model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params)
+    return weights + 2 * c.n_layer * c.d_model * context * params[0].element_size()
 
 
 def main() -> None:
@@ -109,9 +109,9 @@ def main() -> None:
               f"tok/s | HF generate {r_hf:>7,.0f} tok/s | ours/HF {r_ours / r_hf:.2f}x "
               f"(goal >= 2) | cached/uncached {r_ours / r_unc:.1f}x (goal >= 5)")
         if batch == 1 and dev == "cpu":
-            bw = stream_bandwidth()
-            floor = bw / decode_bytes(ours, a.primer + a.new / 2)
-            print(f"  memory floor: {decode_bytes(ours, a.primer + a.new / 2) / 1e6:.1f} MB "
+            bw, need = stream_bandwidth(), decode_bytes(ours, a.primer + a.new / 2)
+            floor = bw / need
+            print(f"  memory floor: {need / 1e6:.1f} MB "
                   f"read per token at the {bw / 1e9:.1f} GB/s measured now = at most "
                   f"{floor:,.0f} tok/s; cadenza {r_ours / floor:.0%} of it, HF "
                   f"{r_hf / floor:.0%} (so 2x HF needs HF below {floor / 2:,.0f})")

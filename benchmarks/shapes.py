@@ -62,17 +62,20 @@ def main() -> None:
                                             minutes=a.minutes, **changes)
         t = time.perf_counter()
         r = train(model, tc)
-        rows[name] = {"about": about, "parameters": r.parameters, "steps": r.step,
+        rows[name] = {"about": about, "recipe": a.recipe, "minutes": a.minutes,
+                      "threads": a.threads, "parameters": r.parameters, "steps": r.step,
                       "best_val_nll": r.best_val_nll,
                       "tokens_per_s": r.step * tc.batch_size * tc.context / r.elapsed,
                       "wall_s": time.perf_counter() - t}
         (out / "shapes.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"\n{a.recipe}, {a.minutes:g} minutes each, {a.threads} thread(s), on {a.data}\n")
-    print("| shape | parameters | steps | tokens/s | best valid NLL |")
-    print("|---|---|---|---|---|")
+    # the table holds every shape trained into --out, this run's and earlier ones'
+    print(f"\non {a.data}\n")
+    print("| shape | recipe, minutes x threads | parameters | steps | tokens/s | best valid NLL |")
+    print("|---|---|---|---|---|---|")
     for r in rows.values():
-        print(f"| {r['about']} | {r['parameters'] / 1e6:.2f}M | {r['steps']} | "
-              f"{r['tokens_per_s']:,.0f} | {r['best_val_nll']:.3f} |")
+        print(f"| {r['about']} | {r['recipe']}, {r['minutes']:g} x {r['threads']} | "
+              f"{r['parameters'] / 1e6:.2f}M | {r['steps']} | {r['tokens_per_s']:,.0f} | "
+              f"{r['best_val_nll']:.3f} |")
 
 
 if __name__ == "__main__":
