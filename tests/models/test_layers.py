@@ -87,6 +87,8 @@ def test_dropout_keeps_one_minus_p_scaled_and_its_gradient_follows_the_mask():
     y = d(x)
     kept = y != 0
     assert abs(kept.float().mean().item() - 0.75) < 0.01
+    # four elements share one 64-bit draw: each of the four keeps its own 1 - p
+    assert (kept.view(-1, 4).float().mean(0) - 0.75).abs().max() < 0.01
     torch.testing.assert_close(y[kept], x[kept] / 0.75)
     y.sum().backward()
     torch.testing.assert_close(x.grad, kept.float() / 0.75)
@@ -157,3 +159,4 @@ def test_decoding_product_reads_the_current_weights():
     check()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert lin(x).dtype == torch.bfloat16  # autocast: the reference path
+

@@ -12,16 +12,19 @@ Small products without a gradient (one-token decoding) read a transposed copy of
 weight instead (``Linear._decode``). State-dict names are nn.Linear's, so checkpoints do not
 change.
 
-``Dropout``: ``nn.Dropout`` drawing its mask with ``torch.rand`` and a comparison instead of
-``bernoulli_``, whose CPU kernel took 11% of a training step (about 5% of the step saved).
-Each element is kept with probability 1 - p and scaled by 1 / (1 - p), as before; the
-draws come from the same generator, so a seeded run (and a resumed one) repeats exactly.
+``Dropout``: ``nn.Dropout`` drawing its mask as 16-bit integers, four to one 64-bit draw,
+instead of ``bernoulli_``, whose CPU kernel took 11% of a training step, or ``torch.rand``
+(then a tenth): see ``dropout_keep``. Each element is kept with probability 1 - p and
+scaled by 1 / (1 - p), as before; the draws come from the same generator, so a seeded run
+(and a resumed one) repeats exactly.
 
 ``causal_attention``: causal self-attention for training, in blocks of query rows as
 batched matrix products, instead of torch's CPU flash-attention kernel (see its docstring).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -98,18 +101,31 @@ class Linear(nn.Linear):
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
+def dropout_keep(shape, p: float, device) -> tuple[torch.Tensor, float]:
+    """Which elements of a tensor of ``shape`` dropout keeps, and their scale: a bool
+    tensor, True with probability 1 - p, and 1 / (1 - p). Each element compares 16 random
+    bits with p * 2^16 (so p is rounded to a multiple of 2^-16, at most 8e-6 off, and the
+    scale is that of the rounded p), four elements to one 64-bit draw of the generator: a
+    quarter of ``torch.rand``'s draws and no conversion to floats, 2.3x faster (the draws
+    had been a tenth of a training step)."""
+    n = math.prod(shape)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    bits = bits.random_(-2**63, 2**63 - 1).view(torch.int16)[:n].view(shape)
+    dropped = min(round(p * 65536), 65535)
+    return bits >= dropped - 32768, 65536 / (65536 - dropped)
+
+
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float):
-        keep = torch.rand(x.shape, device=x.device) >= p
+        keep, ctx.scale = dropout_keep(x.shape, p, x.device)
         ctx.save_for_backward(keep)
-        ctx.scale = 1.0 / (1.0 - p)
-        return x * keep * ctx.scale
+        return torch.where(keep, x, 0).mul_(ctx.scale)  # x * keep would convert keep first
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return g * keep * ctx.scale, None
+        return torch.where(keep, g, 0).mul_(ctx.scale), None
 
 
 class Dropout(nn.Dropout):
