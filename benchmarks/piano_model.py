@@ -202,7 +202,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=5.0, help="fine-tuning budgets")
     ap.add_argument("--seconds", type=float, default=20.0, help="music to generate (speed)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--precision", default="auto", help="speed: auto (bf16 here), fp32")
+    ap.add_argument("--precision", default="auto",
+                    help="speed: auto (fp16w on a CPU), fp32, fp16w or bf16")
     ap.add_argument("--reuse", action="store_true",
                     help="finetune: keep runs already finished in --work")
     a = ap.parse_args()

@@ -44,6 +44,7 @@ from .data.midi import (
 from .data.tokenizers import BOS, EOS, PAD
 from .models import TokenModel
 from .models.ensemble import Ensemble
+from .models.layers import use_half_weights
 from .stats import CONTINUATION_TRACK
 
 Progress = Callable[[float], None]  # hears the share of the sampling done, 0..1
@@ -231,17 +232,22 @@ class Generator:
             if c.task != "continue":
                 raise ValueError(f"--checkpoint {c.path}: trained to {c.task} a melody, not "
                                  f"to continue a piece; use `cadenza {c.task}`")
-        # "auto": weights stored in bf16 (the shipped models) also run in bf16: nothing of
-        # them is lost, and on a CPU the model and its cache then fit the last-level cache
-        # (pretrained:piano: 404 instead of 320 tokens/s at batch 1). fp32 otherwise.
+        # "auto": weights stored in bf16 (the shipped models) lose nothing as fp16 copies
+        # (models/layers.use_half_weights): on a CPU they decode reading those, with fp32
+        # arithmetic, half the bytes of fp32 and faster than bf16 arithmetic, whose CPU
+        # attention is slow at batch 1 (pretrained:piano: see the README); on a GPU in bf16.
+        # Weights stored in fp32 run in fp32: the reference, sample for sample.
+        cpu = next(ck.model.parameters()).device.type == "cpu"
         if precision == "auto":
-            precision = "bf16" if all(c.stored_dtype == "bf16" for c in self.members) \
-                else "fp32"
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"--precision: must be auto, fp32 or bf16, got {precision!r}")
+            precision = ("fp16w" if cpu else "bf16") \
+                if all(c.stored_dtype == "bf16" for c in self.members) else "fp32"
+        if precision not in ("fp32", "fp16w", "bf16"):
+            raise ValueError(f"--precision: must be auto, fp32, fp16w or bf16, got "
+                             f"{precision!r}")
         self.precision = precision
         for c in self.members:
             c.model.to(torch.bfloat16 if precision == "bf16" else torch.float32)
+            use_half_weights(c.model, precision == "fp16w")
         views = [v for c in self.members for v in key_views(c, transpositions)]
         self.model = Ensemble(views) if len(views) > 1 else ck.model
         self.transpositions = transpositions

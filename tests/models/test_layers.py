@@ -160,3 +160,40 @@ def test_decoding_product_reads_the_current_weights():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert lin(x).dtype == torch.bfloat16  # autocast: the reference path
 
+
+def test_half_weight_products_round_the_weights_to_fp16_and_nothing_else():
+    """use_half_weights: one-token products read fp16 copies (fp32 accumulation): equal to
+    the fp32 product with fp16-rounded weights and input to fp16's rounding of the result,
+    following weight changes; rows beyond HALF_ROWS and weights beyond fp16's range take
+    the fp32 copy and stay exact."""
+    torch.manual_seed(0)
+    lin = layers.Linear(256, 96)
+    layers.use_half_weights(lin)
+    x = torch.randn(1, 1, 256)
+
+    def check(rows=1):
+        h = x.expand(rows, 1, 256).contiguous()
+        ref = F.linear(h.half().float(), lin.weight.half().float(), lin.bias.half().float())
+        with torch.no_grad():
+            out = lin(h)
+        assert out.dtype == torch.float32
+        exact = F.linear(h, lin.weight, lin.bias)
+        if rows > layers.HALF_ROWS:
+            torch.testing.assert_close(out, exact, rtol=1e-5, atol=1e-6)
+        else:
+            torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
+            assert not torch.equal(out, exact)  # the fp16 copy was read
+    check()
+    check(rows=layers.HALF_ROWS + 1)
+    with torch.no_grad():
+        lin.weight.mul_(3.0)  # in place: the copy must follow
+    check()
+    with torch.no_grad():
+        lin.weight[0, 0] = 1e5  # beyond fp16: the fp32 copy, exact
+        out = lin(x)
+    torch.testing.assert_close(out, F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-6)
+    layers.use_half_weights(lin, False)
+    with torch.no_grad():
+        lin.weight[0, 0] = 0.5
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), rtol=1e-5,
+                                   atol=1e-6)

@@ -81,6 +81,31 @@ def test_lean_decoding_step_equals_the_general_step(position, extra, monkeypatch
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("position", ["learned", "rope", "relative"])
+def test_half_weight_decoding_stays_within_fp16_rounding_of_fp32(position):
+    """use_half_weights (--precision fp16w): cached decoding reads fp16 copies of the
+    weights; its log-probabilities stay within fp16's rounding of fp32's, and the fp16 path
+    was taken (the lean step, and the general step of relative attention)."""
+    m = tiny("transformer", position)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(8.0) if p.dim() > 1 else p.add_(torch.randn_like(p) * 0.5)
+    x = torch.randint(3, 40, (2, 40))
+
+    def steps():
+        with torch.no_grad():
+            cache = m.new_cache(2)
+            out = [m(x[:, :9], cache)] + [m(x[:, t: t + 1], cache) for t in range(9, 40)]
+            return torch.log_softmax(torch.cat(out, 1), -1)
+    exact = steps()
+    layers.use_half_weights(m)
+    half = steps()
+    gap = (half - exact)[:, 9:].abs().max().item()
+    spread = (exact.max(-1).values - exact.min(-1).values).min().item()
+    assert 0 < gap < 0.01 and spread > 2.0  # far from flat: rounding would show
+    torch.testing.assert_close(half[:, :9], exact[:, :9])  # the prompt: many rows, fp32
+
+
 def naive_relative_attention(q, k, v, rel):
     """Shaw et al. 2018 written out: an explicit (L, L, hs) tensor of relative embeddings."""
     L, hs = q.shape[2], q.shape[3]

@@ -71,8 +71,15 @@ class _OneDNNLinear(torch.autograd.Function):
         return gx, gw, gb
 
 
+HALF_ROWS = 4  # at most this many rows read the fp16 copy (more: fp16 products are slower)
+HALF_MAX = 65504.0  # the largest fp16: a weight beyond it keeps the fp32 copy
+
+
 class Linear(nn.Linear):
-    _t: tuple | None = None  # decoding: (key of the weight it copies, weight.T contiguous)
+    # decoding: the weight's copies, each (key of the weight it copies, tensors)
+    _t: tuple | None = None  # weight.T contiguous
+    _h: tuple | None = None  # fp16 weight and bias, or None where fp16 cannot hold them
+    half_decoding = False  # set by use_half_weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or x.dtype != self.weight.dtype \
@@ -85,20 +92,52 @@ class Linear(nn.Linear):
             return _OneDNNLinear.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
-    def _decode(self, x: torch.Tensor) -> torch.Tensor:
+    def _decode(self, x: torch.Tensor, half_out: bool = False) -> torch.Tensor:
         """x @ W.T for a few rows, reading the weight stored transposed (in, out): when the
         weights do not fit the CPU's cache, as in decoding, the product streams them from
         memory faster than from nn.Linear's (out, in) layout (1.1-1.7x measured here; the
         layout GPT-2's Conv1D keeps). The copy is made on first use and again whenever the
         weight changes (its version counter, storage or type); it is not in the state
-        dict."""
+        dict.
+
+        With ``half_decoding`` (use_half_weights), fp32 products of at most HALF_ROWS rows
+        read an fp16 copy instead, half the bytes, accumulating in fp32 (torch's fp16
+        matrix-vector kernel); x is rounded to fp16 on the way in and the result comes
+        back as fp32, or as fp16 with ``half_out`` when it is an fp16 product's."""
         w = self.weight
         key = (w.data_ptr(), w._version, w.dtype)
+        x2 = x.reshape(-1, x.shape[-1])
+        if self.half_decoding and w.dtype == torch.float32 and x2.shape[0] <= HALF_ROWS:
+            if self._h is None or self._h[0] != key:
+                self._h = (key, _half_copy(w, self.bias))
+            if self._h[1] is not None:
+                y = F.linear(x2.half(), *self._h[1])
+                return y.view(*x.shape[:-1], y.shape[-1]) if half_out else \
+                    y.float().view(*x.shape[:-1], y.shape[-1])
+        if x.dtype == torch.float16:  # an fp16 product's output, for a layer without a copy
+            x2 = x2.to(w.dtype)
         if self._t is None or self._t[0] != key:
             self._t = (key, w.detach().t().contiguous())
-        x2 = x.reshape(-1, x.shape[-1])
         y = x2 @ self._t[1] if self.bias is None else torch.addmm(self.bias, x2, self._t[1])
         return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def _half_copy(w: torch.Tensor, b: torch.Tensor | None) -> tuple | None:
+    """fp16 copies of a weight and its bias, or None if a value is beyond fp16's range."""
+    if w.detach().abs().max() > HALF_MAX or (b is not None and b.detach().abs().max() > HALF_MAX):
+        return None
+    return w.detach().half(), None if b is None else b.detach().half()
+
+
+def use_half_weights(model: nn.Module, on: bool = True) -> None:
+    """Decode on a CPU reading fp16 copies of the weights (``Linear._decode``): about half
+    the bytes a one-token step reads, the rest in fp32 (activations, the cache, attention,
+    the softmax). For weights stored in bf16 the copy loses next to nothing: a bf16 value
+    between fp16's smallest normal (6.1e-5) and its largest is an fp16 value, and a
+    smaller one moves by at most 3e-8."""
+    for m in model.modules():
+        if isinstance(m, Linear):
+            m.half_decoding = on
 
 
 def dropout_keep(shape, p: float, device) -> tuple[torch.Tensor, float]:

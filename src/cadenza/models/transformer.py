@@ -241,7 +241,10 @@ class Block(nn.Module):
         x = x + self.attn._decode(a, start, rope, cache, layer)
         a = F.layer_norm(x, self.ln2.normalized_shape, self.ln2.weight, self.ln2.bias,
                          self.ln2.eps)
-        return x + self.out._decode(F.gelu(self.fc._decode(a)))
+        # with fp16 weights (use_half_weights) the hidden layer stays fp16 between the two
+        # products: GELU of an fp16 tensor computes in fp32 and rounds once, as the cast
+        # into the second product would
+        return x + self.out._decode(F.gelu(self.fc._decode(a, half_out=True)))
 
 
 class Transformer(nn.Module):
