@@ -159,12 +159,14 @@ class _Dropout(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float):
         keep, ctx.scale = dropout_keep(x.shape, p, x.device)
         ctx.save_for_backward(keep)
-        return torch.where(keep, x, 0).mul_(ctx.scale)  # x * keep would convert keep first
+        # a product with the mask's bytes (0 or 1) is ~5x faster than torch.where or a
+        # product with the bool mask, which CPU kernels convert first
+        return (x * keep.view(torch.uint8)).mul_(ctx.scale)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, g, 0).mul_(ctx.scale), None
+        return (g * keep.view(torch.uint8)).mul_(ctx.scale), None
 
 
 class Dropout(nn.Dropout):
