@@ -400,8 +400,10 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
             model, device_ids=[d.local_rank] if dev.type == "cuda" else None)
     if cfg.compile:
         model = torch.compile(model)
+    # fused: one kernel for every parameter, on a CPU too (1.8 instead of 14 ms a step for
+    # the 5M-parameter benchmark model: 4% of a bf16 step)
     opt = torch.optim.AdamW(raw.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98),
-                            eps=1e-8, **({"fused": True} if dev.type == "cuda" else {}))
+                            eps=1e-8, fused=dev.type in ("cpu", "cuda"))
     if ds.task != "continue":
         check_pairs_fit(ds, model_cfg, cfg)
         sampler = PairSampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
