@@ -9,8 +9,9 @@ matrices. bf16 products already go to oneDNN, and so do products under autocast,
 plain fp32 on a CPU takes this path: the forward and both products of the backward, exact
 fp32 (no reduced-precision accumulation), about 1.3x the training step of the 6x256 model.
 Small products without a gradient (one-token decoding) read a transposed copy of the
-weight instead (``Linear._decode``). State-dict names are nn.Linear's, so checkpoints do not
-change.
+weight instead (``Linear._decode``), or with ``use_half_weights`` (``generate --precision
+fp16w``) an fp16 copy: half the bytes, fp32 arithmetic. State-dict names are nn.Linear's, so
+checkpoints do not change.
 
 ``Dropout``: ``nn.Dropout`` drawing its mask as 16-bit integers, four to one 64-bit draw,
 instead of ``bernoulli_``, whose CPU kernel took 11% of a training step, or ``torch.rand``
