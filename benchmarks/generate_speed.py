@@ -56,11 +56,12 @@ def stream_bandwidth(nbytes: float) -> float:
 
 def decode_bytes(model, context: float, weight_bytes: int) -> float:
     """Bytes one decoding step must read at least: every weight once (the tied embedding
-    once, as the output layer) at ``weight_bytes`` each, and the cached keys and values of
-    ``context`` tokens in the model's type."""
-    c, params = model.cfg, list(model.parameters())
-    return (sum(p.numel() for p in params) * weight_bytes
-            + 2 * c.n_layer * c.d_model * context * params[0].element_size())
+    once, as the output layer; of the position table only its row) at ``weight_bytes``
+    each, and the cached keys and values of ``context`` tokens in the model's type."""
+    c, params = model.cfg, dict(model.named_parameters())
+    n = sum(p.numel() for name, p in params.items() if name != "pos.weight") + c.d_model
+    return (n * weight_bytes
+            + 2 * c.n_layer * c.d_model * context * params["tok.weight"].element_size())
 
 
 def hf_generate(hf, ids: torch.Tensor, new: int) -> None:

@@ -58,25 +58,33 @@ def reference_decoding(monkeypatch) -> None:
                         lambda self, h: F.linear(h, self.weight, self.bias))
 
 
+def trained_size(m):
+    """Scale a tiny model's weights to a trained model's size: every sublayer counts."""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(8.0) if p.dim() > 1 else p.add_(torch.randn_like(p) * 0.5)
+    return m
+
+
+def cached_steps(m, x: torch.Tensor, prompt: int = 9) -> torch.Tensor:
+    """Logits of x read as decoding does: the first ``prompt`` tokens at once, then one
+    token at a time through the cache."""
+    with torch.no_grad():
+        cache = m.new_cache(x.shape[0])
+        return torch.cat([m(x[:, :prompt], cache)] +
+                         [m(x[:, t: t + 1], cache) for t in range(prompt, x.shape[1])], 1)
+
+
 @pytest.mark.parametrize("position,extra", [("learned", {}), ("sinusoidal", {}),
                                             ("rope", {"voice_period": 4}), ("rope", {})])
 def test_lean_decoding_step_equals_the_general_step(position, extra, monkeypatch):
     """Block.decode and the transposed products (one-token steps on a CPU) give the general
     path's logits to float rounding, step after step."""
-    m = tiny("transformer", position, **extra)
-    with torch.no_grad():  # weights of a trained model's size: every sublayer counts
-        for p in m.parameters():
-            p.mul_(8.0) if p.dim() > 1 else p.add_(torch.randn_like(p) * 0.5)
+    m = trained_size(tiny("transformer", position, **extra))
     x = torch.randint(3, 40, (2, 40))
-
-    def steps():
-        with torch.no_grad():
-            cache = m.new_cache(2)
-            return torch.cat([m(x[:, :9], cache)] +
-                             [m(x[:, t: t + 1], cache) for t in range(9, 40)], 1)
-    fast = steps()
+    fast = cached_steps(m, x)
     reference_decoding(monkeypatch)
-    slow = steps()
+    slow = cached_steps(m, x)
     assert slow.abs().max() > 1.0
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
 
@@ -86,20 +94,11 @@ def test_half_weight_decoding_stays_within_fp16_rounding_of_fp32(position):
     """use_half_weights (--precision fp16w): cached decoding reads fp16 copies of the
     weights; its log-probabilities stay within fp16's rounding of fp32's, and the fp16 path
     was taken (the lean step, and the general step of relative attention)."""
-    m = tiny("transformer", position)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.mul_(8.0) if p.dim() > 1 else p.add_(torch.randn_like(p) * 0.5)
+    m = trained_size(tiny("transformer", position))
     x = torch.randint(3, 40, (2, 40))
-
-    def steps():
-        with torch.no_grad():
-            cache = m.new_cache(2)
-            out = [m(x[:, :9], cache)] + [m(x[:, t: t + 1], cache) for t in range(9, 40)]
-            return torch.log_softmax(torch.cat(out, 1), -1)
-    exact = steps()
+    exact = torch.log_softmax(cached_steps(m, x), -1)
     layers.use_half_weights(m)
-    half = steps()
+    half = torch.log_softmax(cached_steps(m, x), -1)
     gap = (half - exact)[:, 9:].abs().max().item()
     spread = (exact.max(-1).values - exact.min(-1).values).min().item()
     assert 0 < gap < 0.01 and spread > 2.0  # far from flat: rounding would show
