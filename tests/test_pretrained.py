@@ -59,6 +59,7 @@ def test_generate_uses_the_pretrained_model_without_a_checkpoint(tmp_path):
     assert r.returncode == 0, r.stderr
     info = json.loads((tmp_path / "g" / "sample-0.json").read_text())
     assert info["checkpoint"].endswith("pretrained/piano")
+    assert info["precision"] == "fp16w"  # auto, on a CPU, for the shipped bf16 weights
     r = cli("generate", "--checkpoint", "pretrained:nope", "--out", tmp_path / "h")
     assert r.returncode != 0 and "no such pretrained model" in r.stderr
     assert "pretrained:piano" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -244,6 +244,9 @@ class Generator:
         if precision not in ("fp32", "fp16w", "bf16"):
             raise ValueError(f"--precision: must be auto, fp32, fp16w or bf16, got "
                              f"{precision!r}")
+        if precision == "fp16w" and not cpu:
+            raise ValueError("--precision fp16w: a CPU decoding path; on a GPU use bf16 or "
+                             "fp32")
         self.precision = precision
         for c in self.members:
             c.model.to(torch.bfloat16 if precision == "bf16" else torch.float32)
