@@ -232,8 +232,6 @@ class _CausalAttention(torch.autograd.Function):
         q, k, v, out, *weights = ctx.saved_tensors  # q is already scaled
         T, scale = q.shape[2], 1.0 / q.shape[-1] ** 0.5
         g = g.contiguous()
-        # softmax backward: dS = P * (dP - rowsum(dO * O)), rowsum in fp32
-        rows = (g.float() * out.float()).sum(-1, keepdim=True)
         dq = torch.empty_like(q)
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
@@ -241,7 +239,10 @@ class _CausalAttention(torch.autograd.Function):
             e = min(s + CHUNK, T)
             gs = g[:, :, s:e]
             dp = gs @ v[:, :, :e].transpose(-1, -2)
-            ds = dp.float().sub_(rows[:, :, s:e]).mul_(p).to(q.dtype)
+            # softmax backward, dS = P * (dP - rowsum(dP * P)), in torch's kernel (fp32
+            # inside, one pass; 3x the separate operations): a block holds every key its
+            # rows attend to, so its rows' sums are the whole rows'
+            ds = torch._softmax_backward_data(dp, p, -1, q.dtype)
             dq[:, :, s:e] = (ds @ k[:, :, :e]) * scale
             dk[:, :, :e].add_(ds.transpose(-1, -2) @ q[:, :, s:e])
             dv[:, :, :e].add_(p.transpose(-1, -2) @ gs)
