@@ -226,12 +226,12 @@ class _CausalAttention(torch.autograd.Function):
             p = torch.softmax(att, -1)
             out[:, :, s:e] = p @ v[:, :, :e]
             weights.append(p)
-        ctx.save_for_backward(q, k, v, out, *weights)
+        ctx.save_for_backward(q, k, v, *weights)
         return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        q, k, v, out, *weights = ctx.saved_tensors  # q is already scaled
+        q, k, v, *weights = ctx.saved_tensors  # q is already scaled
         T, scale = q.shape[2], 1.0 / q.shape[-1] ** 0.5
         g = g.contiguous()
         dq = torch.empty_like(q)
