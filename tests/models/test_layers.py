@@ -189,6 +189,9 @@ def test_half_weight_products_round_the_weights_to_fp16_and_nothing_else():
         lin.weight.mul_(3.0)  # in place: the copy must follow
     check()
     with torch.no_grad():
+        lin.bias.add_(1.0)  # the bias alone, in place: its copy must follow too
+    check()
+    with torch.no_grad():
         lin.weight[0, 0] = 1e5  # beyond fp16: the fp32 copy, exact
         out = lin(x)
     torch.testing.assert_close(out, F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-6)

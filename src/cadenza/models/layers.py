@@ -77,7 +77,7 @@ HALF_MAX = 65504.0  # the largest fp16: a weight beyond it keeps the fp32 copy
 
 
 class Linear(nn.Linear):
-    # decoding: the weight's copies, each (key of the weight it copies, tensors)
+    # decoding: copies of the parameters, each (key of what it copies, the copy)
     _t: tuple | None = None  # weight.T contiguous
     _h: tuple | None = None  # fp16 weight and bias, or None where fp16 cannot hold them
     half_decoding = False  # set by use_half_weights
@@ -93,33 +93,41 @@ class Linear(nn.Linear):
             return _OneDNNLinear.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
+    def _copy(self, name: str, make):
+        """The copy held as ``name``, made by ``make()`` on first use and again whenever the
+        weight or the bias changes (version counter, storage or type); not in the state
+        dict."""
+        w, b = self.weight, self.bias
+        key = (w.data_ptr(), w._version, w.dtype) + \
+            (() if b is None else (b.data_ptr(), b._version))
+        held = getattr(self, name)
+        if held is None or held[0] != key:
+            held = (key, make())
+            setattr(self, name, held)
+        return held[1]
+
     def _decode(self, x: torch.Tensor, half_out: bool = False) -> torch.Tensor:
         """x @ W.T for a few rows, reading the weight stored transposed (in, out): when the
         weights do not fit the CPU's cache, as in decoding, the product streams them from
         memory faster than from nn.Linear's (out, in) layout (1.1-1.7x measured here; the
-        layout GPT-2's Conv1D keeps). The copy is made on first use and again whenever the
-        weight changes (its version counter, storage or type); it is not in the state
-        dict.
+        layout GPT-2's Conv1D keeps).
 
         With ``half_decoding`` (use_half_weights), fp32 products of at most HALF_ROWS rows
         read an fp16 copy instead, half the bytes, accumulating in fp32 (torch's fp16
         matrix-vector kernel); x is rounded to fp16 on the way in and the result comes
         back as fp32, or as fp16 with ``half_out`` when it is an fp16 product's."""
         w = self.weight
-        key = (w.data_ptr(), w._version, w.dtype)
         x2 = x.reshape(-1, x.shape[-1])
         if self.half_decoding and w.dtype == torch.float32 and x2.shape[0] <= HALF_ROWS:
-            if self._h is None or self._h[0] != key:
-                self._h = (key, _half_copy(w, self.bias))
-            if self._h[1] is not None:
-                y = F.linear(x2.half(), *self._h[1])
+            half = self._copy("_h", lambda: _half_copy(w, self.bias))
+            if half is not None:
+                y = F.linear(x2.half(), *half)
                 return y.view(*x.shape[:-1], y.shape[-1]) if half_out else \
                     y.float().view(*x.shape[:-1], y.shape[-1])
         if x.dtype == torch.float16:  # an fp16 product's output, for a layer without a copy
             x2 = x2.to(w.dtype)
-        if self._t is None or self._t[0] != key:
-            self._t = (key, w.detach().t().contiguous())
-        y = x2 @ self._t[1] if self.bias is None else torch.addmm(self.bias, x2, self._t[1])
+        wt = self._copy("_t", lambda: w.detach().t().contiguous())
+        y = x2 @ wt if self.bias is None else torch.addmm(self.bias, x2, wt)
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
