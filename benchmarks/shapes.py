@@ -1,5 +1,6 @@
 """Which model shape learns most per minute of CPU training? A recipe (default `demo`:
-bf16, rotary positions, 4 x 256, batch 16 x 512, lr 1e-3) on one dataset, with one change
+bf16, rotary positions, 2 x 256 since this sweep chose it, 4 x 256 when it ran, batch 16 x
+512, lr 1e-3) on one dataset, with one change
 of shape at a time -- head size, width, depth, context -- each trained for the same
 minutes, one run at a time; a table of validation NLL per token, steps and tokens/s.
 

@@ -138,7 +138,8 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True  # what a GPU run of either model gets
         print(torch.cuda.get_device_name(), end="; ")
     print(f"{torch.__version__}, {torch.get_num_threads()} threads")
-    peaks = {dtype: matmul_flops(dtype, a.device) for dtype in (torch.float32, torch.bfloat16)}
+    # measured next to each precision's models (measure); none yet
+    peaks = {dtype: (0.0, "") for dtype in (torch.float32, torch.bfloat16)}
     for H in (int(h) for h in a.heads.split(",")):
         n = measure(H, x, a.steps, peaks)
     width = matched_width("lstm", n, 2, V)
