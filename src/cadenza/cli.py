@@ -260,6 +260,7 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_generate(a) -> int:
+    from .engine import SECONDS, TOKENS, WHY
     from .generate import run_generate
     cfg = from_args(GenerateConfig, a)
     infos = run_generate(cfg, device=_device(a))
@@ -267,6 +268,9 @@ def cmd_generate(a) -> int:
         files = ", ".join(v for v in i.files.values() if v)
         print(f"sample {i.sample}: {i.new_tokens} tokens, {i.new_seconds:.1f} s new "
               f"music -> {cfg.out}/ ({files})")
+        if i.stopped not in (SECONDS, TOKENS):  # shorter than asked: say why
+            print(f"  stopped before the {cfg.sample.seconds or cfg.sample.tokens:g} "
+                  f"{'s' if cfg.sample.seconds else 'tokens'} asked: {WHY[i.stopped]}")
     print(f"{infos[0].tokens_per_second:.0f} tokens/s")
     return 0
 

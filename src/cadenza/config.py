@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from . import theory
+
 FORMAT_VERSION = 1  # bump when checkpoint or dataset layouts change incompatibly
 
 MODEL_KINDS = ("transformer", "encoder-decoder", "rnn", "lstm", "gru")
@@ -409,18 +411,84 @@ class SampleConfig(Drawing):
 
     tokens: int | None = option(None, "new tokens to generate")
     seconds: float | None = option(None, "new music to generate, seconds (20 when --tokens is "
-                                   "not given)")
+                                   "not given); the model may not end the piece sooner "
+                                   "unless --may-end")
+    may_end: bool = option(False, "let the model end the piece (EOS) before --seconds or "
+                           "--tokens is reached")
+    # --- controls: see controls.py; hard ones hold on every new note ---
+    key: str | None = option(None, "new notes only on this key's scale (hard): 'D minor', "
+                             "'F# major', 'Bb:maj'; minor allows its natural, harmonic and "
+                             "melodic forms", metavar="KEY")
+    pitch_range: str | None = option(None, "new notes only in LOW-HIGH (hard), MIDI numbers "
+                                     "or note names: 48-72, A0-C8", metavar="LOW-HIGH")
+    velocity_range: str | None = option(None, "new notes only with velocities in LOW-HIGH "
+                                        "(hard), 1-127", metavar="LOW-HIGH")
+    max_polyphony: int | None = option(None, "at most N notes sounding at once (hard)",
+                                       metavar="N")
+    density: float | None = option(None, "aim at N new notes per second (soft: steers the "
+                                   "model's choices as it goes)", metavar="N")
+    max_repeats: int = option(0, "no pattern of 1-8 notes (pitches and onset intervals) "
+                              "played more than K times in a row (hard; 0: no limit)",
+                              metavar="K")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("tokens", "seconds"):  # zero is not "the default": say so
             v = getattr(self, name)
             _check(v is None or v > 0, name, "must be > 0", v)
+        _theory_check("key", self.key, lambda v: theory.key_pitch_classes(v))
+        _theory_check("pitch_range", self.pitch_range, lambda v: theory.parse_range(
+            v, theory.LOWEST_KEY, theory.HIGHEST_KEY, "piano's keys"))
+        _theory_check("velocity_range", self.velocity_range,
+                      lambda v: theory.parse_range(v, 1, 127, "velocities"))
+        if self.key and self.pitch_range:
+            lo, hi = self.pitch_range_values
+            _check(any(p % 12 in self.key_classes for p in range(lo, hi + 1)), "pitch_range",
+                   f"holds no note of {theory.key_name(self.key)}", self.pitch_range)
+        _check(self.max_polyphony is None or self.max_polyphony >= 1, "max_polyphony",
+               "must be >= 1", self.max_polyphony)
+        _check(self.density is None or 0 < self.density <= 100, "density",
+               "must be in (0, 100] notes per second", self.density)
+        _check(self.max_repeats >= 0, "max_repeats", "must be >= 0", self.max_repeats)
         if self.tokens and self.seconds:
             raise ConfigError(f"--tokens {self.tokens} and --seconds {self.seconds:g}: "
                               "give one of them, not both")
         if self.tokens is None and self.seconds is None:
             object.__setattr__(self, "seconds", 20.0)
+
+    @property
+    def key_classes(self) -> frozenset[int] | None:
+        return theory.key_pitch_classes(self.key) if self.key else None
+
+    @property
+    def pitch_range_values(self) -> tuple[int, int] | None:
+        return theory.parse_range(self.pitch_range, theory.LOWEST_KEY, theory.HIGHEST_KEY) \
+            if self.pitch_range else None
+
+    @property
+    def velocity_range_values(self) -> tuple[int, int] | None:
+        return theory.parse_range(self.velocity_range, 1, 127) if self.velocity_range \
+            else None
+
+    @property
+    def controls(self) -> dict[str, Any]:
+        """The controls that are on, by field name."""
+        return {n: getattr(self, n) for n in CONTROLS if getattr(self, n)}
+
+
+CONTROLS = ("key", "pitch_range", "velocity_range", "max_polyphony", "density", "max_repeats")
+
+
+def _theory_check(name: str, value: str | None, parse: Callable[[str], Any]) -> None:
+    """A musician's value (a key, a range) read by theory.py; its complaint names the flag."""
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise ConfigError(f"{flag(name)}: must be text, got {value!r}")
+    try:
+        parse(value)
+    except ValueError as e:
+        raise ConfigError(f"{flag(name)}: {e}") from None
 
 
 GENERATE_PRECISIONS = ("auto", "fp32", "fp16w", "bf16")

@@ -1,10 +1,9 @@
 """``cadenza generate``: continue a primer into new music, as MIDI, JSON, PNG and WAV.
 
-The sampler works on token ids: the model gives logits, the tokenizer's grammar masks every
-token that would make the sequence undecodable, then temperature, top-k and top-p shape the
-distribution and a seeded ``torch.Generator`` draws (same seed, same music). With a cache
-(key/value for the Transformer, hidden state for RNNs) each new token costs one position;
-past the model's context the Transformer keeps the most recent half and re-reads it.
+Sampling runs on the generation engine (engine.py): the grammar keeps every sample
+decodable, the controls (controls.py: key, ranges, polyphony, density, repeats) steer it, a
+seeded generator draws (same seed, same music), and a sample is as long as asked (``--seconds``)
+unless ``--may-end`` lets the model end it; each sample's JSON says why it stopped.
 
 Python API, two lines::
 
@@ -21,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import torch
 from .atomic import process_dir, write_bytes
 from .checkpoint import Checkpoint, common_period, key_views, load_members, weights_digest
 from .config import GenerateConfig, SampleConfig
+from .controls import Controls
 from .data.midi import (
     BadInput,
     Notes,
@@ -41,13 +41,14 @@ from .data.midi import (
     score_from_tracks,
     write_midi,
 )
-from .data.tokenizers import BOS, EOS, PAD
-from .models import TokenModel
+from .data.tokenizers import BOS
+from .engine import Progress, Run, draw, filter_logits, sample, sample_run
 from .models.ensemble import Ensemble
 from .models.layers import use_half_weights
 from .stats import CONTINUATION_TRACK
 
-Progress = Callable[[float], None]  # hears the share of the sampling done, 0..1
+__all__ = ["GenerateConfig", "Generator", "SampleConfig", "SampleInfo", "draw",
+           "filter_logits", "run_generate", "sample"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class SampleInfo:
     primer: dict[str, Any]  # source, seconds and tokens of the primer used
     new_tokens: int
     new_seconds: float
+    stopped: str  # why: engine.SECONDS, TOKENS, EOS_STOP, DEAD_END or TOKEN_LIMIT
     notes: int
     continuation_notes: int
     continuation_track: str
@@ -77,105 +79,6 @@ class SampleInfo:
         if d["memorization"] is None:
             del d["memorization"]
         return d
-
-
-def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Keep the k most likely tokens and/or the smallest set with mass >= top_p."""
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_l, idx = torch.sort(logits, descending=True, dim=-1)
-        probs = torch.softmax(sorted_l, -1)
-        drop = probs.cumsum(-1) - probs > top_p  # keep the token that crosses top_p
-        logits = logits.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
-    return logits
-
-
-def draw(logits: torch.Tensor, allowed: torch.Tensor, cfg: SampleConfig,
-         gen: torch.Generator) -> torch.Tensor:
-    """One token per row of ``logits`` (B, V), among the ``allowed`` ones, at the
-    temperature, after top-k/top-p: (B,) on the CPU.
-
-    ``torch.multinomial(probs, 1)`` draws q ~ Exp(1) per token and takes argmax(probs / q);
-    this does exactly that, with the same generator, so the tokens are the same, with one
-    check of the distribution instead of multinomial's three (decoding pays per operation)."""
-    lg = torch.where(allowed, logits.float(), float("-inf"))
-    if cfg.temperature != 1.0:
-        lg = lg / cfg.temperature
-    probs = torch.softmax(filter_logits(lg, cfg.top_k, cfg.top_p), -1).cpu()
-    if not bool(probs.isfinite().all()):  # NaN logits, or no token allowed
-        raise RuntimeError("sampling: the model's next-token distribution is not finite")
-    q = torch.empty_like(probs).exponential_(1.0, generator=gen)
-    return (probs / q).argmax(-1)
-
-
-@torch.no_grad()
-def sample(model: TokenModel, prompt: np.ndarray, grammar, cfg: SampleConfig,
-           max_new: int, use_cache: bool = True, period: int = 1,
-           progress: Progress | None = None) -> list[np.ndarray]:
-    """Continue ``prompt`` ((B, T0) ids starting with BOS) by up to ``max_new`` tokens.
-
-    Returns each sample's new tokens, cut at EOS or where ``cfg.seconds`` is reached.
-    ``progress``, when given, hears the share done (0..1) every few tokens; an exception it
-    raises stops sampling (the studio cancels that way).
-    """
-    device = next(model.parameters()).device
-    B = prompt.shape[0]
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    grammar.reset(B)
-    grammar.feed(prompt)
-    t0_seconds = grammar.elapsed().copy()
-    max_len = model.max_context
-    T0 = prompt.shape[1]
-    # one buffer for prompt + everything new: appending is a column write, not a re-copy
-    buf = torch.empty((B, T0 + max_new), dtype=torch.long, device=device)
-    buf[:, :T0] = torch.as_tensor(prompt, dtype=torch.long)
-    n = T0
-    ends = np.full(B, -1)
-
-    def window(s: torch.Tensor) -> torch.Tensor:
-        """The latest tokens that fit, starting on a voice-period boundary."""
-        if max_len is None or s.shape[1] <= max_len:
-            return s
-        keep = max_len // 2 if use_cache else max_len
-        drop = s.shape[1] - keep
-        drop += (-drop) % max(1, period)
-        return s[:, drop:]
-
-    cache = model.new_cache(B) if use_cache else None
-    logits = model(window(buf[:, :n]), cache)[:, -1] if use_cache else None
-    for i in range(max_new):
-        if not use_cache:
-            logits = model(window(buf[:, :n]))[:, -1]
-        nxt = draw(logits, torch.from_numpy(grammar.allowed()).to(device), cfg, gen)
-        tokens = nxt.numpy()
-        grammar.advance(tokens)
-        step = nxt.to(device)[:, None]
-        buf[:, n: n + 1] = step
-        n += 1
-        new_end = (ends < 0) & ((tokens == EOS) | (tokens == PAD))
-        if cfg.seconds:
-            new_end |= (ends < 0) & (grammar.elapsed() - t0_seconds >= cfg.seconds)
-        ends[new_end] = i + 1
-        if (ends >= 0).all():
-            break
-        if progress is not None and i % 8 == 0:
-            if cfg.seconds:  # the slowest sample still running decides
-                done = np.where(ends >= 0, 1.0, (grammar.elapsed() - t0_seconds) / cfg.seconds)
-                progress(float(np.clip(done.min(), 0.0, 1.0)))
-            else:
-                progress(i / max_new)
-        if use_cache:
-            if max_len is not None and cache.length >= max_len:  # slide: re-read recent half
-                cache = model.new_cache(B)
-                logits = model(window(buf[:, :n]), cache)[:, -1]
-            else:
-                logits = model(step, cache)[:, -1]
-    if progress is not None:
-        progress(1.0)
-    new = buf[:, T0:n].cpu().numpy()
-    return [new[b, : ends[b] if ends[b] >= 0 else new.shape[1]] for b in range(B)]
 
 
 PRIMER_TRACK = "Primer"
@@ -303,12 +206,25 @@ class Generator:
         g.feed(np.asarray(ids, np.int64)[None])
         return float(g.elapsed()[0])
 
+    def check(self, cfg: SampleConfig) -> None:
+        """Refuse controls this model's tokenizer cannot carry, before anything is written
+        (ConfigError naming the flag)."""
+        if cfg.controls:
+            Controls(cfg, self.tok.note_roles(), self.tok.name)
+
+    def run(self, prompt: np.ndarray, cfg: SampleConfig, use_cache: bool = True,
+            progress: Progress | None = None) -> Run:
+        """``cfg.num_samples`` continuations of ``prompt`` (BOS + ids) on the engine, with
+        why each stopped."""
+        prompts = np.repeat(prompt[None], cfg.num_samples, 0)
+        return sample_run(self.model, prompts, self.tok.grammar(), cfg, 0, use_cache,
+                          period=self.period, progress=progress,
+                          roles=self.tok.note_roles(), scheme=self.tok.name)
+
     def generate(self, prompt: np.ndarray, cfg: SampleConfig, use_cache: bool = True,
                  progress: Progress | None = None) -> list[np.ndarray]:
-        max_new = cfg.tokens or int(max(cfg.seconds, 1) * 200)  # a generous token ceiling
-        prompts = np.repeat(prompt[None], cfg.num_samples, 0)
-        return sample(self.model, prompts, self.tok.grammar(), cfg, max_new, use_cache,
-                      period=self.period, progress=progress)
+        """``run``'s new tokens only."""
+        return self.run(prompt, cfg, use_cache, progress).tokens
 
     def continue_midi(self, primer: str | None = None, seconds: float = 20.0,
                       primer_seconds: float = 10.0, **kw) -> symusic.Score:
@@ -328,6 +244,7 @@ def run_generate(cfg: GenerateConfig, *, device: str = "cpu",
     samples is refused (``cfg.force`` replaces them), so old and new files never mix."""
     gen = Generator.load(list(cfg.checkpoint), device=device,
                          transpositions=cfg.transpositions, precision=cfg.precision)
+    gen.check(cfg.sample)
     prompt, pinfo = gen.encode_primer(cfg.primer, cfg.primer_seconds, cfg.primer_tokens)
     take, earlier = open_take(cfg.out, cfg.force)
     try:
@@ -373,7 +290,8 @@ def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: 
     """Generate the samples into ``take``."""
 
     t = time.perf_counter()
-    news = gen.generate(prompt, cfg.sample, progress=progress)
+    done = gen.run(prompt, cfg.sample, progress=progress)
+    news = done.tokens
     gen_s = time.perf_counter() - t
     primer_notes = gen.tok.decode_notes(prompt[1:])
     t_split = pinfo["seconds"]  # where the primer's stream ends: the continuation's start
@@ -405,6 +323,7 @@ def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: 
             precision=gen.precision, tokenizer=gen.tok.name, settings=cfg.sample.to_dict(),
             primer=pinfo, new_tokens=int(len(new)),
             new_seconds=gen.seconds_of(np.concatenate([prompt[1:], new])) - t_split,
+            stopped=done.stopped[k],
             notes=int(len(full)), continuation_notes=int(len(cont)),
             continuation_track=CONTINUATION_TRACK, generation_seconds=gen_s,
             tokens_per_second=float(sum(len(n) for n in news) / max(gen_s, 1e-9)),

@@ -100,6 +100,30 @@ def memorization(notes: Notes, index: NgramIndex) -> dict[str, Any]:
 
 # --- musical statistics -------------------------------------------------------------------
 
+def longest_repeat(notes: Notes, max_pattern: int = 8, same: float = 0.02) -> int:
+    """The most copies in a row of one pattern of 1..``max_pattern`` notes, a note being its
+    pitch and the time since the note before (equal within ``same`` seconds); notes in
+    onset order, a chord's from low to high (a key struck twice at one moment counted
+    once). 1: nothing repeats; a note struck 30 times at
+    one pace: 30. What ``--max-repeats`` bounds (controls.py; it reads the notes in the
+    order the model writes them, so a chord written in another order can slip past)."""
+    if len(notes) == 0:
+        return 0
+    order = np.lexsort((notes.pitch, notes.start))
+    pitch, start = notes.pitch[order], notes.start[order]
+    one = np.r_[True, (pitch[1:] != pitch[:-1]) | (start[1:] != start[:-1])]
+    pitch, start = pitch[one], start[one]  # a key struck twice at one moment sounds once
+    ioi = np.r_[np.nan, np.diff(start)]
+    best = 1
+    for L in range(1, min(max_pattern, len(pitch) - 1) + 1):
+        match = (pitch[L:] == pitch[:-L]) & (np.abs(ioi[L:] - ioi[:-L]) <= same)
+        run = 0
+        for m in match:  # a run of r matches: r + L notes of period L
+            run = run + 1 if m else 0
+            best = max(best, (run + L) // L)
+    return best
+
+
 def time_edges(top: float, n: int) -> np.ndarray:
     """Log-spaced bin edges for times in seconds, each moved to 3 ms past a multiple of 10
     ms. Decoded times are multiples of 10 ms (performance) or of 1/8 s (grids), and a MIDI

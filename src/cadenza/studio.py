@@ -43,6 +43,7 @@ from .data.midi import (
     score_from_notes,
     write_midi,
 )
+from .engine import WHY
 from .generate import PRIMER_TRACK, run_generate
 from .render import audio_missing, note_name, render_wav
 
@@ -155,8 +156,11 @@ def command_line(job: Job) -> str:
     if cfg.primer_seconds:
         args += [flag("primer_seconds"), f"{cfg.primer_seconds:g}"]
     for name, v in cfg.sample.to_dict().items():
-        if v is not None:
-            args += [flag(name), f"{v:g}" if isinstance(v, float) else str(v)]
+        if v is True:
+            args.append(flag(name))
+        elif v is not None and v is not False and not (name == "max_repeats" and v == 0):
+            shown = f"{v:g}" if isinstance(v, float) else str(v)
+            args += [flag(name), shlex.quote(shown)]
     return " ".join(["cadenza generate", *args, flag("out"), "takes/"])
 
 
@@ -309,7 +313,8 @@ class Studio:
                 "primer_seconds": info.primer["seconds"], "new_seconds": info.new_seconds,
                 "settings": info.settings, "memorization": info.memorization,
                 "notes": take_notes(Path(cfg.out) / info.files["midi"]),
-                "tokens_per_second": info.tokens_per_second,
+                "tokens_per_second": info.tokens_per_second, "stopped": info.stopped,
+                "stopped_why": WHY[info.stopped],
                 "midi": f"{base}/mid", "wav": f"{base}/wav" if info.files["wav"] else None,
                 "png": f"{base}/png", "command": command_line(job) + f"   # sample-{k}"}
 

@@ -144,7 +144,7 @@ def generate_windows(ck, task: str, src: list[np.ndarray], starts: list, drawing
 
         def draw(net, prompt, rows):
             need = np.repeat(lengths[rows], len(prompt) // len(rows))
-            scfg = SampleConfig(tokens=int(need.max()) + 1, **drawing.to_dict())
+            scfg = SampleConfig(tokens=int(need.max()) + 1, may_end=True, **drawing.to_dict())
             grammar = AfterPrefix(ExactLength(tok.vocab_size, pairs.LOWER_VOICES,
                                               tok.step_seconds, need), prompt.shape[1] - 1)
             return sample(net, prompt, grammar, scfg, int(need.max()) + 1)
@@ -152,7 +152,8 @@ def generate_windows(ck, task: str, src: list[np.ndarray], starts: list, drawing
         span = max(t1 - t0 for t0, t1 in starts)
 
         def draw(net, prompt, rows):
-            scfg = SampleConfig(seconds=span, **drawing.to_dict())
+            # a window ends where the model writes EOS (it learnt each window's end)
+            scfg = SampleConfig(seconds=span, may_end=True, **drawing.to_dict())
             return sample(net, prompt, AfterPrefix(tok.grammar(), prompt.shape[1] - 1), scfg,
                           model.max_context - prompt.shape[1])
     with torch.no_grad():

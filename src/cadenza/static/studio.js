@@ -106,7 +106,8 @@ async function loadInfo() {
   for (const [name, d] of Object.entries(info.defaults)) {
     const input = form.elements[name];
     if (!input) continue;
-    input.value = d.default === null ? "" : d.default;
+    if (input.type === "checkbox") input.checked = d.default === true;
+    else input.value = d.default === null ? "" : d.default;
     input.title = d.help;
   }
   form.elements.num_samples.max = info.limits.max_takes;
@@ -159,9 +160,14 @@ async function upload(file) {
 
 function settings() {
   const f = $("settings").elements, out = {};
-  for (const name of ["seconds", "temperature", "top_p", "top_k", "seed", "num_samples"]) {
+  for (const name of ["seconds", "temperature", "top_p", "top_k", "seed", "num_samples",
+                      "max_polyphony", "density", "max_repeats"]) {
     if (f[name].value !== "") out[name] = Number(f[name].value);
   }
+  for (const name of ["key", "pitch_range", "velocity_range"]) {
+    if (f[name].value.trim() !== "") out[name] = f[name].value.trim();
+  }
+  if (f.may_end.checked) out.may_end = true;
   return out;
 }
 
@@ -203,6 +209,17 @@ function showJob(job) {
 
 let takeCount = 0;
 
+function controlsText(s) {
+  const parts = [];
+  if (s.key) parts.push(`key ${s.key}`);
+  if (s.pitch_range) parts.push(`pitches ${s.pitch_range}`);
+  if (s.velocity_range) parts.push(`velocities ${s.velocity_range}`);
+  if (s.max_polyphony) parts.push(`at most ${s.max_polyphony} at once`);
+  if (s.density) parts.push(`aiming at ${s.density} notes/s`);
+  if (s.max_repeats) parts.push(`at most ${s.max_repeats} repeats`);
+  return parts.join(" · ");
+}
+
 function takeCard(t, compact, minSeconds) {
   const s = t.settings;
   const title = `Take ${t.number}`;
@@ -227,6 +244,8 @@ function takeCard(t, compact, minSeconds) {
     el("span", { text: `seed ${s.seed}, take ${t.take + 1} of ${s.num_samples}` }),
     el("span", { text: `temperature ${s.temperature} · top-p ${s.top_p} · top-k ${s.top_k}` }),
     el("span", { text: `${Math.round(t.tokens_per_second)} tokens/s` }),
+    el("span", { class: "stopped", text: `stopped: ${t.stopped_why}` }),
+    ...(controlsText(s) ? [el("span", { text: controlsText(s) })] : []),
     el("span", { class: "memorization", text: mem })));
   const links = el("div", { class: "row links" },
     el("a", { href: t.midi, download: `take-${t.number}.mid`, class: "midi-link", text: "MIDI" }),

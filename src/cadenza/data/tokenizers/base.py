@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,25 @@ from .grid import pad_to_cut
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ["PAD", "BOS", "EOS"]
+
+
+@dataclass(frozen=True)
+class NoteRoles:
+    """What the generation controls (controls.py) need to know of a vocabulary, token by
+    token, so that they can work on ids without knowing the scheme.
+
+    ``pitch``: (V,) the pitch a token strikes (or, in a grid, sounds), -1 for none: the
+    tokens a key or a range forbids. ``velocity``: (V,) the MIDI velocity a token gives,
+    -1 for none. ``velocity_carries``: a velocity token sets the velocity of every later
+    note until the next (performance), else it is the one note's own (MidiTok's, after its
+    pitch); ``default_velocity`` is the velocity before any velocity token. ``supports``:
+    the controls (SampleConfig field names) whose meaning this scheme carries."""
+
+    pitch: np.ndarray
+    velocity: np.ndarray
+    supports: frozenset[str]
+    velocity_carries: bool = False
+    default_velocity: int = -1
 
 
 def framed(ids: np.ndarray) -> np.ndarray:
@@ -69,6 +89,11 @@ class Grammar:
     def elapsed(self) -> np.ndarray:
         """(B,) seconds of music so far (for ``--seconds``)."""
         return np.zeros(len(self.done))
+
+    def sounding(self) -> np.ndarray | None:
+        """(B,) notes sounding at the next token's moment as the decoder will read them
+        (for ``--max-polyphony``); None where the scheme cannot tell."""
+        return None
 
     def feed(self, ids: np.ndarray) -> None:
         """Advance through a (B, T) prefix; BOS and PAD are skipped."""
@@ -192,6 +217,12 @@ class Tokenizer(ABC):
     def pitch_table(self) -> np.ndarray:
         """(V,) MIDI pitch carried by each token, -1 for tokens without one."""
         return np.full(self.vocab_size, -1, np.int64)
+
+    def note_roles(self) -> NoteRoles:
+        """The tokens' roles for the generation controls. By default the pitch tokens
+        carry a key and a range and nothing else is known."""
+        return NoteRoles(self.pitches, np.full(self.vocab_size, -1, np.int64),
+                         frozenset({"key", "pitch_range"}))
 
     @functools.cached_property
     def pitches(self) -> np.ndarray:

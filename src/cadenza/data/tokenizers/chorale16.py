@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..midi import MAX_PITCH, MIN_PITCH, BadInput, Notes
-from .base import EOS, SPECIALS, Grammar, Tokenizer
+from .base import EOS, SPECIALS, Grammar, NoteRoles, Tokenizer
 from .grid import Grid, Roll, roll_from_notes, roll_to_columns
 
 VOICES = 4
@@ -55,6 +55,12 @@ class Chorale16Tokenizer(Tokenizer):
         t[P0:] = np.arange(MIN_PITCH, MAX_PITCH + 1)
         return t
 
+    def note_roles(self) -> NoteRoles:
+        """Every PITCH token sounds a pitch at its step (held notes repeat theirs), so a key
+        and a range apply to all of them, and --max-polyphony to the voices of a step."""
+        return NoteRoles(self.pitches, np.full(self.vocab_size, -1, np.int64),
+                         frozenset({"key", "pitch_range", "max_polyphony"}))
+
     def frame_index(self, ids: np.ndarray) -> np.ndarray:
         """Step index of each content token (for per-step NLL)."""
         return np.arange(len(ids)) // VOICES
@@ -93,6 +99,7 @@ class StepGrammar(Grammar):
     def reset(self, batch: int) -> None:
         super().reset(batch)
         self.count = np.zeros(batch, np.int64)
+        self.voiced = np.zeros(batch, np.int64)  # voices with a pitch in the current step
 
     def allowed(self) -> np.ndarray:
         m = super().allowed()
@@ -101,8 +108,15 @@ class StepGrammar(Grammar):
         return m
 
     def advance(self, tokens: np.ndarray) -> None:
-        self.count += (~self.done) & (tokens > EOS)
+        live = (~self.done) & (tokens > EOS)
+        self.voiced = np.where(live & (self.count % self.period == 0), 0, self.voiced)
+        self.voiced += live & (tokens > SILENCE)
+        self.count += live
         super().advance(tokens)
 
     def elapsed(self) -> np.ndarray:
         return (self.count // self.period) * self.step_seconds
+
+    def sounding(self) -> np.ndarray:
+        """The pitches already given in the step being written (0 at a step's start)."""
+        return np.where(self.count % self.period == 0, 0, self.voiced)

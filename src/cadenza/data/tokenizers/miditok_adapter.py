@@ -22,7 +22,7 @@ import numpy as np
 import symusic
 
 from ..midi import Notes, notes_from_score, score_from_notes
-from .base import BOS, EOS, PAD, Grammar, Tokenizer
+from .base import BOS, EOS, PAD, Grammar, NoteRoles, Tokenizer
 
 NAMES = ("REMI", "TSD", "MIDILike", "Structured", "CPWord", "Octuple", "MuMIDI", "MMM")
 STREAM_NAMES = ("REMI", "TSD", "MIDILike", "Structured")  # single-stream, no multi-vocab
@@ -152,6 +152,22 @@ class MidiTokTokenizer(Tokenizer):
             if kind in ("Pitch", "NoteOn", "NoteOff") and val.isdigit():
                 t[i] = int(val)
         return t
+
+    def note_roles(self) -> NoteRoles:
+        """Pitch/NoteOn tokens strike, each note's Velocity token follows it. Polyphony and
+        repeats would need each note's time and length token by token, which MidiTok's
+        streams give only through a decode; those controls say so."""
+        pitch = np.full(self.vocab_size, -1, np.int64)
+        velocity = np.full(self.vocab_size, -1, np.int64)
+        for i, name in enumerate(self.vocab):
+            kind, _, val = name.partition("_")
+            if kind in ("Pitch", "NoteOn") and val.isdigit():
+                pitch[i] = int(val)
+            elif kind == "Velocity" and val.isdigit():
+                velocity[i] = int(val)
+        supports = {"key", "pitch_range", "density"} | \
+            ({"velocity_range"} if (velocity >= 0).any() else set())
+        return NoteRoles(pitch, velocity, frozenset(supports))
 
     def fit_grammar(self, sequences: Iterable[np.ndarray]) -> None:
         """Record which token types follow which in real data (BOS starts, EOS ends)."""

@@ -20,7 +20,7 @@ from collections import deque
 import numpy as np
 
 from ..midi import Notes
-from .base import EOS, SPECIALS, Grammar, Tokenizer
+from .base import EOS, SPECIALS, Grammar, NoteRoles, Tokenizer
 
 STEPS_PER_SECOND = 100
 MAX_SHIFT = 100
@@ -184,6 +184,18 @@ class PerformanceTokenizer(Tokenizer):
         t[OFF0:SHIFT0] = np.arange(128)
         return t
 
+    def note_roles(self) -> NoteRoles:
+        """NOTE_ON strikes; a VELOCITY token sets every later note's velocity; every
+        control applies (the grammar counts the keys down for --max-polyphony)."""
+        pitch = np.full(VOCAB, -1, np.int64)
+        pitch[ON0:OFF0] = np.arange(128)
+        velocity = np.full(VOCAB, -1, np.int64)
+        velocity[VEL0:] = bin_velocity(np.arange(N_VEL))
+        return NoteRoles(pitch, velocity, frozenset({"key", "pitch_range", "velocity_range",
+                                                     "max_polyphony", "density",
+                                                     "max_repeats"}),
+                         velocity_carries=True, default_velocity=int(bin_velocity(DEFAULT_BIN)))
+
     def augment_together(self, seqs: list[np.ndarray], rng: np.random.Generator, aug
                          ) -> list[np.ndarray]:
         """One transposition, velocity shift and time stretch for all of ``seqs``."""
@@ -252,6 +264,9 @@ class PerformanceGrammar(Grammar):
         self.down = np.zeros((batch, 128), np.int64)
         self.since = np.zeros((batch, 128), np.int64)  # step of each key's latest strike
         self.steps = np.zeros(batch, np.int64)
+        # notes struck and released at the current step: the decoder gives each 10 ms,
+        # so they still sound with the next note struck at this step
+        self.blip = np.zeros(batch, np.int64)
 
     def allowed(self) -> np.ndarray:
         m = super().allowed()
@@ -272,11 +287,17 @@ class PerformanceGrammar(Grammar):
         # the hold is timed from the latest strike: a re-struck key sounds anew
         self.since[b[on], tokens[on] - ON0] = self.steps[on]
         self.down[b[on], tokens[on] - ON0] += 1
+        key = np.where(off, tokens - OFF0, 0)
+        self.blip += off & (self.down[b, key] > 0) & (self.since[b, key] == self.steps)
         self.down[b[off], tokens[off] - OFF0] -= 1
         np.maximum(self.down, 0, out=self.down)
         sh = live & (tokens >= SHIFT0) & (tokens < VEL0)
         self.steps[sh] += tokens[sh] - SHIFT0 + 1
+        self.blip[sh] = 0
         super().advance(tokens)
 
     def elapsed(self) -> np.ndarray:
         return self.steps / STEPS_PER_SECOND
+
+    def sounding(self) -> np.ndarray:
+        return self.down.sum(1) + self.blip

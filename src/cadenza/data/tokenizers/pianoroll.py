@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..midi import MIN_PITCH, Notes
-from .base import EOS, SPECIALS, Grammar, Tokenizer
+from .base import EOS, SPECIALS, Grammar, NoteRoles, Tokenizer
 from .grid import Grid, Roll, grid_to_roll, roll_from_notes
 
 K0 = len(SPECIALS)  # key i (pitch 21 + i) -> K0 + i
@@ -78,6 +78,11 @@ class PianoRollTokenizer(Tokenizer):
         t[K0:FRAME] = np.arange(88) + MIN_PITCH
         return t
 
+    def note_roles(self) -> NoteRoles:
+        """KEY tokens sound a key in their frame; --max-polyphony counts a frame's keys."""
+        return NoteRoles(self.pitches, np.full(self.vocab_size, -1, np.int64),
+                         frozenset({"key", "pitch_range", "max_polyphony"}))
+
     def frame_index(self, ids: np.ndarray) -> np.ndarray:
         """Frame of each content token; FRAME belongs to the frame it closes."""
         ids = np.asarray(ids)
@@ -98,6 +103,7 @@ class RollGrammar(Grammar):
         super().reset(batch)
         self.last_key = np.full(batch, -1, np.int64)
         self.frames = np.zeros(batch, np.int64)
+        self.keys = np.zeros(batch, np.int64)  # keys given in the frame being written
 
     def allowed(self) -> np.ndarray:
         m = super().allowed()
@@ -111,11 +117,16 @@ class RollGrammar(Grammar):
         live = ~self.done
         key = live & (tokens >= K0) & (tokens < FRAME)
         self.last_key[key] = tokens[key] - K0
+        self.keys += key
         fr = live & (tokens == FRAME)
         self.last_key[fr] = -1
+        self.keys[fr] = 0
         self.frames[fr] += 1
         super().advance(tokens)
 
     def elapsed(self) -> np.ndarray:
         return self.frames * self.step_seconds
+
+    def sounding(self) -> np.ndarray:
+        return self.keys.copy()
 

@@ -1,0 +1,301 @@
+"""The generation engine: a stateful session over token ids that every way of generating runs
+on (``generate``, ``harmonize``/``accompany``, the studio, the benchmarks).
+
+An :class:`Engine` holds the model and its cache (key/values, or an RNN's state), the
+tokenizer's grammar and its clock, the controls (controls.py), the sampling settings and the
+seeded generator. ``feed`` extends the context without sampling (a primer, what a player just
+played); ``step`` draws one token per sample; ``run`` steps until the asked seconds or tokens
+exist, and says why each sample stopped. Between calls its state can be read: the tokens so
+far, the time the music has reached, why a sample stopped.
+
+Each draw: the model's logits, the grammar's mask (never an undecodable sequence), the hard
+controls' mask, the soft controls' bias, then temperature, top-k and top-p, and a seeded
+draw (same seed, same music). EOS and PAD are masked until the asked length exists, unless
+``may_end``. With a cache each token costs one position; past the model's context the
+engine keeps the most recent half (on a voice-period boundary) and re-reads it: the one
+place that slides.
+
+The model never learns of MIDI: the tokenizer's grammar and ``note_roles`` tell the engine
+what tokens mean.
+
+Try it::
+
+    eng = Engine(model, tok.grammar(), SampleConfig(seconds=10, key="D minor"), batch=1,
+                 roles=tok.note_roles(), scheme=tok.name)
+    eng.feed(prompt)            # (T,) or (B, T) ids, starting with BOS
+    result = eng.run()          # result.tokens[b], result.stopped[b]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import SampleConfig
+from .controls import Controls
+from .data.tokenizers import EOS, PAD
+from .data.tokenizers.base import Grammar, NoteRoles
+from .models import TokenModel
+
+Progress = Callable[[float], None]  # hears the share of the sampling done, 0..1
+
+# Why a sample stopped (Run.stopped):
+SECONDS = "seconds"  # it reached the seconds asked
+TOKENS = "tokens"  # it reached the tokens asked
+EOS_STOP = "eos"  # the model ended the piece (allowed with may_end)
+DEAD_END = "dead-end"  # nothing but EOS was legal (a grammar's or the controls' dead end)
+TOKEN_LIMIT = "token-limit"  # the token ceiling came before the seconds asked
+WHY = {SECONDS: "reached the seconds asked", TOKENS: "reached the tokens asked",
+       EOS_STOP: "the model ended the piece (--may-end)",
+       DEAD_END: "the grammar allowed nothing but the end",
+       TOKEN_LIMIT: "the token ceiling came first"}
+TOKENS_PER_SECOND_CEILING = 200  # --seconds S samples at most 200 S tokens
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the k most likely tokens and/or the smallest set with mass >= top_p."""
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_l, idx = torch.sort(logits, descending=True, dim=-1)
+        probs = torch.softmax(sorted_l, -1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the token that crosses top_p
+        logits = logits.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
+    return logits
+
+
+def draw(logits: torch.Tensor, allowed: torch.Tensor, cfg, gen: torch.Generator,
+         not_now: torch.Tensor | None = None) -> torch.Tensor:
+    """One token per row of ``logits`` (B, V), among the ``allowed`` ones, at the
+    temperature, after top-k/top-p: (B,) on the CPU.
+
+    ``torch.multinomial(probs, 1)`` draws q ~ Exp(1) per token and takes argmax(probs / q);
+    this does exactly that, with the same generator, so the tokens are the same, with one
+    check of the distribution instead of multinomial's three (decoding pays per operation).
+
+    ``not_now`` (B, V): tokens taken out after top-k/top-p (EOS before the length asked), so
+    that where the draw would not have been one of them it is the same token as without
+    them; a row left with nothing draws again with them masked from the start."""
+    lg = torch.where(allowed, logits.float(), float("-inf"))
+    if cfg.temperature != 1.0:
+        lg = lg / cfg.temperature
+    probs = torch.softmax(filter_logits(lg, cfg.top_k, cfg.top_p), -1).cpu()
+    if not bool(probs.isfinite().all()):  # NaN logits, or no token allowed
+        raise RuntimeError("sampling: the model's next-token distribution is not finite")
+    if not_now is not None:
+        probs = probs.masked_fill(not_now, 0.0)
+        empty = probs.sum(-1) == 0
+        if bool(empty.any()):  # the nucleus held only those: renormalise without them
+            again = torch.softmax(filter_logits(lg[empty].masked_fill(
+                not_now[empty], float("-inf")), cfg.top_k, cfg.top_p), -1)
+            probs[empty] = again
+    q = torch.empty_like(probs).exponential_(1.0, generator=gen)
+    return (probs / q).argmax(-1)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one ``Engine.run`` wrote: each sample's new tokens, cut at its end, and why it
+    stopped (SECONDS, TOKENS, EOS_STOP, DEAD_END or TOKEN_LIMIT). In a batch, a sample that
+    ended keeps drawing until all have (their draws share one generator): the engine's
+    context holds those tokens too, so only a batch of one is continued token for token."""
+
+    tokens: list[np.ndarray]
+    stopped: list[str]
+
+
+class Engine:
+    """One generation session over a batch of ``batch`` samples (see the module's doc)."""
+
+    def __init__(self, model: TokenModel, grammar: Grammar, cfg: SampleConfig, *,
+                 batch: int = 1, period: int = 1, use_cache: bool = True,
+                 roles: NoteRoles | None = None, scheme: str = "") -> None:
+        self.model, self.grammar, self.cfg = model, grammar, cfg
+        self.batch, self.period, self.use_cache = batch, max(1, period), use_cache
+        self.device = next(model.parameters()).device
+        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.controls = None
+        if cfg.controls:
+            if roles is None:
+                raise ValueError("controls need the tokenizer's note roles")
+            self.controls = Controls(cfg, roles, scheme)
+            self.controls.reset(batch)
+            self._strikes = torch.from_numpy(self.controls.strikes).to(self.device)
+        grammar.reset(batch)
+        self.buf = torch.zeros((batch, 256), dtype=torch.long, device=self.device)
+        self.n = 0  # tokens in the context so far
+        self.fed = 0  # of them, read by the model into its cache
+        self.cache = None
+        self.logits: torch.Tensor | None = None
+
+    # --- the context ---------------------------------------------------------------------
+
+    @property
+    def max_context(self) -> int | None:
+        return self.model.max_context
+
+    def tokens(self) -> np.ndarray:
+        """(B, T) every token so far (the primer's, fed ones and sampled ones)."""
+        return self.buf[:, : self.n].cpu().numpy()
+
+    def elapsed(self) -> np.ndarray:
+        """(B,) seconds the music has reached (the grammar's clock)."""
+        return self.grammar.elapsed()
+
+    def _append(self, ids: torch.Tensor) -> None:
+        if self.n + ids.shape[1] > self.buf.shape[1]:  # grow: appending stays a column write
+            grown = torch.zeros((self.batch, 2 * (self.n + ids.shape[1])), dtype=torch.long,
+                                device=self.device)
+            grown[:, : self.n] = self.buf[:, : self.n]
+            self.buf = grown
+        self.buf[:, self.n: self.n + ids.shape[1]] = ids
+        self.n += ids.shape[1]
+
+    def feed(self, ids: np.ndarray) -> None:
+        """Extend the context by ``ids`` ((T,) for every sample, or (B, T)) without sampling:
+        the grammar, the controls and (at the next step) the model read them."""
+        ids = np.asarray(ids, np.int64)
+        if ids.ndim == 1:
+            ids = np.repeat(ids[None], self.batch, 0)
+        if self.controls is None:
+            self.grammar.feed(ids)
+        else:  # the controls need the time after each token
+            times = np.zeros(ids.shape)
+            for t in range(ids.shape[1]):
+                self.grammar.feed(ids[:, t: t + 1])
+                times[:, t] = self.grammar.elapsed()
+            self.controls.feed(ids, times)
+        self._append(torch.as_tensor(ids, dtype=torch.long, device=self.device))
+
+    def _window(self, s: torch.Tensor) -> torch.Tensor:
+        """The latest tokens that fit, starting on a voice-period boundary."""
+        max_len = self.max_context
+        if max_len is None or s.shape[1] <= max_len:
+            return s
+        keep = max_len // 2 if self.use_cache else max_len
+        drop = s.shape[1] - keep
+        drop += (-drop) % self.period
+        return s[:, drop:]
+
+    def _next_logits(self) -> torch.Tensor:
+        """(B, V) logits after the last token, reading what the model has not read yet."""
+        if not self.use_cache:
+            return self.model(self._window(self.buf[:, : self.n]))[:, -1]
+        new = self.n - self.fed
+        if new == 0 and self.logits is not None:
+            return self.logits
+        max_len = self.max_context
+        if self.cache is None or self.fed == 0 or \
+                (max_len is not None and self.cache.length + new > max_len):
+            # the first read, or a slide: a fresh cache re-reads the recent half
+            self.cache = self.model.new_cache(self.batch)
+            self.logits = self.model(self._window(self.buf[:, : self.n]), self.cache)[:, -1]
+        else:
+            self.logits = self.model(self.buf[:, self.fed: self.n], self.cache)[:, -1]
+        self.fed = self.n
+        return self.logits
+
+    # --- sampling --------------------------------------------------------------------------
+
+    def step(self, may_end: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Draw one token per sample and append it. Returns the tokens (B,) and which rows
+        could draw nothing but EOS/PAD (a dead end) when ``may_end`` is False."""
+        logits = self._next_logits()
+        allowed = self.grammar.allowed()
+        if self.controls is not None:
+            now = self.grammar.elapsed()
+            allowed = self.controls.restrict(allowed, self.grammar, now)
+            bias = self.controls.bias(now)
+            if bias is not None:
+                logits = logits + torch.as_tensor(bias, dtype=logits.dtype,
+                                                  device=self.device)[:, None] * self._strikes
+        dead = np.zeros(self.batch, bool)
+        not_now = None
+        if not may_end:  # no end while anything else is legal
+            others = allowed.copy()
+            others[:, [EOS, PAD]] = False
+            dead = ~others.any(1)
+            not_now = np.zeros_like(allowed)
+            not_now[~dead, EOS] = not_now[~dead, PAD] = True
+            not_now = torch.from_numpy(not_now)
+        nxt = draw(logits, torch.from_numpy(allowed).to(self.device), self.cfg, self.gen,
+                   not_now)
+        tokens = nxt.numpy()
+        self.grammar.advance(tokens)
+        if self.controls is not None:
+            self.controls.advance(tokens, self.grammar.elapsed())
+        self._append(nxt.to(self.device)[:, None])
+        return tokens, dead
+
+    def run(self, seconds: float | None = None, tokens: int | None = None,
+            may_end: bool | None = None, max_tokens: int | None = None,
+            progress: Progress | None = None) -> Run:
+        """Sample until each sample has ``seconds`` of new music or ``tokens`` new tokens
+        (default: the config's), or has ended. EOS/PAD are not drawn before that unless
+        ``may_end`` (default: the config's). ``max_tokens`` caps a seconds run (default 200
+        a second). ``progress``, when given, hears the share done (0..1) every few tokens;
+        an exception it raises stops sampling (the studio cancels that way)."""
+        cfg = self.cfg
+        if seconds is None and tokens is None:
+            seconds, tokens = cfg.seconds, cfg.tokens
+        may_end = cfg.may_end if may_end is None else may_end
+        limit = max_tokens or tokens or int(max(seconds or 0, 1) * TOKENS_PER_SECOND_CEILING)
+        B = self.batch
+        t0 = self.grammar.elapsed().copy()
+        if self.controls is not None:
+            self.controls.begin(t0)
+        start = self.n
+        ends = np.full(B, -1)
+        why = [TOKENS if tokens else TOKEN_LIMIT] * B
+        for i in range(limit):
+            # every sample draws until all have ended (one generator: each sample's draws
+            # depend on the batch's), and a sample's tokens are cut at its end
+            step, dead = self.step(may_end=may_end)
+            for b in np.flatnonzero((ends < 0) & ((step == EOS) | (step == PAD))):
+                ends[b], why[b] = i + 1, DEAD_END if dead[b] else EOS_STOP
+            if seconds:
+                reached = (ends < 0) & (self.grammar.elapsed() - t0 >= seconds)
+                ends[reached] = i + 1
+                for b in np.flatnonzero(reached):
+                    why[b] = SECONDS
+            if (ends >= 0).all():
+                break
+            if progress is not None and i % 8 == 0:
+                if seconds:  # the slowest sample still running decides
+                    done = np.where(ends >= 0, 1.0, (self.grammar.elapsed() - t0) / seconds)
+                    progress(float(np.clip(done.min(), 0.0, 1.0)))
+                else:
+                    progress(i / limit)
+        if progress is not None:
+            progress(1.0)
+        new = self.buf[:, start: self.n].cpu().numpy()
+        cut = [new[b, : ends[b] if ends[b] >= 0 else new.shape[1]] for b in range(B)]
+        return Run(cut, why)
+
+
+@torch.no_grad()
+def sample(model: TokenModel, prompt: np.ndarray, grammar: Grammar, cfg: SampleConfig,
+           max_new: int, use_cache: bool = True, period: int = 1,
+           progress: Progress | None = None, roles: NoteRoles | None = None,
+           scheme: str = "") -> list[np.ndarray]:
+    """Continue ``prompt`` ((B, T0) ids starting with BOS) by up to ``max_new`` tokens, on a
+    fresh Engine: each sample's new tokens, cut at its end (``Engine.run``)."""
+    return sample_run(model, prompt, grammar, cfg, max_new, use_cache, period, progress,
+                      roles, scheme).tokens
+
+
+@torch.no_grad()
+def sample_run(model: TokenModel, prompt: np.ndarray, grammar: Grammar, cfg: SampleConfig,
+               max_new: int, use_cache: bool = True, period: int = 1,
+               progress: Progress | None = None, roles: NoteRoles | None = None,
+               scheme: str = "") -> Run:
+    """``sample``, with why each sample stopped."""
+    eng = Engine(model, grammar, cfg, batch=prompt.shape[0], period=period,
+                 use_cache=use_cache, roles=roles, scheme=scheme)
+    eng.feed(prompt)
+    return eng.run(seconds=cfg.seconds if not cfg.tokens else None,
+                   tokens=cfg.tokens or None, max_tokens=max_new, progress=progress)

@@ -1,0 +1,95 @@
+"""Names musicians use, read into numbers: keys (``"D minor"``, ``"F# major"``, ``"Bb:maj"``),
+note names (``"C4"`` is MIDI 60, ``"A0"`` the piano's lowest key) and ranges (``"A0-C8"``,
+``"40-80"``). Imports nothing of Cadenza's: the configs validate flags with it.
+
+A minor key allows the union of its natural, harmonic and melodic forms (the raised 6th and
+7th are part of minor-key writing), so ``"A minor"`` is A B C D E F F# G G#.
+"""
+
+from __future__ import annotations
+
+import re
+
+LOWEST_KEY, HIGHEST_KEY = 21, 108  # A0 and C8, the piano's keyboard
+NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
+MAJOR = (0, 2, 4, 5, 7, 9, 11)
+MINOR = (0, 2, 3, 5, 7, 8, 9, 10, 11)  # natural (b6 b7) + harmonic (7) + melodic (6, 7)
+_LETTER = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
+_KEY = re.compile(r"^\s*([a-g])(#|♯|b|♭|s|sharp|flat)?\s*(?:[:\s]\s*)?"
+                  r"(major|minor|maj|min|m)?\s*$", re.IGNORECASE)
+_NOTE = re.compile(r"^\s*([a-g])(#|♯|b|♭)?(-?\d+)\s*$", re.IGNORECASE)
+
+
+def _accidental(a: str | None) -> int:
+    a = (a or "").lower()
+    return 1 if a in ("#", "♯", "s", "sharp") else -1 if a in ("b", "♭", "flat") else 0
+
+
+def parse_key(text: str) -> tuple[int, str]:
+    """``"D minor"`` -> (2, "minor"). Letter, optional accidental (# or b), optional mode
+    (major/maj, minor/min/m; none: major), case-insensitive, with a space or a colon
+    between. Raises ValueError saying what is accepted."""
+    m = _KEY.match(text)
+    if not m:
+        raise ValueError(f"unknown key {text!r}; write a letter A-G, an optional # or b and "
+                         "major or minor, e.g. 'D minor', 'F# major', 'Bb:maj'")
+    root = (_LETTER[m.group(1).lower()] + _accidental(m.group(2))) % 12
+    mode = (m.group(3) or "major").lower()
+    return root, "minor" if mode in ("minor", "min", "m") else "major"
+
+
+def key_pitch_classes(text: str) -> frozenset[int]:
+    """The pitch classes (0 = C) of a key's scale: 7 in major, 9 in minor (see above)."""
+    root, mode = parse_key(text)
+    return frozenset((root + i) % 12 for i in (MINOR if mode == "minor" else MAJOR))
+
+
+def key_name(text: str) -> str:
+    """The key spelt one way: ``"d:min"`` -> ``"D minor"``."""
+    root, mode = parse_key(text)
+    return f"{NAMES[root]} {mode}"
+
+
+def note_number(text: str) -> int:
+    """A MIDI note number from ``"60"`` or a name with its octave (``"C4"`` = 60,
+    ``"A0"`` = 21, ``"F#5"``, ``"Bb3"``)."""
+    t = text.strip()
+    if re.fullmatch(r"-?\d+", t):
+        return int(t)
+    m = _NOTE.match(t)
+    if not m:
+        raise ValueError(f"{text!r} is neither a MIDI number nor a note name like C4 or F#5")
+    return 12 * (int(m.group(3)) + 1) + _LETTER[m.group(1).lower()] + _accidental(m.group(2))
+
+
+def parse_range(text: str, low: int, high: int, what: str = "values") -> tuple[int, int]:
+    """``"LOW-HIGH"`` (numbers or note names) -> (low, high), both inside [low, high] and in
+    order. Raises ValueError naming the problem."""
+    m = re.fullmatch(r"\s*(-?[^-\s]+)\s*-\s*(-?[^-\s]+)\s*", str(text))
+    if not m:
+        raise ValueError(f"expected LOW-HIGH (e.g. {low}-{high}), got {text!r}")
+    a, b = (note_number(g) for g in m.groups())
+    if a > b:
+        raise ValueError(f"the range {text!r} runs backwards (LOW must be <= HIGH)")
+    if a < low or b > high:
+        raise ValueError(f"the range {text!r} leaves the {what} {low}..{high}")
+    return a, b
+
+
+# Krumhansl & Kessler (1982) key profiles: how well each pitch class fits a key, from C.
+_KK_MAJOR = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
+_KK_MINOR = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
+
+
+def estimate_key(weights) -> str:
+    """The key whose Krumhansl-Kessler profile best correlates with ``weights``, 12 numbers
+    (e.g. seconds sounded per pitch class, from C): ``"D minor"`` (Krumhansl 1990)."""
+    import numpy as np
+    w = np.asarray(weights, float)
+    best, name = -2.0, "C major"
+    for mode, prof in (("major", _KK_MAJOR), ("minor", _KK_MINOR)):
+        for root in range(12):
+            r = float(np.corrcoef(w, np.roll(prof, root))[0, 1]) if w.std() > 0 else 0.0
+            if r > best:
+                best, name = r, f"{NAMES[root]} {mode}"
+    return name
