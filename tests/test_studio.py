@@ -52,6 +52,9 @@ def studio(tiny_run, tmp_path, monkeypatch):
     s.close()
 
 
+OCTET = {"content-type": "application/octet-stream"}  # how the page sends an upload
+
+
 def _midi_bytes(tmp_path: Path, notes, name: str = "piece.mid") -> bytes:
     f = tmp_path / name
     make_score(notes).dump_midi(str(f))
@@ -87,16 +90,16 @@ def test_models_lists_runs_checkpoints_with_their_numbers(studio, tiny_run):
 
 def test_bad_uploads_get_a_clear_message_and_the_server_keeps_serving(studio, tmp_path):
     s, client = studio
-    r = client.post("/api/starts?name=notes.txt", content=b"these are not notes")
+    r = client.post("/api/starts?name=notes.txt", content=b"these are not notes", headers=OCTET)
     assert r.status_code == 400 and r.json()["error"] == \
         "notes.txt: not a MIDI file (no MThd header)"
-    r = client.post("/api/starts?name=empty.mid", content=b"")
+    r = client.post("/api/starts?name=empty.mid", content=b"", headers=OCTET)
     assert r.status_code == 400 and r.json()["error"] == "empty.mid: empty file"
     silent = _midi_bytes(tmp_path, [], "silent.mid")
-    r = client.post("/api/starts?name=silent.mid", content=silent)
+    r = client.post("/api/starts?name=silent.mid", content=silent, headers=OCTET)
     assert r.status_code == 400 and "silent.mid: no notes" in r.json()["error"]
     big = b"MThd" + bytes(60_000)  # over this studio's 0.05 MB
-    r = client.post("/api/starts?name=big.mid", content=big)
+    r = client.post("/api/starts?name=big.mid", content=big, headers=OCTET)
     assert r.status_code == 413 and "big.mid: too large" in r.json()["error"] \
         and "0.05 MB" in r.json()["error"]
     r = client.post("/api/jobs", json={"model": _run_model(s), "sample": {"temperature": -1}})
@@ -107,7 +110,7 @@ def test_bad_uploads_get_a_clear_message_and_the_server_keeps_serving(studio, tm
         else True  # nothing refused was kept
     # still serving: a good file after the bad ones
     good = _midi_bytes(tmp_path, random_piece(np.random.default_rng(1), 30, 8.0))
-    r = client.post("/api/starts?name=good.mid", content=good)
+    r = client.post("/api/starts?name=good.mid", content=good, headers=OCTET)
     assert r.status_code == 200 and len(r.json()["notes"]) == 30
 
 
@@ -119,7 +122,7 @@ def test_two_requests_at_once_each_get_their_own_takes(studio, tmp_path):
     s, client = studio
     model = _run_model(s)
     piece = _midi_bytes(tmp_path, random_piece(np.random.default_rng(2), 40, 10.0))
-    sid = client.post("/api/starts?name=p.mid", content=piece).json()["id"]
+    sid = client.post("/api/starts?name=p.mid", content=piece, headers=OCTET).json()["id"]
     asks = [{"model": model, "start": sid, "primer_seconds": 4,
              "sample": {"tokens": 40, "seed": 1, "num_samples": 2}},
             {"model": model, "start": sid, "primer_seconds": 6,
@@ -202,7 +205,7 @@ def test_without_fluidsynth_the_page_says_so_and_still_offers_midi(tiny_run, tmp
         client = TestClient(make_app(s))
         assert "FluidSynth not found" in client.get("/api/info").json()["audio_missing"]
         piece = _midi_bytes(tmp_path, random_piece(np.random.default_rng(3), 20, 6.0))
-        start = client.post("/api/starts?name=p.mid", content=piece).json()
+        start = client.post("/api/starts?name=p.mid", content=piece, headers=OCTET).json()
         assert start["audio"] is None
         job = client.post("/api/jobs", json={"model": _run_model(s), "start": start["id"],
                                              "sample": {"tokens": 20}}).json()
@@ -222,7 +225,8 @@ def test_each_takes_command_line_is_the_cli_for_the_same_settings():
     from cadenza.config import GenerateConfig, SampleConfig
     from cadenza.studio import Job, command_line
     sample = SampleConfig(seconds=3.5, temperature=0.9, top_p=0.95, top_k=12, seed=4,
-                          num_samples=2)
+                          num_samples=2, may_end=True, key="D minor", pitch_range="C3-C6",
+                          max_polyphony=3, density=5.5, max_repeats=2)
     job = Job("j", 0, GenerateConfig(out="o", primer="/tmp/x/start.mid", primer_seconds=4.5,
                                      sample=sample), "my song's.mid")
     args = build_parser().parse_args(shlex.split(command_line(job))[1:])
@@ -297,6 +301,7 @@ def test_the_page_in_chromium(server, tmp_path):
         page.fill("#settings [name=seconds]", "4")
         page.fill("#settings [name=num_samples]", "2")
         page.fill("#settings [name=seed]", "7")
+        page.fill("#settings [name=key]", "D minor")  # a control: every new note in D minor
         page.click("#generate")
         page.wait_for_function("document.querySelectorAll('.take').length === 2",
                                timeout=120_000)
@@ -310,7 +315,8 @@ def test_the_page_in_chromium(server, tmp_path):
         for card in page.locator(".take").all():
             assert card.locator("svg.roll rect.note.primer").count() > 0
             assert card.locator("svg.roll rect.note.cont").count() > 0
-            assert "seed 7" in card.inner_text()
+            assert "seed 7" in card.inner_text() and "key D minor" in card.inner_text()
+            assert "stopped: reached the seconds asked" in card.inner_text()
         page.screenshot(path=str(shots / "studio.png"), full_page=True)
 
         with page.expect_download() as dl:
@@ -323,6 +329,7 @@ def test_the_page_in_chromium(server, tmp_path):
         upload = notes_from_score(load_score(OPENING))
         first = upload.start < keep - 0.05  # the primer's notes are the upload's first 5 s
         assert len(cont) > 0 and len(primer) >= first.sum() > 10
+        assert np.isin(cont.pitch % 12, [2, 4, 5, 7, 9, 10, 0, 1, 11]).all()
         unmatched = list(zip(primer.start.tolist(), primer.pitch.tolist()))
         for t, pitch in zip(upload.start[first].tolist(), upload.pitch[first].tolist()):
             hit = next((u for u in unmatched if u[1] == pitch and abs(u[0] - t) <= 0.02), None)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
@@ -88,15 +90,47 @@ class _Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]):
+        """The config from JSON-like values (a checkpoint's config.json, a page's request),
+        each checked against its field's type first, so that a wrong type is one line
+        naming the flag (``--temperature: must be a number, got 'abc'``)."""
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        hints = typing.get_type_hints(cls)
+        for k, v in d.items():
+            _check_type(k, hints[k], v)
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kwargs)
 
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _check_type(name: str, tp: Any, v: Any) -> None:
+    """``v`` may be stored in a field of type ``tp`` (ints count as floats, lists as
+    tuples); else ConfigError naming the flag."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if v is None and type(None) in args:
+            return
+        tp = next(a for a in args if a is not type(None))
+        args = typing.get_args(tp)
+    want = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+    ok = {bool: lambda x: isinstance(x, bool),
+          int: lambda x: isinstance(x, int) and not isinstance(x, bool),
+          float: lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
+          str: lambda x: isinstance(x, str)}
+    if tp in ok:
+        if not ok[tp](v):
+            raise ConfigError(f"{flag(name)}: must be {want[tp]}, got {v!r}")
+    elif typing.get_origin(tp) is tuple:
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{flag(name)}: must be a list, got {v!r}")
+        inner = [a for a in args if a is not Ellipsis]
+        for x in v:
+            if len(inner) == 1 or (args and args[-1] is Ellipsis):
+                _check_type(name, inner[0], x)
 
 
 def _tokenizer_names() -> list[str]:
@@ -657,9 +691,27 @@ class StudioConfig(_Config):
     max_upload_mb: float = option(4.0, "largest MIDI file the page accepts, MB")
     max_seconds: float = option(120.0, "longest continuation one take may ask for, seconds")
     max_takes: int = option(8, "most takes one click may ask for")
+    max_queue: int = option(8, "most requests waiting or running at once (a page: at most "
+                            "half of them, and at least 1); more are refused until one "
+                            "finishes")
+    max_work_mb: float = option(512.0, "disk the studio's starts and takes may use, MB; the "
+                                "oldest finished takes and unused starts go first")
+    allow_host: tuple[str, ...] = option((), "another name this server may be reached by "
+                                         "(a Host header it accepts), e.g. a LAN name",
+                                         repeat=True, metavar="NAME")
+    token: str | None = option(None, "the token a non-loopback --host requires (default: a "
+                               "random one, printed in the address)")
+    no_token: bool = option(False, "serve a non-loopback --host without a token: anyone who "
+                            "can reach it can use it")
 
     def __post_init__(self) -> None:
         _check(0 <= self.port <= 65535, "port", "must be in 0..65535", self.port)
+        _check(self.max_queue >= 1, "max_queue", "must be >= 1", self.max_queue)
+        _check(self.max_work_mb >= 1, "max_work_mb", "must be >= 1", self.max_work_mb)
+        _check(self.token is None or len(self.token) >= 8, "token",
+               "must be at least 8 characters", self.token)
+        if self.token and self.no_token:
+            raise ConfigError("--token and --no-token: give one of them, not both")
         _check(0 < self.max_upload_mb <= 100, "max_upload_mb", "must be in (0, 100]",
                self.max_upload_mb)
         _check(self.max_seconds > 0, "max_seconds", "must be > 0", self.max_seconds)

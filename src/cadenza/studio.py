@@ -12,18 +12,26 @@ run them side by side), and each job owns its folder, so takes never mix. Everyt
 server writes lives in one temporary folder, removed when it stops (Ctrl-C or SIGTERM); one
 left by a killed server is removed by the next start.
 
+Bounded: at most --max-queue jobs wait or run (a page at most half of them), a job can be
+cancelled, and the folder stays within --max-work-mb (the oldest finished takes and unused
+starts go first). Guarded (guard.py): only its own names as Host, only its own page may
+change anything, a token off loopback. Every field of a request is checked by the configs
+the CLI uses, and a user sees a line naming the field, never a Python exception.
+
     cadenza studio                       # the pretrained piano model
     cadenza studio --runs runs/          # and every checkpoint under runs/
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import shlex
 import shutil
 import socket
 import tempfile
 import threading
+import traceback
 import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -45,6 +53,7 @@ from .data.midi import (
 )
 from .engine import WHY
 from .generate import PRIMER_TRACK, run_generate
+from .guard import Guard, GuardMiddleware, is_loopback
 from .render import audio_missing, note_name, render_wav
 
 STATIC = Path(__file__).parent / "static"
@@ -54,6 +63,23 @@ START_AUDIO_SECONDS = 120.0  # a start's WAV covers its first two minutes
 
 class Stopped(Exception):
     """Raised into a running generation when the server stops."""
+
+
+class Cancelled(Exception):
+    """Raised into a running generation when its page cancels it."""
+
+
+class Busy(ConfigError):
+    """A request over --max-queue (HTTP 429): what to wait for."""
+
+
+class Unsupported(ValueError):
+    """A body of a type this endpoint does not take (HTTP 415)."""
+
+
+ACTIVE = ("queued", "running", "writing")
+FINISHED = ("done", "failed", "cancelled")
+KEEP_JOBS, KEEP_STARTS = 200, 100  # finished jobs and starts kept, whatever their size
 
 
 class TooLarge(BadInput):
@@ -89,10 +115,36 @@ class Job:
     seq: int  # order of submission: the queue's order
     cfg: GenerateConfig  # its checkpoint, primer and sampling settings
     start: str | None  # the start's name (cfg.primer is its copy in the work folder)
-    state: str = "queued"  # queued, running, writing, done, failed
+    page: str = ""  # the page that asked (for its share of --max-queue)
+    state: str = "queued"  # queued, running, writing, done, failed, cancelled
     progress: float = 0.0
     error: str | None = None
     takes: list[dict[str, Any]] = field(default_factory=list)
+    cancel: bool = False
+
+
+USER_ERRORS = (BadInput, ConfigError, CheckpointError, FileNotFoundError, FileExistsError,
+               PermissionError, ValueError)  # their messages are written for a user
+
+
+def _field(body: dict[str, Any], name: str, kind: type) -> Any:
+    """A request's field, None when absent, else of ``kind`` (ConfigError naming it)."""
+    v = body.get(name)
+    if v is None:
+        return None
+    ok = isinstance(v, kind) and not isinstance(v, bool) if kind in (int, str, dict) else \
+        isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not ok:
+        what = {int: "a whole number", float: "a number", str: "text",
+                dict: "an object"}[kind]
+        raise ConfigError(f"{name}: must be {what}, got {v!r}")
+    return v
+
+
+def _size(folder: Path) -> int:
+    """Bytes of the files under ``folder``."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) \
+        if folder.exists() else 0
 
 
 def _note_rows(start, end, pitch, velocity, primer) -> list[list]:
@@ -186,6 +238,7 @@ class Studio:
         self.starts: dict[str, Start] = {}
         self.jobs: dict[str, Job] = {}
         self.queue: queue.Queue[Job | None] = queue.Queue()
+        self.seq = 0  # jobs submitted so far: each job's place in the queue
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.audio_missing = audio_missing()
@@ -218,6 +271,7 @@ class Studio:
         start = Start(sid, name, midi, notes, wav)
         with self.lock:
             self.starts[sid] = start
+        self.evict(newest=sid)
         return start
 
     def builtin_start(self, piece: str) -> Start:
@@ -233,17 +287,27 @@ class Studio:
 
     # --- jobs --------------------------------------------------------------------------
 
-    def submit(self, req: dict[str, Any]) -> Job:
-        """Validate a Generate click and queue it; ConfigError names the bad setting."""
-        model = req.get("model") or self.models[0]["id"]
+    def submit(self, req: dict[str, Any], page: str = "") -> Job:
+        """Validate a Generate click and queue it; ConfigError names the bad setting, Busy
+        says what to wait for."""
+        model = _field(req, "model", str) or self.models[0]["id"]
         if model not in {m["id"] for m in self.models}:
             raise ConfigError(f"--checkpoint {model}: not one of this studio's models")
-        start = self.starts.get(req["start"]) if req.get("start") else None
-        if req.get("start") and start is None:
-            raise ConfigError("start: unknown (the server was restarted?); choose it again")
+        sid = _field(req, "start", str)
+        start = self.starts.get(sid) if sid else None
+        if sid and start is None:
+            raise ConfigError("start: unknown (the server was restarted, or it was cleared "
+                              "to make room); choose it again")
+        primer_seconds = _field(req, "primer_seconds", float) or 0.0
+        if primer_seconds < 0:
+            raise ConfigError(f"--primer-seconds: must be >= 0, got {primer_seconds!r}")
+        ask = _field(req, "sample", dict) or {}
         names = {f.name for f in fields(SampleConfig)}
-        sample = SampleConfig.from_dict({k: v for k, v in req.get("sample", {}).items()
-                                         if k in names and v not in (None, "")})
+        unknown = sorted(set(ask) - names)
+        if unknown:
+            raise ConfigError(f"sample: unknown settings {unknown}")
+        sample = SampleConfig.from_dict({k: v for k, v in ask.items()
+                                         if v not in (None, "")})
         if sample.num_samples > self.cfg.max_takes:
             raise ConfigError(f"--num-samples: the studio makes up to {self.cfg.max_takes} "
                               f"takes at once (--max-takes), got {sample.num_samples}")
@@ -253,13 +317,55 @@ class Studio:
         jid = uuid.uuid4().hex[:12]
         cfg = GenerateConfig(out=str(self.work / "jobs" / jid), checkpoint=(model,),
                              primer=str(start.midi) if start else None,
-                             primer_seconds=float(req.get("primer_seconds") or 0.0),
-                             sample=sample)
+                             primer_seconds=primer_seconds, sample=sample)
         with self.lock:
-            job = Job(jid, len(self.jobs), cfg, start.name if start else None)
+            active = [j for j in self.jobs.values() if j.state in ACTIVE]
+            limit = self.cfg.max_queue
+            if len(active) >= limit:
+                raise Busy(f"the studio has {len(active)} requests waiting or running "
+                           f"(--max-queue {limit}); wait for one to finish, or cancel one")
+            mine = sum(j.page == page for j in active)
+            if page and mine >= max(1, limit // 2):
+                raise Busy(f"this page has {mine} requests waiting or running (a page may "
+                           f"have {max(1, limit // 2)}); wait for one to finish, or cancel one")
+            self.seq += 1
+            job = Job(jid, self.seq, cfg, start.name if start else None, page=page)
             self.jobs[jid] = job
         self.queue.put(job)
         return job
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job: a queued one never runs, a running one stops within a few tokens."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        with self.lock:
+            if job.state == "queued":
+                job.state = "cancelled"
+            elif job.state in ACTIVE:
+                job.cancel = True
+
+    def evict(self, newest: str = "") -> None:
+        """Keep the work folder within --max-work-mb (and the records in memory within
+        KEEP_JOBS and KEEP_STARTS): the oldest finished jobs and the oldest starts no waiting
+        job needs go first; ``newest`` (the job or start just made) stays, so that its page
+        can read it."""
+        with self.lock:
+            busy = {j.cfg.primer for j in self.jobs.values() if j.state in ACTIVE}
+            jobs = [(j.seq, "job", j.id, Path(j.cfg.out)) for j in self.jobs.values()
+                    if j.state in FINISHED and j.id != newest]
+            starts = [(i, "start", s.id, s.midi.parent) for i, s in
+                      enumerate(self.starts.values()) if str(s.midi) not in busy
+                      and s.id != newest]
+            used = _size(self.work)
+            limit = self.cfg.max_work_mb * 1e6
+            for kind, items, keep in (("job", jobs, KEEP_JOBS), ("start", starts, KEEP_STARTS)):
+                for k, (_, _, key, folder) in enumerate(sorted(items)):
+                    if used <= limit and len(items) - k <= keep:
+                        break
+                    used -= _size(folder)
+                    shutil.rmtree(folder, ignore_errors=True)
+                    (self.jobs if kind == "job" else self.starts).pop(key, None)
 
     def status(self, job_id: str) -> dict[str, Any]:
         job = self.jobs.get(job_id)
@@ -286,21 +392,33 @@ class Studio:
             job = self.queue.get()
             if job is None or self.stopping.is_set():
                 return
-            job.state = "running"
+            with self.lock:
+                if job.state == "cancelled":
+                    continue
+                job.state = "running"
             try:
                 infos = run_generate(job.cfg, device=self.device, progress=self._hear(job))
                 job.takes = [self._take(job, i) for i in infos]
                 job.progress, job.state = 1.0, "done"
             except Stopped:
                 return
-            except Exception as e:  # one line in the page; the server keeps serving
+            except Cancelled:
+                job.state = "cancelled"
+            except USER_ERRORS as e:  # one line in the page; the server keeps serving
                 job.error = str(e).splitlines()[0] if str(e) else type(e).__name__
                 job.state = "failed"
+            except Exception:  # a bug: its traceback in the server's log, not in the page
+                traceback.print_exc()
+                job.error = "generation failed (an internal error; the server's log has it)"
+                job.state = "failed"
+            self.evict(newest=job.id)
 
     def _hear(self, job: Job):
         def progress(share: float) -> None:
             if self.stopping.is_set():
                 raise Stopped
+            if job.cancel:
+                raise Cancelled
             job.progress = share
             if share >= 1.0:
                 job.state = "writing"
@@ -339,8 +457,12 @@ class Studio:
 # --- HTTP ------------------------------------------------------------------------------------
 
 
-def make_app(studio: Studio):
-    """The Starlette app: the page, its files, and a small JSON API over ``studio``."""
+UPLOAD_TYPES = ("application/octet-stream", "audio/midi", "audio/x-midi", "audio/mid")
+
+
+def make_app(studio: Studio, guard: Guard | None = None):
+    """The Starlette app: the page, its files, and a small JSON API over ``studio``; behind
+    ``guard`` (guard.py) when given, as ``serve`` always runs it."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -364,20 +486,43 @@ def make_app(studio: Studio):
                 raise TooLarge(name, mb)
         return bytes(body)
 
+    def content_type(request: Request) -> str:
+        return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
     async def json_object(request: Request) -> dict[str, Any]:
-        body = await request.json()
+        """The body as a JSON object, sent as application/json (a type no cross-site form
+        can send)."""
+        if content_type(request) != "application/json":
+            raise Unsupported(f"{request.url.path}: send JSON as application/json")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise ValueError(f"{request.url.path}: the body is not JSON") from None
         if not isinstance(body, dict):
             raise ValueError(f"{request.url.path}: expected a JSON object")
         return body
+
+    def page(request: Request) -> str:
+        """Which page asks (the id it made when it loaded), else the client's address."""
+        return request.headers.get("cadenza-page") or \
+            (request.client.host if request.client else "")
 
     def guarded(fn):
         async def handler(request: Request):
             try:
                 return await fn(request)
-            except (BadInput, ConfigError, CheckpointError, ValueError, TypeError) as e:
+            except Busy as e:
+                return error(str(e), 429)
+            except Unsupported as e:
+                return error(str(e), 415)
+            except (BadInput, ConfigError, CheckpointError, ValueError) as e:
                 return error(str(e).splitlines()[0], 413 if isinstance(e, TooLarge) else 400)
             except KeyError as e:
-                return error(f"not found: {e.args[0]}", 404)
+                return error(f"not found: {e.args[0]} (a take or start may have been cleared "
+                             "to make room: --max-work-mb)", 404)
+            except Exception:  # a bug: its traceback in the server's log, not in the page
+                traceback.print_exc()
+                return error("internal error (the server's log has it)", 500)
         return handler
 
     async def index(request: Request):
@@ -388,6 +533,8 @@ def make_app(studio: Studio):
 
     async def upload(request: Request):
         name = Path(request.query_params.get("name") or "upload.mid").name
+        if content_type(request) not in UPLOAD_TYPES:
+            raise Unsupported(f"{name}: send the MIDI file as application/octet-stream")
         data = await read_body(request, name)
         start = await run_in_threadpool(studio.add_start, name, data)
         return JSONResponse(start.to_dict())
@@ -399,8 +546,10 @@ def make_app(studio: Studio):
 
     async def from_take(request: Request):
         body = await json_object(request)
-        return JSONResponse((await run_in_threadpool(studio.take_start, str(body["job"]),
-                                                     int(body["take"]))).to_dict())
+        job, k = _field(body, "job", str), _field(body, "take", int)
+        if job is None or k is None:
+            raise ConfigError("job and take: give both (the take to continue)")
+        return JSONResponse((await run_in_threadpool(studio.take_start, job, k)).to_dict())
 
     async def start_audio(request: Request):
         s = studio.starts.get(request.path_params["sid"])
@@ -409,8 +558,12 @@ def make_app(studio: Studio):
         return FileResponse(s.wav, media_type="audio/wav")
 
     async def submit(request: Request):
-        job = studio.submit(await json_object(request))
+        job = studio.submit(await json_object(request), page(request))
         return JSONResponse(studio.status(job.id))
+
+    async def cancel(request: Request):
+        studio.cancel(request.path_params["jid"])
+        return JSONResponse(studio.status(request.path_params["jid"]))
 
     async def status(request: Request):
         return JSONResponse(studio.status(request.path_params["jid"]))
@@ -431,10 +584,12 @@ def make_app(studio: Studio):
         Route("/api/starts/{sid}/audio.wav", guarded(start_audio)),
         Route("/api/jobs", guarded(submit), methods=["POST"]),
         Route("/api/jobs/{jid}", guarded(status)),
+        Route("/api/jobs/{jid}/cancel", guarded(cancel), methods=["POST"]),
         Route("/api/jobs/{jid}/takes/{k:int}/{kind}", guarded(take)),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    return app if guard is None else GuardMiddleware(app, guard)
 
 
 def missing_extra() -> str | None:
@@ -459,6 +614,7 @@ def serve(cfg: StudioConfig, *, device: str = "cpu") -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((cfg.host, cfg.port))
+        sock.listen(128)  # connections wait from the moment the address is printed
     except OSError as e:
         sock.close()
         raise ConfigError(f"--port {cfg.port}: cannot listen on {cfg.host} ({e.strerror}); "
@@ -469,11 +625,15 @@ def serve(cfg: StudioConfig, *, device: str = "cpu") -> None:
         sock.close()
         raise
     try:
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        print(f"Cadenza Studio: http://{shown}:{port}/  (models: "
+        port = sock.getsockname()[1]
+        guard = Guard.for_server(cfg.host, cfg.token, cfg.no_token, cfg.allow_host)
+        guard.port = port
+        if not is_loopback(cfg.host) and guard.token is None:
+            print(f"warning: serving {cfg.host} without a token (--no-token): anyone who can "
+                  "reach this address can use the studio", flush=True)
+        print(f"Cadenza Studio: {guard.address(port)}  (models: "
               f"{', '.join(m['name'] for m in studio.models)}; Ctrl-C stops it)", flush=True)
-        server = uvicorn.Server(uvicorn.Config(make_app(studio), log_level="warning",
+        server = uvicorn.Server(uvicorn.Config(make_app(studio, guard), log_level="warning",
                                                lifespan="off"))
         server.run(sockets=[sock])
     finally:

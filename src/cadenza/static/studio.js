@@ -15,7 +15,12 @@ function say(text, kind) {
   m.hidden = !text;
 }
 
+// this page's id: the studio shares its queue fairly between pages (--max-queue)
+const PAGE = Math.random().toString(36).slice(2) + Date.now().toString(36);
+
 async function api(path, options) {
+  options = options || {};
+  if (options.method === "POST") options.headers = { ...(options.headers || {}), "Cadenza-Page": PAGE };
   const r = await fetch(path, options);
   let body = null;
   try { body = await r.json(); } catch (e) { body = null; }
@@ -152,7 +157,8 @@ async function upload(file) {
   say("");
   try {
     const q = new URLSearchParams({ name: file.name });
-    setStart(await api(`/api/starts?${q}`, { method: "POST", body: file }));
+    setStart(await api(`/api/starts?${q}`, { method: "POST", body: file,
+                                             headers: { "Content-Type": "application/octet-stream" } }));
   } catch (e) { say(e.message); }
 }
 
@@ -181,12 +187,15 @@ async function generate() {
   $("progress").value = 0;
   try {
     let job = await postJSON("/api/jobs", body);
-    while (job.state !== "done" && job.state !== "failed") {
+    $("cancel").hidden = false;
+    $("cancel").onclick = () => postJSON(`/api/jobs/${job.id}/cancel`, {}).catch((e) => say(e.message));
+    while (!["done", "failed", "cancelled"].includes(job.state)) {
       showJob(job);
       await new Promise((r) => setTimeout(r, 300));
       job = await api(`/api/jobs/${job.id}`);
     }
     if (job.state === "failed") throw new Error(job.error);
+    if (job.state === "cancelled") { $("job-state").textContent = "cancelled"; return; }
     $("job-state").textContent = `${job.takes.length} take${job.takes.length > 1 ? "s" : ""} ready`;
     for (const t of job.takes) t.number = ++takeCount;
     for (const t of [...job.takes].reverse()) addTake(t);  // newest job first, its takes in order
@@ -196,6 +205,7 @@ async function generate() {
   } finally {
     $("generate").disabled = false;
     $("progress").hidden = true;
+    $("cancel").hidden = true;
   }
 }
 
