@@ -39,6 +39,7 @@ from .config import (
     DownloadConfig,
     EvaluateConfig,
     GenerateConfig,
+    InfillConfig,
     ModelConfig,
     PrepareConfig,
     PresetChoice,
@@ -275,6 +276,17 @@ def cmd_generate(a) -> int:
     return 0
 
 
+def cmd_infill(a) -> int:
+    from .infill import run_infill
+    cfg = from_args(InfillConfig, a)
+    for i in run_infill(cfg, device=_device(a)):
+        files = ", ".join(v for v in i.files.values() if v)
+        print(f"sample {i.sample}: {i.new_notes} new notes in {i.span['start']:g}-"
+              f"{i.span['end']:g} s (candidate {i.chosen + 1} of {i.candidates}), "
+              f"{i.kept_notes} kept -> {cfg.out}/ ({files})")
+    return 0
+
+
 def _arrange(task: str):
     def run(a) -> int:
         from .tasks import arrange
@@ -370,6 +382,14 @@ COMMANDS = (
             "cadenza generate --checkpoint runs/mine/best --primer song.mid "
             "--primer-seconds 8 --seconds 30 --num-samples 4 --out out/",
             (GenerateConfig, Runtime), cmd_generate),
+    Command("infill", "regenerate a span of a piece, joined to both sides",
+            "Regenerate the notes that start in a span of a MIDI file (--start/--end "
+            "seconds, or --bars): the model writes --candidates spans from the music before "
+            "it, and one is drawn by how well the music after the span follows it. Every "
+            "note outside the span is kept exactly; the new notes go on an Infill track. "
+            "Writes sample-K.mid/.json/.png/.wav into --out.",
+            "cadenza infill --input song.mid --start 8 --end 14 --out infill/",
+            (InfillConfig, Runtime), cmd_infill),
     Command("harmonize", "a melody in, alto, tenor and bass out (MIDI, WAV, PNG)",
             "Harmonize a melody with a model trained on `prepare --task harmonize` pairs "
             "(JSB chorales): its highest line on the 16th-note grid is the soprano; the "

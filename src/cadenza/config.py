@@ -440,16 +440,11 @@ class Drawing(_Config):
 
 
 @dataclass(frozen=True)
-class SampleConfig(Drawing):
-    """How new tokens are drawn, and how many."""
+class Steering(Drawing):
+    """How each new token is drawn and what the new notes must obey (the controls of
+    controls.py; hard ones hold on every new note): for every command that writes music
+    note by note (generate, infill)."""
 
-    tokens: int | None = option(None, "new tokens to generate")
-    seconds: float | None = option(None, "new music to generate, seconds (20 when --tokens is "
-                                   "not given); the model may not end the piece sooner "
-                                   "unless --may-end")
-    may_end: bool = option(False, "let the model end the piece (EOS) before --seconds or "
-                           "--tokens is reached")
-    # --- controls: see controls.py; hard ones hold on every new note ---
     key: str | None = option(None, "new notes only on this key's scale (hard): 'D minor', "
                              "'F# major', 'Bb:maj'; minor allows its natural, harmonic and "
                              "melodic forms", metavar="KEY")
@@ -467,9 +462,6 @@ class SampleConfig(Drawing):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("tokens", "seconds"):  # zero is not "the default": say so
-            v = getattr(self, name)
-            _check(v is None or v > 0, name, "must be > 0", v)
         _theory_check("key", self.key, lambda v: theory.key_pitch_classes(v))
         _theory_check("pitch_range", self.pitch_range, lambda v: theory.parse_range(
             v, theory.LOWEST_KEY, theory.HIGHEST_KEY, "piano's keys"))
@@ -484,11 +476,6 @@ class SampleConfig(Drawing):
         _check(self.density is None or 0 < self.density <= 100, "density",
                "must be in (0, 100] notes per second", self.density)
         _check(self.max_repeats >= 0, "max_repeats", "must be >= 0", self.max_repeats)
-        if self.tokens and self.seconds:
-            raise ConfigError(f"--tokens {self.tokens} and --seconds {self.seconds:g}: "
-                              "give one of them, not both")
-        if self.tokens is None and self.seconds is None:
-            object.__setattr__(self, "seconds", 20.0)
 
     @property
     def key_classes(self) -> frozenset[int] | None:
@@ -508,6 +495,29 @@ class SampleConfig(Drawing):
     def controls(self) -> dict[str, Any]:
         """The controls that are on, by field name."""
         return {n: getattr(self, n) for n in CONTROLS if getattr(self, n)}
+
+
+@dataclass(frozen=True)
+class SampleConfig(Steering):
+    """How new tokens are drawn, what they obey, and how many."""
+
+    tokens: int | None = option(None, "new tokens to generate")
+    seconds: float | None = option(None, "new music to generate, seconds (20 when --tokens is "
+                                   "not given); the model may not end the piece sooner "
+                                   "unless --may-end")
+    may_end: bool = option(False, "let the model end the piece (EOS) before --seconds or "
+                           "--tokens is reached")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("tokens", "seconds"):  # zero is not "the default": say so
+            v = getattr(self, name)
+            _check(v is None or v > 0, name, "must be > 0", v)
+        if self.tokens and self.seconds:
+            raise ConfigError(f"--tokens {self.tokens} and --seconds {self.seconds:g}: "
+                              "give one of them, not both")
+        if self.tokens is None and self.seconds is None:
+            object.__setattr__(self, "seconds", 20.0)
 
 
 CONTROLS = ("key", "pitch_range", "velocity_range", "max_polyphony", "density", "max_repeats")
@@ -568,6 +578,51 @@ class GenerateConfig(_Config):
         transposition_shifts(self.transpositions)
         _check(self.precision in GENERATE_PRECISIONS, "precision",
                f"must be one of {GENERATE_PRECISIONS}", self.precision)
+
+
+@dataclass(frozen=True)
+class InfillConfig(_Config):
+    """``cadenza infill``: regenerate a span of a piece, joined to both sides."""
+
+    input: str = option(help="the MIDI file whose span to regenerate", required=True,
+                        metavar="FILE")
+    out: str = option(help="output folder (sample-K.mid/.json/.png/.wav)", required=True)
+    start: float = option(0.0, "the span's start, seconds of the file's own time")
+    end: float = option(0.0, "the span's end, seconds (notes starting in [start, end) are "
+                        "regenerated)")
+    bars: str | None = option(None, "the span as bars instead, FIRST-LAST counted from 1 "
+                              "(e.g. 9-12), through the file's time signature and tempo",
+                              metavar="FIRST-LAST")
+    checkpoint: str = option("pretrained:piano", "checkpoint (a performance-token model)",
+                             metavar="DIR")
+    candidates: int = option(8, "candidate spans the model writes per sample; one is drawn "
+                             "in proportion to how well the music after the span follows it "
+                             "(1: a plain continuation)", metavar="K")
+    right_seconds: float = option(4.0, "seconds of music after the span that judge the "
+                                  "candidates")
+    cut_held: bool = option(False, "end notes that start before the span and ring into it "
+                            "at its start (default: they keep their length)")
+    sample: Steering = option(help="sampling and controls", factory=Steering)
+    force: bool = option(False, "replace the samples of an earlier take in --out")
+    audio: bool = option(True, "skip the WAV", flag="--no-audio")
+    soundfont: str | None = option(None, "SoundFont for the WAV (default: the system's GM "
+                                   "font)")
+    precision: str = option("auto", "numbers the model samples in (as for generate)",
+                            choices=GENERATE_PRECISIONS)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sample, dict):
+            object.__setattr__(self, "sample", Steering.from_dict(self.sample))
+        if self.bars is None:
+            _check(self.start >= 0, "start", "must be >= 0", self.start)
+            _check(self.end > self.start, "end", f"must be after --start {self.start:g}",
+                   self.end)
+        elif self.start or self.end:
+            raise ConfigError(f"--bars {self.bars} and --start/--end: give the span one way")
+        _check(1 <= self.candidates <= 256, "candidates", "must be in 1..256",
+               self.candidates)
+        _check(0 <= self.right_seconds <= 30, "right_seconds", "must be in [0, 30]",
+               self.right_seconds)
 
 
 @dataclass(frozen=True)

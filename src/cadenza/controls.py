@@ -13,9 +13,10 @@ Hard controls mask tokens, so every new note obeys them:
   1..8 notes, a note being its pitch and the time since the note before (within 20 ms).
 
 The soft control, ``--density N`` new notes per second, adds a bias to the logits of the
-tokens that strike a note: a proportional-integral controller on the log of the notes
-wanted so far over the notes written (with half a second of notes as a prior), so that a
-model that plays too little is pushed a little harder each second it stays behind.
+tokens that strike a note: a proportional-integral controller on the log of the notes wanted
+over the notes written in the last few seconds (an exponential window of 3 s, with half a
+second of notes as a prior), so that a model that plays too little is pushed a little harder
+each second it stays behind, and a burst is not paid back by a long silence.
 
 The tokenizer says which tokens do what (``Tokenizer.note_roles``) and which controls its
 scheme can carry; asking for another one is refused in one line naming the flag. Controls
@@ -36,7 +37,8 @@ from .data.tokenizers.base import Grammar, NoteRoles
 MAX_PATTERN = 8  # notes in the longest pattern --max-repeats looks for
 SAME_INTERVAL = 0.02  # seconds: onset intervals this close count as the same
 # --density controller gains (on log(notes wanted / notes written)) and the bias's bound
-KP, KI, MAX_BIAS = 4.0, 8.0, 16.0
+KP, KI, MAX_BIAS = 6.0, 12.0, 16.0
+WINDOW = 3.0  # seconds: --density measures the recent rate over about this long
 
 
 class Controls:
@@ -88,6 +90,9 @@ class Controls:
         self.written = np.zeros(len(self.t0))
         self.integral = np.zeros(len(self.t0))
         self.last_t = np.zeros(len(self.t0))
+        self.win_seconds = np.zeros(len(self.t0))  # the window's seconds and notes
+        self.win_notes = np.zeros(len(self.t0))
+        self.counted = np.zeros(len(self.t0))
 
     # --- seeing tokens ---------------------------------------------------------------------
 
@@ -150,14 +155,21 @@ class Controls:
         return m
 
     def bias(self, now: np.ndarray) -> np.ndarray | None:
-        """(B,) logit bias on the tokens that strike, for --density; None when off."""
+        """(B,) logit bias on the tokens that strike, for --density; None when off. The
+        notes and seconds are counted over the last few seconds (an exponential window of
+        WINDOW s), so that a burst is not paid back by a long silence, nor a silence by a
+        burst."""
         if not self.cfg.density:
             return None
         t = np.maximum(now - self.t0, 0.0)
+        dt = t - self.last_t
+        fade = np.exp(-dt / WINDOW)
+        self.win_seconds = self.win_seconds * fade + dt
+        self.win_notes = self.win_notes * fade + (self.written - self.counted)
+        self.counted = self.written.copy()
         prior = 0.5 * self.cfg.density
-        err = np.log((self.cfg.density * t + prior) / (self.written + prior))
-        self.integral += KI * err * (t - self.last_t)
-        self.integral = np.clip(self.integral, -MAX_BIAS, MAX_BIAS)
+        err = np.log((self.cfg.density * self.win_seconds + prior) / (self.win_notes + prior))
+        self.integral = np.clip(self.integral + KI * err * dt, -MAX_BIAS, MAX_BIAS)
         self.last_t = t
         return np.clip(KP * err + self.integral, -MAX_BIAS, MAX_BIAS)
 

@@ -107,17 +107,20 @@ def note_name(p: int) -> str:
 
 
 def piano_roll_png(notes: Notes, split_seconds: float, path: Path, title: str = "",
-                   primer: np.ndarray | None = None) -> Path:
+                   primer: np.ndarray | None = None,
+                   span: tuple[float, float] | None = None) -> Path:
     """Notes as bars: the primer's blue, the continuation's orange. ``primer`` marks the
     primer's notes (a continuation may start under a primer note that still sounds);
-    without it, notes before ``split_seconds`` are the primer's."""
+    without it, notes before ``split_seconds`` are the primer's. ``span``: a regenerated
+    span (infill), shaded between two lines; the picture shows it with 12 s either side."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.collections import PolyCollection
 
     dur = max(notes.duration if len(notes) else 1.0, 1.0)
-    fig, ax = plt.subplots(figsize=(min(4 + dur * 0.5, 24), 5))
+    t0, t1 = (max(0.0, span[0] - 12), min(dur, span[1] + 12)) if span else (0.0, dur)
+    fig, ax = plt.subplots(figsize=(min(4 + (t1 - t0) * 0.5, 24), 5))
     if len(notes):
         polys = [[(s, p - 0.4), (e, p - 0.4), (e, p + 0.4), (s, p + 0.4)]
                  for s, e, p in zip(notes.start, notes.end, notes.pitch)]
@@ -129,7 +132,11 @@ def piano_roll_png(notes: Notes, split_seconds: float, path: Path, title: str = 
         lo, hi = 48, 84
     if split_seconds > 0:
         ax.axvline(split_seconds, color="k", lw=0.8, ls="--")
-    ax.set_xlim(0, dur)
+    if span is not None:
+        ax.axvspan(*span, color="#e8862a", alpha=0.08)
+        for t in span:
+            ax.axvline(t, color="k", lw=0.8, ls="--")
+    ax.set_xlim(t0, t1)
     ax.set_ylim(lo, hi)
     ticks = [p for p in range(lo, hi + 1) if p % 12 in (0, 7)]
     ax.set_yticks(ticks, [note_name(p) for p in ticks])
