@@ -9,5 +9,5 @@ if ! command -v fluidsynth >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1
      fluidsynth fluid-soundfont-gm >/dev/null) \
     || echo "note: could not install FluidSynth; the demo will write MIDI and PNG, no WAV"
 fi
-python -m pip install -q -c constraints-cpu.txt -e '.[studio]'   # studio: `cadenza studio`
+python -m pip install -q -c constraints-cpu.txt -e '.[studio,live]'   # studio: `cadenza studio`; live: `cadenza duet`
 cadenza demo "$@"

@@ -15,6 +15,6 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
      chromium >/dev/null) || echo "note: Chromium not installed; the studio's browser test skips"
 fi
-python -m pip install -q -c constraints-cpu.txt -e '.[dev,studio]'
+python -m pip install -q -c constraints-cpu.txt -e '.[dev,studio,live]'
 python -m ruff check src tests benchmarks
 python -m pytest -q

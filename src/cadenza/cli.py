@@ -37,6 +37,7 @@ from .config import (
     ConfigError,
     DemoConfig,
     DownloadConfig,
+    DuetConfig,
     EvaluateConfig,
     GenerateConfig,
     InfillConfig,
@@ -287,6 +288,15 @@ def cmd_infill(a) -> int:
     return 0
 
 
+def cmd_duet(a) -> int:
+    from .duet import run_duet
+    try:
+        run_duet(from_args(DuetConfig, a), device=_device(a))
+    except KeyboardInterrupt:  # the session so far is saved by run_duet
+        pass
+    return 0
+
+
 def _arrange(task: str):
     def run(a) -> int:
         from .tasks import arrange
@@ -390,6 +400,14 @@ COMMANDS = (
             "Writes sample-K.mid/.json/.png/.wav into --out.",
             "cadenza infill --input song.mid --start 8 --end 14 --out infill/",
             (InfillConfig, Runtime), cmd_infill),
+    Command("duet", "play with the model: it answers when you pause",
+            "Play a MIDI keyboard (--in), or replay a file as the player (--replay): when "
+            "the player pauses for --wait seconds the model answers for up to --answer "
+            "seconds on --out (or only recorded), continuing everything played; the player "
+            "may cut in. The session is recorded as MIDI (player and Cadenza on their own "
+            "tracks), a piano roll and a JSON of every answer's latency.",
+            "cadenza duet --in 'My Keyboard' --out 'My Synth' --wait 0.6 --answer 8",
+            (DuetConfig, Runtime), cmd_duet),
     Command("harmonize", "a melody in, alto, tenor and bass out (MIDI, WAV, PNG)",
             "Harmonize a melody with a model trained on `prepare --task harmonize` pairs "
             "(JSB chorales): its highest line on the 16th-note grid is the soprano; the "

@@ -626,6 +626,41 @@ class InfillConfig(_Config):
 
 
 @dataclass(frozen=True)
+class DuetConfig(_Config):
+    """``cadenza duet``: play with the model from a MIDI keyboard, or replay a file."""
+
+    in_port: str | None = option(None, "MIDI input port to hear (default: the first; see "
+                                 "--list-ports)", flag="--in", metavar="PORT")
+    out_port: str | None = option(None, "MIDI output port for the answers (default: only "
+                                  "recorded)", flag="--out", metavar="PORT")
+    list_ports: bool = option(False, "list the MIDI ports and stop")
+    replay: str | None = option(None, "play this MIDI file (or builtin:openings/NAME) as the "
+                                "player, in real time, instead of a keyboard", metavar="FILE")
+    speed: float = option(1.0, "run the session N times faster (with --replay)", metavar="N")
+    checkpoint: str = option("pretrained:piano", "checkpoint (a performance-token model)",
+                             metavar="DIR")
+    wait: float = option(0.6, "seconds of the player's silence before the model answers")
+    answer: float = option(8.0, "longest answer, seconds (the player may cut in)")
+    max_hold: float = option(10.0, "a key held longer than this is released (a stuck key)")
+    record: str = option("duet", "folder for the session's MIDI, piano roll and JSON",
+                         metavar="DIR")
+    sample: Steering = option(help="sampling and controls", factory=Steering)
+    precision: str = option("auto", "numbers the model samples in (as for generate)",
+                            choices=GENERATE_PRECISIONS)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sample, dict):
+            object.__setattr__(self, "sample", Steering.from_dict(self.sample))
+        _check(0.05 <= self.wait <= 10, "wait", "must be in [0.05, 10] seconds", self.wait)
+        _check(0.5 <= self.answer <= 120, "answer", "must be in [0.5, 120] seconds",
+               self.answer)
+        _check(0.1 <= self.speed <= 100, "speed", "must be in [0.1, 100]", self.speed)
+        _check(self.max_hold >= 1, "max_hold", "must be >= 1", self.max_hold)
+        _check(self.sample.num_samples == 1, "num_samples", "a duet plays one answer at a "
+               "time", self.sample.num_samples)
+
+
+@dataclass(frozen=True)
 class ArrangeConfig(_Config):
     """``cadenza harmonize`` / ``cadenza accompany``: a melody in, new parts under it out."""
 

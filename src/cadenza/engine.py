@@ -199,6 +199,23 @@ class Engine:
         self.fed = self.n
         return self.logits
 
+    def prefill(self) -> None:
+        """Read what was fed into the cache now, so that the next step costs one position
+        (a live session calls this while the player plays)."""
+        self._next_logits()
+
+    def rewind(self, n: int) -> None:
+        """Forget every token after the first ``n`` (tokens drawn ahead that were never
+        played): the grammar and the controls read the context again, and the model re-reads
+        its window at the next step (``prefill`` does it ahead of time)."""
+        assert 0 < n <= self.n, (n, self.n)
+        kept = self.buf[:, :n].cpu().numpy()
+        self.n, self.fed, self.cache, self.logits = 0, 0, None, None
+        self.grammar.reset(self.batch)
+        if self.controls is not None:
+            self.controls.reset(self.batch)
+        self.feed(kept)
+
     # --- sampling --------------------------------------------------------------------------
 
     def step(self, may_end: bool = True) -> tuple[np.ndarray, np.ndarray]:

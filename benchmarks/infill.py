@@ -1,0 +1,211 @@
+"""How well `cadenza infill` joins a span to the music after it, with pretrained:piano on
+pieces it never saw (docs/infill.md quotes the tables):
+
+    python benchmarks/infill.py                  # ~15 min on 2 cores
+    python benchmarks/infill.py --pieces 4       # a quick look
+
+Spans of 4 and 8 s from the middle of each piece of asap-maestro/validation (live, unseen
+pieces) and of POP909's validation songs (the same content-hash split `prepare` makes). For
+each span, four ways to fill it:
+
+  (a) infill: K = 8 candidates from the left context, one drawn by the right context's
+      likelihood (its first 4 s, as `cadenza infill` does by default);
+  (b) continuation: one candidate, the right context ignored (infill with K = 1);
+  (c) retrieval: a span of the same length from elsewhere in the same piece (the baseline of
+      the Anticipatory Music Transformer's listening test);
+  (d) the true span: the ceiling.
+
+Seam coherence, our metric: the model's NLL per token of the real music after the span given
+the left context and the filled span. It asks what a listener hears at the seam: does the
+piece go on from the new span as it really goes on? There is no standard metric for this;
+we report it over the next 8 s and, separately, over seconds 4-8 after the span, which the
+weighting in (a) never looked at (the honest figure). The fraction of the gap from (b) to (d)
+that (a) closes is (b - a) / (b - d). Also: `cadenza stats` overlap of the spans' notes with
+the true spans', the time per span, and docs/infill.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cadenza.config import Steering
+from cadenza.data.midi import BadInput, Notes, load_score, notes_from_score
+from cadenza.data.sources import hash_split, music_digest
+from cadenza.data.tokenizers import BOS
+from cadenza.data.tokenizers.performance import SHIFT0, VEL0
+from cadenza.generate import Generator
+from cadenza.infill import after, fill, make_span, stream, trim_to
+from cadenza.stats import compare
+
+ROOT = Path(__file__).resolve().parents[1]
+PIANO = Path(os.environ.get("CADENZA_PIANO_DATA", ROOT.parent / "shared/data/piano"))
+K, JUDGE, AFTER = 8, 4.0, 8.0
+
+
+def pieces(n: int) -> list[tuple[str, Path]]:
+    asap = sorted((PIANO / "asap-maestro" / "validation").rglob("*.mid"))
+    asap = [asap[i] for i in np.linspace(0, len(asap) - 1, min(n, len(asap))).round()
+            .astype(int)]
+    pop = []
+    for f in sorted((PIANO / "pop909").glob("*/*.mid")):
+        if len(pop) >= max(1, n * 2 // 3):
+            break
+        try:
+            d = music_digest(notes_from_score(load_score(f)))
+        except BadInput:
+            continue
+        if hash_split(d, 0.05, 0.05) == "valid":
+            pop.append(f)
+    return [("asap", f) for f in asap] + [("pop909", f) for f in pop]
+
+
+@torch.no_grad()
+def token_logprobs(model, left: np.ndarray, middle: np.ndarray, right: np.ndarray
+                   ) -> np.ndarray:
+    room = model.max_context - 1 - len(middle) - len(right)
+    left = left[max(0, len(left) - room):]
+    seq = torch.as_tensor(np.concatenate([[BOS], left, middle, right]), dtype=torch.long)
+    logp = torch.log_softmax(model(seq[None]).float(), -1)[0]
+    first = len(seq) - len(right)
+    return logp[torch.arange(first - 1, len(seq) - 1), torch.as_tensor(right)].numpy()
+
+
+def span_ids(tok, new: Notes, start: float, length: float) -> np.ndarray:
+    """A filled span's notes (seconds of the piece) as the stream the true span gets."""
+    rel = Notes(new.start - start, new.end - start, new.pitch, new.velocity)
+    return trim_to(stream(tok, rel, length), length)
+
+
+def right_times(right: np.ndarray) -> np.ndarray:
+    """The time (s) at which each right-context token stands."""
+    shift = np.where((right >= SHIFT0) & (right < VEL0), right - SHIFT0 + 1, 0)
+    return (np.cumsum(shift) - shift) / 100
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pieces", type=int, default=12, help="asap pieces (POP909: 2/3 of it)")
+    ap.add_argument("--out", default="runs/infill-bench.json")
+    ap.add_argument("--figure", default=str(ROOT / "docs/infill.png"))
+    a = ap.parse_args()
+    if not (PIANO / "asap-maestro" / "validation").exists():
+        sys.exit(f"skipped: {PIANO} not found (set CADENZA_PIANO_DATA)")
+    gen = Generator.load("pretrained:piano")
+    tok, model = gen.tok, gen.model
+    rows: list[dict] = []
+    spans: dict[str, list[Notes]] = {"infill": [], "continuation": [], "retrieval": [],
+                                     "true": []}
+    shown = []
+    for corpus, f in pieces(a.pieces):
+        score = load_score(f)
+        notes = notes_from_score(score)
+        for length in (4.0, 8.0):
+            mid = round(float(notes.end.max()) / 2, 2)
+            if mid < 2 * length + 4:
+                continue
+            span = make_span(score, notes, mid, mid + length)
+            left = stream(tok, notes, span.start)
+            right = stream(tok, after(notes, span.end, AFTER), AFTER)
+            steer = Steering(seed=len(rows), top_p=0.95)
+            t = time.perf_counter()
+            filled = fill(gen, notes, span, steer, K, JUDGE)[0]
+            secs = time.perf_counter() - t
+            cont = fill(gen, notes, span, steer, 1, 0.0)[0]
+            other = mid - 2 * length if mid - 2 * length >= 0 else mid + 2 * length
+            true_ids = stream(tok, after(notes, span.start, length), length)
+            retr_ids = stream(tok, after(notes, other, length), length)
+
+            ways = {"infill": span_ids(tok, filled.notes, span.start, length),
+                    "continuation": span_ids(tok, cont.notes, span.start, length),
+                    "retrieval": retr_ids, "true": true_ids}
+            when = right_times(right)
+            row = {"corpus": corpus, "file": f.name, "span": [span.start, span.end],
+                   "seconds": secs, "right_tokens": int(len(right))}
+            for name, ids in ways.items():
+                lp = token_logprobs(model, left, ids, right)
+                row[name] = float(-lp.mean())
+                late = when >= JUDGE
+                row[name + "_late"] = float(-lp[late].mean()) if late.any() else float("nan")
+                spans[name].append(tok.decode_notes(ids))
+            rows.append(row)
+            if len(shown) < 3 and length == 8.0:
+                shown.append((f, score, notes, span, filled.notes))
+            print(f"{corpus:>7} {f.name:<28} {length:g} s: infill {row['infill']:.3f} "
+                  f"continuation {row['continuation']:.3f} retrieval {row['retrieval']:.3f} "
+                  f"true {row['true']:.3f}  ({secs:.1f} s for {K} candidates)", flush=True)
+    report = {"k": K, "judge_seconds": JUDGE, "after_seconds": AFTER, "rows": rows,
+              "tables": {}}
+    print(f"\n{'spans':<22}{'n':>4}{'infill':>9}{'contin.':>9}{'retrieval':>10}{'true':>8}"
+          f"{'closed':>8}   (NLL/token of the next 8 s; then of seconds 4-8 only)")
+    for corpus in ("asap", "pop909", "all"):
+        for length in (4.0, 8.0, None):
+            sel = [r for r in rows if (corpus == "all" or r["corpus"] == corpus)
+                   and (length is None or r["span"][1] - r["span"][0] == length)]
+            if not sel:
+                continue
+            for late in ("", "_late"):
+                m = {w: float(np.nanmean([r[w + late] for r in sel]))
+                     for w in ("infill", "continuation", "retrieval", "true")}
+                closed = (m["continuation"] - m["infill"]) / (m["continuation"] - m["true"]) \
+                    if m["continuation"] != m["true"] else float("nan")
+                label = f"{corpus} {'all' if length is None else f'{length:g} s'}" + \
+                    (" (4-8 s)" if late else "")
+                report["tables"][label] = {**m, "closed": closed, "spans": len(sel)}
+                print(f"{label:<22}{len(sel):>4}{m['infill']:>9.3f}{m['continuation']:>9.3f}"
+                      f"{m['retrieval']:>10.3f}{m['true']:>8.3f}{100 * closed:>7.0f}%")
+    print("\nstats overlap with the true spans (mean over features)")
+    for name in ("infill", "continuation", "retrieval"):
+        oa = compare(spans[name], spans["true"])
+        report[f"stats_{name}"] = oa
+        print(f"  {name:<14}{np.mean([v['overlap'] for v in oa.values()]):.3f}  " +
+              " ".join(f"{k} {v['overlap']:.2f}" for k, v in oa.items()))
+    per = [r["seconds"] for r in rows]
+    lengths = [r["span"][1] - r["span"][0] for r in rows]
+    report["time"] = {"seconds_per_span": float(np.mean(per)),
+                      "real_time_factor": float(np.sum(lengths) / np.sum(per))}
+    print(f"\ntime: {np.mean(per):.1f} s per span for {K} candidates "
+          f"({np.sum(lengths) / np.sum(per):.2f}x real time), {gen.precision} decoding")
+    figure(shown, Path(a.figure))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
+
+
+def figure(shown, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+    fig, axes = plt.subplots(len(shown), 2, figsize=(14, 2.6 * len(shown)), squeeze=False)
+    for row, (f, _, notes, span, new) in zip(axes, shown):
+        inside = (notes.start >= span.start) & (notes.start < span.end)
+        for ax, (title, extra) in zip(row, (("original", None), ("infilled", new))):
+            kept = Notes(*(getattr(notes, k)[~inside] for k in ("start", "end", "pitch",
+                                                                 "velocity")))
+            span_notes = Notes(*(getattr(notes, k)[inside] for k in ("start", "end", "pitch",
+                                                                      "velocity"))) \
+                if extra is None else extra
+            for part, colour in ((kept, "#3b6ea8"), (span_notes, "#e8862a")):
+                polys = [[(s, p - 0.45), (e, p - 0.45), (e, p + 0.45), (s, p + 0.45)]
+                         for s, e, p in zip(part.start, part.end, part.pitch)]
+                ax.add_collection(PolyCollection(polys, facecolors=colour, edgecolors="none"))
+            ax.axvspan(span.start, span.end, color="#e8862a", alpha=0.08)
+            ax.set_xlim(span.start - 8, span.end + 8)
+            ax.set_ylim(int(notes.pitch.min()) - 2, int(notes.pitch.max()) + 2)
+            ax.set_title(f"{f.name}: {title} ({span.start:g}-{span.end:g} s)", loc="left",
+                         fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
