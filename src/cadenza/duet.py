@@ -59,6 +59,8 @@ from .generate import Generator
 
 PLAYER_TRACK, CADENZA_TRACK = "Player", "Cadenza"
 LOOKAHEAD = 0.15  # seconds of the answer sampled ahead of the music
+RUNWAY = 0.05  # seconds of an answer drawn before its first note leaves
+ANSWER_TOKENS_PER_SECOND = 60  # room kept in the context for an answer (dense piano: ~50)
 IGNORED = {"sysex", "clock", "active_sensing", "start", "stop", "continue", "reset",
            "songpos", "song_select", "tune_request", "quarter_frame"}
 
@@ -122,9 +124,18 @@ class Clock:
     def now(self) -> float:
         return (time.perf_counter() - self.t0) * self.speed
 
-    def sleep_until(self, t: float) -> None:
+    def sleep_until(self, t: float, spin: bool = False) -> None:
+        """Wait towards ``t`` (at most 2 ms at a time). ``spin``: a busy wait, for an answer's
+        short waits: a core that sleeps between tokens wakes slower (its steps took ~6 ms
+        instead of ~2.5 here)."""
         left = (t - self.now()) / self.speed
-        if left > 0:
+        if left <= 0:
+            return
+        if spin:
+            end = time.perf_counter() + min(left, 0.002)
+            while time.perf_counter() < end:
+                pass
+        else:
             time.sleep(min(left, 0.002))
 
 
@@ -158,6 +169,7 @@ class Duet:
         self.answers: list[Answer] = []
         self.last_event = -1e9
         self.heard = False  # a player note since the last answer
+        self.answering = False
 
     # --- hearing -----------------------------------------------------------------------------
 
@@ -221,7 +233,8 @@ class Duet:
                 self._release(msg.note, t)
         else:
             return False
-        self.last_event, self.heard = t, True
+        self.last_event = t
+        self.heard |= kind == "note_on" and msg.velocity > 0  # a release alone asks nothing
         return True
 
     def _release(self, pitch: int, t: float) -> None:
@@ -250,12 +263,27 @@ class Duet:
     def due(self, t: float) -> bool:
         return self.heard and t - self.last_event >= self.wait
 
+    def idle(self) -> None:
+        """Work while the player plays: read what they played into the cache, and slide
+        the context now if an answer would not fit (a re-read costs tens of ms, which would
+        otherwise fall inside an answer and delay its notes)."""
+        self.engine.make_room(int(self.answer_seconds * ANSWER_TOKENS_PER_SECOND))
+        self.engine.prefill()
+
     def respond(self, poll: Callable[[], list[tuple[Any, float]]]) -> Answer:
         """Answer now: sample ahead, send each note when its time comes, stop at the answer's
         length or when ``poll`` returns a player's note (handled after the answer stops)."""
         clk = self.clock
         ans = Answer(detected=clk.now())
         self.answers.append(ans)
+        self.answering = True
+        try:
+            return self._respond(ans, poll)
+        finally:
+            self.answering = False
+
+    def _respond(self, ans: Answer, poll: Callable[[], list[tuple[Any, float]]]) -> Answer:
+        clk = self.clock
         self.heard = False
         self._advance_to(ans.detected)
         self.grammar.need_note = True
@@ -265,6 +293,7 @@ class Duet:
         first = self.engine.n
         marks: list[tuple[int, float]] = []  # (context length after a token, its music s)
         anchor = None  # session seconds of the answer's music start
+        opened = 0  # context length at the answer's first note
         vel = self.vbin
         pending_msgs: list[tuple[Any, float]] = []
         end_music = self.answer_seconds
@@ -287,11 +316,17 @@ class Duet:
                 if not queue:
                     played_tokens = self.engine.n
                     break
-                clk.sleep_until(anchor + queue[0][0])
+                clk.sleep_until(anchor + queue[0][0], spin=True)
+                continue
+            if anchor is None and opened and (gen_music >= RUNWAY or
+                                              self.engine.n - opened > 24):
+                # the first chord and what follows it within RUNWAY s are drawn: the
+                # answer's clock starts now, and they leave together, on time
+                anchor = clk.now()
                 continue
             if anchor is not None and gen_music > music_now + LOOKAHEAD:
                 clk.sleep_until(anchor + min(queue[0][0], gen_music - LOOKAHEAD)
-                                if queue else anchor + gen_music - LOOKAHEAD)
+                                if queue else anchor + gen_music - LOOKAHEAD, spin=True)
                 continue
             tok, _ = self.engine.step(may_end=False)
             tok = int(tok[0])
@@ -299,8 +334,7 @@ class Duet:
             if VEL0 <= tok:
                 vel = tok - VEL0
             elif ON0 <= tok < OFF0:
-                if anchor is None:  # the first note leaves now: the answer's clock starts
-                    anchor = clk.now() - music
+                opened = opened or self.engine.n
                 heapq.heappush(queue, (music, order, tok - ON0, int(bin_velocity(max(vel, 0)))))
                 order += 1
             elif OFF0 <= tok < SHIFT0:
@@ -337,11 +371,11 @@ class Duet:
         still sounding is released (in the port and in the context), and the session's
         clock follows the answer's (its first note left a little after the pause)."""
         now = self.clock.now()
+        for pitch in list(self.sounding):  # first: the port hears the end at once
+            self._send(pitch, 0, now, ans)
         if played < self.engine.n:
             self.engine.rewind(played)
             self.vbin = -1  # said again with the next note
-        for pitch in list(self.sounding):
-            self._send(pitch, 0, now, ans)
         if anchor is not None:
             self.origin = anchor - (self._answer_start_step(ans) / STEPS_PER_SECOND)
         for p in range(128):
@@ -522,7 +556,7 @@ def play(duet: Duet, source: Any, *, until: Callable[[], bool] | None = None,
             end_at = end_at if end_at is not None else clk.now() + (tail or 0.0)
             if clk.now() >= end_at:
                 return
-        duet.engine.prefill()
+        duet.idle()
         clk.sleep_until(clk.now() + 0.002)
 
 

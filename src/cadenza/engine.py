@@ -204,6 +204,18 @@ class Engine:
         (a live session calls this while the player plays)."""
         self._next_logits()
 
+    def make_room(self, tokens: int) -> None:
+        """Slide now (re-read the recent half into a fresh cache) if ``tokens`` more would
+        not fit in the model's context; a live session calls it between answers."""
+        max_len = self.max_context
+        if not self.use_cache or max_len is None or self.cache is None:
+            return
+        tokens = min(tokens, max_len // 4)  # a slide keeps half: never one per call
+        if self.cache.length + (self.n - self.fed) + tokens > max_len:
+            self.cache = self.model.new_cache(self.batch)
+            self.logits = self.model(self._window(self.buf[:, : self.n]), self.cache)[:, -1]
+            self.fed = self.n
+
     def rewind(self, n: int) -> None:
         """Forget every token after the first ``n`` (tokens drawn ahead that were never
         played): the grammar and the controls read the context again, and the model re-reads
