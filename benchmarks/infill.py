@@ -71,6 +71,8 @@ def pieces(n: int) -> list[tuple[str, Path]]:
 def token_logprobs(model, left: np.ndarray, middle: np.ndarray, right: np.ndarray
                    ) -> np.ndarray:
     room = model.max_context - 1 - len(middle) - len(right)
+    if room < 0:  # a dense span: its latest tokens, then the right context
+        middle, room = middle[-room:], 0
     left = left[max(0, len(left) - room):]
     seq = torch.as_tensor(np.concatenate([[BOS], left, middle, right]), dtype=torch.long)
     logp = torch.log_softmax(model(seq[None]).float(), -1)[0]
@@ -115,6 +117,7 @@ def main() -> None:
             span = make_span(score, notes, mid, mid + length)
             left = stream(tok, notes, span.start)
             right = stream(tok, after(notes, span.end, AFTER), AFTER)
+            right = right[: model.max_context // 3]  # dense music: the first 341 tokens
             steer = Steering(seed=len(rows), top_p=0.95)
             t = time.perf_counter()
             filled = fill(gen, notes, span, steer, K, JUDGE)[0]

@@ -355,3 +355,87 @@ def test_the_page_in_chromium(server, tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     assert not list(tmp.glob("cadenza-studio-*"))  # no temporary file left behind
+
+
+def test_the_play_page_in_chromium(server, tmp_path):
+    """Play a phrase on the on-screen keyboard: the answer comes back note by note, is drawn
+    and played, the page measures its latency with its own clock, and the session saves."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is "
+                                   "not installed (pip install -e '.[dev]')")
+    pytest.importorskip("mido", reason="the live extra is not installed")
+    exe = _chromium()
+    url, tmp, proc = server
+    shots = Path(os.environ.get("CADENZA_STUDIO_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        outside = []
+        page.on("request", lambda r: None if r.url.startswith(url) else outside.append(r.url))
+        page.goto(url)
+        page.wait_for_selector("#model option[value='pretrained:piano']", state="attached")
+        page.click("#play-start")
+        page.wait_for_function("document.querySelector('#play-state').textContent"
+                               ".startsWith('listening')", timeout=60_000)
+        for pitch in (60, 62, 64, 65, 67, 69, 67):
+            key = page.locator(f'#keyboard .key[data-pitch="{pitch}"]')
+            key.dispatch_event("pointerdown")
+            page.wait_for_timeout(110)
+            key.dispatch_event("pointerup")
+        page.wait_for_function("window.cadenzaPlay.cadenzaNotes >= 3", timeout=60_000)
+        play = page.evaluate("({lat: window.cadenzaPlay.latencies, notes: "
+                             "window.cadenzaPlay.notes.map(n => n.who)})")
+        assert play["notes"].count("you") == 7 and play["notes"].count("cadenza") >= 3
+        assert len(play["lat"]) == 1 and 0 <= play["lat"][0] < 3000
+        print(f"page-to-page latency: {play['lat'][0]:.0f} ms")
+        page.wait_for_timeout(800)
+        page.locator("#play-section").screenshot(path=str(shots / "studio-play.png"))
+        page.click("#play-stop")
+        page.wait_for_selector("#play-save:not([hidden])")
+        with page.expect_download() as dl:
+            page.click("#play-save")
+        f = tmp_path / "duet.mid"
+        dl.value.save_as(f)
+        score = load_score(f)
+        assert {t.name for t in score.tracks} >= {"Player", "Cadenza"}
+        assert len(notes_from_score(only_track(score, "Player"))) == 7
+        assert outside == []
+        browser.close()
+
+
+def test_a_page_that_leaves_mid_answer_stops_its_duet(tiny_run, tmp_path):
+    """The page's event stream closes while Cadenza answers: the server stops that duet and
+    keeps serving (a new duet can start)."""
+    import http.client
+    import json as js
+
+    pytest.importorskip("mido", reason="the live extra is not installed")
+    from tests.test_guard import Server
+    s = Server(tmp_path / "tmp", "--runs", str(tiny_run))
+    try:
+        model = str(tiny_run / "best")
+        st, d, _ = s.request("POST", "/api/duet", {"model": model, "wait": 0.2, "answer": 20})
+        assert st == 200, d
+        c = http.client.HTTPConnection(s.host, s.port, timeout=30)
+        c.request("GET", f"/api/duet/{d['id']}/events", headers={"Host": f"{s.host}:{s.port}"})
+        stream = c.getresponse()
+        notes = [[1, 60, 80], [0, 60, 0], [1, 64, 80], [0, 64, 0]]
+        assert s.request("POST", f"/api/duet/{d['id']}/notes", {"notes": notes})[0] == 200
+        while True:  # the answer has begun
+            line = stream.fp.readline().decode()
+            if line.startswith("data:") and js.loads(line[5:]).get("on"):
+                break
+        c.close()  # the page goes away mid-answer
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            st, d2, _ = s.request("POST", "/api/duet", {"model": model})
+            if st == 200:
+                break
+            assert st == 429  # the first is still stopping
+            time.sleep(0.2)
+        assert st == 200 and s.request("GET", "/api/info")[0] == 200
+        bad = s.request("POST", f"/api/duet/{d2['id']}/notes", {"notes": [[1, 300, 80]]})
+        assert bad[0] == 400 and "notes:" in bad[1]["error"]
+    finally:
+        s.close()

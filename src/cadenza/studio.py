@@ -52,7 +52,7 @@ from .data.midi import (
     write_midi,
 )
 from .engine import WHY
-from .generate import PRIMER_TRACK, run_generate
+from .generate import PRIMER_TRACK, Generator, run_generate
 from .guard import Guard, GuardMiddleware, is_loopback
 from .render import audio_missing, note_name, render_wav
 
@@ -239,6 +239,8 @@ class Studio:
         self.jobs: dict[str, Job] = {}
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.seq = 0  # jobs submitted so far: each job's place in the queue
+        self.live: dict[str, Any] = {}  # the Play page's duets (live.py)
+        self._generators: dict[str, Any] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.audio_missing = audio_missing()
@@ -436,9 +438,18 @@ class Studio:
                 "midi": f"{base}/mid", "wav": f"{base}/wav" if info.files["wav"] else None,
                 "png": f"{base}/png", "command": command_line(job) + f"   # sample-{k}"}
 
+    def generator(self, model: str):
+        """A model loaded once for the Play page's duets."""
+        with self.lock:
+            if model not in self._generators:
+                self._generators[model] = Generator.load(model, device=self.device)
+            return self._generators[model]
+
     def close(self) -> None:
-        """Stop the worker (a running generation stops within a few tokens), remove the
-        folder."""
+        """Stop the worker (a running generation stops within a few tokens) and any duet,
+        remove the folder."""
+        for d in list(self.live.values()):
+            d.stop()
         self.stopping.set()
         self.queue.put(None)
         if self.worker.is_alive() and threading.current_thread() is not self.worker:
@@ -469,6 +480,8 @@ def make_app(studio: Studio, guard: Guard | None = None):
     from starlette.responses import FileResponse, JSONResponse
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
+
+    from .live import live_routes
 
     def error(msg: str, status: int = 400) -> JSONResponse:
         return JSONResponse({"error": msg}, status_code=status)
@@ -586,6 +599,7 @@ def make_app(studio: Studio, guard: Guard | None = None):
         Route("/api/jobs/{jid}", guarded(status)),
         Route("/api/jobs/{jid}/cancel", guarded(cancel), methods=["POST"]),
         Route("/api/jobs/{jid}/takes/{k:int}/{kind}", guarded(take)),
+        *live_routes(studio, guarded, json_object),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes)

@@ -329,3 +329,212 @@ window.addEventListener("DOMContentLoaded", async () => {
     state.compare = []; drawCompare();
   });
 });
+
+// --- Play: a live duet with the model (live.py on the server) ------------------------------
+// The page sends the notes it plays; Cadenza's answer comes back note by note as server-sent
+// events and is played here with a small synthesized piano voice (WebAudio, nothing fetched).
+
+const play = {
+  id: null, events: null, audio: null, voices: {}, t0: 0,
+  notes: [],            // {who: "you"|"cadenza", pitch, start, end} in page seconds
+  lastPlayed: null,     // page time of the player's last event (for the page's latency)
+  latencies: [],        // ms: the player's last event + the wait -> the first answer note
+  waitingFirst: false,
+  cadenzaNotes: 0,
+  down: new Set(),
+};
+window.cadenzaPlay = play;  // the browser test reads it
+
+const LOW = 48, HIGH = 83;  // the on-screen keys: C3..B5
+const COMPUTER_KEYS = "awsedftgyhujk";  // C4..C5, as on a piano
+
+function pageNow() { return performance.now() / 1000; }
+
+function voiceOn(pitch, velocity, who) {
+  if (!play.audio) return;
+  voiceOff(pitch, who);
+  const ctx = play.audio, t = ctx.currentTime;
+  const f = 440 * Math.pow(2, (pitch - 69) / 12);
+  const gain = ctx.createGain();
+  const level = 0.05 + 0.25 * (velocity / 127);
+  gain.gain.setValueAtTime(0, t);
+  gain.gain.linearRampToValueAtTime(level, t + 0.005);
+  gain.gain.exponentialRampToValueAtTime(level * 0.3, t + 1.2);  // a piano's decay
+  gain.connect(ctx.destination);
+  const oscs = [["triangle", 1, 1], ["sine", 2, 0.3], ["sine", 3, 0.1]].map(([type, h, g]) => {
+    const o = ctx.createOscillator(), og = ctx.createGain();
+    o.type = type; o.frequency.value = f * h; og.gain.value = g;
+    o.connect(og); og.connect(gain); o.start(t);
+    return o;
+  });
+  play.voices[`${who}${pitch}`] = { gain, oscs };
+}
+
+function voiceOff(pitch, who) {
+  const v = play.voices[`${who}${pitch}`];
+  if (!v || !play.audio) return;
+  const t = play.audio.currentTime;
+  v.gain.gain.cancelScheduledValues(t);
+  v.gain.gain.setValueAtTime(v.gain.gain.value, t);
+  v.gain.gain.exponentialRampToValueAtTime(0.0001, t + 0.15);
+  for (const o of v.oscs) o.stop(t + 0.2);
+  delete play.voices[`${who}${pitch}`];
+}
+
+function keyEl(pitch) { return document.querySelector(`#keyboard .key[data-pitch="${pitch}"]`); }
+
+function noteOn(pitch, velocity = 80) {
+  if (!play.id || play.down.has(pitch)) return;
+  play.down.add(pitch);
+  play.lastPlayed = pageNow();
+  play.notes.push({ who: "you", pitch, start: pageNow() - play.t0, end: null });
+  voiceOn(pitch, velocity, "you");
+  const k = keyEl(pitch); if (k) k.classList.add("down");
+  sendNotes([[1, pitch, velocity]]);
+}
+
+function noteOff(pitch) {
+  if (!play.id || !play.down.has(pitch)) return;
+  play.down.delete(pitch);
+  play.lastPlayed = pageNow();
+  play.waitingFirst = true;
+  const n = [...play.notes].reverse().find((x) => x.who === "you" && x.pitch === pitch && x.end === null);
+  if (n) n.end = pageNow() - play.t0;
+  voiceOff(pitch, "you");
+  const k = keyEl(pitch); if (k) k.classList.remove("down");
+  sendNotes([[0, pitch, 0]]);
+}
+
+function sendNotes(notes) {
+  postJSON(`/api/duet/${play.id}/notes`, { notes }).catch((e) => say(e.message));
+}
+
+function heard(e) {
+  const m = JSON.parse(e.data);
+  if (m.type === "note") {
+    if (m.text) { say(m.text, "info"); return; }
+    const now = pageNow() - play.t0, k = keyEl(m.pitch);
+    if (m.on) {
+      if (play.waitingFirst && play.lastPlayed !== null) {
+        play.latencies.push((pageNow() - play.lastPlayed - Number($("play-wait").value)) * 1000);
+        play.waitingFirst = false;
+      }
+      play.cadenzaNotes += 1;
+      play.notes.push({ who: "cadenza", pitch: m.pitch, start: now, end: null });
+      voiceOn(m.pitch, m.velocity, "cadenza");
+      if (k) k.classList.add("answer");
+    } else {
+      const n = [...play.notes].reverse().find((x) => x.who === "cadenza" && x.pitch === m.pitch && x.end === null);
+      if (n) n.end = now;
+      voiceOff(m.pitch, "cadenza");
+      if (k) k.classList.remove("answer");
+    }
+  } else if (m.type === "answer") {
+    $("play-state").textContent = `answered: ${m.notes} notes${m.cut_in ? " (you cut in)" : ""}, ` +
+      `first note ${Math.round(m.latency_ms)} ms after your pause`;
+  } else if (m.type === "ended") {
+    endPlay(m.midi);
+  }
+}
+
+function drawPlayRoll() {
+  const c = $("play-roll"), g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  if (play.t0) {
+    const now = pageNow() - play.t0, span = 10, left = Math.max(0, now - span);
+    const y = (p) => c.height - ((p - LOW + 1) / (HIGH - LOW + 3)) * c.height;
+    for (const n of play.notes) {
+      const end = n.end === null ? now : n.end;
+      if (end < left) continue;
+      g.fillStyle = n.who === "you" ? "#3b6ea8" : "#e8862a";
+      const x0 = ((n.start - left) / span) * c.width, x1 = ((end - left) / span) * c.width;
+      g.fillRect(x0, y(n.pitch), Math.max(2, x1 - x0), 4);
+    }
+  }
+  requestAnimationFrame(drawPlayRoll);
+}
+
+async function startPlay() {
+  say("");
+  try {
+    play.audio = play.audio || new (window.AudioContext || window.webkitAudioContext)();
+  } catch (e) { play.audio = null; }
+  const body = { model: $("model").value, sample: settingsForDuet(),
+                 wait: Number($("play-wait").value), answer: Number($("play-answer").value) };
+  try {
+    const r = await postJSON("/api/duet", body);
+    play.id = r.id; play.t0 = pageNow(); play.notes = []; play.latencies = [];
+    play.cadenzaNotes = 0; play.waitingFirst = false; play.lastPlayed = null;
+    play.events = new EventSource(`/api/duet/${r.id}/events`);
+    play.events.onmessage = heard;
+    $("play-start").hidden = true; $("play-stop").hidden = false; $("play-save").hidden = true;
+    $("play-state").textContent = "listening: play, then pause";
+  } catch (e) { say(e.message); }
+}
+
+function settingsForDuet() {
+  const s = settings();  // the same controls as Generate; a duet answers one take at a time
+  delete s.seconds; delete s.num_samples; delete s.may_end;
+  return s;
+}
+
+async function stopPlay() {
+  if (!play.id) return;
+  try {
+    const r = await postJSON(`/api/duet/${play.id}/stop`, {});
+    endPlay(r.midi);
+  } catch (e) { say(e.message); }
+}
+
+function endPlay(midi) {
+  if (play.events) { play.events.close(); play.events = null; }
+  for (const p of [...play.down]) noteOff(p);
+  play.id = null;
+  $("play-start").hidden = false; $("play-stop").hidden = true;
+  if (midi) { $("play-save").href = midi; $("play-save").hidden = false; }
+  $("play-state").textContent = "stopped";
+}
+
+function buildKeyboard() {
+  const kb = $("keyboard");
+  const whiteW = 100 / [...Array(HIGH - LOW + 1).keys()].filter((i) => ![1, 3, 6, 8, 10].includes((LOW + i) % 12)).length;
+  let x = 0;
+  for (let p = LOW; p <= HIGH; p++) {
+    const black = [1, 3, 6, 8, 10].includes(p % 12);
+    const k = el("div", { class: `key ${black ? "black" : "white"}`, "data-pitch": String(p),
+                         title: noteName(p) });
+    k.style.left = `${black ? x - whiteW * 0.3 : x}%`;
+    k.style.width = `${black ? whiteW * 0.6 : whiteW}%`;
+    if (!black) x += whiteW;
+    k.addEventListener("pointerdown", (ev) => { ev.preventDefault(); noteOn(p); });
+    k.addEventListener("pointerup", () => noteOff(p));
+    k.addEventListener("pointerleave", () => noteOff(p));
+    kb.append(k);
+  }
+  document.addEventListener("keydown", (ev) => {
+    const i = COMPUTER_KEYS.indexOf(ev.key.toLowerCase());
+    if (i >= 0 && !ev.repeat && !["INPUT", "SELECT"].includes(document.activeElement.tagName)) noteOn(60 + i);
+  });
+  document.addEventListener("keyup", (ev) => {
+    const i = COMPUTER_KEYS.indexOf(ev.key.toLowerCase());
+    if (i >= 0) noteOff(60 + i);
+  });
+  if (navigator.requestMIDIAccess) {  // a MIDI keyboard, where the browser offers Web MIDI
+    navigator.requestMIDIAccess().then((access) => {
+      for (const input of access.inputs.values()) {
+        input.onmidimessage = (m) => {
+          const [st, p, v] = m.data, kind = st & 0xf0;
+          if (kind === 0x90 && v > 0) noteOn(p, v);
+          else if (kind === 0x80 || (kind === 0x90 && v === 0)) noteOff(p);
+        };
+      }
+    }).catch(() => {});
+  }
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  buildKeyboard();
+  $("play-start").addEventListener("click", startPlay);
+  $("play-stop").addEventListener("click", stopPlay);
+  requestAnimationFrame(drawPlayRoll);
+});
