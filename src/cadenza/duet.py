@@ -573,6 +573,16 @@ def list_ports() -> str:
     return "inputs:  " + (", ".join(ins) or "none") + "\noutputs: " + (", ".join(outs) or "none")
 
 
+def _synth_port() -> str | None:
+    """A running FluidSynth's MIDI port, to hear the answers without --out (None: none)."""
+    try:
+        import mido
+        mido.set_backend("mido.backends.rtmidi")
+        return next((n for n in mido.get_output_names() if "fluid" in n.lower()), None)
+    except Exception:  # no MIDI system here
+        return None
+
+
 def run_duet(cfg: DuetConfig, *, device: str = "cpu") -> dict[str, Any] | None:
     """The ``duet`` command."""
     if cfg.list_ports:
@@ -630,16 +640,18 @@ def _session(cfg: DuetConfig, gen: Generator, clock: Clock, mido: Any) -> dict[s
                 raise ValueError(f"--in {cfg.in_port or '(default)'}: cannot open the MIDI "
                                  f"input ({str(e).splitlines()[0]}); see --list-ports") from None
             source = PortSource(in_port, clock)
-        if cfg.out_port:
+        out_name = cfg.out_port or _synth_port()
+        if out_name:
             try:
                 mido.set_backend("mido.backends.rtmidi")
-                out_port = mido.open_output(cfg.out_port)
+                out_port = mido.open_output(out_name)
             except Exception as e:
-                raise ValueError(f"--out {cfg.out_port}: cannot open the MIDI output "
+                raise ValueError(f"--out {out_name}: cannot open the MIDI output "
                                  f"({str(e).splitlines()[0]}); see --list-ports") from None
-            print(f"Cadenza answers on {cfg.out_port}")
+            print(f"Cadenza answers on {out_name}")
         else:
-            print("no --out port: Cadenza's answers are only recorded")
+            print("no --out port and no FluidSynth port (fluidsynth -a pulse -m alsa_seq "
+                  "makes one): Cadenza's answers are only recorded")
         duet = Duet(gen, cfg.sample, wait=cfg.wait, answer=cfg.answer, max_hold=cfg.max_hold,
                     clock=clock, send=out_port.send if out_port else (lambda m: None))
         base = Path(cfg.record) / time.strftime("duet-%Y%m%d-%H%M%S")
