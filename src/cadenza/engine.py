@@ -171,10 +171,12 @@ class Engine:
             self.controls.feed(ids, times)
         self._append(torch.as_tensor(ids, dtype=torch.long, device=self.device))
 
-    def _window(self, s: torch.Tensor) -> torch.Tensor:
-        """The latest tokens that fit, starting on a voice-period boundary."""
+    def _window(self, s: torch.Tensor, half: bool = False) -> torch.Tensor:
+        """The latest tokens that fit (``half``: the recent half of the context, even when
+        all would fit), starting on a voice-period boundary."""
         max_len = self.max_context
-        if max_len is None or s.shape[1] <= max_len:
+        if max_len is None or (s.shape[1] <= max_len and not half) or \
+                s.shape[1] <= max_len // 2:
             return s
         keep = max_len // 2 if self.use_cache else max_len
         drop = s.shape[1] - keep
@@ -191,11 +193,17 @@ class Engine:
         max_len = self.max_context
         if self.cache is None or self.fed == 0 or \
                 (max_len is not None and self.cache.length + new > max_len):
-            # the first read, or a slide: a fresh cache re-reads the recent half
-            self.cache = self.model.new_cache(self.batch)
-            self.logits = self.model(self._window(self.buf[:, : self.n]), self.cache)[:, -1]
-        else:
-            self.logits = self.model(self.buf[:, self.fed: self.n], self.cache)[:, -1]
+            return self._reread()  # the first read, or a slide
+        self.logits = self.model(self.buf[:, self.fed: self.n], self.cache)[:, -1]
+        self.fed = self.n
+        return self.logits
+
+    def _reread(self, half: bool = False) -> torch.Tensor:
+        """A fresh cache reads the context's window (past the context, or with ``half``:
+        its recent half)."""
+        self.cache = self.model.new_cache(self.batch)
+        self.logits = self.model(self._window(self.buf[:, : self.n], half),
+                                 self.cache)[:, -1]
         self.fed = self.n
         return self.logits
 
@@ -212,9 +220,7 @@ class Engine:
             return
         tokens = min(tokens, max_len // 4)  # a slide keeps half: never one per call
         if self.cache.length + (self.n - self.fed) + tokens > max_len:
-            self.cache = self.model.new_cache(self.batch)
-            self.logits = self.model(self._window(self.buf[:, : self.n]), self.cache)[:, -1]
-            self.fed = self.n
+            self._reread(half=True)
 
     def rewind(self, n: int) -> None:
         """Forget every token after the first ``n`` (tokens drawn ahead that were never
