@@ -109,11 +109,12 @@ class _Config:
 
 def _check_type(name: str, tp: Any, v: Any) -> None:
     """``v`` may be stored in a field of type ``tp`` (ints count as floats, lists as
-    tuples); else ConfigError naming the flag."""
+    tuples; None is left to the config, some of which read it as "the default"); else
+    ConfigError naming the flag."""
+    if v is None:
+        return
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        if v is None and type(None) in args:
-            return
         tp = next(a for a in args if a is not type(None))
         args = typing.get_args(tp)
     want = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
