@@ -96,6 +96,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pieces", type=int, default=12, help="asap pieces (POP909: 2/3 of it)")
+    ap.add_argument("--k", type=int, default=K, help="candidates per span (default 8)")
     ap.add_argument("--out", default="runs/infill-bench.json")
     ap.add_argument("--figure", default=str(ROOT / "docs/infill.png"))
     a = ap.parse_args()
@@ -120,7 +121,7 @@ def main() -> None:
             right = right[: model.max_context // 3]  # dense music: the first 341 tokens
             steer = Steering(seed=len(rows), top_p=0.95)
             t = time.perf_counter()
-            filled = fill(gen, notes, span, steer, K, JUDGE)[0]
+            filled = fill(gen, notes, span, steer, a.k, JUDGE)[0]
             secs = time.perf_counter() - t
             cont = fill(gen, notes, span, steer, 1, 0.0)[0]
             other = mid - 2 * length if mid - 2 * length >= 0 else mid + 2 * length
@@ -144,8 +145,8 @@ def main() -> None:
                 shown.append((f, score, notes, span, filled.notes))
             print(f"{corpus:>7} {f.name:<28} {length:g} s: infill {row['infill']:.3f} "
                   f"continuation {row['continuation']:.3f} retrieval {row['retrieval']:.3f} "
-                  f"true {row['true']:.3f}  ({secs:.1f} s for {K} candidates)", flush=True)
-    report = {"k": K, "judge_seconds": JUDGE, "after_seconds": AFTER, "rows": rows,
+                  f"true {row['true']:.3f}  ({secs:.1f} s for {a.k} candidates)", flush=True)
+    report = {"k": a.k, "judge_seconds": JUDGE, "after_seconds": AFTER, "rows": rows,
               "tables": {}}
     print(f"\n{'spans':<22}{'n':>4}{'infill':>9}{'contin.':>9}{'retrieval':>10}{'true':>8}"
           f"{'closed':>8}   (NLL/token of the next 8 s; then of seconds 4-8 only)")
@@ -175,9 +176,10 @@ def main() -> None:
     lengths = [r["span"][1] - r["span"][0] for r in rows]
     report["time"] = {"seconds_per_span": float(np.mean(per)),
                       "real_time_factor": float(np.sum(lengths) / np.sum(per))}
-    print(f"\ntime: {np.mean(per):.1f} s per span for {K} candidates "
+    print(f"\ntime: {np.mean(per):.1f} s per span for {a.k} candidates "
           f"({np.sum(lengths) / np.sum(per):.2f}x real time), {gen.precision} decoding")
-    figure(shown, Path(a.figure))
+    if a.figure:
+        figure(shown, Path(a.figure))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
 

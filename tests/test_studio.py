@@ -439,3 +439,54 @@ def test_a_page_that_leaves_mid_answer_stops_its_duet(tiny_run, tmp_path):
         assert bad[0] == 400 and "notes:" in bad[1]["error"]
     finally:
         s.close()
+
+
+def test_regenerate_a_span_in_chromium(server, tmp_path):
+    """Drag across the start's roll, Regenerate this span: a take whose roll shows the span,
+    whose notes outside it are the start's, and which can be continued."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is "
+                                   "not installed (pip install -e '.[dev]')")
+    exe = _chromium()
+    url, tmp, proc = server
+    shots = Path(os.environ.get("CADENZA_STUDIO_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True, args=[
+            "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        page.goto(url)
+        page.wait_for_selector("#model option[value='pretrained:piano']", state="attached")
+        page.set_input_files("#upload", str(OPENING))
+        page.wait_for_selector("#start svg.roll rect.note")
+        assert page.is_disabled("#infill")
+        box = page.locator("#start svg.roll").bounding_box()
+        y = box["y"] + box["height"] / 2  # drag across the middle of the roll
+        page.mouse.move(box["x"] + box["width"] * 0.40, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.50, y, steps=5)
+        page.mouse.move(box["x"] + box["width"] * 0.55, y, steps=5)
+        page.mouse.up()
+        page.wait_for_selector("#start svg.roll rect.span")
+        label = page.inner_text("#span-label")
+        a, b = (float(v) for v in label.split(" s")[0].split("–"))
+        assert 0 < a < b and not page.is_disabled("#infill")
+        page.fill("#settings [name=seed]", "3")
+        page.click("#infill")
+        page.wait_for_function("document.querySelectorAll('.take').length === 1",
+                               timeout=120_000)
+        card = page.locator(".take").first
+        assert card.locator("svg.roll rect.span").count() == 1
+        assert f"{a:.2f}–{b:.2f} s regenerated" in card.inner_text()
+        assert "cadenza infill --input" in card.text_content()  # the command line (folded)
+        page.locator("#takes-section").screenshot(path=str(shots / "studio-infill.png"))
+        with page.expect_download() as dl:
+            card.locator(".midi-link").click()
+        f = tmp_path / "infilled.mid"
+        dl.value.save_as(f)
+        out = load_score(f)
+        new = notes_from_score(only_track(out, "Infill"))
+        assert len(new) > 0 and ((new.start >= a - 0.01) & (new.start < b + 0.01)).all()
+        card.locator(".continue").click()  # an infilled take continues like any take
+        page.wait_for_function("document.querySelector('#start-name').textContent"
+                               ".startsWith('take')")
+        browser.close()

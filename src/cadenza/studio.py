@@ -41,7 +41,16 @@ import numpy as np
 
 from .atomic import process_dir
 from .checkpoint import CheckpointError, pretrained_names, read_config, read_metrics
-from .config import ConfigError, GenerateConfig, SampleConfig, StudioConfig, flag, task_name
+from .config import (
+    ConfigError,
+    GenerateConfig,
+    InfillConfig,
+    SampleConfig,
+    Steering,
+    StudioConfig,
+    flag,
+    task_name,
+)
 from .data.corpus import OPENINGS
 from .data.midi import (
     BadInput,
@@ -54,6 +63,7 @@ from .data.midi import (
 from .engine import WHY
 from .generate import PRIMER_TRACK, Generator, run_generate
 from .guard import Guard, GuardMiddleware, is_loopback
+from .infill import INFILL_TRACK, run_infill
 from .render import audio_missing, note_name, render_wav
 
 STATIC = Path(__file__).parent / "static"
@@ -113,7 +123,7 @@ class Job:
 
     id: str
     seq: int  # order of submission: the queue's order
-    cfg: GenerateConfig  # its checkpoint, primer and sampling settings
+    cfg: Any  # GenerateConfig, or InfillConfig for "Regenerate this span"
     start: str | None  # the start's name (cfg.primer is its copy in the work folder)
     page: str = ""  # the page that asked (for its share of --max-queue)
     state: str = "queued"  # queued, running, writing, done, failed, cancelled
@@ -153,13 +163,15 @@ def _note_rows(start, end, pitch, velocity, primer) -> list[list]:
             for a, b, p, v, m in zip(start, end, pitch, velocity, primer)]
 
 
-def take_notes(midi: Path) -> list[list]:
-    """A take's notes with their track: the primer's, or the continuation's."""
+def take_notes(midi: Path, infill: bool = False) -> list[list]:
+    """A take's notes with their track: the primer's (for an infilled take: every note but
+    the Infill track's), or the new music's."""
     score = load_score(midi).to("second")
     rows: list[list] = []
     for tr in score.tracks:
         a = tr.notes.numpy()
-        is_primer = np.full(len(a["time"]), tr.name == PRIMER_TRACK)
+        old = tr.name != INFILL_TRACK if infill else tr.name == PRIMER_TRACK
+        is_primer = np.full(len(a["time"]), old)
         rows += _note_rows(a["time"], a["time"] + a["duration"], a["pitch"], a["velocity"],
                            is_primer)
     return sorted(rows)
@@ -199,21 +211,33 @@ def builtin_pieces() -> list[dict[str, str]]:
 
 
 def command_line(job: Job) -> str:
-    """The `cadenza generate` line that makes this job's takes again, its flags named by the
-    configs (the primer by the name it was uploaded under)."""
+    """The `cadenza generate` (or `infill`) line that makes this job's takes again, its flags
+    named by the configs (the start by the name it was uploaded under)."""
     cfg = job.cfg
+    if isinstance(cfg, InfillConfig):
+        args = [flag("input"), shlex.quote(job.start or "start.mid"), flag("start"),
+                f"{cfg.start:g}", flag("end"), f"{cfg.end:g}", flag("checkpoint"),
+                cfg.checkpoint, flag("candidates"), str(cfg.candidates)]
+        return " ".join(["cadenza infill", *args, *_sample_flags(cfg.sample),
+                         flag("out"), "takes/"])
     args = [flag("checkpoint"), cfg.checkpoint[0]]
     if job.start:
         args += [flag("primer"), shlex.quote(job.start)]
     if cfg.primer_seconds:
         args += [flag("primer_seconds"), f"{cfg.primer_seconds:g}"]
-    for name, v in cfg.sample.to_dict().items():
+    return " ".join(["cadenza generate", *args, *_sample_flags(cfg.sample), flag("out"),
+                     "takes/"])
+
+
+def _sample_flags(sample) -> list[str]:
+    args = []
+    for name, v in sample.to_dict().items():
         if v is True:
             args.append(flag(name))
         elif v is not None and v is not False and not (name == "max_repeats" and v == 0):
             shown = f"{v:g}" if isinstance(v, float) else str(v)
             args += [flag(name), shlex.quote(shown)]
-    return " ".join(["cadenza generate", *args, flag("out"), "takes/"])
+    return args
 
 
 def _defaults() -> dict[str, Any]:
@@ -317,9 +341,23 @@ class Studio:
             raise ConfigError(f"--seconds: the studio makes up to {self.cfg.max_seconds:g} s "
                               f"per take (--max-seconds), got {sample.seconds:g}")
         jid = uuid.uuid4().hex[:12]
-        cfg = GenerateConfig(out=str(self.work / "jobs" / jid), checkpoint=(model,),
-                             primer=str(start.midi) if start else None,
-                             primer_seconds=primer_seconds, sample=sample)
+        span = _field(req, "span", dict)
+        if span is not None:  # "Regenerate this span" of the start
+            a, b = _field(span, "start", float), _field(span, "end", float)
+            if start is None or a is None or b is None:
+                raise ConfigError("span: give a start and the span's start and end, seconds")
+            if b - a > self.cfg.max_seconds:
+                raise ConfigError(f"span: the studio regenerates up to "
+                                  f"{self.cfg.max_seconds:g} s (--max-seconds), got {b - a:g}")
+            steer = Steering.from_dict({k: v for k, v in sample.to_dict().items()
+                                        if k not in ("tokens", "seconds", "may_end")})
+            cfg: GenerateConfig | InfillConfig = InfillConfig(
+                input=str(start.midi), out=str(self.work / "jobs" / jid), start=float(a),
+                end=float(b), checkpoint=model, sample=steer)
+        else:
+            cfg = GenerateConfig(out=str(self.work / "jobs" / jid), checkpoint=(model,),
+                                 primer=str(start.midi) if start else None,
+                                 primer_seconds=primer_seconds, sample=sample)
         with self.lock:
             active = [j for j in self.jobs.values() if j.state in ACTIVE]
             limit = self.cfg.max_queue
@@ -353,7 +391,8 @@ class Studio:
         job needs go first; ``newest`` (the job or start just made) stays, so that its page
         can read it."""
         with self.lock:
-            busy = {j.cfg.primer for j in self.jobs.values() if j.state in ACTIVE}
+            busy = {getattr(j.cfg, "primer", None) or getattr(j.cfg, "input", None)
+                    for j in self.jobs.values() if j.state in ACTIVE}
             jobs = [(j.seq, "job", j.id, Path(j.cfg.out)) for j in self.jobs.values()
                     if j.state in FINISHED and j.id != newest]
             starts = [(i, "start", s.id, s.midi.parent) for i, s in
@@ -399,8 +438,12 @@ class Studio:
                     continue
                 job.state = "running"
             try:
-                infos = run_generate(job.cfg, device=self.device, progress=self._hear(job))
-                job.takes = [self._take(job, i) for i in infos]
+                if isinstance(job.cfg, InfillConfig):
+                    infos = run_infill(job.cfg, device=self.device, progress=self._hear(job))
+                    job.takes = [self._infill_take(job, i) for i in infos]
+                else:
+                    infos = run_generate(job.cfg, device=self.device, progress=self._hear(job))
+                    job.takes = [self._take(job, i) for i in infos]
                 job.progress, job.state = 1.0, "done"
             except Stopped:
                 return
@@ -435,6 +478,19 @@ class Studio:
                 "notes": take_notes(Path(cfg.out) / info.files["midi"]),
                 "tokens_per_second": info.tokens_per_second, "stopped": info.stopped,
                 "stopped_why": WHY[info.stopped],
+                "midi": f"{base}/mid", "wav": f"{base}/wav" if info.files["wav"] else None,
+                "png": f"{base}/png", "command": command_line(job) + f"   # sample-{k}"}
+
+    def _infill_take(self, job: Job, info) -> dict[str, Any]:
+        k, cfg = info.sample, job.cfg
+        base = f"/api/jobs/{job.id}/takes/{k}"
+        return {"job": job.id, "take": k, "model": cfg.checkpoint, "start": job.start,
+                "primer_seconds": 0.0, "new_seconds": cfg.end - cfg.start,
+                "span": [cfg.start, cfg.end], "settings": info.settings, "memorization": None,
+                "notes": take_notes(Path(cfg.out) / info.files["midi"], infill=True),
+                "tokens_per_second": 0.0, "stopped": "seconds",
+                "stopped_why": f"the span {cfg.start:g}-{cfg.end:g} s is regenerated "
+                               f"(candidate {info.chosen + 1} of {info.candidates})",
                 "midi": f"{base}/mid", "wav": f"{base}/wav" if info.files["wav"] else None,
                 "png": f"{base}/png", "command": command_line(job) + f"   # sample-{k}"}
 

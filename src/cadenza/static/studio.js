@@ -92,7 +92,40 @@ function roll(notes, opts) {
   }
   const split = opts.keep !== undefined ? opts.keep : opts.split;
   if (split > 0) svg.append(svgEl("line", { x1: x(split), x2: x(split), y1: T, y2: H - B, class: "split" }));
+  if (opts.span) {
+    svg.append(svgEl("rect", { x: x(opts.span[0]), y: T, width: x(opts.span[1]) - x(opts.span[0]),
+                               height: H - B - T, class: "span" }));
+  }
+  if (opts.onSpan) pickSpan(svg, (px) => Math.min(end, Math.max(0, (px - L) / (W - L - R) * end)),
+                            x, T, H - B, opts.onSpan);
   return svg;
+}
+
+function pickSpan(svg, timeAt, x, top, bottom, done) {
+  // drag across a roll to choose a span: its times go to done(start, end)
+  svg.classList.add("pickable");
+  const toSvg = (ev) => { const p = svg.createSVGPoint(); p.x = ev.clientX; p.y = ev.clientY;
+                          return p.matrixTransform(svg.getScreenCTM().inverse()).x; };
+  let from = null, box = null;
+  svg.addEventListener("pointerdown", (ev) => {
+    from = timeAt(toSvg(ev));
+    box = svgEl("rect", { x: x(from), y: top, width: 0, height: bottom - top, class: "selecting" });
+    svg.append(box);
+    svg.setPointerCapture(ev.pointerId);
+  });
+  svg.addEventListener("pointermove", (ev) => {
+    if (from === null) return;
+    const t = timeAt(toSvg(ev));
+    box.setAttribute("x", x(Math.min(from, t)));
+    box.setAttribute("width", Math.abs(x(t) - x(from)));
+  });
+  svg.addEventListener("pointerup", (ev) => {
+    if (from === null) return;
+    const t = timeAt(toSvg(ev)), a = Math.min(from, t), b = Math.max(from, t);
+    from = null;
+    if (b - a >= 0.25) done(Math.round(a * 100) / 100, Math.round(b * 100) / 100);
+    else box.remove();
+  });
 }
 
 // --- models, pieces, defaults --------------------------------------------------------
@@ -133,6 +166,8 @@ function showModel() {
 
 function setStart(start) {
   state.start = start;
+  state.span = null;
+  $("infill").disabled = true;
   $("start").hidden = !start;
   if (!start) return;
   $("start-name").textContent = start.name;
@@ -150,7 +185,15 @@ function setStart(start) {
 function drawStart() {
   if (!state.start) return;
   const box = $("start-roll");
-  box.replaceChildren(roll(state.start.notes, { keep: +$("keep").value, label: "start piano roll" }));
+  box.replaceChildren(roll(state.start.notes, { keep: +$("keep").value, label: "start piano roll",
+                                                span: state.span, onSpan: chooseSpan }));
+}
+
+function chooseSpan(a, b) {
+  state.span = [a, b];
+  $("infill").disabled = false;
+  $("span-label").textContent = `${a.toFixed(2)}–${b.toFixed(2)} s: the notes that start there are regenerated`;
+  drawStart();
 }
 
 async function upload(file) {
@@ -178,10 +221,21 @@ function settings() {
 }
 
 async function generate() {
-  say("");
-  const body = { model: $("model").value, sample: settings(),
+  await runJob({ model: $("model").value, sample: settings(),
                  start: state.start ? state.start.id : null,
-                 primer_seconds: state.start ? Number($("keep").value) : 0 };
+                 primer_seconds: state.start ? Number($("keep").value) : 0 });
+}
+
+async function regenerateSpan() {
+  if (!state.start || !state.span) return;
+  const sample = settings();
+  delete sample.seconds; delete sample.may_end;
+  await runJob({ model: $("model").value, sample, start: state.start.id,
+                 span: { start: state.span[0], end: state.span[1] } });
+}
+
+async function runJob(body) {
+  say("");
   $("generate").disabled = true;
   $("progress").hidden = false;
   $("progress").value = 0;
@@ -235,10 +289,12 @@ function takeCard(t, compact, minSeconds) {
   const title = `Take ${t.number}`;
   const card = el("article", { class: "card take", "data-take": `${t.job}-${t.take}` });
   const head = el("div", { class: "card-head" }, el("strong", { text: title }),
-    el("span", { class: "muted", text: `${t.primer_seconds.toFixed(1)} s of ${t.start || "silence"} + ${t.new_seconds.toFixed(1)} s new · ${t.model}` }));
+    el("span", { class: "muted", text: t.span
+      ? `${t.start}: ${t.span[0].toFixed(2)}–${t.span[1].toFixed(2)} s regenerated · ${t.model}`
+      : `${t.primer_seconds.toFixed(1)} s of ${t.start || "silence"} + ${t.new_seconds.toFixed(1)} s new · ${t.model}` }));
   card.append(head);
   const box = el("div", { class: "roll-box" });
-  box.append(roll(t.notes, { split: t.primer_seconds, label: `${title} piano roll`,
+  box.append(roll(t.notes, { split: t.primer_seconds, label: `${title} piano roll`, span: t.span,
                             width: compact ? 600 : 1000, minSeconds }));
   card.append(box);
   const row = el("div", { class: "row" });
@@ -253,7 +309,7 @@ function takeCard(t, compact, minSeconds) {
   card.append(el("div", { class: "meta" },
     el("span", { text: `seed ${s.seed}, take ${t.take + 1} of ${s.num_samples}` }),
     el("span", { text: `temperature ${s.temperature} · top-p ${s.top_p} · top-k ${s.top_k}` }),
-    el("span", { text: `${Math.round(t.tokens_per_second)} tokens/s` }),
+    ...(t.tokens_per_second ? [el("span", { text: `${Math.round(t.tokens_per_second)} tokens/s` })] : []),
     el("span", { class: "stopped", text: `stopped: ${t.stopped_why}` }),
     ...(controlsText(s) ? [el("span", { text: controlsText(s) })] : []),
     el("span", { class: "memorization", text: mem })));
@@ -324,6 +380,7 @@ window.addEventListener("DOMContentLoaded", async () => {
   $("keep").addEventListener("input", () => { $("keep-range").value = $("keep").value; drawStart(); });
   $("keep-range").addEventListener("input", () => { $("keep").value = $("keep-range").value; drawStart(); });
   $("generate").addEventListener("click", generate);
+  $("infill").addEventListener("click", regenerateSpan);
   $("close-compare").addEventListener("click", () => {
     for (const c of state.compare) c.box.checked = false;
     state.compare = []; drawCompare();
