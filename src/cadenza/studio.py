@@ -524,6 +524,71 @@ class Studio:
 # --- HTTP ------------------------------------------------------------------------------------
 
 
+# --- HTTP helpers: bodies, errors (every handler is wrapped by _guarded) ------------------
+
+
+def _error(msg: str, status: int = 400):
+    from starlette.responses import JSONResponse
+    return JSONResponse({"error": msg}, status_code=status)
+
+
+async def _read_body(request, name: str, mb: float) -> bytes:
+    """The upload, refused before it is read whole when it is over ``mb``."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > mb * 1e6:
+        raise TooLarge(name, mb, int(declared))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > mb * 1e6:
+            raise TooLarge(name, mb)
+    return bytes(body)
+
+
+def _content_type(request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _json_object(request) -> dict[str, Any]:
+    """The body as a JSON object, sent as application/json (a type no cross-site form can
+    send)."""
+    if _content_type(request) != "application/json":
+        raise Unsupported(f"{request.url.path}: send JSON as application/json")
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise ValueError(f"{request.url.path}: the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"{request.url.path}: expected a JSON object")
+    return body
+
+
+def _page(request) -> str:
+    """Which page asks (the id it made when it loaded), else the client's address."""
+    return request.headers.get("cadenza-page") or \
+        (request.client.host if request.client else "")
+
+
+def _guarded(fn):
+    """A handler whose errors are one line for the page, with the status that fits."""
+    async def handler(request):
+        try:
+            return await fn(request)
+        except Busy as e:
+            return _error(str(e), 429)
+        except Unsupported as e:
+            return _error(str(e), 415)
+        except (BadInput, ConfigError, CheckpointError, ValueError) as e:
+            return _error(str(e).splitlines()[0], 413 if isinstance(e, TooLarge) else 400)
+        except KeyError as e:
+            return _error(f"not found: {e.args[0]} (a take or start may have been cleared "
+                          "to make room: --max-work-mb)", 404)
+        except Exception:  # a bug: its traceback in the server's log, not in the page
+            traceback.print_exc()
+            return _error("internal error (the server's log has it)", 500)
+    return handler
+
+
 UPLOAD_TYPES = ("application/octet-stream", "audio/midi", "audio/x-midi", "audio/mid")
 
 
@@ -539,61 +604,6 @@ def make_app(studio: Studio, guard: Guard | None = None):
 
     from .live import live_routes
 
-    def error(msg: str, status: int = 400) -> JSONResponse:
-        return JSONResponse({"error": msg}, status_code=status)
-
-    async def read_body(request: Request, name: str) -> bytes:
-        """The upload, refused before it is read whole when it is over the limit."""
-        mb = studio.cfg.max_upload_mb
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > mb * 1e6:
-            raise TooLarge(name, mb, int(declared))
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > mb * 1e6:
-                raise TooLarge(name, mb)
-        return bytes(body)
-
-    def content_type(request: Request) -> str:
-        return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-    async def json_object(request: Request) -> dict[str, Any]:
-        """The body as a JSON object, sent as application/json (a type no cross-site form
-        can send)."""
-        if content_type(request) != "application/json":
-            raise Unsupported(f"{request.url.path}: send JSON as application/json")
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise ValueError(f"{request.url.path}: the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise ValueError(f"{request.url.path}: expected a JSON object")
-        return body
-
-    def page(request: Request) -> str:
-        """Which page asks (the id it made when it loaded), else the client's address."""
-        return request.headers.get("cadenza-page") or \
-            (request.client.host if request.client else "")
-
-    def guarded(fn):
-        async def handler(request: Request):
-            try:
-                return await fn(request)
-            except Busy as e:
-                return error(str(e), 429)
-            except Unsupported as e:
-                return error(str(e), 415)
-            except (BadInput, ConfigError, CheckpointError, ValueError) as e:
-                return error(str(e).splitlines()[0], 413 if isinstance(e, TooLarge) else 400)
-            except KeyError as e:
-                return error(f"not found: {e.args[0]} (a take or start may have been cleared "
-                             "to make room: --max-work-mb)", 404)
-            except Exception:  # a bug: its traceback in the server's log, not in the page
-                traceback.print_exc()
-                return error("internal error (the server's log has it)", 500)
-        return handler
-
     async def index(request: Request):
         return FileResponse(STATIC / "studio.html")
 
@@ -602,19 +612,19 @@ def make_app(studio: Studio, guard: Guard | None = None):
 
     async def upload(request: Request):
         name = Path(request.query_params.get("name") or "upload.mid").name
-        if content_type(request) not in UPLOAD_TYPES:
+        if _content_type(request) not in UPLOAD_TYPES:
             raise Unsupported(f"{name}: send the MIDI file as application/octet-stream")
-        data = await read_body(request, name)
+        data = await _read_body(request, name, studio.cfg.max_upload_mb)
         start = await run_in_threadpool(studio.add_start, name, data)
         return JSONResponse(start.to_dict())
 
     async def builtin(request: Request):
-        body = await json_object(request)
+        body = await _json_object(request)
         return JSONResponse((await run_in_threadpool(studio.builtin_start,
                                                      str(body.get("piece")))).to_dict())
 
     async def from_take(request: Request):
-        body = await json_object(request)
+        body = await _json_object(request)
         job, k = _field(body, "job", str), _field(body, "take", int)
         if job is None or k is None:
             raise ConfigError("job and take: give both (the take to continue)")
@@ -627,7 +637,7 @@ def make_app(studio: Studio, guard: Guard | None = None):
         return FileResponse(s.wav, media_type="audio/wav")
 
     async def submit(request: Request):
-        job = studio.submit(await json_object(request), page(request))
+        job = studio.submit(await _json_object(request), _page(request))
         return JSONResponse(studio.status(job.id))
 
     async def cancel(request: Request):
@@ -646,16 +656,16 @@ def make_app(studio: Studio, guard: Guard | None = None):
 
     routes = [
         Route("/", index),
-        Route("/api/info", guarded(info)),
-        Route("/api/starts", guarded(upload), methods=["POST"]),
-        Route("/api/starts/builtin", guarded(builtin), methods=["POST"]),
-        Route("/api/starts/from-take", guarded(from_take), methods=["POST"]),
-        Route("/api/starts/{sid}/audio.wav", guarded(start_audio)),
-        Route("/api/jobs", guarded(submit), methods=["POST"]),
-        Route("/api/jobs/{jid}", guarded(status)),
-        Route("/api/jobs/{jid}/cancel", guarded(cancel), methods=["POST"]),
-        Route("/api/jobs/{jid}/takes/{k:int}/{kind}", guarded(take)),
-        *live_routes(studio, guarded, json_object),
+        Route("/api/info", _guarded(info)),
+        Route("/api/starts", _guarded(upload), methods=["POST"]),
+        Route("/api/starts/builtin", _guarded(builtin), methods=["POST"]),
+        Route("/api/starts/from-take", _guarded(from_take), methods=["POST"]),
+        Route("/api/starts/{sid}/audio.wav", _guarded(start_audio)),
+        Route("/api/jobs", _guarded(submit), methods=["POST"]),
+        Route("/api/jobs/{jid}", _guarded(status)),
+        Route("/api/jobs/{jid}/cancel", _guarded(cancel), methods=["POST"]),
+        Route("/api/jobs/{jid}/takes/{k:int}/{kind}", _guarded(take)),
+        *live_routes(studio, _guarded, _json_object),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes)
