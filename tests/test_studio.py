@@ -357,20 +357,30 @@ def test_the_page_in_chromium(server, tmp_path):
     assert not list(tmp.glob("cadenza-studio-*"))  # no temporary file left behind
 
 
+def _browser_setup(server, tmp_path):
+    """Playwright, Debian's chromium, the studio's address and the screenshots' folder."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is "
+                                   "not installed (pip install -e '.[dev]')")
+    exe = _chromium()
+    shots = Path(os.environ.get("CADENZA_STUDIO_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    return sync_api, exe, server[0], shots
+
+
+def _open_page(p, exe: str, *args: str):
+    browser = p.chromium.launch(executable_path=exe, headless=True,
+                                args=["--no-sandbox", "--disable-gpu", *args])
+    return browser, browser.new_page(viewport={"width": 1280, "height": 900},
+                                     accept_downloads=True)
+
+
 def test_the_play_page_in_chromium(server, tmp_path):
     """Play a phrase on the on-screen keyboard: the answer comes back note by note, is drawn
     and played, the page measures its latency with its own clock, and the session saves."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is "
-                                   "not installed (pip install -e '.[dev]')")
     pytest.importorskip("mido", reason="the live extra is not installed")
-    exe = _chromium()
-    url, tmp, proc = server
-    shots = Path(os.environ.get("CADENZA_STUDIO_SCREENSHOTS") or tmp_path / "shots")
-    shots.mkdir(parents=True, exist_ok=True)
+    sync_api, exe, url, shots = _browser_setup(server, tmp_path)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        browser, page = _open_page(p, exe, "--autoplay-policy=no-user-gesture-required")
         outside = []
         page.on("request", lambda r: None if r.url.startswith(url) else outside.append(r.url))
         page.goto(url)
@@ -444,16 +454,9 @@ def test_a_page_that_leaves_mid_answer_stops_its_duet(tiny_run, tmp_path):
 def test_regenerate_a_span_in_chromium(server, tmp_path):
     """Drag across the start's roll, Regenerate this span: a take whose roll shows the span,
     whose notes outside it are the start's, and which can be continued."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is "
-                                   "not installed (pip install -e '.[dev]')")
-    exe = _chromium()
-    url, tmp, proc = server
-    shots = Path(os.environ.get("CADENZA_STUDIO_SCREENSHOTS") or tmp_path / "shots")
-    shots.mkdir(parents=True, exist_ok=True)
+    sync_api, exe, url, shots = _browser_setup(server, tmp_path)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, headless=True, args=[
-            "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+        browser, page = _open_page(p, exe)
         page.goto(url)
         page.wait_for_selector("#model option[value='pretrained:piano']", state="attached")
         page.set_input_files("#upload", str(OPENING))
