@@ -12,6 +12,9 @@ run them side by side), and each job owns its folder, so takes never mix. Everyt
 server writes lives in one temporary folder, removed when it stops (Ctrl-C or SIGTERM); one
 left by a killed server is removed by the next start.
 
+"Regenerate this span" runs ``cadenza infill``'s ``run_infill`` on the same worker; the Play
+page's live duet is live.py (server-sent events under the same guard).
+
 Bounded: at most --max-queue jobs wait or run (a page at most half of them), a job can be
 cancelled, and the folder stays within --max-work-mb (the oldest finished takes and unused
 starts go first). Guarded (guard.py): only its own names as Host, only its own page may
