@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import CONTROLS, ConfigError, SampleConfig, flag
+from .config import ConfigError, SampleConfig, flag
 from .data.tokenizers import EOS
 from .data.tokenizers.base import Grammar, NoteRoles
 
@@ -74,7 +74,15 @@ class Controls:
             self.vel_ok = np.zeros(128, bool)
             self.vel_ok[lo: hi + 1] = True
         self.static = ok
+        # --max-repeats forbids a pitch: the tokens that strike it
+        self.tokens_of = {int(p): np.flatnonzero(roles.pitch == p)
+                          for p in np.unique(roles.pitch[self.strikes])}
         self.reset(0)
+
+    @property
+    def needs_times(self) -> bool:
+        """Whether ``feed`` needs the time after each token (the loop guard's onsets)."""
+        return bool(self.cfg.max_repeats)
 
     def reset(self, batch: int) -> None:
         self.velocity = np.full(batch, self.roles.default_velocity)
@@ -96,8 +104,9 @@ class Controls:
 
     # --- seeing tokens ---------------------------------------------------------------------
 
-    def advance(self, tokens: np.ndarray, now: np.ndarray, new: bool = True) -> None:
-        """One token per row, at the grammar's time ``now`` (after the token)."""
+    def advance(self, tokens: np.ndarray, now: np.ndarray | None, new: bool = True) -> None:
+        """One token per row, at the grammar's time ``now`` (after the token; needed only
+        when ``needs_times``)."""
         vel = self.roles.velocity[tokens]
         if self.roles.velocity_carries:
             self.velocity = np.where(vel >= 0, vel, self.velocity)
@@ -108,8 +117,16 @@ class Controls:
             for b in np.flatnonzero(struck):
                 self._note(b, int(self.roles.pitch[tokens[b]]), float(now[b]))
 
-    def feed(self, ids: np.ndarray, times: np.ndarray) -> None:
-        """A (B, T) prefix with the grammar's time after each token, (B, T)."""
+    def feed(self, ids: np.ndarray, times: np.ndarray | None) -> None:
+        """A (B, T) prefix, with the grammar's time after each token (B, T) when
+        ``needs_times``."""
+        if not self.needs_times:  # only the velocity in force is read from a prefix
+            if self.roles.velocity_carries:
+                vel = self.roles.velocity[ids]
+                last = np.where(vel >= 0, np.arange(ids.shape[1]), -1).max(1)
+                has = last >= 0
+                self.velocity[has] = vel[has, last[has]]
+            return
         for t in range(ids.shape[1]):
             self.advance(ids[:, t], times[:, t], new=False)
 
@@ -149,7 +166,7 @@ class Controls:
                     gap = now[b] - self.last_onset[b]
                     for pitch, interval in pats:
                         if abs(gap - interval) <= SAME_INTERVAL:
-                            m[b, self.roles.pitch == pitch] = False
+                            m[b, self.tokens_of[pitch]] = False
         dead = ~m.any(1) & allowed.any(1)
         m[dead] = allowed[dead]  # the grammar's choice stands (the engine reports it)
         return m
@@ -185,8 +202,3 @@ def _works_with(name: str) -> str:
     ok = [n for n in tokenizer_names() if n != "remi"
           and name in build_tokenizer(n).note_roles().supports]
     return ", ".join(ok)
-
-
-def describe(cfg: SampleConfig) -> str:
-    """The controls in force, as flags (for log lines)."""
-    return " ".join(f"{flag(n)} {getattr(cfg, n)}" for n in CONTROLS if getattr(cfg, n))

@@ -161,9 +161,11 @@ class Engine:
         ids = np.asarray(ids, np.int64)
         if ids.ndim == 1:
             ids = np.repeat(ids[None], self.batch, 0)
-        if self.controls is None:
+        if self.controls is None or not self.controls.needs_times:
             self.grammar.feed(ids)
-        else:  # the controls need the time after each token
+            if self.controls is not None:
+                self.controls.feed(ids, None)
+        else:  # the loop guard needs the time after each token
             times = np.zeros(ids.shape)
             for t in range(ids.shape[1]):
                 self.grammar.feed(ids[:, t: t + 1])
