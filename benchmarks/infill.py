@@ -34,15 +34,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from cadenza.config import Steering
 from cadenza.data.midi import BadInput, Notes, load_score, notes_from_score
 from cadenza.data.sources import hash_split, music_digest
-from cadenza.data.tokenizers import BOS
-from cadenza.data.tokenizers.performance import SHIFT0, VEL0
+from cadenza.data.tokenizers.performance import shift_steps
 from cadenza.generate import Generator
-from cadenza.infill import after, fill, make_span, stream, trim_to
+from cadenza.infill import after, fill, make_span, right_logprobs, stream, trim_to
 from cadenza.stats import compare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,19 +65,6 @@ def pieces(n: int) -> list[tuple[str, Path]]:
     return [("asap", f) for f in asap] + [("pop909", f) for f in pop]
 
 
-@torch.no_grad()
-def token_logprobs(model, left: np.ndarray, middle: np.ndarray, right: np.ndarray
-                   ) -> np.ndarray:
-    room = model.max_context - 1 - len(middle) - len(right)
-    if room < 0:  # a dense span: its latest tokens, then the right context
-        middle, room = middle[-room:], 0
-    left = left[max(0, len(left) - room):]
-    seq = torch.as_tensor(np.concatenate([[BOS], left, middle, right]), dtype=torch.long)
-    logp = torch.log_softmax(model(seq[None]).float(), -1)[0]
-    first = len(seq) - len(right)
-    return logp[torch.arange(first - 1, len(seq) - 1), torch.as_tensor(right)].numpy()
-
-
 def span_ids(tok, new: Notes, start: float, length: float) -> np.ndarray:
     """A filled span's notes (seconds of the piece) as the stream the true span gets."""
     rel = Notes(new.start - start, new.end - start, new.pitch, new.velocity)
@@ -88,7 +73,7 @@ def span_ids(tok, new: Notes, start: float, length: float) -> np.ndarray:
 
 def right_times(right: np.ndarray) -> np.ndarray:
     """The time (s) at which each right-context token stands."""
-    shift = np.where((right >= SHIFT0) & (right < VEL0), right - SHIFT0 + 1, 0)
+    shift = shift_steps(right)
     return (np.cumsum(shift) - shift) / 100
 
 
@@ -135,7 +120,7 @@ def main() -> None:
             row = {"corpus": corpus, "file": f.name, "span": [span.start, span.end],
                    "seconds": secs, "right_tokens": int(len(right))}
             for name, ids in ways.items():
-                lp = token_logprobs(model, left, ids, right)
+                lp = right_logprobs(model, left, [ids], right)[0]
                 row[name] = float(-lp.mean())
                 late = when >= JUDGE
                 row[name + "_late"] = float(-lp[late].mean()) if late.any() else float("nan")

@@ -45,13 +45,13 @@ from .data.midi import Notes, load_score, notes_from_score, score_from_tracks, w
 from .data.tokenizers import BOS
 from .data.tokenizers.base import Grammar
 from .data.tokenizers.performance import (
-    MAX_SHIFT,
     OFF0,
     ON0,
     SHIFT0,
     STEPS_PER_SECOND,
     VEL0,
     bin_velocity,
+    shift_tokens,
     velocity_bin,
 )
 from .engine import Engine
@@ -154,8 +154,7 @@ class Duet:
         self.grammar = NoteFirst(gen.tok.grammar())
         cfg = SampleConfig(seconds=answer, **steering.to_dict())
         self.engine = Engine(gen.model, self.grammar, cfg, period=gen.period,
-                             roles=gen.tok.note_roles(), scheme=gen.tok.name)
-        self.gen.check(cfg)
+                             roles=gen.tok.note_roles(), scheme=gen.tok.name)  # checks cfg
         self.engine.feed(np.array([BOS]))
         self.origin = 0.0  # session seconds of the music's step 0
         self.vbin = -1  # the velocity bin in force in the token stream
@@ -178,14 +177,9 @@ class Duet:
 
     def _advance_to(self, t: float) -> None:
         """Feed TIME_SHIFTs up to session time ``t``."""
-        gap = self._step_at(t) - int(self.grammar.inner.steps[0])
-        ids = []
-        while gap > 0:
-            k = min(gap, MAX_SHIFT)
-            ids.append(SHIFT0 + k - 1)
-            gap -= k
-        if ids:
-            self.engine.feed(np.array(ids))
+        ids = shift_tokens(self._step_at(t) - int(self.grammar.inner.steps[0]))
+        if len(ids):
+            self.engine.feed(ids)
 
     def _feed_note(self, t: float, pitch: int, velocity: int) -> None:
         """A note-on (velocity > 0) or note-off, at session time ``t``, into the context."""
@@ -299,12 +293,10 @@ class Duet:
         end_music = self.answer_seconds
         while True:
             got = poll()
-            notes_in = [(m, t) for m, t in got if getattr(m, "type", "") in
-                        ("note_on", "note_off", "control_change")]
-            pending_msgs += got
+            pending_msgs += got  # heard once the answer has stopped
             now = clk.now()
             music_now = -1.0 if anchor is None else now - anchor
-            if any(getattr(m, "type", "") == "note_on" and m.velocity > 0 for m, _ in notes_in):
+            if any(getattr(m, "type", "") == "note_on" and m.velocity > 0 for m, _ in got):
                 ans.cut_in = True  # keep the tokens of the music already played
                 played_tokens = max([n for n, m in marks if m <= music_now], default=first)
                 break
@@ -376,17 +368,14 @@ class Duet:
         if played < self.engine.n:
             self.engine.rewind(played)
             self.vbin = -1  # said again with the next note
-        if anchor is not None:
-            self.origin = anchor - (self._answer_start_step(ans) / STEPS_PER_SECOND)
+        if anchor is not None:  # the answer's music started at its anchor
+            self.origin = anchor - self._step_at(ans.detected) / STEPS_PER_SECOND
         for p in range(128):
             if self.grammar.inner.down[0, p] > 0 and p not in self.held:
                 self._advance_to(max(now, self.origin))
                 self.engine.feed(np.array([OFF0 + p]))
         self.grammar.need_note = False
         self.engine.prefill()
-
-    def _answer_start_step(self, ans: Answer) -> int:
-        return self._step_at(ans.detected)
 
     def all_notes_off(self) -> None:
         """Every note Cadenza has on is released, and all-notes-off on every channel."""

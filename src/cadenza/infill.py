@@ -36,7 +36,7 @@ from .atomic import write_bytes
 from .config import InfillConfig, SampleConfig, Steering
 from .data.midi import BadInput, Notes, cut_notes, load_score, notes_from_score, quarters_at
 from .data.tokenizers import BOS
-from .data.tokenizers.performance import MAX_SHIFT, SHIFT0, STEPS_PER_SECOND, VEL0
+from .data.tokenizers.performance import SHIFT0, STEPS_PER_SECOND, shift_steps
 from .generate import Generator, open_take, place_take, sample_run
 
 INFILL_TRACK = "Infill"
@@ -128,22 +128,14 @@ def make_span(score: symusic.Score, notes: Notes, start: float, end: float) -> S
 def stream(tok, notes: Notes, seconds: float) -> np.ndarray:
     """Ids of ``notes`` (times from 0) whose stream reaches ``seconds`` exactly: notes cut
     there, TIME_SHIFTs up to it."""
-    ids = tok.encode(cut_notes(notes, seconds)) if len(notes) else np.zeros(0, np.int64)
-    have = int(np.sum(np.where((ids >= SHIFT0) & (ids < VEL0), ids - SHIFT0 + 1, 0)))
-    gap = int(round(seconds * STEPS_PER_SECOND)) - have
-    while gap > 0:
-        step = min(gap, MAX_SHIFT)
-        ids = np.append(ids, SHIFT0 + step - 1)
-        gap -= step
-    return ids
+    return tok.encode_until(cut_notes(notes, seconds), seconds)
 
 
 def trim_to(ids: np.ndarray, seconds: float) -> np.ndarray:
     """A generated span cut to end exactly at ``seconds``: the engine stops on the shift that
     crosses it, which is shortened (or dropped)."""
     steps = int(round(seconds * STEPS_PER_SECOND))
-    shift = np.where((ids >= SHIFT0) & (ids < VEL0), ids - SHIFT0 + 1, 0)
-    reach = np.cumsum(shift)
+    reach = np.cumsum(shift_steps(ids))
     over = np.flatnonzero(reach >= steps)
     if not len(over):
         return ids
@@ -161,12 +153,14 @@ def after(notes: Notes, t: float, seconds: float) -> Notes:
 
 
 @torch.no_grad()
-def right_logprob(model, left: np.ndarray, middles: list[np.ndarray], right: np.ndarray
-                  ) -> np.ndarray:
-    """Per middle, log p(right | BOS, left, middle) under ``model`` (one batch, padded at
-    the end; the left context keeps its latest tokens that fit)."""
+def right_logprobs(model, left: np.ndarray, middles: list[np.ndarray], right: np.ndarray
+                   ) -> np.ndarray:
+    """(len(middles), len(right)): log p of each right-context token given BOS, the left
+    context, a middle and the right context before it, under ``model`` (one batch, padded
+    at the end; the left context keeps its latest tokens that fit, a middle too dense to fit
+    its latest tokens)."""
     if not len(right):
-        return np.zeros(len(middles))
+        return np.zeros((len(middles), 0))
     room = (model.max_context or 10**9) - 1 - max(len(m) for m in middles) - len(right)
     if room < 0:  # a dense candidate: its latest tokens with the right context
         middles = [m[-(len(m) + room):] for m in middles]
@@ -179,12 +173,9 @@ def right_logprob(model, left: np.ndarray, middles: list[np.ndarray], right: np.
         batch[i, : len(s)] = torch.as_tensor(s)
     device = next(model.parameters()).device
     logp = torch.log_softmax(model(batch.to(device)).float(), -1).cpu()
-    out = np.zeros(len(seqs))
-    for i, s in enumerate(seqs):
-        first = len(s) - len(right)  # position of the right context's first token
-        pos = torch.arange(first - 1, len(s) - 1)
-        out[i] = float(logp[i, pos, torch.as_tensor(right)].sum())
-    return out
+    target = torch.as_tensor(right)
+    return np.stack([logp[i, torch.arange(len(s) - len(right) - 1, len(s) - 1), target].numpy()
+                     for i, s in enumerate(seqs)])
 
 
 # --- the method ----------------------------------------------------------------------------
@@ -225,11 +216,12 @@ def contexts(gen: Generator, notes: Notes, span: Span, right_seconds: float
 
 
 def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidates: int,
-         right_seconds: float, progress=None) -> list[Filled]:
+         right_seconds: float, progress=None, ctx: tuple | None = None) -> list[Filled]:
     """``steering.num_samples`` infills of ``span`` in ``notes`` (seconds), each drawn from
-    ``candidates`` proposals weighted by the right context's likelihood."""
+    ``candidates`` proposals weighted by the right context's likelihood. ``ctx``: what
+    ``contexts`` returned, when the caller has it already."""
     tok, model = gen.tok, gen.model
-    left, right, budget = contexts(gen, notes, span, right_seconds)
+    left, right, budget = ctx or contexts(gen, notes, span, right_seconds)
     k, samples = candidates, steering.num_samples
     cfg = SampleConfig(seconds=span.seconds, **{**steering.to_dict(), "num_samples": k * samples})
     prompt = np.concatenate([[BOS], left[-(budget // 2):] if len(left) > budget // 2 else left])
@@ -241,7 +233,7 @@ def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidate
     out = []
     for s in range(samples):
         mine = middles[s * k: (s + 1) * k]
-        w = right_logprob(model, left, mine, right)
+        w = right_logprobs(model, left, mine, right).sum(1)
         p = np.exp(w - w.max())
         chosen = int(rng.choice(k, p=p / p.sum()))
         new = tok.decode_notes(mine[chosen])
@@ -311,7 +303,7 @@ def run_infill(cfg: InfillConfig, *, device: str = "cpu", progress=None) -> list
         raise BadInput(f"--start {span.start:g}: no note of {path.name} starts before it; "
                        "this is a continuation from nothing: use `cadenza generate`")
     gen = Generator.load(cfg.checkpoint, device=device, precision=cfg.precision)
-    contexts(gen, notes, span, cfg.right_seconds)  # refuse a span too long, before writing
+    ctx = contexts(gen, notes, span, cfg.right_seconds)  # a span too long: before writing
     if not (notes.start >= span.end).any():
         print(f"note: no note of {path.name} starts after {span.end:g} s: the span is "
               "continued from the music before it (nothing after it to join)")
@@ -320,7 +312,7 @@ def run_infill(cfg: InfillConfig, *, device: str = "cpu", progress=None) -> list
     try:
         t = time.perf_counter()
         filled = fill(gen, notes, span, cfg.sample, cfg.candidates, cfg.right_seconds,
-                      progress)
+                      progress, ctx)
         gen_s = time.perf_counter() - t
         infos = [_write(cfg, score, notes, span, f, k, take, gen_s, str(path))
                  for k, f in enumerate(filled)]

@@ -41,6 +41,17 @@ def bin_velocity(b: np.ndarray) -> np.ndarray:
     return np.asarray(b) * (128 // N_VEL) + (128 // N_VEL) // 2
 
 
+def shift_steps(ids: np.ndarray) -> np.ndarray:
+    """The 10 ms steps each token moves time by (0 for all but TIME_SHIFTs)."""
+    ids = np.asarray(ids)
+    return np.where((ids >= SHIFT0) & (ids < VEL0), ids - SHIFT0 + 1, 0)
+
+
+def shift_tokens(steps: int) -> np.ndarray:
+    """The TIME_SHIFT ids that move time by ``steps`` 10 ms steps (none for steps <= 0)."""
+    return _shift_runs(np.array([max(int(steps), 0)]))[3]
+
+
 def _shift_runs(amounts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Split each time gap (in steps) into tokens of at most MAX_SHIFT steps.
 
@@ -111,12 +122,14 @@ class PerformanceTokenizer(Tokenizer):
                       ) -> np.ndarray:
         """The primer's events, then TIME_SHIFTs up to its cut (a closing rest stays)."""
         notes = self.primer_piece(score, seconds, sustain_pedal)
+        return self.encode_until(notes, seconds or notes.duration)
+
+    def encode_until(self, notes: Notes, seconds: float) -> np.ndarray:
+        """Ids of ``notes`` (which end by ``seconds``) whose stream reaches ``seconds``
+        exactly: the events, then TIME_SHIFTs up to it."""
         ids = self.encode(notes)
-        have = int(np.sum(np.where((ids >= SHIFT0) & (ids < VEL0), ids - SHIFT0 + 1, 0)))
-        gap = int(round((seconds or notes.duration) * STEPS_PER_SECOND)) - have
-        if gap <= 0:
-            return ids
-        return np.concatenate([ids, _shift_runs(np.array([gap]))[3]])
+        gap = int(round(seconds * STEPS_PER_SECOND)) - int(shift_steps(ids).sum())
+        return np.concatenate([ids, shift_tokens(gap)]) if gap > 0 else ids
 
     # --- decoding -----------------------------------------------------------------------
     def decode(self, ids: np.ndarray) -> Notes:
