@@ -42,7 +42,7 @@ from cadenza.data.midi import Notes, cut_notes, load_score, notes_from_score
 from cadenza.data.tokenizers import BOS
 from cadenza.generate import Generator, primer_mask
 from cadenza.stats import compare, longest_repeat
-from cadenza.theory import estimate_key, key_pitch_classes
+from cadenza.theory import NAMES, estimate_key, key_pitch_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 PIANO = Path(os.environ.get("CADENZA_PIANO_DATA", ROOT.parent / "shared/data/piano"))
@@ -63,23 +63,27 @@ def sounding_at_onsets(notes: Notes, which: np.ndarray) -> np.ndarray:
 
 
 def conditions(key: str) -> dict[str, dict]:
-    return {"none": {}, "key": {"key": key}, "pitch_range": {"pitch_range": "C3-C6"},
-            "velocity_range": {"velocity_range": "40-80"}, "max_polyphony": {"max_polyphony": 3},
+    return {"none": {}, "key": {"key": key},
+            **{name: {name: value} for name, value in STATIC.items()},
             "density 2": {"density": 2.0}, "density 6": {"density": 6.0},
             "density 12": {"density": 12.0}, f"max_repeats {REPEATS}": {"max_repeats": REPEATS}}
 
 
 def obeys(name: str, s: dict, notes: Notes, fresh: np.ndarray) -> np.ndarray:
-    """Per new note, whether it obeys the condition's hard control (True when none)."""
+    """Per new note, whether it obeys the condition's hard control (True when none), its
+    values read by the config as the engine reads them."""
     p, v = notes.pitch[fresh], notes.velocity[fresh]
-    if "key" in s:
-        return np.isin(p % 12, sorted(key_pitch_classes(s["key"])))
-    if "pitch_range" in s:
-        return (p >= 48) & (p <= 84)
-    if "velocity_range" in s:
-        return (v >= 40) & (v <= 80)
-    if "max_polyphony" in s:
-        return sounding_at_onsets(notes, fresh) <= 3
+    cfg = SampleConfig(**s)
+    if cfg.key:
+        return np.isin(p % 12, sorted(cfg.key_classes))
+    if cfg.pitch_range:
+        lo, hi = cfg.pitch_range_values
+        return (p >= lo) & (p <= hi)
+    if cfg.velocity_range:
+        lo, hi = cfg.velocity_range_values
+        return (v >= lo) & (v <= hi)
+    if cfg.max_polyphony:
+        return sounding_at_onsets(notes, fresh) <= cfg.max_polyphony
     return np.ones(len(p), bool)
 
 
@@ -164,11 +168,9 @@ def cost_on_real_music(gen: Generator, files: list[Path]) -> dict:
         scored = tok.decode_notes(cont)  # the notes the scored tokens hold
         if not len(scored):
             continue
-        w = np.zeros(12)
-        np.add.at(w, scored.pitch % 12, 1)
-        keys = [k for k in (f"{r} {m}" for m in ("major", "minor") for r in
-                            ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"))
-                if set(np.unique(scored.pitch % 12).tolist()) <= key_pitch_classes(k)]
+        played = set((scored.pitch % 12).tolist())
+        keys = [k for k in (f"{r} {m}" for m in ("major", "minor") for r in NAMES)
+                if played <= key_pitch_classes(k)]
         lo, hi = int(max(scored.pitch.min(), 21)), int(min(scored.pitch.max(), 108))
         vlo, vhi = int(max(scored.velocity.min(), 1)), int(scored.velocity.max())
         poly = int(sounding_at_onsets(scored, np.ones(len(scored), bool)).max())

@@ -99,39 +99,51 @@ class _Config:
             raise ConfigError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
         hints = typing.get_type_hints(cls)
         for k, v in d.items():
-            _check_type(k, hints[k], v)
+            check_type(k, hints[k], v)
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**kwargs)
+
+    def _nest(self) -> None:
+        """Nested configs given as dicts (a config.json, a request) become configs."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            v, tp = getattr(self, f.name), hints[f.name]
+            if isinstance(v, dict) and dataclasses.is_dataclass(tp):
+                object.__setattr__(self, f.name, tp.from_dict(v))
 
     def replace(self, **changes: Any):
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
-def _check_type(name: str, tp: Any, v: Any) -> None:
+_KINDS: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("true or false", lambda x: isinstance(x, bool)),
+    int: ("a whole number", lambda x: isinstance(x, int) and not isinstance(x, bool)),
+    float: ("a number", lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)),
+    str: ("text", lambda x: isinstance(x, str)),
+    dict: ("an object", lambda x: isinstance(x, dict)),
+}
+
+
+def check_type(name: str, tp: Any, v: Any, shown: str | None = None) -> None:
     """``v`` may be stored in a field of type ``tp`` (ints count as floats, lists as
     tuples; None is left to the config, some of which read it as "the default"); else
-    ConfigError naming the flag."""
+    ConfigError naming the flag (or ``shown``, e.g. a request's field)."""
     if v is None:
         return
-    args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        tp = next(a for a in args if a is not type(None))
-        args = typing.get_args(tp)
-    want = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
-    ok = {bool: lambda x: isinstance(x, bool),
-          int: lambda x: isinstance(x, int) and not isinstance(x, bool),
-          float: lambda x: isinstance(x, (int, float)) and not isinstance(x, bool),
-          str: lambda x: isinstance(x, str)}
-    if tp in ok:
-        if not ok[tp](v):
-            raise ConfigError(f"{flag(name)}: must be {want[tp]}, got {v!r}")
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    named = shown or flag(name)
+    if tp in _KINDS:
+        what, ok = _KINDS[tp]
+        if not ok(v):
+            raise ConfigError(f"{named}: must be {what}, got {v!r}")
     elif typing.get_origin(tp) is tuple:
         if not isinstance(v, (list, tuple)):
-            raise ConfigError(f"{flag(name)}: must be a list, got {v!r}")
-        inner = [a for a in args if a is not Ellipsis]
-        for x in v:
-            if len(inner) == 1 or (args and args[-1] is Ellipsis):
-                _check_type(name, inner[0], x)
+            raise ConfigError(f"{named}: must be a list, got {v!r}")
+        args = typing.get_args(tp)
+        kinds = [args[0]] * len(v) if args and args[-1] is Ellipsis else args
+        for x, kind in zip(v, kinds):
+            check_type(name, kind, x, shown)
 
 
 def _tokenizer_names() -> list[str]:
@@ -463,7 +475,7 @@ class Steering(Drawing):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _theory_check("key", self.key, lambda v: theory.key_pitch_classes(v))
+        _theory_check("key", self.key, theory.key_pitch_classes)
         _theory_check("pitch_range", self.pitch_range, lambda v: theory.parse_range(
             v, theory.LOWEST_KEY, theory.HIGHEST_KEY, "piano's keys"))
         _theory_check("velocity_range", self.velocity_range,
@@ -567,8 +579,7 @@ class GenerateConfig(_Config):
                             choices=GENERATE_PRECISIONS)
 
     def __post_init__(self) -> None:
-        if isinstance(self.sample, dict):
-            object.__setattr__(self, "sample", SampleConfig.from_dict(self.sample))
+        self._nest()
         if not isinstance(self.checkpoint, tuple):  # one path, or a list of them
             one = isinstance(self.checkpoint, (str, os.PathLike))
             object.__setattr__(self, "checkpoint", tuple(
@@ -612,8 +623,7 @@ class InfillConfig(_Config):
                             choices=GENERATE_PRECISIONS)
 
     def __post_init__(self) -> None:
-        if isinstance(self.sample, dict):
-            object.__setattr__(self, "sample", Steering.from_dict(self.sample))
+        self._nest()
         if self.bars is None:
             _check(self.start >= 0, "start", "must be >= 0", self.start)
             _check(self.end > self.start, "end", f"must be after --start {self.start:g}",
@@ -650,8 +660,7 @@ class DuetConfig(_Config):
                             choices=GENERATE_PRECISIONS)
 
     def __post_init__(self) -> None:
-        if isinstance(self.sample, dict):
-            object.__setattr__(self, "sample", Steering.from_dict(self.sample))
+        self._nest()
         _check(0.05 <= self.wait <= 10, "wait", "must be in [0.05, 10] seconds", self.wait)
         _check(0.5 <= self.answer <= 120, "answer", "must be in [0.5, 120] seconds",
                self.answer)
@@ -679,8 +688,7 @@ class ArrangeConfig(_Config):
                                    "font)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.sample, dict):
-            object.__setattr__(self, "sample", Drawing.from_dict(self.sample))
+        self._nest()
         _check(self.seconds >= 0, "seconds", "must be >= 0", self.seconds)
 
 

@@ -95,10 +95,9 @@ class Guard:
         u = urlsplit(origin)
         if u.scheme != "http" or not u.hostname:
             return False
-        port = u.port or 80
+        port = u.port or 80  # host_ok checks it against the server's
         return self.host_ok(f"[{u.hostname}]:{port}" if ":" in u.hostname
-                            else f"{u.hostname}:{port}") and \
-            (self.port is None or port == self.port)
+                            else f"{u.hostname}:{port}")
 
     def address(self, port: int) -> str:
         """The address to print: the page, with the token when one is needed."""

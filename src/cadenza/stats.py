@@ -104,8 +104,8 @@ def longest_repeat(notes: Notes, max_pattern: int = 8, same: float = 0.02) -> in
     """The most copies in a row of one pattern of 1..``max_pattern`` notes, a note being its
     pitch and the time since the note before (equal within ``same`` seconds); notes in
     onset order, a chord's from low to high (a key struck twice at one moment counted
-    once). 1: nothing repeats; a note struck 30 times at
-    one pace: 30. What ``--max-repeats`` bounds (controls.py; it reads the notes in the
+    once). 1: nothing repeats; a note struck 30 times at one pace: 30. What
+    ``--max-repeats`` bounds (controls.py; it reads the notes in the
     order the model writes them, so a chord written in another order can slip past)."""
     if len(notes) == 0:
         return 0

@@ -51,6 +51,7 @@ from .config import (
     SampleConfig,
     Steering,
     StudioConfig,
+    check_type,
     flag,
     task_name,
 )
@@ -141,16 +142,10 @@ USER_ERRORS = (BadInput, ConfigError, CheckpointError, FileNotFoundError, FileEx
 
 
 def _field(body: dict[str, Any], name: str, kind: type) -> Any:
-    """A request's field, None when absent, else of ``kind`` (ConfigError naming it)."""
+    """A request's field, None when absent, else of ``kind`` (ConfigError naming it, checked
+    as the configs check theirs)."""
     v = body.get(name)
-    if v is None:
-        return None
-    ok = isinstance(v, kind) and not isinstance(v, bool) if kind in (int, str, dict) else \
-        isinstance(v, (int, float)) and not isinstance(v, bool)
-    if not ok:
-        what = {int: "a whole number", float: "a number", str: "text",
-                dict: "an object"}[kind]
-        raise ConfigError(f"{name}: must be {what}, got {v!r}")
+    check_type(name, kind, v, shown=name)
     return v
 
 
