@@ -11,7 +11,6 @@ the server keeps serving. ``POST /api/duet/ID/stop`` ends the session and record
 
 from __future__ import annotations
 
-import asyncio
 import json
 import queue
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 from .config import ConfigError, Steering
 
 KEEP_ALIVE = 10.0  # seconds between comments on an idle event stream
+WAIT = 0.25  # seconds an event stream waits for an event before it looks for the page
 
 
 class Gone(OSError):
@@ -170,13 +170,12 @@ def live_routes(studio, guarded, json_object) -> list:
             idle = 0.0
             try:
                 while True:
-                    try:
-                        e = d.events.get_nowait()
+                    try:  # waits in a worker thread: an event leaves the moment it is put
+                        e = await run_in_threadpool(d.events.get, True, WAIT)
                     except queue.Empty:
                         if await request.is_disconnected():
                             break
-                        await asyncio.sleep(0.003)
-                        idle += 0.003
+                        idle += WAIT
                         if idle >= KEEP_ALIVE:
                             idle = 0.0
                             yield ": still here\n\n"

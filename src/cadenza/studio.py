@@ -436,12 +436,9 @@ class Studio:
                     continue
                 job.state = "running"
             try:
-                if isinstance(job.cfg, InfillConfig):
-                    infos = run_infill(job.cfg, device=self.device, progress=self._hear(job))
-                    job.takes = [self._infill_take(job, i) for i in infos]
-                else:
-                    infos = run_generate(job.cfg, device=self.device, progress=self._hear(job))
-                    job.takes = [self._take(job, i) for i in infos]
+                run = run_infill if isinstance(job.cfg, InfillConfig) else run_generate
+                infos = run(job.cfg, device=self.device, progress=self._hear(job))
+                job.takes = [self._take(job, i) for i in infos]
                 job.progress, job.state = 1.0, "done"
             except Stopped:
                 return
@@ -468,29 +465,24 @@ class Studio:
         return progress
 
     def _take(self, job: Job, info) -> dict[str, Any]:
+        """A take for the page: a generate sample's (SampleInfo) or an infill's (InfillInfo)."""
         k, cfg = info.sample, job.cfg
         base = f"/api/jobs/{job.id}/takes/{k}"
-        return {"job": job.id, "take": k, "model": cfg.checkpoint[0], "start": job.start,
-                "primer_seconds": info.primer["seconds"], "new_seconds": info.new_seconds,
-                "settings": info.settings, "memorization": info.memorization,
-                "notes": take_notes(Path(cfg.out) / info.files["midi"]),
-                "tokens_per_second": info.tokens_per_second, "stopped": info.stopped,
-                "stopped_why": WHY[info.stopped],
+        take = {"job": job.id, "take": k, "start": job.start, "settings": info.settings,
                 "midi": f"{base}/mid", "wav": f"{base}/wav" if info.files["wav"] else None,
                 "png": f"{base}/png", "command": command_line(job) + f"   # sample-{k}"}
-
-    def _infill_take(self, job: Job, info) -> dict[str, Any]:
-        k, cfg = info.sample, job.cfg
-        base = f"/api/jobs/{job.id}/takes/{k}"
-        return {"job": job.id, "take": k, "model": cfg.checkpoint, "start": job.start,
-                "primer_seconds": 0.0, "new_seconds": cfg.end - cfg.start,
-                "span": [cfg.start, cfg.end], "settings": info.settings, "memorization": None,
-                "notes": take_notes(Path(cfg.out) / info.files["midi"], infill=True),
-                "tokens_per_second": 0.0, "stopped": "seconds",
-                "stopped_why": f"the span {cfg.start:g}-{cfg.end:g} s is regenerated "
-                               f"(candidate {info.chosen + 1} of {info.candidates})",
-                "midi": f"{base}/mid", "wav": f"{base}/wav" if info.files["wav"] else None,
-                "png": f"{base}/png", "command": command_line(job) + f"   # sample-{k}"}
+        notes = Path(cfg.out) / info.files["midi"]
+        if isinstance(cfg, InfillConfig):
+            return {**take, "model": cfg.checkpoint, "primer_seconds": 0.0,
+                    "new_seconds": cfg.end - cfg.start, "span": [cfg.start, cfg.end],
+                    "memorization": None, "notes": take_notes(notes, infill=True),
+                    "tokens_per_second": 0.0, "stopped": "seconds",
+                    "stopped_why": f"the span {cfg.start:g}-{cfg.end:g} s is regenerated "
+                                   f"(candidate {info.chosen + 1} of {info.candidates})"}
+        return {**take, "model": cfg.checkpoint[0], "primer_seconds": info.primer["seconds"],
+                "new_seconds": info.new_seconds, "memorization": info.memorization,
+                "notes": take_notes(notes), "tokens_per_second": info.tokens_per_second,
+                "stopped": info.stopped, "stopped_why": WHY[info.stopped]}
 
     def generator(self, model: str):
         """A model loaded once for the Play page's duets."""
