@@ -6,7 +6,12 @@ beside the checkout); tests that need them skip with a message saying so.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +126,50 @@ def real_piano_scores(tmp_path_factory) -> list[symusic.Score]:
         assert _convert_one((str(files[0]), str(dst)))
         out.append(symusic.Score(str(dst)))
     return out
+
+
+class Server:
+    """`cadenza studio` in its own process, with its own temporary folder."""
+
+    def __init__(self, tmp: Path, *flags: str) -> None:
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "cadenza", "studio", "--port", "0",
+                                      "--device", "cpu", *flags], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env)
+        self.lines = []
+        line = ""
+        while "Cadenza Studio:" not in line:
+            line = self.proc.stdout.readline()
+            self.lines.append(line)
+            if not line and self.proc.poll() is not None:
+                raise AssertionError("studio did not start: " + "".join(self.lines))
+        m = re.search(r"http://([\d.]+):(\d+)/(\?token=(\S+))?", line)
+        self.host, self.port, self.token = m.group(1), int(m.group(2)), m.group(4)
+        self.url = m.group(0)
+
+    def request(self, method: str, path: str, body: bytes | dict | None = None,
+                headers: dict | None = None) -> tuple[int, dict, dict]:
+        c = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        h = {"Host": f"{self.host}:{self.port}", **(headers or {})}
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+            h.setdefault("Content-Type", "application/json")
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        raw = r.read()
+        c.close()
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = {"raw": raw[:80]}
+        return r.status, data, dict(r.getheaders())
+
+    def work(self) -> Path:
+        return next(self.tmp.glob("cadenza-studio-*"))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)

@@ -4,12 +4,6 @@ eviction, cancelling, field-named errors)."""
 
 from __future__ import annotations
 
-import http.client
-import json
-import os
-import re
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import make_score, random_piece
+from tests.conftest import Server, make_score, random_piece
 
 OCTET = {"content-type": "application/octet-stream"}
 
@@ -26,53 +20,6 @@ def _midi(tmp_path: Path, seed: int = 0, seconds: float = 8.0) -> bytes:
     f = tmp_path / f"piece-{seed}.mid"
     make_score(random_piece(np.random.default_rng(seed), 30, seconds)).dump_midi(str(f))
     return f.read_bytes()
-
-
-class Server:
-    """`cadenza studio` in its own process, with its own temporary folder."""
-
-    def __init__(self, tmp: Path, *flags: str) -> None:
-        self.tmp = tmp
-        tmp.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "cadenza", "studio", "--port", "0",
-                                      "--device", "cpu", *flags], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=env)
-        self.lines = []
-        line = ""
-        while "Cadenza Studio:" not in line:
-            line = self.proc.stdout.readline()
-            self.lines.append(line)
-            if not line and self.proc.poll() is not None:
-                raise AssertionError("studio did not start: " + "".join(self.lines))
-        m = re.search(r"http://([\d.]+):(\d+)/(\?token=(\S+))?", line)
-        self.host, self.port, self.token = m.group(1), int(m.group(2)), m.group(4)
-        self.url = m.group(0)
-
-    def request(self, method: str, path: str, body: bytes | dict | None = None,
-                headers: dict | None = None) -> tuple[int, dict, dict]:
-        c = http.client.HTTPConnection(self.host, self.port, timeout=60)
-        h = {"Host": f"{self.host}:{self.port}", **(headers or {})}
-        if isinstance(body, dict):
-            body = json.dumps(body).encode()
-            h.setdefault("Content-Type", "application/json")
-        c.request(method, path, body=body, headers=h)
-        r = c.getresponse()
-        raw = r.read()
-        c.close()
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = {"raw": raw[:80]}
-        return r.status, data, dict(r.getheaders())
-
-    def work(self) -> Path:
-        return next(self.tmp.glob("cadenza-studio-*"))
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ Playwright for Python (the dev extra); it skips with the reason otherwise. Set
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +23,7 @@ import pytest
 from cadenza.data.midi import load_score, notes_from_score, only_track
 from cadenza.generate import PRIMER_TRACK
 from cadenza.stats import CONTINUATION_TRACK
-from tests.conftest import make_score, random_piece
+from tests.conftest import Server, make_score, random_piece
 
 pytest.importorskip("starlette", reason="the studio extra is not installed "
                     "(pip install -e '.[studio]')")
@@ -262,18 +261,10 @@ def _chromium() -> str:
 @pytest.fixture
 def server(tmp_path):
     """`cadenza studio --port 0` in its own process, with its own temp folder."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "cadenza", "studio", "--port", "0",
-                             "--device", "cpu"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    line = proc.stdout.readline()
-    m = re.search(r"http://127\.0\.0\.1:\d+/", line)
-    assert m, f"studio did not start: {line}{proc.stdout.read() if proc.poll() else ''}"
-    yield m.group(0), tmp, proc
-    if proc.poll() is None:
-        proc.kill()
+    s = Server(tmp_path / "tmp")
+    yield s.url, s.tmp, s.proc
+    if s.proc.poll() is None:
+        s.proc.kill()
 
 
 def test_the_page_in_chromium(server, tmp_path):
@@ -421,7 +412,6 @@ def test_a_page_that_leaves_mid_answer_stops_its_duet(tiny_run, tmp_path):
     import json as js
 
     pytest.importorskip("mido", reason="the live extra is not installed")
-    from tests.test_guard import Server
     s = Server(tmp_path / "tmp", "--runs", str(tiny_run))
     try:
         model = str(tiny_run / "best")
