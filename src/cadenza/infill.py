@@ -34,7 +34,16 @@ import torch
 
 from .atomic import write_bytes
 from .config import InfillConfig, SampleConfig, Steering
-from .data.midi import BadInput, Notes, cut_notes, load_score, notes_from_score, quarters_at
+from .data.midi import (
+    BadInput,
+    Notes,
+    cut_notes,
+    load_score,
+    notes_from_score,
+    quarters_at,
+    seconds_at,
+    write_midi,
+)
 from .data.tokenizers import BOS
 from .data.tokenizers.performance import SHIFT0, STEPS_PER_SECOND, shift_steps
 from .generate import Generator, open_take, place_take, sample_run
@@ -88,7 +97,6 @@ def tick_at(score: symusic.Score, seconds: float) -> int:
 def bar_span(score: symusic.Score, bars: str) -> tuple[float, float]:
     """``"9-12"`` (bars 9 to 12 inclusive, counted from 1) -> (start, end) seconds, through
     the score's time signatures and tempo map."""
-    from .data.midi import seconds_at
     try:
         a, b = (int(x) for x in bars.split("-"))
     except ValueError:
@@ -324,7 +332,6 @@ def run_infill(cfg: InfillConfig, *, device: str = "cpu", progress=None) -> list
 
 def _write(cfg: InfillConfig, score, notes: Notes, span: Span, f: Filled, k: int, take: Path,
            gen_s: float, source: str) -> InfillInfo:
-    from .data.midi import write_midi
     from .render import piano_roll_png, render_wav
     base = take / f"sample-{k}"
     out = infilled_score(score, span, f.notes, cfg.cut_held)
