@@ -69,7 +69,7 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 
 
 def draw(logits: torch.Tensor, allowed: torch.Tensor, cfg, gen: torch.Generator,
-         not_now: torch.Tensor | None = None) -> torch.Tensor:
+         no_end: np.ndarray | None = None) -> torch.Tensor:
     """One token per row of ``logits`` (B, V), among the ``allowed`` ones, at the
     temperature, after top-k/top-p: (B,) on the CPU.
 
@@ -77,22 +77,24 @@ def draw(logits: torch.Tensor, allowed: torch.Tensor, cfg, gen: torch.Generator,
     this does exactly that, with the same generator, so the tokens are the same, with one
     check of the distribution instead of multinomial's three (decoding pays per operation).
 
-    ``not_now`` (B, V): tokens taken out after top-k/top-p (EOS before the length asked), so
-    that where the draw would not have been one of them it is the same token as without
-    them; a row left with nothing draws again with them masked from the start."""
+    ``no_end`` (B,) bool: rows whose EOS and PAD are taken out after top-k/top-p (before
+    the length asked), so that where the draw would not have been one of them it is the
+    same token as without them; a row left with nothing draws again with them masked from
+    the start."""
     lg = torch.where(allowed, logits.float(), float("-inf"))
     if cfg.temperature != 1.0:
         lg = lg / cfg.temperature
     probs = torch.softmax(filter_logits(lg, cfg.top_k, cfg.top_p), -1).cpu()
     if not bool(probs.isfinite().all()):  # NaN logits, or no token allowed
         raise RuntimeError("sampling: the model's next-token distribution is not finite")
-    if not_now is not None:
-        probs = probs.masked_fill(not_now, 0.0)
-        empty = probs.sum(-1) == 0
-        if bool(empty.any()):  # the nucleus held only those: renormalise without them
-            again = torch.softmax(filter_logits(lg[empty].masked_fill(
-                not_now[empty], float("-inf")), cfg.top_k, cfg.top_p), -1)
-            probs[empty] = again
+    if no_end is not None and no_end.any():
+        rows = torch.from_numpy(np.flatnonzero(no_end))
+        probs[rows[:, None], torch.tensor([EOS, PAD])] = 0.0
+        empty = rows[probs[rows].sum(-1) == 0]
+        if len(empty):  # the nucleus held only those: renormalise without them
+            lg_e = lg[empty].clone()
+            lg_e[:, [EOS, PAD]] = float("-inf")
+            probs[empty] = torch.softmax(filter_logits(lg_e, cfg.top_k, cfg.top_p), -1).cpu()
     q = torch.empty_like(probs).exponential_(1.0, generator=gen)
     return (probs / q).argmax(-1)
 
@@ -251,16 +253,10 @@ class Engine:
                 logits = logits + torch.as_tensor(bias, dtype=logits.dtype,
                                                   device=self.device)[:, None] * self._strikes
         dead = np.zeros(self.batch, bool)
-        not_now = None
         if not may_end:  # no end while anything else is legal
-            others = allowed.copy()
-            others[:, [EOS, PAD]] = False
-            dead = ~others.any(1)
-            not_now = np.zeros_like(allowed)
-            not_now[~dead, EOS] = not_now[~dead, PAD] = True
-            not_now = torch.from_numpy(not_now)
+            dead = allowed.sum(1) == allowed[:, EOS].astype(int) + allowed[:, PAD]
         nxt = draw(logits, torch.from_numpy(allowed).to(self.device), self.cfg, self.gen,
-                   not_now)
+                   None if may_end else ~dead)
         tokens = nxt.numpy()
         self.grammar.advance(tokens)
         if self.controls is not None:
