@@ -31,9 +31,11 @@ from .data.midi import BadInput, load_score
 from .data.tokenizers import BOS, framed
 from .data.tokenizers.chorale16 import StepGrammar
 from .evaluate import evaluating
+from .generate import resolve_primer
 from .models.encdec import CrossAttention, EncoderAttention
 from .models.transformer import Attention
 from .render import note_name
+from .tasks import generate_windows, melody_windows
 
 MAX_LABELS = 32
 
@@ -131,8 +133,6 @@ def plot_layer(weights: np.ndarray, qlabels: list[str], klabels: list[str], titl
 
 def run_attention(cfg: AttentionConfig, *, device: str = "cpu") -> list[Path]:
     """The command: the PNGs written (and ``attention.json`` beside them)."""
-    from .generate import resolve_primer
-    from .tasks import generate_windows, melody_windows
 
     ck = load_checkpoint(cfg.checkpoint, device=device)
     ck.model.float()

@@ -27,19 +27,27 @@ Data files are found under ``--benchmarks`` / ``$CADENZA_BENCHMARKS`` (default
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import multiprocessing
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from .checkpoint import load_checkpoint
 from .config import BenchConfig, ModelConfig, PrepareConfig, TrainConfig
-from .evaluate import NLLResult
+from .data.dataset import TokenDataset
+from .data.prepare import prepare
+from .evaluate import MissingSplit, NLLResult, evaluate_members, nll_by_position
+from .models import build_model, count_params
 from .recipes import RECIPES, Recipe
+from .train import tokenizer_facts, train
 
 MUSIC_TRANSFORMER_TABLE2 = [  # Huang et al. 2018, JSB chorales, validation NLL per token
     ("Coconet (chronological)", 0.436),
@@ -181,7 +189,6 @@ def find_file(key: str, data: str | None, benchmarks: str | None) -> Path:
 
 
 def _prepare_once(src: Path, out: Path, tokenizer: str) -> Path:
-    from .data.prepare import prepare
     if not (out / "manifest.json").exists():
         prepare(PrepareConfig(sources=(str(src),), out=str(out), tokenizer=tokenizer),
                 progress=False)
@@ -191,7 +198,6 @@ def _prepare_once(src: Path, out: Path, tokenizer: str) -> Path:
 def _split_nll(ck_dirs: list[Path], src: Path, split: str, transpositions: int):
     """The ensemble's (or the one model's) NLL of a split averaged over keys, each member's
     alone, and the ensemble's in the pieces' own keys; all None without that split."""
-    from .evaluate import MissingSplit, evaluate_members
     try:
         s = evaluate_members(ck_dirs, src, split, precision="fp32",
                              transpositions=transpositions)
@@ -202,11 +208,8 @@ def _split_nll(ck_dirs: list[Path], src: Path, split: str, transpositions: int):
 
 def _train_member(model: ModelConfig, tc: TrainConfig, device: str, threads: int):
     """One ensemble member in its own process, its progress lines in OUT.log."""
-    import contextlib
 
-    import torch
 
-    from .train import train
     torch.set_num_threads(threads)
     Path(tc.out).parent.mkdir(parents=True, exist_ok=True)
     with open(f"{tc.out}.log", "w") as f, contextlib.redirect_stdout(f):
@@ -225,11 +228,8 @@ def _train_parallel(jobs: list[tuple[ModelConfig, TrainConfig]], device: str,
     tokens of one two-thread run: small matrices do not split well across cores), so runs
     compared with each other share the machine alike."""
     if len(jobs) == 1 and threads is None:
-        from .train import train
         return [train(*jobs[0], device=device)]
-    import multiprocessing
 
-    import torch
     threads = threads or max(1, torch.get_num_threads() // len(jobs))
     print(f"training {len(jobs)} {what} at once, {threads} thread(s) each; progress "
           f"in {', '.join(tc.out + '.log' for _, tc in jobs)}", flush=True)
@@ -375,9 +375,6 @@ def models_configs(data: str, out: str, **changes: Any) -> dict[str, tuple[Model
     """The ``small`` recipe's Transformer with 4 layers (the published table's 3.78M
     parameters; the recipe itself has 2 since issue 17) and 2-layer RNN, LSTM and GRU of
     about its parameter count (learning rate 2e-3 for those), each into ``out/KIND``."""
-    from .data.dataset import TokenDataset
-    from .models import build_model, count_params
-    from .train import tokenizer_facts
     tok = TokenDataset(data).tokenizer
     small = RECIPES["small"]
     changes = {"batch_size": 16, "eval_every": 100, "log_every": 50, **changes}
@@ -400,9 +397,6 @@ def bench_models(data: str, out: str, *, budgets: tuple[float, ...] = (2.0, 10.0
                  ) -> ModelsResult:
     """Each budget: the four models, two at a time with one thread each (so all four get
     the same machine), then each best checkpoint's valid NLL by position in the window."""
-    from .checkpoint import load_checkpoint
-    from .data.dataset import TokenDataset
-    from .evaluate import nll_by_position
     rows: dict[str, dict[str, ModelsRow]] = {}
     valid = TokenDataset(data).pieces("valid")
     windows = 0
@@ -562,7 +556,6 @@ def bench_tasks(out: str, *, minutes: float, data: str | None = None,
     per target token (valid). Runs train two at a time, one thread each (each task's first
     two models together, then the rotary encoder-decoders of both tasks), so every run
     has the same share of the machine."""
-    from .data.prepare import prepare
     root = Path(out)
     skipped: dict[str, str] = {}
     jobs: dict[tuple[str, str], tuple[ModelConfig, TrainConfig]] = {}
@@ -583,7 +576,6 @@ def bench_tasks(out: str, *, minutes: float, data: str | None = None,
                 precision=precision, **{**extra, **changes})
     order = [k for k in jobs if k[1] != "encoder-decoder, rope"] + \
         [k for k in jobs if k[1] == "encoder-decoder, rope"]
-    import torch
     threads = max(1, torch.get_num_threads() // 2)
     results = {}
     for i in range(0, len(order), 2):

@@ -45,6 +45,7 @@ from .config import (
 )
 from .data.tokenizers import Tokenizer, build_tokenizer
 from .models import build_model
+from .models.ensemble import Relabelled
 
 REQUIRED = ("model.safetensors", "config.json")
 PRETRAINED = Path(__file__).parent / "pretrained"
@@ -248,7 +249,6 @@ def common_period(cks: list[Checkpoint]) -> int:
 def key_views(ck: Checkpoint, transpositions: int = 1) -> list[torch.nn.Module]:
     """The checkpoint's model reading the music in each of ``transpositions`` keys (the
     model itself for the piece's own key), to be averaged as an ensemble."""
-    from .models.ensemble import Relabelled
     shifts = transposition_shifts(transpositions)
     if len(shifts) > 1 and (ck.tokenizer.pitches < 0).all():
         raise ConfigError(f"--transpositions: the {ck.tokenizer.name} tokens of {ck.path} "

@@ -30,6 +30,12 @@ from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, fields, is_dataclass
 from typing import Any
 
+import torch
+
+from . import __version__, bench
+from .atomic import Busy
+from .attention import run_attention
+from .checkpoint import CheckpointError
 from .config import (
     ArrangeConfig,
     AttentionConfig,
@@ -51,6 +57,23 @@ from .config import (
     TrainConfig,
     flag,
 )
+from .data.dataset import DatasetError
+from .data.download import DownloadError, archive_sha256, download
+from .data.midi import BadInput
+from .data.prepare import PrepareError, prepare
+from .data.sources import SourceError, midi_files
+from .demo import run_demo
+from .duet import run_duet
+from .engine import SECONDS, TOKENS, WHY
+from .evaluate import evaluate, format_result
+from .generate import run_generate
+from .infill import run_infill
+from .recipes import RECIPES, format_recipes, train_configs
+from .report import build_report
+from .stats import format_stats, run_stats
+from .studio import serve
+from .tasks import arrange
+from .train import TrainingError, train
 
 # --- flags from config fields ----------------------------------------------------------------
 
@@ -177,7 +200,6 @@ def given(cls: type, a: argparse.Namespace) -> dict[str, Any]:
 def resolve_device(requested: str) -> str:
     """--device, checked: a CUDA device on a PyTorch without CUDA (or without a visible
     GPU) is one clear error, not an assertion deep inside torch."""
-    import torch
     device = requested if requested not in ("", "auto") else \
         ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -207,7 +229,6 @@ class Command:
 
 
 def cmd_prepare(a) -> int:
-    from .data.prepare import prepare
     print(prepare(from_args(PrepareConfig, a)).summary())
     return 0
 
@@ -215,7 +236,6 @@ def cmd_prepare(a) -> int:
 def _small_settings() -> dict[str, Any]:
     """The small preset's values, which train's setting flags show as their defaults (the
     invocation's flags, and --init, keep their own)."""
-    from .recipes import RECIPES
     m, t = RECIPES["small"].settings()  # without data/out/resume/force/compile
     t.pop("init")
     return {**m, **t.pop("augment"), **t}
@@ -224,26 +244,21 @@ def _small_settings() -> dict[str, Any]:
 def train_args_configs(a: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     """``train``'s configs: --preset (or the run resumed, or the checkpoint fine-tuned),
     then the flags given (recipes.train_configs)."""
-    from .recipes import train_configs
     return train_configs(a.preset, **given(ModelConfig, a), **given(TrainConfig, a))
 
 
 def cmd_train(a) -> int:
-    from .train import train
     model_cfg, train_cfg = train_args_configs(a)
     train(model_cfg, train_cfg, device=_device(a))
     return 0
 
 
 def cmd_presets(a) -> int:
-    from .recipes import format_recipes
     print(format_recipes())
     return 0
 
 
 def cmd_download(a) -> int:
-    from .data.download import archive_sha256, download
-    from .data.sources import midi_files
     cfg = from_args(DownloadConfig, a)
     dest = download(cfg.name, url=cfg.url, force=cfg.force)
     print(f"{cfg.name}: {len(midi_files([dest])):,} MIDI files in {dest} "
@@ -253,7 +268,6 @@ def cmd_download(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
-    from .evaluate import evaluate, format_result
     cfg = from_args(EvaluateConfig, a)
     res = evaluate(list(cfg.checkpoint), list(cfg.data), cfg.split, batch_size=cfg.batch_size,
                    stride=cfg.stride, device=_device(a), transpositions=cfg.transpositions)
@@ -262,8 +276,6 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_generate(a) -> int:
-    from .engine import SECONDS, TOKENS, WHY
-    from .generate import run_generate
     cfg = from_args(GenerateConfig, a)
     infos = run_generate(cfg, device=_device(a))
     for i in infos:
@@ -278,7 +290,6 @@ def cmd_generate(a) -> int:
 
 
 def cmd_infill(a) -> int:
-    from .infill import run_infill
     cfg = from_args(InfillConfig, a)
     for i in run_infill(cfg, device=_device(a)):
         files = ", ".join(v for v in i.files.values() if v)
@@ -289,7 +300,6 @@ def cmd_infill(a) -> int:
 
 
 def cmd_duet(a) -> int:
-    from .duet import run_duet
     try:
         run_duet(from_args(DuetConfig, a), device=_device(a))
     except KeyboardInterrupt:  # the session so far is saved by run_duet
@@ -299,7 +309,6 @@ def cmd_duet(a) -> int:
 
 def _arrange(task: str):
     def run(a) -> int:
-        from .tasks import arrange
         cfg = from_args(ArrangeConfig, a)
         for r in arrange(cfg, task, device=_device(a)):
             files = ", ".join(v for v in r["files"].values() if v)
@@ -311,7 +320,6 @@ def _arrange(task: str):
 
 
 def cmd_attention(a) -> int:
-    from .attention import run_attention
     cfg = from_args(AttentionConfig, a)
     for f in run_attention(cfg, device=_device(a)):
         print(f)
@@ -319,20 +327,17 @@ def cmd_attention(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    from .demo import run_demo
     run_demo(from_args(DemoConfig, a), device=_device(a))
     return 0
 
 
 def cmd_stats(a) -> int:
-    from .stats import format_stats, run_stats
     cfg = from_args(StatsConfig, a)
     print(format_stats(run_stats(cfg.generated, cfg.reference, cfg.split), cfg.json))
     return 0
 
 
 def cmd_bench(a) -> int:
-    from . import bench
     cfg = from_args(BenchConfig, a)
     try:
         bench.run_bench(cfg, device=_device(a))
@@ -343,14 +348,12 @@ def cmd_bench(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .report import build_report
     cfg = from_args(ReportConfig, a)
     print(build_report(cfg.run, cfg.out, cfg.samples))
     return 0
 
 
 def cmd_studio(a) -> int:
-    from .studio import serve
     try:
         serve(from_args(StudioConfig, a), device=_device(a))
     except KeyboardInterrupt:
@@ -476,7 +479,6 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
     ap = argparse.ArgumentParser(prog="cadenza", description="Folder of MIDI in, trained music "
                                  "Transformer and new music out.", formatter_class=_Help)
     ap.add_argument("--version", action="version", version=f"cadenza {__version__}")
@@ -492,14 +494,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .atomic import Busy
-    from .checkpoint import CheckpointError
-    from .data.dataset import DatasetError
-    from .data.download import DownloadError
-    from .data.midi import BadInput
-    from .data.prepare import PrepareError
-    from .data.sources import SourceError
-    from .train import TrainingError
 
     ap = build_parser()
     a = ap.parse_args(argv)

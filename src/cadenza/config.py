@@ -146,19 +146,25 @@ def check_type(name: str, tp: Any, v: Any, shown: str | None = None) -> None:
             check_type(name, kind, x, shown)
 
 
-def _tokenizer_names() -> list[str]:
-    from .data.tokenizers import tokenizer_names
-    return tokenizer_names()
+# Choice lists defined above this module (the tokenizers, the recipes, the download catalogue)
+# are registered by the modules that define them, so that config.py imports nothing above it.
+_NAMES: dict[str, Callable[[], list[str]]] = {}
 
 
-def _recipe_names() -> list[str]:
-    from .recipes import RECIPES
-    return sorted(RECIPES)
+def register_names(kind: str, names: Callable[[], list[str]]) -> None:
+    """Called by the module that owns a choice list (``"tokenizer"``, ``"recipe"``,
+    ``"corpus"``), at its import."""
+    _NAMES[kind] = names
 
 
-def _corpus_names() -> list[str]:
-    from .data.download import CATALOG
-    return sorted(CATALOG)
+def names_of(kind: str) -> Callable[[], list[str]]:
+    """A flag's choices that a higher layer registers; read when the CLI is built."""
+    def names() -> list[str]:
+        if kind not in _NAMES:
+            raise LookupError(f"no {kind} names registered: import the module that defines "
+                              "them before building the command line")
+        return list(_NAMES[kind]())
+    return names
 
 
 TRANSPOSITIONS_HELP = ("average each model's next-token distribution over K keys of the "
@@ -205,7 +211,7 @@ class PrepareConfig(_Config):
     out: str = option(help="dataset directory to write", required=True)
     tokenizer: str = option(None, "tokenization scheme (default: performance; --task "
                             "harmonize uses chorale16, accompany performance)",
-                            choices=_tokenizer_names)
+                            choices=names_of("tokenizer"))
     task: str = option("continue", "what the dataset trains: continue pieces, or source -> "
                        "target pairs: harmonize (a chorale's soprano -> alto, tenor, bass; the "
                        "JSB16 JSON), accompany (a song's MELODY -> PIANO track; POP909)",
@@ -395,7 +401,7 @@ class PresetChoice(_Config):
     preset: str | None = option(None, "named recipe the settings start from (`cadenza "
                                 "presets` lists them): small when none is named; on --resume "
                                 "the run's own settings, on --init the checkpoint's",
-                                choices=_recipe_names)
+                                choices=names_of("recipe"))
 
 
 # Fine-tuning (--init): the model is the checkpoint's; training keeps its windows, precision,
@@ -756,7 +762,7 @@ class ReportConfig(_Config):
 class DownloadConfig(_Config):
     """``cadenza download``: a public piano corpus, checked and resumable."""
 
-    name: str = option(help="corpus", positional=True, choices=_corpus_names)
+    name: str = option(help="corpus", positional=True, choices=names_of("corpus"))
     url: str | None = option(None, "a mirror of the same archive (checked the same way)")
     force: bool = option(False, "fetch it again even if present")
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import ConfigError, SampleConfig, flag
-from .data.tokenizers import EOS
+from .data.tokenizers import EOS, build_tokenizer, tokenizer_names
 from .data.tokenizers.base import Grammar, NoteRoles
 
 MAX_PATTERN = 8  # notes in the longest pattern --max-repeats looks for
@@ -198,7 +198,6 @@ def _same(a: tuple[int, float | None], b: tuple[int, float | None]) -> bool:
 
 def _works_with(name: str) -> str:
     """The tokenizers that carry a control (for the refusal's message)."""
-    from .data.tokenizers import build_tokenizer, tokenizer_names
     ok = [n for n in tokenizer_names() if n != "remi"
           and name in build_tokenizer(n).note_roles().supports]
     return ", ".join(ok)

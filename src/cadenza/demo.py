@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from .checkpoint import read_metrics
 from .config import (
     DemoConfig,
     GenerateConfig,
@@ -26,10 +26,11 @@ from .config import (
     TrainConfig,
 )
 from .data.corpus import CORPUS_VERSION, OPENINGS, cadenza_home
+from .data.dataset import TokenDataset
+from .data.prepare import prepare
+from .generate import SampleInfo, run_generate
 from .recipes import RECIPES
-
-if TYPE_CHECKING:
-    from .generate import SampleInfo
+from .train import TrainingError, holds_run, train
 
 PRETRAINED = "pretrained:piano"
 
@@ -58,11 +59,6 @@ def demo_configs(cfg: DemoConfig) -> tuple[ModelConfig, TrainConfig]:
 def run_demo(cfg: DemoConfig | None = None, *, device: str = "cpu",
              primer_seconds: float = 6.0) -> dict:
     cfg = cfg or DemoConfig()
-    from .checkpoint import read_metrics
-    from .data.dataset import TokenDataset
-    from .data.prepare import prepare
-    from .generate import run_generate
-    from .train import TrainingError, holds_run, train
 
     out_dir = Path(cfg.out)
     if not cfg.force and (holds_run(out_dir / "run") or (out_dir / "demo.json").exists()):

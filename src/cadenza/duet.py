@@ -38,9 +38,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from .atomic import write_bytes
+from .atomic import Busy, locked_dir, write_bytes
 from .config import DuetConfig, SampleConfig, Steering
+from .data.corpus import cadenza_home
 from .data.midi import Notes, load_score, notes_from_score, score_from_tracks, write_midi
 from .data.tokenizers import BOS
 from .data.tokenizers.base import Grammar
@@ -55,7 +57,8 @@ from .data.tokenizers.performance import (
     velocity_bin,
 )
 from .engine import Engine
-from .generate import Generator
+from .generate import Generator, resolve_primer
+from .render import piano_roll_png
 
 PLAYER_TRACK, CADENZA_TRACK = "Player", "Cadenza"
 LOOKAHEAD = 0.15  # seconds of the answer sampled ahead of the music
@@ -392,7 +395,6 @@ class Duet:
 
     def record(self, base: Path) -> dict[str, Any]:
         """BASE.mid (Player and Cadenza tracks), BASE.png and BASE.json, each atomically."""
-        from .render import piano_roll_png
         now = self.clock.now()
         player = [(a, b if b >= 0 else now, p, v) for a, b, p, v in self.player]
         cadenza = self.cadenza + [(a, now, p, v) for p, (a, v) in self.sounding.items()]
@@ -443,7 +445,6 @@ class Replay:
     def __init__(self, path: str | Path) -> None:
         import mido
 
-        from .generate import resolve_primer
         f = resolve_primer(str(path))
         n = notes_from_score(load_score(f), sustain_pedal=True)
         events = [(float(a), 1, mido.Message("note_on", note=int(p), velocity=int(v)))
@@ -582,7 +583,6 @@ def run_duet(cfg: DuetConfig, *, device: str = "cpu") -> dict[str, Any] | None:
     except ImportError:
         raise ValueError("cadenza duet needs the live extra: pip install -e '.[live]' "
                          "(mido and python-rtmidi)") from None
-    import torch
     # batch-1 decoding streams weights from memory: one thread is as fast, and leaves the
     # other core to the OS and a synthesizer (two would stall each other's steps)
     torch.set_num_threads(1)
@@ -600,8 +600,6 @@ def run_duet(cfg: DuetConfig, *, device: str = "cpu") -> dict[str, Any] | None:
 def port_lock(name: str, flag: str) -> Iterator[None]:
     """An OS lock on a port's name, held for the session (released however it ends): two
     duets on one port are refused in one line."""
-    from .atomic import Busy, locked_dir
-    from .data.corpus import cadenza_home
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80]
     lock = locked_dir(cadenza_home() / "locks" / f"midi-{safe}", flag)
     try:

@@ -32,6 +32,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import common_period, key_views, load_members
+from .config import transposition_shifts
+from .data.dataset import TokenDataset
+from .data.pairs import pad_batch, prefix_sequence
+from .data.prepare import encode_file
+from .data.sources import BENCHMARK_SUFFIXES, BadInput, SourceError, midi_files, read_benchmark
+from .data.tokenizers import framed
+
 
 def windows(n: int, context: int, stride: int) -> list[tuple[int, int, int]]:
     """Windows over a piece of n tokens whose targets are positions 1..n-2 (no EOS):
@@ -143,7 +151,6 @@ def score_pairs(model: torch.nn.Module, sources: list[np.ndarray], targets: list
     (len(target) - 2,). An encoder-decoder reads the source with its encoder; any other
     model reads the source as a prefix, ``[BOS src EOS BOS tgt EOS]``, and is scored on the
     target's tokens only. Each pair is one forward pass (prepare keeps pairs short)."""
-    from .data.pairs import pad_batch, prefix_sequence
     encdec = hasattr(model, "encode_into")
     out: list[np.ndarray] = [np.zeros(0)] * len(targets)
     order = sorted(range(len(targets)), key=lambda i: -len(targets[i]) - len(sources[i]))
@@ -239,10 +246,6 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
     model and key is scored once, on the windows every member can read (the shortest
     context, starting where every voice period starts); the ensemble's token NLL is the
     mixture of theirs."""
-    from .checkpoint import common_period, key_views, load_members
-    from .config import transposition_shifts
-    from .data.dataset import TokenDataset
-    from .data.sources import BENCHMARK_SUFFIXES
 
     cks = load_members(checkpoints, device)
     ck = cks[0]
@@ -315,9 +318,6 @@ def midi_pieces(paths: list[Path], tokenizer) -> tuple[list[str], list[np.ndarra
                                                         list[dict]]:
     """MIDI files and folders, each file tokenized whole as [BOS, ..., EOS]: (names, pieces,
     files skipped with the reason)."""
-    from .data.prepare import encode_file
-    from .data.sources import BadInput, SourceError, midi_files
-    from .data.tokenizers import framed
 
     names, pieces, skipped = [], [], []
     for f in midi_files(paths):
@@ -337,8 +337,6 @@ def midi_pieces(paths: list[Path], tokenizer) -> tuple[list[str], list[np.ndarra
 
 def benchmark_pieces(path: Path, split: str, tokenizer) -> list[np.ndarray]:
     """Tokenize one split of a benchmark file directly, with the checkpoint's tokenizer."""
-    from .data.sources import read_benchmark
-    from .data.tokenizers import framed
 
     items = [it for it in read_benchmark(path) if it.split == split]
     if not items:

@@ -26,16 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import symusic
 import torch
 
 from .atomic import process_dir, write_bytes
 from .checkpoint import Checkpoint, common_period, key_views, load_members, weights_digest
 from .config import GenerateConfig, SampleConfig
 from .controls import Controls
+from .data.corpus import build_corpus
 from .data.midi import (
     BadInput,
     Notes,
+    Score,
     load_score,
     score_from_notes,
     score_from_tracks,
@@ -45,7 +46,8 @@ from .data.tokenizers import BOS
 from .engine import Progress, Run, draw, filter_logits, sample, sample_run
 from .models.ensemble import Ensemble
 from .models.layers import use_half_weights
-from .stats import CONTINUATION_TRACK
+from .render import piano_roll_png, render_wav
+from .stats import CONTINUATION_TRACK, memorization, training_index
 
 __all__ = ["GenerateConfig", "Generator", "SampleConfig", "SampleInfo", "draw",
            "filter_logits", "run_generate", "sample"]
@@ -108,7 +110,6 @@ def _pick(n: Notes, m: np.ndarray) -> Notes:
 def resolve_primer(spec: str) -> Path:
     """A MIDI path, or ``builtin:CORPUS[/NAME]`` (the first file whose name contains NAME)."""
     if spec.startswith("builtin:"):
-        from .data.corpus import build_corpus
         corpus, _, name = spec[len("builtin:"):].partition("/")
         folder = build_corpus(corpus)
         files = sorted(f for f in folder.glob("*.mid") if name in f.name)
@@ -227,7 +228,7 @@ class Generator:
         return self.run(prompt, cfg, use_cache, progress).tokens
 
     def continue_midi(self, primer: str | None = None, seconds: float = 20.0,
-                      primer_seconds: float = 10.0, **kw) -> symusic.Score:
+                      primer_seconds: float = 10.0, **kw) -> Score:
         """One continuation (primer included) as a symusic Score."""
         prompt, _ = self.encode_primer(primer, primer_seconds)
         new = self.generate(prompt, SampleConfig(seconds=seconds, **kw))[0]
@@ -315,7 +316,6 @@ def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: 
                            cfg.soundfont if cfg.audio else False, warn=k == 0)
         mem = None
         if mem_index is not None:
-            from .stats import memorization
             mem = memorization(cont, mem_index)
         info = SampleInfo(
             sample=k, checkpoint=", ".join(str(c.path) for c in gen.members),
@@ -342,7 +342,6 @@ def write_sample(base: Path, tracks: dict[str, Notes], notes: Notes, blue: np.nd
     """BASE.mid (one track per entry), BASE.png (the ``blue`` notes blue, the others
     orange) and, unless ``soundfont`` is False, BASE.wav; returns the WAV (None when no
     synthesizer or SoundFont is found, said once when ``warn``)."""
-    from .render import piano_roll_png, render_wav
     write_midi(score_from_tracks(tracks), base.with_suffix(".mid"))
     piano_roll_png(notes, split_seconds, base.with_suffix(".png"), primer=blue, title=title)
     if soundfont is False:
@@ -355,7 +354,6 @@ def write_sample(base: Path, tracks: dict[str, Notes], notes: Notes, blue: np.nd
 
 def _memorization_index(gen: Generator, reference: str | None):
     """The training set's n-gram index, when the training data is on this machine."""
-    from .stats import training_index
     data = reference or gen.ck.config.get("data", {}).get("path")
     if not data or not (Path(data) / "manifest.json").exists():
         return None

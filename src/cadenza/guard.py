@@ -25,6 +25,10 @@ What it stops:
 What it does not stop: programs running as the same user on this machine (they can read
 the server's files anyway), and anyone who learns the token. It adds no TLS: off
 loopback, the token and the music cross the network in the clear.
+
+What a request that passes may hold is checked by the pages' handlers, with
+:func:`body_field` (a JSON body's fields, typed as the configs type theirs) and :class:`Busy`
+(more work than the server takes at once: 429).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from .config import ConfigError, check_type
 
 COOKIE = "cadenza_token"
 HEADER = "cadenza-token"
@@ -178,3 +184,15 @@ async def _refuse(scope: dict, send: Any, status: int, msg: str) -> None:
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+class Busy(ConfigError):
+    """A request over what the server takes at once (HTTP 429): what to wait for."""
+
+
+def body_field(body: dict[str, Any], name: str, kind: type) -> Any:
+    """A request's field, None when absent, else of ``kind`` (ConfigError naming it, checked
+    as the configs check theirs)."""
+    v = body.get(name)
+    check_type(name, kind, v, shown=name)
+    return v

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import symusic
 import torch
 
 from .atomic import write_bytes
@@ -37,16 +36,19 @@ from .config import InfillConfig, SampleConfig, Steering
 from .data.midi import (
     BadInput,
     Notes,
+    Score,
+    bar_span,
     cut_notes,
     load_score,
     notes_from_score,
-    quarters_at,
-    seconds_at,
+    replace_span,
+    tick_at,
     write_midi,
 )
 from .data.tokenizers import BOS
 from .data.tokenizers.performance import SHIFT0, STEPS_PER_SECOND, shift_steps
 from .generate import Generator, open_take, place_take, sample_run
+from .render import piano_roll_png, render_wav
 
 INFILL_TRACK = "Infill"
 LEFT_SHARE = 8  # the left context a span needs at least: 1/8 of the model's context
@@ -90,36 +92,7 @@ class InfillInfo:
 # --- spans ---------------------------------------------------------------------------------
 
 
-def tick_at(score: symusic.Score, seconds: float) -> int:
-    return int(round(quarters_at(score, seconds) * score.tpq))
-
-
-def bar_span(score: symusic.Score, bars: str) -> tuple[float, float]:
-    """``"9-12"`` (bars 9 to 12 inclusive, counted from 1) -> (start, end) seconds, through
-    the score's time signatures and tempo map."""
-    try:
-        a, b = (int(x) for x in bars.split("-"))
-    except ValueError:
-        raise BadInput(f"--bars {bars}: expected FIRST-LAST, e.g. 9-12") from None
-    if not 1 <= a <= b:
-        raise BadInput(f"--bars {bars}: bars count from 1, FIRST <= LAST")
-    if not len(score.time_signatures):
-        raise BadInput(f"--bars {bars}: the file has no time signature; give --start and "
-                       "--end in seconds")
-    sigs = sorted((ts.time, ts.numerator * 4 / ts.denominator) for ts in score.time_signatures)
-    q, bar, starts = 0.0, 1, {}
-    limit = score.end() / score.tpq + 64
-    while bar <= b + 1 and q <= limit:
-        now = [length for t, length in sigs if t / score.tpq <= q + 1e-9]
-        starts[bar] = q
-        q += now[-1] if now else sigs[0][1]
-        bar += 1
-    if b + 1 not in starts:
-        raise BadInput(f"--bars {bars}: the piece has fewer bars")
-    return seconds_at(score, starts[a]), seconds_at(score, starts[b + 1])
-
-
-def make_span(score: symusic.Score, notes: Notes, start: float, end: float) -> Span:
+def make_span(score: Score, notes: Notes, start: float, end: float) -> Span:
     if not end > start:
         raise BadInput(f"--end {end:g} must be after --start {start:g}")
     if start < 0:
@@ -250,43 +223,16 @@ def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidate
     return out
 
 
-def infilled_score(score: symusic.Score, span: Span, new: Notes, cut_held: bool = False
-                   ) -> symusic.Score:
-    """``score`` without the notes that start inside the span (every other note, track,
-    tempo and control as it was, in ticks), plus an ``Infill`` track with ``new``. With
-    ``cut_held``, notes that start before the span and ring into it end at its start."""
-    out = score.copy()
-    for tr in out.tracks:
-        keep = [n for n in tr.notes if not span.start_tick <= n.time < span.end_tick]
-        if cut_held:
-            for n in keep:
-                if n.time < span.start_tick < n.time + n.duration:
-                    n.duration = span.start_tick - n.time
-        tr.notes = symusic.Note.from_numpy(
-            time=np.array([n.time for n in keep], np.int32),
-            duration=np.array([n.duration for n in keep], np.int32),
-            pitch=np.array([n.pitch for n in keep], np.int8),
-            velocity=np.array([n.velocity for n in keep], np.int8)) if keep else tr.notes[:0]
-    track = symusic.Track(name=INFILL_TRACK, program=out.tracks[0].program if out.tracks else 0)
-    if len(new):
-        t0 = np.array([tick_at(score, t) for t in new.start], np.int32)
-        t1 = np.array([tick_at(score, t) for t in new.end], np.int32)
-        track.notes = symusic.Note.from_numpy(
-            time=t0, duration=np.maximum(t1 - t0, 1).astype(np.int32),
-            pitch=new.pitch.astype(np.int8), velocity=new.velocity.astype(np.int8))
-    out.tracks.append(track)
-    return out
-
-
-def infill(score: symusic.Score, start: float, end: float, steering: Steering | None = None,
+def infill(score: Score, start: float, end: float, steering: Steering | None = None,
            *, checkpoint: str = "pretrained:piano", candidates: int = 8,
-           right_seconds: float = 4.0, cut_held: bool = False) -> symusic.Score:
+           right_seconds: float = 4.0, cut_held: bool = False) -> Score:
     """Python API: ``score`` with the span [start, end) seconds regenerated (one sample)."""
     gen = Generator.load(checkpoint)
     notes = notes_from_score(score)
     span = make_span(score, notes, start, end)
     filled = fill(gen, notes, span, steering or Steering(), candidates, right_seconds)[0]
-    return infilled_score(score, span, filled.notes, cut_held)
+    return replace_span(score, span.start_tick, span.end_tick, filled.notes, INFILL_TRACK,
+                        cut_held)
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -332,9 +278,9 @@ def run_infill(cfg: InfillConfig, *, device: str = "cpu", progress=None) -> list
 
 def _write(cfg: InfillConfig, score, notes: Notes, span: Span, f: Filled, k: int, take: Path,
            gen_s: float, source: str) -> InfillInfo:
-    from .render import piano_roll_png, render_wav
     base = take / f"sample-{k}"
-    out = infilled_score(score, span, f.notes, cfg.cut_held)
+    out = replace_span(score, span.start_tick, span.end_tick, f.notes, INFILL_TRACK,
+                       cfg.cut_held)
     write_midi(out, base.with_suffix(".mid"))
     kept = _without_infill(out)
     both = Notes(*(np.concatenate([getattr(kept, a), getattr(f.notes, a)])
@@ -360,7 +306,7 @@ def _write(cfg: InfillConfig, score, notes: Notes, span: Span, f: Filled, k: int
     return info
 
 
-def _without_infill(score: symusic.Score) -> Notes:
+def _without_infill(score: Score) -> Notes:
     kept = score.copy()
     kept.tracks = [t for t in kept.tracks if t.name != INFILL_TRACK]
     return notes_from_score(kept, sustain_pedal=False) if any(len(t.notes) for t in kept.tracks) \

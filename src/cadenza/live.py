@@ -19,7 +19,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, Steering
+from .config import ConfigError, DuetConfig, Steering
+from .duet import Clock, Duet, play
+from .guard import Busy, body_field
 
 KEEP_ALIVE = 10.0  # seconds between comments on an idle event stream
 WAIT = 0.25  # seconds an event stream waits for an event before it looks for the page
@@ -52,7 +54,6 @@ class LiveDuet:
 
     def __init__(self, gen, steering: Steering, wait: float, answer: float, folder: Path
                  ) -> None:
-        from .duet import Clock, Duet
         self.id = uuid.uuid4().hex[:12]
         self.folder = folder
         self.events: queue.Queue[dict | None] = queue.Queue()
@@ -73,7 +74,6 @@ class LiveDuet:
                              "velocity": msg.velocity, "t": round(self.clock.now(), 4)})
 
     def _run(self) -> None:
-        from .duet import play
         answers = 0
         try:
             def until() -> bool:
@@ -125,8 +125,6 @@ def live_routes(studio, guarded, json_object) -> list:
     from starlette.responses import FileResponse, JSONResponse, StreamingResponse
     from starlette.routing import Route
 
-    from .config import DuetConfig
-    from .studio import Busy, _field
 
     def get(request: Request) -> LiveDuet:
         d = studio.live.get(request.path_params["did"])
@@ -136,10 +134,10 @@ def live_routes(studio, guarded, json_object) -> list:
 
     async def start(request: Request):
         body = await json_object(request)
-        model = _field(body, "model", str) or studio.models[0]["id"]
+        model = body_field(body, "model", str) or studio.models[0]["id"]
         if model not in {m["id"] for m in studio.models}:
             raise ConfigError(f"--checkpoint {model}: not one of this studio's models")
-        ask = _field(body, "sample", dict) or {}
+        ask = body_field(body, "sample", dict) or {}
         cfg = DuetConfig.from_dict({
             "checkpoint": model, "sample": {k: v for k, v in ask.items()
                                             if v not in (None, "")},

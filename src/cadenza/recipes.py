@@ -16,8 +16,10 @@ How each benchmark recipe was found, with the numbers tried and not kept, is in
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
+from .checkpoint import CheckpointError, read_config
 from .config import (
     ARCHITECTURE,
     INVOCATION,
@@ -27,9 +29,13 @@ from .config import (
     TrainConfig,
     finetune_settings,
     flag,
+    register_names,
     run_settings,
     transposition_shifts,
 )
+from .data.tokenizers import build_tokenizer
+from .models import build_model, count_params
+from .train import tokenizer_facts
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,6 @@ def train_configs(preset: str | None = None, *, data: str, out: str, resume: boo
         if fixed:
             raise ConfigError(f"{cli_flag(fixed[0])}: the architecture comes from --init "
                               f"{init} (only --dropout may change)")
-        from .checkpoint import read_config
         ck = read_config(init)
         m, t = finetune_settings(ck["model"], ck["train"])
         base = "init"
@@ -169,9 +174,6 @@ def _recipe(name: str) -> Recipe:
 
 def _run_settings(out: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(model, train) settings of the run in ``out`` (for --resume), if any."""
-    from pathlib import Path
-
-    from .checkpoint import CheckpointError, read_config
     try:
         config = read_config(Path(out) / "last")
     except (CheckpointError, OSError, ValueError):
@@ -277,12 +279,11 @@ RECIPES: dict[str, Recipe] = _recipes(
                    augment=AugmentConfig())),
 )
 
+register_names("recipe", lambda: sorted(RECIPES))  # train --preset
+
 
 def parameter_count(recipe: Recipe) -> int:
     """Parameters of the recipe's model on its tokenizer's vocabulary."""
-    from .data.tokenizers import build_tokenizer
-    from .models import build_model, count_params
-    from .train import tokenizer_facts
     cfg = tokenizer_facts(recipe.model.replace(max_context=recipe.train.context),
                           build_tokenizer(recipe.tokenizer))
     return count_params(build_model(cfg))

@@ -12,10 +12,13 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from pathlib import Path
 
+from . import bench
 from .atomic import write_bytes
 from .checkpoint import read_metrics
+from .stats import FEATURE_COLUMNS, feature_rows, summary_lines
 
 
 def _data_uri(path: Path, mime: str) -> str:
@@ -94,7 +97,6 @@ def build_report(run: str | Path, out: str | Path | None = None,
 
 def _rel(path: Path, page: Path) -> str:
     """``path`` as the page at ``page`` links to it (relative, so the folder can move)."""
-    import os
     return html.escape(Path(os.path.relpath(path.resolve(), page.resolve().parent)).as_posix())
 
 
@@ -116,7 +118,6 @@ def _sample_rows(info: dict) -> list[tuple[str, str]]:
 
 def _stats_table(res: dict) -> str:
     """`cadenza stats --json` output: the feature table and summary `stats` prints."""
-    from .stats import FEATURE_COLUMNS, feature_rows, summary_lines
     head = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in FEATURE_COLUMNS) + "</tr>"
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
                    for row in feature_rows(res))
@@ -125,7 +126,6 @@ def _stats_table(res: dict) -> str:
 
 
 def _bench_text(path: Path) -> str:
-    from . import bench
     r = bench.load_result(path)
     if isinstance(r, bench.ModelsResult):
         return bench.format_models(r)

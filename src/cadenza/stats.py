@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .data.dataset import TokenDataset
 from .data.midi import BadInput, Notes, load_score, notes_from_score, only_track
 
 CONTINUATION_TRACK = "Continuation"  # the track `generate` writes new music on
@@ -76,7 +77,6 @@ class NgramIndex:
 def training_index(data: str) -> NgramIndex:
     """The n-gram index of a prepared dataset's train split, built once per process (the
     demo generates from three primers against the same training set)."""
-    from .data.dataset import TokenDataset
     ds = TokenDataset(data)
     return NgramIndex.from_pieces([ds.tokenizer.decode_notes(p) for p in ds.pieces("train")])
 
@@ -223,7 +223,6 @@ def run_stats(generated: str, reference: str, split: str = "train") -> dict[str,
     ref_path = Path(reference)
     index = None
     if (ref_path / "manifest.json").exists():
-        from .data.dataset import TokenDataset
         ds = TokenDataset(ref_path)
         if split not in ds.splits:
             raise BadInput(f"--split: {ref_path} has no '{split}' split "

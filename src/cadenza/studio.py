@@ -51,7 +51,6 @@ from .config import (
     SampleConfig,
     Steering,
     StudioConfig,
-    check_type,
     flag,
     task_name,
 )
@@ -66,8 +65,9 @@ from .data.midi import (
 )
 from .engine import WHY
 from .generate import PRIMER_TRACK, Generator, run_generate
-from .guard import Guard, GuardMiddleware, is_loopback
+from .guard import Busy, Guard, GuardMiddleware, body_field, is_loopback
 from .infill import INFILL_TRACK, run_infill
+from .live import live_routes
 from .render import audio_missing, note_name, render_wav
 
 STATIC = Path(__file__).parent / "static"
@@ -81,10 +81,6 @@ class Stopped(Exception):
 
 class Cancelled(Exception):
     """Raised into a running generation when its page cancels it."""
-
-
-class Busy(ConfigError):
-    """A request over --max-queue (HTTP 429): what to wait for."""
 
 
 class Unsupported(ValueError):
@@ -139,14 +135,6 @@ class Job:
 
 USER_ERRORS = (BadInput, ConfigError, CheckpointError, FileNotFoundError, FileExistsError,
                PermissionError, ValueError)  # their messages are written for a user
-
-
-def _field(body: dict[str, Any], name: str, kind: type) -> Any:
-    """A request's field, None when absent, else of ``kind`` (ConfigError naming it, checked
-    as the configs check theirs)."""
-    v = body.get(name)
-    check_type(name, kind, v, shown=name)
-    return v
 
 
 def _size(folder: Path) -> int:
@@ -314,18 +302,18 @@ class Studio:
     def submit(self, req: dict[str, Any], page: str = "") -> Job:
         """Validate a Generate click and queue it; ConfigError names the bad setting, Busy
         says what to wait for."""
-        model = _field(req, "model", str) or self.models[0]["id"]
+        model = body_field(req, "model", str) or self.models[0]["id"]
         if model not in {m["id"] for m in self.models}:
             raise ConfigError(f"--checkpoint {model}: not one of this studio's models")
-        sid = _field(req, "start", str)
+        sid = body_field(req, "start", str)
         start = self.starts.get(sid) if sid else None
         if sid and start is None:
             raise ConfigError("start: unknown (the server was restarted, or it was cleared "
                               "to make room); choose it again")
-        primer_seconds = _field(req, "primer_seconds", float) or 0.0
+        primer_seconds = body_field(req, "primer_seconds", float) or 0.0
         if primer_seconds < 0:
             raise ConfigError(f"--primer-seconds: must be >= 0, got {primer_seconds!r}")
-        ask = _field(req, "sample", dict) or {}
+        ask = body_field(req, "sample", dict) or {}
         names = {f.name for f in fields(SampleConfig)}
         unknown = sorted(set(ask) - names)
         if unknown:
@@ -339,9 +327,9 @@ class Studio:
             raise ConfigError(f"--seconds: the studio makes up to {self.cfg.max_seconds:g} s "
                               f"per take (--max-seconds), got {sample.seconds:g}")
         jid = uuid.uuid4().hex[:12]
-        span = _field(req, "span", dict)
+        span = body_field(req, "span", dict)
         if span is not None:  # "Regenerate this span" of the start
-            a, b = _field(span, "start", float), _field(span, "end", float)
+            a, b = body_field(span, "start", float), body_field(span, "end", float)
             if start is None or a is None or b is None:
                 raise ConfigError("span: give a start and the span's start and end, seconds")
             if b - a > self.cfg.max_seconds:
@@ -592,7 +580,6 @@ def make_app(studio: Studio, guard: Guard | None = None):
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
-    from .live import live_routes
 
     async def index(request: Request):
         return FileResponse(STATIC / "studio.html")
@@ -615,7 +602,7 @@ def make_app(studio: Studio, guard: Guard | None = None):
 
     async def from_take(request: Request):
         body = await _json_object(request)
-        job, k = _field(body, "job", str), _field(body, "take", int)
+        job, k = body_field(body, "job", str), body_field(body, "take", int)
         if job is None or k is None:
             raise ConfigError("job and take: give both (the take to continue)")
         return JSONResponse((await run_in_threadpool(studio.take_start, job, k)).to_dict())

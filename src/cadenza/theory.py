@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 LOWEST_KEY, HIGHEST_KEY = 21, 108  # A0 and C8, the piano's keyboard
 NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
@@ -84,7 +86,6 @@ _KK_MINOR = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3
 def estimate_key(weights) -> str:
     """The key whose Krumhansl-Kessler profile best correlates with ``weights``, 12 numbers
     (e.g. seconds sounded per pitch class, from C): ``"D minor"`` (Krumhansl 1990)."""
-    import numpy as np
     w = np.asarray(weights, float)
     best, name = -2.0, "C major"
     for mode, prof in (("major", _KK_MAJOR), ("minor", _KK_MINOR)):

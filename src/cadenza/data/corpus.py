@@ -23,7 +23,10 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import symusic
 from tqdm import tqdm
+
+from .midi import merge_tracks, write_midi
 
 CORPORA = ("chorales", "keyboard", "classical", "openings")
 OPENINGS = Path(__file__).resolve().parent.parent / "openings"  # shipped, not converted
@@ -122,7 +125,6 @@ def _convert_one(job: tuple[str, str]) -> bool:
         warnings.simplefilter("ignore")
         from music21 import converter, instrument
 
-        from .midi import merge_tracks, write_midi
         try:
             score = converter.parse(src)
             parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
@@ -138,7 +140,6 @@ def _convert_one(job: tuple[str, str]) -> bool:
                 score = expanded
             except Exception:  # repeats music21 cannot expand: convert them as written
                 pass
-            import symusic
             with tempfile.TemporaryDirectory() as d:
                 tmp = Path(d) / "x.mid"
                 score.write("midi", fp=str(tmp))

@@ -28,6 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..atomic import file_digests
+from ..config import register_names
 from .corpus import cadenza_home
 
 CHUNK = 1 << 16
@@ -70,6 +71,8 @@ CATALOG: dict[str, Archive] = {
         "GitHub builds this archive on request and publishes no checksum: its content is "
         "checked instead, and the SHA-256 seen is printed", "MIT"),
 }
+
+register_names("corpus", lambda: sorted(CATALOG))  # download NAME
 
 
 def download(name: str, url: str | None = None, home: Path | None = None,

@@ -18,6 +18,9 @@ MIN_PITCH, MAX_PITCH = 21, 108  # the piano's keys: A0..C8
 MAX_SECONDS = 3 * 3600.0
 
 
+Score = symusic.Score  # what the API takes and returns; only data/ reads or writes MIDI
+
+
 class BadInput(ValueError):
     """A source that cannot be used; the message is the reason, without the path."""
 
@@ -263,3 +266,64 @@ def write_midi(score: symusic.Score, path: str | Path) -> None:
     """Write atomically: a temp file in the same folder, then rename."""
     with atomic_path(path) as tmp:
         score.dump_midi(str(tmp))
+
+
+# --- editing a score in place of a span (infill) ---------------------------------------
+
+
+def tick_at(score: symusic.Score, seconds: float) -> int:
+    return int(round(quarters_at(score, seconds) * score.tpq))
+
+
+def bar_span(score: symusic.Score, bars: str) -> tuple[float, float]:
+    """``"9-12"`` (bars 9 to 12 inclusive, counted from 1) -> (start, end) seconds, through
+    the score's time signatures and tempo map."""
+    try:
+        a, b = (int(x) for x in bars.split("-"))
+    except ValueError:
+        raise BadInput(f"--bars {bars}: expected FIRST-LAST, e.g. 9-12") from None
+    if not 1 <= a <= b:
+        raise BadInput(f"--bars {bars}: bars count from 1, FIRST <= LAST")
+    if not len(score.time_signatures):
+        raise BadInput(f"--bars {bars}: the file has no time signature; give --start and "
+                       "--end in seconds")
+    sigs = sorted((ts.time, ts.numerator * 4 / ts.denominator) for ts in score.time_signatures)
+    q, bar, starts = 0.0, 1, {}
+    limit = score.end() / score.tpq + 64
+    while bar <= b + 1 and q <= limit:
+        now = [length for t, length in sigs if t / score.tpq <= q + 1e-9]
+        starts[bar] = q
+        q += now[-1] if now else sigs[0][1]
+        bar += 1
+    if b + 1 not in starts:
+        raise BadInput(f"--bars {bars}: the piece has fewer bars")
+    return seconds_at(score, starts[a]), seconds_at(score, starts[b + 1])
+
+
+def replace_span(score: symusic.Score, start_tick: int, end_tick: int, new: Notes,
+                 track_name: str, cut_held: bool = False) -> symusic.Score:
+    """``score`` without the notes that start in ``[start_tick, end_tick)`` (every other
+    note, track, tempo and control as it was, in ticks), plus a track ``track_name`` with
+    ``new`` (seconds). With ``cut_held``, notes that start before the span and ring into it
+    end at its start."""
+    out = score.copy()
+    for tr in out.tracks:
+        keep = [n for n in tr.notes if not start_tick <= n.time < end_tick]
+        if cut_held:
+            for n in keep:
+                if n.time < start_tick < n.time + n.duration:
+                    n.duration = start_tick - n.time
+        tr.notes = symusic.Note.from_numpy(
+            time=np.array([n.time for n in keep], np.int32),
+            duration=np.array([n.duration for n in keep], np.int32),
+            pitch=np.array([n.pitch for n in keep], np.int8),
+            velocity=np.array([n.velocity for n in keep], np.int8)) if keep else tr.notes[:0]
+    track = symusic.Track(name=track_name, program=out.tracks[0].program if out.tracks else 0)
+    if len(new):
+        t0 = np.array([tick_at(score, t) for t in new.start], np.int32)
+        t1 = np.array([tick_at(score, t) for t in new.end], np.int32)
+        track.notes = symusic.Note.from_numpy(
+            time=t0, duration=np.maximum(t1 - t0, 1).astype(np.int32),
+            pitch=new.pitch.astype(np.int8), velocity=new.velocity.astype(np.int8))
+    out.tracks.append(track)
+    return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...config import register_names
 from .base import BOS, EOS, PAD, Grammar, Tokenizer, framed
 from .chorale16 import Chorale16Tokenizer
 from .miditok_adapter import STREAM_NAMES, MidiTokTokenizer
@@ -23,6 +24,9 @@ ALIASES = {"remi": "miditok:REMI"}
 
 def tokenizer_names() -> list[str]:
     return [*NATIVE, "remi", *(f"miditok:{n}" for n in STREAM_NAMES)]
+
+
+register_names("tokenizer", tokenizer_names)  # prepare --tokenizer
 
 
 def build_tokenizer(name: str, **config: Any) -> Tokenizer:
