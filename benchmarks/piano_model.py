@@ -165,7 +165,7 @@ def cmd_finetune(a) -> dict:
     from cadenza.checkpoint import read_config
     from cadenza.config import finetune_settings
     ck = read_config(MODEL)
-    m, t = finetune_settings(ck["model"], ck["train"])
+    m, t = finetune_settings(ck.model, ck.train)
     def run(out: Path, model: dict, train_cfg: dict) -> float:
         done = out / "best" / "metrics.json"
         if a.reuse and done.exists():

@@ -18,6 +18,7 @@ from cadenza.config import AugmentConfig, ConfigError, ModelConfig, PrepareConfi
 from cadenza.data import pairs
 from cadenza.data.dataset import IGNORE, TokenDataset
 from cadenza.data.prepare import prepare
+from cadenza.data.task import Accompany, Continue, Harmonize, Task
 from cadenza.data.tokenizers import BOS, EOS, build_tokenizer
 from cadenza.data.tokenizers.chorale16 import ids_grid
 from cadenza.data.tokenizers.performance import SHIFT0, VEL0
@@ -260,7 +261,7 @@ def test_training_and_evaluation_score_target_tokens(harmonize_run, tmp_path):
     from cadenza.evaluate import evaluate
     data, run = harmonize_run
     ck = load_checkpoint(run / "best")
-    assert ck.task == "harmonize" and ck.bars == 4
+    assert ck.task == Harmonize(bars=4)
     ds = TokenDataset(data)
     res = evaluate(str(run / "best"), str(data))
     m = ck.model.eval()
@@ -423,6 +424,41 @@ def test_attention_maps_are_distributions_and_match_the_model():
     assert maps["encoder-1"].shape == (4, 9, 9) and maps["cross-2"].shape == (4, 11, 9)
     for w in maps.values():
         np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
+
+
+def test_attention_of_a_decoder_only_harmonizer_reads_melody_then_answer(tmp_path,
+                                                                        chorale_json):
+    """A decoder-only model trained on pairs reads [BOS melody EOS] BOS answer as one
+    sequence: one map over all of it, the melody's tokens labelled as the melody's."""
+    prepare(PrepareConfig(sources=(str(chorale_json),), out=str(tmp_path / "h"),
+                          task="harmonize"), progress=False)
+    run = tmp_path / "drun"
+    train(ModelConfig(n_layer=1, d_model=32, n_head=4, d_ff=64, dropout=0.0, max_context=400),
+          TrainConfig(data=str(tmp_path / "h"), out=str(run), context=400, batch_size=4,
+                      max_steps=2, eval_every=2), quiet=True)
+    assert main(["attention", "--checkpoint", str(run / "best"), "--primer",
+                 str(melody_file(tmp_path)), "--out", str(tmp_path / "att")]) == 0
+    rec = json.loads((tmp_path / "att" / "attention.json").read_text())
+    assert list(rec["maps"]) == ["layer-1"] and rec["source_tokens"] == []
+    n = rec["maps"]["layer-1"][1]
+    # [BOS, 64 soprano steps, EOS], then the answer: BOS and 95 tokens (--tokens 96)
+    assert len(rec["tokens"]) == n == 66 + 96
+    assert rec["tokens"][0] == rec["tokens"][66] == "bos" and rec["tokens"][65] == "eos"
+
+
+def test_tasks_are_types_read_and_written_in_one_place():
+    assert Task.of(None) == Continue() and not Continue().paired
+    for t in (Harmonize(4), Accompany(2), Harmonize(3)):
+        assert Task.of(t.record()) == t and t.paired
+    assert Task.named("accompany") == Accompany(bars=2)  # the task's own default
+    assert Task.named("harmonize").tokenizer_for(None) == "chorale16"
+    assert Continue().tokenizer_for("remi") == "remi" and \
+        Continue().tokenizer_for(None) == "performance"
+    with pytest.raises(ConfigError, match="--task: must be one of continue, harmonize, "
+                                          "accompany, got 'sing'"):
+        Task.named("sing")
+    with pytest.raises(ConfigError, match="--tokenizer: --task accompany uses performance"):
+        Task.named("accompany").tokenizer_for("chorale16")
 
 
 def test_attention_command_draws_each_layer(harmonize_run, tiny_run, tmp_path, midi_folder):

@@ -26,8 +26,8 @@ import torch
 from .atomic import atomic_path, write_bytes
 from .checkpoint import load_checkpoint
 from .config import AttentionConfig, Drawing
-from .data import pairs
 from .data.midi import BadInput, load_score
+from .data.task import Windows
 from .data.tokenizers import BOS, framed
 from .data.tokenizers.chorale16 import StepGrammar
 from .evaluate import evaluating
@@ -35,7 +35,7 @@ from .generate import resolve_primer
 from .models.encdec import CrossAttention, EncoderAttention
 from .models.transformer import Attention
 from .render import note_name
-from .tasks import generate_windows, melody_windows
+from .tasks import generate_windows
 
 MAX_LABELS = 32
 
@@ -142,18 +142,21 @@ def run_attention(cfg: AttentionConfig, *, device: str = "cpu") -> list[Path]:
         raise FileExistsError(f"--out {cfg.out}: holds pictures of an earlier run; choose "
                               "another folder, or pass --force to replace them")
     path = resolve_primer(cfg.primer)
+    task, src_ids, head = ck.task, None, []
     try:
         score = load_score(path)
-        if ck.task == "continue":
+        if not task.paired:
             ids = np.concatenate([[BOS], tok.encode_primer(score)])[: cfg.tokens]
-            src_ids = None
-        else:
-            src, starts, _ = melody_windows(ck.task, tok, score, path, ck.bars, 0.0)
-            if not src:
+        else:  # the model's answer to the melody's first window
+            windows = task.windows(tok, score, path, 0.0)
+            if not windows.sources:
                 raise BadInput("no melody notes")
-            src_ids = framed(src[0])[: cfg.tokens]
-            new = generate_windows(ck, ck.task, src[:1], starts[:1], Drawing())[0][0]
+            first = Windows(windows.sources[:1], windows.places[:1], windows.melody)
+            new = generate_windows(ck, first, Drawing())[0][0]
             ids = np.concatenate([[BOS], new])[: cfg.tokens]
+            src_ids = framed(first.sources[0])[: cfg.tokens]
+            if ck.model_cfg.kind != "encoder-decoder":  # one sequence: [BOS src EOS] BOS new
+                head, ids, src_ids = list(src_ids), np.concatenate([src_ids, ids]), None
     except BadInput as e:
         raise BadInput(f"--primer {path}: {e}") from e
     if ck.model.max_context is not None:
@@ -161,9 +164,10 @@ def run_attention(cfg: AttentionConfig, *, device: str = "cpu") -> list[Path]:
     dev = next(ck.model.parameters()).device
     src_t = torch.as_tensor(src_ids, device=dev)[None] if src_ids is not None else None
     maps = attention_maps(ck.model, torch.as_tensor(ids, device=dev)[None], src_t)
-    grid = ck.task == "harmonize"
-    labels = token_labels(tok, ids, pairs.LOWER_VOICES if grid else 0)
-    slabels = token_labels(tok, src_ids, 1 if grid else 0) if src_ids is not None else []
+    labels = token_labels(tok, ids[len(head):], task.target_voices)
+    if head:  # a decoder-only model's prefix: the melody, labelled as the melody
+        labels = token_labels(tok, np.array(head), task.source_voices) + labels
+    slabels = token_labels(tok, src_ids, task.source_voices) if src_ids is not None else []
     out.mkdir(parents=True, exist_ok=True)
     written = []
     p = Path(str(ck.path))  # RUN/best: the run's name
@@ -177,7 +181,7 @@ def run_attention(cfg: AttentionConfig, *, device: str = "cpu") -> list[Path]:
         kl = slabels if kind in ("encoder", "cross") else labels
         written.append(plot_layer(w, q, kl, f"{model_name}: {what[kind]}, layer "
                                   f"{k} ({w.shape[0]} heads)", out / f"{name}.png"))
-    record = {"checkpoint": str(ck.path), "primer": str(path), "task": ck.task,
+    record = {"checkpoint": str(ck.path), "primer": str(path), "task": task.name,
               "tokens": labels, "source_tokens": slabels,
               "maps": {n: list(w.shape) for n, w in maps.items()}}
     write_bytes(out / "attention.json", (json.dumps(record, indent=1) + "\n").encode())

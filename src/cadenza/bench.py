@@ -559,10 +559,12 @@ def bench_tasks(out: str, *, minutes: float, data: str | None = None,
     root = Path(out)
     skipped: dict[str, str] = {}
     jobs: dict[tuple[str, str], tuple[ModelConfig, TrainConfig]] = {}
-    for task in ("harmonize", "accompany"):
+    # each task's benchmark data: the JSB16 chorales, POP909's songs
+    finders = {"harmonize": lambda: find_file("jsb16", None, benchmarks),
+               "accompany": lambda: find_pop909(data)}
+    for task, find in finders.items():
         try:
-            src = find_file("jsb16", None, benchmarks) if task == "harmonize" \
-                else find_pop909(data)
+            src = find()
         except BenchDataMissing as e:
             print(f"--- {task}: skipped ({e})")
             skipped[task] = str(e)

@@ -27,7 +27,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,9 @@ from .config import (
     ConfigError,
     ModelConfig,
     TrainConfig,
-    task_name,
     transposition_shifts,
 )
+from .data.task import Continue, Task
 from .data.tokenizers import Tokenizer, build_tokenizer
 from .models import build_model
 from .models.ensemble import Relabelled
@@ -57,7 +57,7 @@ class CheckpointError(ValueError):
     pass
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, config: dict[str, Any],
+def save_checkpoint(path: Path, model: torch.nn.Module, config: RunRecord,
                     metrics: dict[str, Any], state: dict[str, Any] | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, config: dict[str, Any],
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
                    if k not in tied}  # a tied tensor is stored once, under its first name
         save_file(weights, str(tmp / "model.safetensors"))
-        (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config.to_json(), indent=1) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         if state is not None:
             torch.save(state, tmp / "state.pt")
@@ -124,6 +124,61 @@ def resolve(path: str | Path) -> Path:
                           f"{', '.join(missing)}")
 
 
+@dataclass(frozen=True)
+class DataRecord:
+    """What a run was trained on: the dataset's folder, sources and split sizes, and its
+    task (data/task.py)."""
+
+    path: str
+    sources: list[str]
+    splits: dict[str, Any]
+    task: Task = field(default_factory=Continue)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"path": self.path, "sources": self.sources, "splits": self.splits}
+        if self.task.record() is not None:  # plain pieces: no record, as before tasks
+            out["task"] = self.task.record()
+        return out
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> DataRecord:
+        return DataRecord(d.get("path", ""), list(d.get("sources", [])),
+                          dict(d.get("splits", {})), Task.of(d.get("task")))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A checkpoint's ``config.json``, written by train and read here only: the model and
+    training settings (their configs' own dicts, so an older run's extra or missing keys
+    are handled where the configs are rebuilt), the tokenizer (name, config and
+    vocabulary), the data and the parameter count."""
+
+    model: dict[str, Any]
+    train: dict[str, Any]
+    tokenizer: dict[str, Any]
+    data: DataRecord
+    parameters: int
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": self.format_version, "model": self.model,
+                "train": self.train, "tokenizer": self.tokenizer,
+                "data": self.data.to_json(), "parameters": self.parameters}
+
+    @staticmethod
+    def from_json(d: dict[str, Any], where: Path) -> RunRecord:
+        if d.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{where}: checkpoint format {d.get('format_version')}, "
+                                  f"expected {FORMAT_VERSION}")
+        try:
+            return RunRecord(d["model"], d["train"], d["tokenizer"],
+                             DataRecord.from_json(d.get("data", {})), int(d.get("parameters",
+                                                                                0)))
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{where}: not a checkpoint's config ({e!r} missing or "
+                                  "wrong)") from e
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -131,28 +186,24 @@ class Checkpoint:
     model_cfg: ModelConfig
     train: TrainConfig
     tokenizer: Tokenizer
-    config: dict[str, Any]
+    config: RunRecord  # its config.json
     metrics: dict[str, Any]
     stored_dtype: str = "fp32"  # of model.safetensors: "bf16" for shipped models
 
     @property
-    def task(self) -> str:
-        """What it was trained for: "continue", or a paired task of ``prepare --task``."""
-        return task_name(self.config.get("data", {}).get("task"))
-
-    @property
-    def bars(self) -> int:
-        """A paired task's bars per pair (0 for "continue")."""
-        return (self.config.get("data", {}).get("task") or {}).get("bars", 0)
+    def task(self) -> Task:
+        """What it was trained for (data/task.py): continuing pieces, or a paired task of
+        ``prepare --task`` with its bars per pair."""
+        return self.config.data.task
 
 
-def read_config(path: str | Path) -> dict[str, Any]:
+def read_config(path: str | Path) -> RunRecord:
     """A checkpoint's config.json (directory or pretrained:NAME), without loading weights."""
-    d = resolve(path)
+    f = resolve(path) / "config.json"
     try:
-        return json.loads((d / "config.json").read_text())
+        return RunRecord.from_json(json.loads(f.read_text()), f)
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{d / 'config.json'}: not valid JSON ({e})") from e
+        raise CheckpointError(f"{f}: not valid JSON ({e})") from e
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
@@ -193,16 +244,10 @@ def _digests(path: str, size: int, mtime_ns: int) -> dict[str, str]:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     path = resolve(path)
     verify_weights(path)
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path / 'config.json'}: not valid JSON ({e})") from e
-    if config.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path / 'config.json'}: checkpoint format "
-                              f"{config.get('format_version')}, expected {FORMAT_VERSION}")
-    model_cfg = ModelConfig.from_dict(config["model"])
-    train_cfg = TrainConfig.from_dict(config["train"])
-    t = config["tokenizer"]
+    config = read_config(path)
+    model_cfg = ModelConfig.from_dict(config.model)
+    train_cfg = TrainConfig.from_dict(config.train)
+    t = config.tokenizer
     tokenizer = build_tokenizer(t["name"], **t["config"])
     if tokenizer.vocab != t["vocab"]:
         raise CheckpointError(f"{path / 'config.json'}: vocabulary does not match "

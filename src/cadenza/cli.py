@@ -307,13 +307,13 @@ def cmd_duet(a) -> int:
     return 0
 
 
-def _arrange(task: str):
+def _arrange(command: str):
     def run(a) -> int:
         cfg = from_args(ArrangeConfig, a)
-        for r in arrange(cfg, task, device=_device(a)):
-            files = ", ".join(v for v in r["files"].values() if v)
-            parts = ", ".join(f"{n} {c}" for n, c in r["tracks"].items())
-            print(f"sample {r['sample']}: {r['windows']} windows of {r['bars_per_window']} "
+        for r in arrange(cfg, command, device=_device(a)):
+            files = ", ".join(v for v in r.files.values() if v)
+            parts = ", ".join(f"{n} {c}" for n, c in r.tracks.items())
+            print(f"sample {r.sample}: {r.windows} windows of {r.bars_per_window} "
                   f"bars; notes: {parts} -> {cfg.out}/ ({files})")
         return 0
     return run

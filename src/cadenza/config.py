@@ -35,16 +35,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 SPLITS = ("train", "valid", "test")
 PIANOROLL_SETS = ("jsb", "nottingham", "musedata", "piano-midi")
 BENCHMARKS = ("jsb16", "pianoroll", "models", "tasks")
-TASKS = ("continue", "harmonize", "accompany")  # prepare --task; pairs.py builds the pairs
-TASK_TOKENIZER = {"harmonize": "chorale16", "accompany": "performance"}
-
-
-def task_name(task: dict[str, Any] | None) -> str:
-    """The task of a dataset's manifest or a checkpoint's data record ({"name", "bars"}, or
-    none for plain pieces): "continue", "harmonize" or "accompany"."""
-    return (task or {}).get("name", "continue")
-
-
 class ConfigError(ValueError):
     """User-facing configuration error; the message starts with the offending flag."""
 
@@ -209,13 +199,13 @@ class PrepareConfig(_Config):
                                       "(.json chorales, .mat/.pickle piano rolls)",
                                       positional=True)
     out: str = option(help="dataset directory to write", required=True)
-    tokenizer: str = option(None, "tokenization scheme (default: performance; --task "
-                            "harmonize uses chorale16, accompany performance)",
+    tokenizer: str | None = option(None, "tokenization scheme (default: performance; --task "
+                                   "harmonize uses chorale16, accompany performance)",
                             choices=names_of("tokenizer"))
     task: str = option("continue", "what the dataset trains: continue pieces, or source -> "
                        "target pairs: harmonize (a chorale's soprano -> alto, tenor, bass; the "
                        "JSB16 JSON), accompany (a song's MELODY -> PIANO track; POP909)",
-                       choices=TASKS)
+                       choices=names_of("task"))
     bars: int = option(0, "paired tasks: bars per pair (0: 4 to harmonize, 2 to accompany)")
     valid_frac: float = option(0.05, "share of pieces for the valid split")
     test_frac: float = option(0.05, "share of pieces for the test split")
@@ -240,13 +230,8 @@ class PrepareConfig(_Config):
         _check(self.max_file_mb > 0, "max_file_mb", "must be > 0", self.max_file_mb)
         _check(self.programs in ("all", "piano"), "programs", "must be all or piano",
                self.programs)
-        _check(self.task in TASKS, "task", f"must be one of {TASKS}", self.task)
         _check(0 <= self.bars <= 16, "bars", "must be in 0..16", self.bars)
-        need = TASK_TOKENIZER.get(self.task)
-        if self.tokenizer is None:
-            object.__setattr__(self, "tokenizer", need or "performance")
-        _check(need is None or self.tokenizer == need, "tokenizer",
-               f"--task {self.task} uses {need}", self.tokenizer)
+        # --task and its tokenizer are checked by the task (data/task.py) when prepare runs
 
 
 FROM_TOKENIZER = "the dataset's tokenizer"

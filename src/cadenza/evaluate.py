@@ -38,6 +38,7 @@ from .data.dataset import TokenDataset
 from .data.pairs import pad_batch, prefix_sequence
 from .data.prepare import encode_file
 from .data.sources import BENCHMARK_SUFFIXES, BadInput, SourceError, midi_files, read_benchmark
+from .data.task import Task
 from .data.tokenizers import framed
 
 
@@ -258,8 +259,10 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
         if ds.tokenizer.vocab != ck.tokenizer.vocab:
             raise ValueError(f"--data {data}: its vocabulary differs from the checkpoint's "
                              f"({ds.tokenizer.name} vs {ck.tokenizer.name})")
-        if ds.task != "continue":
-            return _evaluate_pairs(cks, ds, split, batch_size, precision, transpositions)
+        task = Task.of_dataset(ds)
+        if task.paired:
+            return _evaluate_pairs(cks, ds, task, split, batch_size, precision,
+                                   transpositions)
         pieces = ds.pieces(split)
     elif len(paths) == 1 and data.is_file() and data.suffix.lower() in BENCHMARK_SUFFIXES:
         pieces = benchmark_pieces(data, split, ck.tokenizer)
@@ -286,18 +289,17 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
                   together([per[own] for per in nlls]))
 
 
-def _evaluate_pairs(cks: list, ds, split: str, batch_size: int, precision: str,
+def _evaluate_pairs(cks: list, ds, task: Task, split: str, batch_size: int, precision: str,
                     transpositions: int) -> Scores:
     """A paired dataset: NLL per target token of one model trained on its task."""
-    task = ds.task
     if len(cks) > 1 or transpositions > 1:
         raise ValueError(f"--data {ds.path}: a {task} dataset is scored by one checkpoint in "
                          "the pieces' own keys (no ensembles or --transpositions)")
     ck = cks[0]
-    if ck.task != task:
+    if type(ck.task) is not type(task):
         raise ValueError(f"--checkpoint {ck.path}: trained to {ck.task}, --data {ds.path} "
                          f"is a {task} dataset")
-    res = summarize(score_pairs(ck.model, ds.pieces(split, "source"), ds.pieces(split),
+    res = summarize(score_pairs(ck.model, task.sources(ds, split), ds.pieces(split),
                                 batch_size, precision))
     return Scores(res, [res], res)
 

@@ -133,9 +133,9 @@ class Generator:
                  precision: str = "auto") -> None:
         self.ck, self.members = ck, [ck, *others]
         for c in self.members:
-            if c.task != "continue":
+            if c.task.paired:
                 raise ValueError(f"--checkpoint {c.path}: trained to {c.task} a melody, not "
-                                 f"to continue a piece; use `cadenza {c.task}`")
+                                 f"to continue a piece; use `cadenza {c.task.command}`")
         # "auto": weights stored in bf16 (the shipped models) lose nothing as fp16 copies
         # (models/layers.use_half_weights): on a CPU they decode reading those, with fp32
         # arithmetic, half the bytes of fp32 and faster than bf16 arithmetic, whose CPU
@@ -354,7 +354,7 @@ def write_sample(base: Path, tracks: dict[str, Notes], notes: Notes, blue: np.nd
 
 def _memorization_index(gen: Generator, reference: str | None):
     """The training set's n-gram index, when the training data is on this machine."""
-    data = reference or gen.ck.config.get("data", {}).get("path")
+    data = reference or gen.ck.config.data.path
     if not data or not (Path(data) / "manifest.json").exists():
         return None
     try:

@@ -156,7 +156,7 @@ def train_configs(preset: str | None = None, *, data: str, out: str, resume: boo
             raise ConfigError(f"{cli_flag(fixed[0])}: the architecture comes from --init "
                               f"{init} (only --dropout may change)")
         ck = read_config(init)
-        m, t = finetune_settings(ck["model"], ck["train"])
+        m, t = finetune_settings(ck.model, ck.train)
         base = "init"
     else:
         m, t = _recipe(preset or "small").settings()
@@ -178,7 +178,7 @@ def _run_settings(out: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         config = read_config(Path(out) / "last")
     except (CheckpointError, OSError, ValueError):
         return None  # train() says what is wrong with the run
-    return run_settings(config["model"], config["train"])
+    return run_settings(config.model, config.train)
 
 
 def _recipes(*recipes: Recipe) -> dict[str, Recipe]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import bench
 from .atomic import write_bytes
-from .checkpoint import read_metrics
+from .checkpoint import read_config, read_metrics
 from .stats import FEATURE_COLUMNS, feature_rows, summary_lines
 
 
@@ -46,15 +46,15 @@ def build_report(run: str | Path, out: str | Path | None = None,
     ck = next((c for c in [run / "best", run / "last", run / "run" / "best", *ran]
                if (c / "config.json").exists()), None)
     if ck is not None:
-        cfg = json.loads((ck / "config.json").read_text())
+        cfg = read_config(ck)
         metrics = read_metrics(ck)
         parts.append("<h2>Model and training</h2>")
         parts.append(_table([("checkpoint", str(ck)),
-                             ("parameters", f"{cfg.get('parameters', 0):,}"),
-                             ("tokenizer", cfg["tokenizer"]["name"]),
-                             ("data", cfg["data"]["path"])]
-                            + [(f"model.{k}", str(v)) for k, v in cfg["model"].items()]
-                            + [(f"train.{k}", str(v)) for k, v in cfg["train"].items()]))
+                             ("parameters", f"{cfg.parameters:,}"),
+                             ("tokenizer", cfg.tokenizer["name"]),
+                             ("data", cfg.data.path)]
+                            + [(f"model.{k}", str(v)) for k, v in cfg.model.items()]
+                            + [(f"train.{k}", str(v)) for k, v in cfg.train.items()]))
         parts.append("<h2>Metrics</h2>" + _table([(k, f"{v:.4f}" if isinstance(v, float)
                                                     else str(v)) for k, v in metrics.items()]))
     for png in sorted(run.rglob("loss.png"))[:3] + sorted(run.rglob("models.png"))[:1]:

@@ -52,7 +52,6 @@ from .config import (
     Steering,
     StudioConfig,
     flag,
-    task_name,
 )
 from .data.corpus import OPENINGS
 from .data.midi import (
@@ -182,10 +181,10 @@ def list_models(runs: str | None) -> list[dict[str, Any]]:
             c, m = read_config(spec), read_metrics(spec)
         except (CheckpointError, OSError, ValueError):
             continue  # a half-written run: not offered
-        if task_name(c.get("data", {}).get("task")) != "continue":
+        if c.data.task.paired:
             continue  # a harmonize/accompany model does not continue pieces
-        models.append({"id": spec, "name": label, "tokenizer": c["tokenizer"]["name"],
-                       "parameters": c.get("parameters"),
+        models.append({"id": spec, "name": label, "tokenizer": c.tokenizer["name"],
+                       "parameters": c.parameters,
                        "val_nll": m.get("best_val_nll", m.get("val_nll"))})
     return models
 

@@ -41,10 +41,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .atomic import locked_dir
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import DataRecord, RunRecord, load_checkpoint, save_checkpoint
 from .config import (
     ATTENTION_KINDS,
-    FORMAT_VERSION,
     INVOCATION,
     RESUMABLE,
     ConfigError,
@@ -54,6 +53,7 @@ from .config import (
 )
 from .data.dataset import IGNORE, TokenDataset, WindowSampler
 from .data.pairs import PairSampler
+from .data.task import Task
 from .data.tokenizers.base import Tokenizer
 from .evaluate import autocast, score_pairs, score_pieces, summarize
 from .models import build_model, count_params
@@ -183,9 +183,11 @@ class Run:
     ema_pairs: tuple[list, list] | None  # (averaged, raw) parameters with --ema
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    task: Task  # what the data trains: its batches and how the valid split is scored
     sampler: WindowSampler | PairSampler
-    valid: list[np.ndarray] | tuple[list[np.ndarray], list[np.ndarray]]  # pieces, or pairs
-    config: dict[str, Any]  # the checkpoints' config.json
+    valid: list[np.ndarray]  # the valid split's pieces (of a paired task: its targets)
+    valid_sources: list[np.ndarray] | None  # a paired task's sources, one per target
+    config: RunRecord  # the checkpoints' config.json
     state: TrainState
     log: Callable[..., None]
     metrics: MetricsLog
@@ -311,10 +313,9 @@ def train_step(run: Run) -> tuple[float, int]:
     x, y, n_global = run.sampler.next_batch()
     y = y.to(dev, non_blocking=True)
     with autocast(dev, cfg.precision):
-        if isinstance(x, dict):  # pairs: {"idx": target (or prefix + target), "src": source}
-            logits = run.model(**{k: v.to(dev, non_blocking=True) for k, v in x.items()})
-        else:
-            logits = run.model(x.to(dev, non_blocking=True))  # (B, T, V)
+        # x: the model's inputs by name: {"idx"} (and a paired task's {"src"} for an
+        # encoder-decoder); logits (B, T, V)
+        logits = run.model(**{k: v.to(dev, non_blocking=True) for k, v in x.items()})
     loss_sum = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1),
                                ignore_index=IGNORE, reduction="sum")
     loss = loss_sum * run.dist.world / n_global  # DDP averages over ranks -> global mean
@@ -348,9 +349,9 @@ def evaluate_and_save(run: Run, loss: float | None) -> None:
     """Score the valid split (every rank); rank 0 saves best/ when it improved, and last/
     (with all that resuming needs) every time."""
     cfg, st = run.cfg, run.state
-    if isinstance(run.valid, tuple):  # pairs: (sources, targets)
-        nll = score_pairs(run.scored, *run.valid, batch_size=cfg.batch_size,
-                          precision=cfg.precision)
+    if run.task.paired:
+        nll = score_pairs(run.scored, run.valid_sources, run.valid,
+                          batch_size=cfg.batch_size, precision=cfg.precision)
     else:
         nll = score_pieces(run.scored, run.valid, cfg.context, cfg.stride,
                            batch_size=cfg.batch_size, precision=cfg.precision,
@@ -404,20 +405,13 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     # the 5M-parameter benchmark model: 4% of a bf16 step)
     opt = torch.optim.AdamW(raw.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98),
                             eps=1e-8, fused=dev.type in ("cpu", "cuda"))
-    if ds.task != "continue":
+    task = Task.of_dataset(ds)
+    task.check_model(model_cfg.kind, cfg.data)
+    if task.paired:
         check_pairs_fit(ds, model_cfg, cfg)
-        sampler = PairSampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
-                              prefix=model_cfg.kind != "encoder-decoder", rank=d.rank,
-                              world=d.world)
-        valid = (ds.pieces("valid", "source"), ds.pieces("valid"))
-    else:
-        if model_cfg.kind == "encoder-decoder":
-            raise ConfigError(f"--model encoder-decoder: --data {cfg.data} has no source -> "
-                              "target pairs; prepare it with --task harmonize or --task "
-                              "accompany")
-        sampler = WindowSampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
-                                period=model_cfg.voice_period, rank=d.rank, world=d.world)
-        valid = ds.pieces("valid")
+    sampler = task.sampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
+                           decoder_only=model_cfg.kind != "encoder-decoder",
+                           period=model_cfg.voice_period, rank=d.rank, world=d.world)
     state = TrainState()
     if saved is not None:
         opt.load_state_dict(saved["optimizer"])
@@ -425,11 +419,10 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         torch.set_rng_state(saved["torch_rng"])
         state = TrainState.restore(saved)
     out = Path(cfg.out)
-    config = {"format_version": FORMAT_VERSION, "model": model_cfg.to_dict(),
-              "train": cfg.to_dict(), "tokenizer": ds.manifest["tokenizer"],
-              "data": {"path": str(cfg.data), "sources": ds.manifest["sources"],
-                       "splits": ds.manifest["splits"], "task": ds.manifest.get("task")},
-              "parameters": count_params(raw)}
+    config = RunRecord(model_cfg.to_dict(), cfg.to_dict(), ds.manifest["tokenizer"],
+                       DataRecord(str(cfg.data), ds.manifest["sources"],
+                                  ds.manifest["splits"], task),
+                       count_params(raw))
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
     log(f"model {model_cfg.kind} ({model_cfg.position if model_cfg.kind == 'transformer' else ''})"
@@ -440,7 +433,8 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
               (list(ema.parameters()), list(raw.parameters())) if ema is not None else None,
               opt, torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16"
                                         and dev.type == "cuda"),
-              sampler, valid, config, state, log,
+              task, sampler, ds.pieces("valid"), task.sources(ds, "valid"), config, state,
+              log,
               MetricsLog(out, cfg.resume, state.step, d.main))
     return run
 

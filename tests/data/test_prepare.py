@@ -178,7 +178,7 @@ def test_sampler_reads_train_only_and_augments_only_there(tiny_dataset):
     joined = [p.tobytes() for p in train]
     for _ in range(5):
         x, y, n = plain.next_batch()
-        for row in x.numpy():
+        for row in x["idx"].numpy():
             assert any(row.astype(np.int64).tobytes() in j for j in joined)
     aug = WindowSampler(ds, 32, 8, AugmentConfig(), seed=0)
     for _ in range(5):
@@ -191,10 +191,10 @@ def test_sampler_state_round_trip(tiny_dataset):
     a = WindowSampler(ds, 32, 4, AugmentConfig(), seed=3)
     a.next_batch()
     state = a.state_dict()
-    x1 = a.next_batch()[0]
+    x1 = a.next_batch()[0]["idx"]
     b = WindowSampler(ds, 32, 4, AugmentConfig(), seed=99)
     b.load_state_dict(state)
-    assert np.array_equal(b.next_batch()[0], x1)
+    assert np.array_equal(b.next_batch()[0]["idx"], x1)
 
 
 def test_jsb16_json_keeps_its_splits(tmp_path):

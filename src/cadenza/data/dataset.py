@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import FORMAT_VERSION, AugmentConfig, task_name
+from ..config import FORMAT_VERSION, AugmentConfig
 from .tokenizers import PAD, Tokenizer, build_tokenizer
 
 IGNORE = -100  # target id the loss skips (padding)
@@ -61,11 +61,6 @@ class TokenDataset:
     def splits(self) -> list[str]:
         return list(self.manifest["splits"])
 
-    @property
-    def task(self) -> str:
-        """"continue" (pieces), or a paired task: "harmonize", "accompany" (pairs.py)."""
-        return task_name(self.manifest.get("task"))
-
     def split(self, name: str, side: str = "") -> tuple[np.ndarray, np.ndarray]:
         """(tokens uint16 memmap, offsets int64) of a split; ``side="source"``: a paired
         dataset's sources (the pieces are its targets)."""
@@ -75,7 +70,7 @@ class TokenDataset:
             if name not in self.manifest["splits"]:
                 raise DatasetError(f"--data {self.path}: has no '{name}' split "
                                    f"(it has {', '.join(self.splits)})")
-            if side and self.task == "continue":
+            if side and not self.manifest.get("task"):  # data/task.py reads the record
                 raise DatasetError(f"--data {self.path}: not a paired dataset (prepare it "
                                    "with --task harmonize or --task accompany)")
             if not tok.exists() or not off.exists():
@@ -134,10 +129,11 @@ class WindowSampler:
         k = self.k_lo + u - np.concatenate([[0], self.cum[:-1]])[piece]
         return piece, np.clip(k * self.period, 0, self.s_max[piece])
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """This rank's slice of the global batch: inputs and targets (B, context), and the
-        number of real targets in the *global* batch (so a sum-then-divide loss averaged
-        by DDP equals the single-process loss exactly)."""
+    def next_batch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+        """This rank's slice of the global batch: the model's inputs by name (``idx``, (B,
+        context)) and the targets (B, context), and the number of real targets in the
+        *global* batch (so a sum-then-divide loss averaged by DDP equals the single-process
+        loss exactly)."""
         T = self.context
         piece, start = self.draw(self.batch_size)
         x = np.full((self.batch_size, T + 1), PAD, np.int64)
@@ -155,4 +151,4 @@ class WindowSampler:
         hi = (self.rank + 1) * self.batch_size // self.world
         inp = torch.from_numpy(x[lo:hi, :-1])
         tgt = torch.from_numpy(np.where(mask[lo:hi, 1:], x[lo:hi, 1:], IGNORE))
-        return inp, tgt, int(mask[:, 1:].sum())
+        return {"idx": inp}, tgt, int(mask[:, 1:].sum())

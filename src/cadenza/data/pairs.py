@@ -33,13 +33,11 @@ import numpy as np
 import symusic
 import torch
 
-from ..config import TASK_TOKENIZER, TASKS  # noqa: F401  (the tasks, and their tokens)
 from .dataset import IGNORE
 from .midi import BadInput, Notes, load_score, notes_from_score, only_track, seconds_at
 from .tokenizers import PAD, Tokenizer, framed
 from .tokenizers.chorale16 import grid_ids
 
-DEFAULT_BARS = {"harmonize": 4, "accompany": 2}
 STEPS_PER_BAR = 16  # chorale16: 16th notes, chorales in 4/4
 LOWER_VOICES = 3  # harmonize targets: alto, tenor, bass
 QUARTERS_PER_BAR = 4

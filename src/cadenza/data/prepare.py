@@ -35,8 +35,9 @@ from ..config import FORMAT_VERSION, PrepareConfig
 from . import pairs
 from .midi import BadInput, load_score, notes_from_score, select_tracks
 from .sources import SPLITS, Item, expand_sources, hash_split, ids_digest, music_digest
+from .task import Paired, Task, split_of
 from .tokenizers import Tokenizer, build_tokenizer, framed
-from .tokenizers.grid import Grid, Roll
+from .tokenizers.grid import Roll
 
 
 class PrepareError(ValueError):
@@ -117,16 +118,18 @@ def _encode_midi(args: tuple[str, str, dict, float, bool, str]) -> tuple[str, An
 
 def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
     out = Path(cfg.out)
+    task = Task.named(cfg.task, cfg.bars)
+    scheme = task.tokenizer_for(cfg.tokenizer)
     check_out(out, cfg.force)
     items, layouts = expand_sources(cfg.sources, workers=cfg.workers, exclude=cfg.exclude)
     tok_cfg: dict[str, Any] = {}
     rolls = [it.grid for it in items if isinstance(it.grid, Roll)]
-    if cfg.tokenizer == "pianoroll" and rolls:
+    if scheme == "pianoroll" and rolls:
         tok_cfg["step_seconds"] = rolls[0].step_seconds  # keep the benchmark's frame rate
-    tok = build_tokenizer(cfg.tokenizer, **tok_cfg)
+    tok = build_tokenizer(scheme, **tok_cfg)
     tok_cfg = tok.config()
-    if cfg.task != "continue":
-        return prepare_pairs(cfg, items, layouts, tok, progress)
+    if isinstance(task, Paired):
+        return prepare_pairs(cfg, task, items, layouts, tok, progress)
 
     records: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
@@ -201,11 +204,12 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
     return PrepareResult(out, manifest, manifest["skipped"])
 
 
-def prepare_pairs(cfg: PrepareConfig, items: list[Item], layouts: dict[str, str],
-                  tok: Tokenizer, progress: bool = True) -> PrepareResult:
-    """``--task harmonize|accompany``: source -> target pairs of ``bars`` bars (pairs.py),
-    split by piece (a benchmark file's own splits; songs by their music's hash)."""
-    bars = cfg.bars or pairs.DEFAULT_BARS[cfg.task]
+def prepare_pairs(cfg: PrepareConfig, task: Paired, items: list[Item],
+                  layouts: dict[str, str], tok: Tokenizer, progress: bool = True
+                  ) -> PrepareResult:
+    """``--task harmonize|accompany``: source -> target pairs of ``task.bars`` bars
+    (data/task.py), split by piece (a benchmark file's own splits; songs by their music's
+    hash)."""
     skipped: list[dict[str, str]] = []
     by_split: dict[str, list[tuple[Item, list[pairs.Pair]]]] = {s: [] for s in SPLITS}
 
@@ -219,22 +223,10 @@ def prepare_pairs(cfg: PrepareConfig, items: list[Item], layouts: dict[str, str]
                    unit="piece", desc="pairing",
                    disable=not progress or all(it.grid is not None for it in items)):
         try:
-            if cfg.task == "harmonize":
-                if not isinstance(it.grid, Grid) or it.grid.array.shape[1] != 4:
-                    raise BadInput("--task harmonize reads 4-voice chorale grids (the JSB16 "
-                                   "JSON), not this")
-                digest = ids_digest(tok.encode(it.grid.array))
-                split = it.split or hash_split(digest, cfg.valid_frac, cfg.test_frac)
-                made = pairs.harmonize_pairs(it.grid.array, bars, split == "train")
-            else:
-                if it.grid is not None:
-                    raise BadInput("--task accompany reads MIDI files with MELODY and PIANO "
-                                   "tracks (POP909), not benchmark grids")
-                song = pairs.load_song(it.path, cfg.max_file_mb)
-                digest = music_digest(song.notes)
-                split = it.split or hash_split(it.group or digest, cfg.valid_frac,
-                                               cfg.test_frac)
-                made = pairs.song_pairs(song, tok, bars, split == "train")
+            piece = task.read(it, tok, cfg.max_file_mb)
+            digest = piece.digest
+            split = split_of(piece, it, cfg.valid_frac, cfg.test_frac)
+            made = task.pairs(piece, tok, split == "train")
             if not made:
                 raise BadInput("no window with a melody")
         except BadInput as e:
@@ -246,7 +238,7 @@ def prepare_pairs(cfg: PrepareConfig, items: list[Item], layouts: dict[str, str]
         seen.setdefault(digest, it.name)
         by_split[split].append((it, made))
     if not by_split["train"] or not any(by_split[s] for s in ("valid", "test")):
-        raise PrepareError(f"--task {cfg.task}: needs training and validation pieces in "
+        raise PrepareError(f"--task {task}: needs training and validation pieces in "
                            + ", ".join(cfg.sources) + f" ({len(skipped)} skipped"
                            + (f", e.g. {skipped[0]['path']}: {skipped[0]['reason']})"
                               if skipped else ")"))
@@ -272,7 +264,7 @@ def prepare_pairs(cfg: PrepareConfig, items: list[Item], layouts: dict[str, str]
                                 "pairs": len(made)})
         manifest = _manifest(cfg, tok, layouts, splits_info, records, skipped, "path", {
             "pairs": sum(s["pieces"] for s in splits_info.values())},
-            task={"name": cfg.task, "bars": bars})
+            task=task.record())
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return PrepareResult(out, manifest, manifest["skipped"])
 
