@@ -34,9 +34,9 @@ print(min(songs, key=lambda p: only_track(load_score(p), "MELODY").to("second").
 EOF
 )
 cadenza harmonize --checkpoint "$B/harmonize/encoder-decoder-rope/best" --melody "$T/soprano.mid" \
-    --out "$T/harm" --seconds 16 --no-audio --seed 1
+    --out "$T/harm" --melody-seconds 16 --no-audio --seed 1
 cadenza accompany --checkpoint "$B/accompany/encoder-decoder-rope/best" --melody "$SONG" \
-    --out "$T/acc" --seconds 16 --no-audio --seed 1 --top-p 0.95
+    --out "$T/acc" --melody-seconds 16 --no-audio --seed 1 --top-p 0.95
 cadenza attention --checkpoint "$B/harmonize/encoder-decoder-rope/best" --primer "$T/soprano.mid" \
     --out "$T/att-harm" --tokens 96
 cadenza attention --checkpoint pretrained:piano --primer builtin:openings/schubert \

@@ -270,11 +270,11 @@ def test_a_reference_compared_with_itself_overlaps_fully(tmp_path):
                           valid_frac=0.2, test_frac=0.2), progress=False)
     ds = TokenDataset(ds_dir)
     res0 = run_stats(str(tmp_path / "midi"), str(ds_dir))  # to learn which split it reads
-    split = res0["reference_split"]
+    split = res0.reference_split
     rendered = tmp_path / "rendered"
     rendered.mkdir()
     for k, p in enumerate(ds.pieces(split)):
         write_midi(score_from_notes(ds.tokenizer.decode_notes(p)), rendered / f"{k}.mid")
     res = run_stats(str(rendered), str(ds_dir))
-    for name, v in res["features"].items():
+    for name, v in res.features.items():
         assert v["overlap"] == pytest.approx(1.0, abs=1e-9), name

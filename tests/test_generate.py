@@ -257,8 +257,8 @@ def test_stats_scores_the_continuation_as_the_sample_json_does(tiny_dataset, tmp
     info = infos[0]
     assert info.primer["tokens"] > 200  # the whole training piece is the primer
     res = run_stats(str(out), str(tiny_dataset))
-    assert res["generated_notes"] == info.continuation_notes > 0
-    mem = res["memorization"]
+    assert res.generated_notes == info.continuation_notes > 0
+    mem = res.memorization
     assert mem["max_longest_copied_notes"] == info.memorization["longest_copied_notes"]
     assert mem["mean_copied_8gram_share"] == info.memorization["copied_8gram_share"]
     assert mem["max_longest_copied_notes"] < 40  # the primer (40+ copied notes) is not in it

@@ -34,9 +34,9 @@ def test_demo_end_to_end(tmp_path):
     out = run_demo(DemoConfig(out=str(tmp_path / "demo"), minutes=0.5, precision="fp32",
                               seconds=4.0))
     # half a minute on one thread: clearly better than guessing among 391 tokens
-    assert out["val_nll"] < math.log(391) - 0.5 and len(out["samples"]) == 3
-    assert [Path(p).name for p in out["piano_samples"]] == [
+    assert out.val_nll < math.log(391) - 0.5 and len(out.samples) == 3
+    assert [Path(p).name for p in out.piano_samples] == [
         "pop909-024", "pop909-113", "schubert-moment-musical-3"]
-    for s in out["samples"] + out["piano_samples"]:
+    for s in out.samples + out.piano_samples:
         names = {p.name for p in (tmp_path / "demo").rglob("*") if str(p).startswith(s)}
         assert {"sample-0.mid", "sample-0.png", "sample-0.json"} <= names

@@ -409,6 +409,35 @@ INVOCATION = ("data", "out", "resume", "force", "compile")
 RESUMABLE = ("max_steps", "minutes", "patience", "log_every", "eval_every")
 
 
+# --- resuming: what a run keeps, what may change (train.py and recipes.py ask here) --------
+
+
+def resume_conflicts(ck_model: ModelConfig, model_cfg: ModelConfig, ck_train: TrainConfig,
+                     cfg: TrainConfig) -> list[str]:
+    """Flags that differ from the run being resumed and cannot change on resume."""
+    out = []
+    for a, b in ((ck_model, model_cfg), (ck_train, cfg)):
+        for f in fields(a):
+            if f.name in RESUMABLE + INVOCATION:
+                continue
+            old, new = getattr(a, f.name), getattr(b, f.name)
+            if old != new:
+                out.append(f"{flag(f.name)} {_show(new)} (the run has {_show(old)})")
+    return out
+
+
+def resumed(ck_train: TrainConfig, given: TrainConfig) -> TrainConfig:
+    """The training config a resumed run continues with: its own, with this invocation's
+    budget, logging and patience (RESUMABLE) and invocation fields (INVOCATION)."""
+    return ck_train.replace(**{k: getattr(given, k) for k in RESUMABLE + INVOCATION})
+
+
+def _show(v: Any) -> str:
+    if dataclasses.is_dataclass(v):
+        return ", ".join(f"{k}={x}" for k, x in dataclasses.asdict(v).items())
+    return str(v)
+
+
 def run_settings(model: dict[str, Any], train: dict[str, Any]
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The (model, train) settings of a run's config.json, without what is not a setting."""
@@ -671,7 +700,7 @@ class ArrangeConfig(_Config):
     checkpoint: str = option(help="checkpoint trained on the task (RUN/best)", required=True,
                              metavar="DIR")
     out: str = option(help="output folder (sample-K.mid/.json/.png/.wav)", required=True)
-    seconds: float = option(0.0, "arrange only the melody's first S seconds (0: all)")
+    melody_seconds: float = option(0.0, "arrange only the melody's first S seconds (0: all)")
     sample: Drawing = option(help="sampling", factory=Drawing)
     force: bool = option(False, "replace the samples of an earlier take in --out")
     audio: bool = option(True, "skip the WAV", flag="--no-audio")
@@ -680,7 +709,8 @@ class ArrangeConfig(_Config):
 
     def __post_init__(self) -> None:
         self._nest()
-        _check(self.seconds >= 0, "seconds", "must be >= 0", self.seconds)
+        _check(self.melody_seconds >= 0, "melody_seconds", "must be >= 0",
+               self.melody_seconds)
 
 
 @dataclass(frozen=True)
@@ -759,6 +789,7 @@ class DemoConfig(_Config):
     out: str = option("cadenza-demo", "output directory")
     minutes: float = option(5.0, "training time budget")
     seconds: float = option(20.0, "new music per sample")
+    primer_seconds: float = option(6.0, "seconds of each opening the models continue")
     precision: str = option("bf16", "training precision (bf16 autocast is ~2x faster on "
                             "recent CPUs)", choices=("fp32", "bf16"))
     seed: int = option(0, "random seed")
@@ -767,6 +798,7 @@ class DemoConfig(_Config):
     def __post_init__(self) -> None:
         _check(self.minutes > 0, "minutes", "must be > 0", self.minutes)
         _check(self.seconds > 0, "seconds", "must be > 0", self.seconds)
+        _check(self.primer_seconds > 0, "primer_seconds", "must be > 0", self.primer_seconds)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ on the built-in Bach chorales, on a laptop CPU.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .checkpoint import read_metrics
@@ -56,8 +57,18 @@ def demo_configs(cfg: DemoConfig) -> tuple[ModelConfig, TrainConfig]:
                                    seed=cfg.seed, force=cfg.force)
 
 
-def run_demo(cfg: DemoConfig | None = None, *, device: str = "cpu",
-             primer_seconds: float = 6.0) -> dict:
+@dataclass(frozen=True)
+class DemoResult:
+    """What the demo made (``demo.json``): the chorale model's best validation NLL and
+    steps, and the folders of its samples and of the pretrained model's."""
+
+    val_nll: float
+    steps: int
+    samples: list[str]
+    piano_samples: list[str]
+
+
+def run_demo(cfg: DemoConfig | None = None, *, device: str = "cpu") -> DemoResult:
     cfg = cfg or DemoConfig()
 
     out_dir = Path(cfg.out)
@@ -68,7 +79,7 @@ def run_demo(cfg: DemoConfig | None = None, *, device: str = "cpu",
     def take(checkpoint: str, sdir: Path, primer: str, seed: int, temperature: float):
         return run_generate(GenerateConfig(
             out=str(sdir), checkpoint=(checkpoint,), primer=primer,
-            primer_seconds=primer_seconds, force=cfg.force,
+            primer_seconds=cfg.primer_seconds, force=cfg.force,
             sample=SampleConfig(seconds=cfg.seconds, temperature=temperature, top_p=0.95,
                                 seed=seed)), device=device)[0]
 
@@ -111,10 +122,9 @@ def run_demo(cfg: DemoConfig | None = None, *, device: str = "cpu",
     print(f"{'loss curve':<28}{run / 'loss.png'}")
     for primer, sdir, info in written:
         _sample_row(_piece_name(primer), sdir, info)
-    summary = {"val_nll": result.best_val_nll, "steps": result.step,
-               "samples": [str(s) for _, s, _ in written],
-               "piano_samples": [str(s) for _, s, _ in piano]}
-    (out_dir / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
+    summary = DemoResult(result.best_val_nll, result.step, [str(s) for _, s, _ in written],
+                         [str(s) for _, s, _ in piano])
+    (out_dir / "demo.json").write_text(json.dumps(asdict(summary), indent=1) + "\n")
     return summary
 
 

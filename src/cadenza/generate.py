@@ -227,9 +227,11 @@ class Generator:
         """``run``'s new tokens only."""
         return self.run(prompt, cfg, use_cache, progress).tokens
 
-    def continue_midi(self, primer: str | None = None, seconds: float = 20.0,
-                      primer_seconds: float = 10.0, **kw) -> Score:
-        """One continuation (primer included) as a symusic Score."""
+    def continue_midi(self, primer: str | None = None, seconds: float | None = None,
+                      primer_seconds: float = GenerateConfig.primer_seconds, **kw) -> Score:
+        """One continuation (primer included) as a symusic Score: as ``generate`` with
+        the same defaults (the whole primer; 20 s of new music); ``kw``: SampleConfig's
+        other fields."""
         prompt, _ = self.encode_primer(primer, primer_seconds)
         new = self.generate(prompt, SampleConfig(seconds=seconds, **kw))[0]
         return score_from_notes(self.tok.decode_notes(np.concatenate([prompt[1:], new])))

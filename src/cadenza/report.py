@@ -18,7 +18,7 @@ from pathlib import Path
 from . import bench
 from .atomic import write_bytes
 from .checkpoint import read_config, read_metrics
-from .stats import FEATURE_COLUMNS, feature_rows, summary_lines
+from .stats import FEATURE_COLUMNS, StatsResult, feature_rows, summary_lines
 
 
 def _data_uri(path: Path, mime: str) -> str:
@@ -85,7 +85,7 @@ def build_report(run: str | Path, out: str | Path | None = None,
         parts.append(_table(_sample_rows(info)))
     for st in stats:
         parts.append(f"<h2>Statistics {html.escape(str(st))}</h2>"
-                     + _stats_table(json.loads(st.read_text())))
+                     + _stats_table(StatsResult.from_json(json.loads(st.read_text()))))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>Cadenza report</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}img{max-width:100%}"
             "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:2px 8px;"
@@ -116,7 +116,7 @@ def _sample_rows(info: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _stats_table(res: dict) -> str:
+def _stats_table(res: StatsResult) -> str:
     """`cadenza stats --json` output: the feature table and summary `stats` prints."""
     head = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in FEATURE_COLUMNS) + "</tr>"
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"

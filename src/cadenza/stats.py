@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +214,35 @@ def load_notes_folder(path: Path, continuation_only: bool = False
 MIN_REFERENCE_PIECES = 5  # per-piece features (range, polyphony, density) need a few
 
 
-def run_stats(generated: str, reference: str, split: str = "train") -> dict[str, Any]:
+@dataclass(frozen=True)
+class StatsResult:
+    """What ``cadenza stats`` measured (``--json`` writes it; ``report`` reads it back)."""
+
+    generated: int  # MIDI files given
+    decoded_share: float  # of them, the share that could be read
+    failures: list[str]
+    generated_notes: int
+    reference_split: str | None  # a dataset's split, or None for a MIDI folder
+    reference_pieces: int
+    outside_key_profile_share: float
+    features: dict[str, dict[str, float]]  # per feature: overlap, kl, generated/reference mean
+    memorization: dict[str, float] | None = None  # against a dataset's training pieces
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.memorization is None:
+            del out["memorization"]
+        return out
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> StatsResult:
+        return StatsResult(d["generated"], d["decoded_share"], d.get("failures", []),
+                           d.get("generated_notes", 0), d.get("reference_split"),
+                           d.get("reference_pieces", 0), d["outside_key_profile_share"],
+                           d["features"], d.get("memorization"))
+
+
+def run_stats(generated: str, reference: str, split: str = "train") -> StatsResult:
     """Compare generated MIDI with a reference: a prepared dataset's ``split`` (by default
     train, the music the model learnt) or a MIDI folder."""
     gen, total, bad = load_notes_folder(Path(generated), continuation_only=True)
@@ -240,46 +269,42 @@ def run_stats(generated: str, reference: str, split: str = "train") -> dict[str,
     pc = np.bincount(np.concatenate([r.pitch % 12 for r in ref]), minlength=12)
     profile = np.argsort(-pc)[:7]  # the reference's seven most used pitch classes
     gp = np.concatenate([g.pitch % 12 for g in gen]) if gen else np.zeros(0, int)
-    res: dict[str, Any] = {
-        "generated": total, "decoded_share": len(gen) / total, "failures": bad,
-        "generated_notes": int(sum(len(g) for g in gen)),
-        "reference_split": split, "reference_pieces": len(ref),
-        "outside_key_profile_share": float(np.mean(~np.isin(gp, profile))) if len(gp) else 0.0,
-        "features": compare(gen, ref),
-    }
+    memorized = None
     if index is not None:
         mem = [memorization(g, index) for g in gen]
-        res["memorization"] = {
+        memorized = {
             "mean_longest_copied_notes": float(np.mean([m["longest_copied_notes"]
                                                         for m in mem])),
             "max_longest_copied_notes": int(max(m["longest_copied_notes"] for m in mem)),
             f"mean_copied_{NGRAM}gram_share": float(np.mean(
                 [m[f"copied_{NGRAM}gram_share"] for m in mem])),
         }
-    return res
+    return StatsResult(total, len(gen) / total, bad, int(sum(len(g) for g in gen)), split,
+                       len(ref),
+                       float(np.mean(~np.isin(gp, profile))) if len(gp) else 0.0,
+                       compare(gen, ref), memorized)
 
 
 FEATURE_COLUMNS = ("feature", "overlap", "KL", "gen mean", "ref mean")
 
 
-def feature_rows(res: dict[str, Any]) -> list[tuple[str, ...]]:
+def feature_rows(res: StatsResult) -> list[tuple[str, ...]]:
     """One row of formatted cells per feature (FEATURE_COLUMNS): for the terminal and the
     report alike."""
     return [(k, f"{v['overlap']:.3f}", f"{v['kl']:.3f}", f"{v['generated_mean']:.3f}",
-             f"{v['reference_mean']:.3f}") for k, v in res["features"].items()]
+             f"{v['reference_mean']:.3f}") for k, v in res.features.items()]
 
 
-def summary_lines(res: dict[str, Any]) -> list[str]:
+def summary_lines(res: StatsResult) -> list[str]:
     """What was compared with what, and the memorization, in plain sentences."""
-    ref = f"{res.get('reference_pieces', '?')} reference pieces" + (
-        f" (the dataset's {res['reference_split']} split)" if res.get("reference_split")
-        else "")
-    lines = [f"{res['generated']} generated files ({res.get('generated_notes', 0):,} new "
-             f"notes; a sample's primer track is not counted), {res['decoded_share']:.0%} "
-             f"decode; {ref}; {res['outside_key_profile_share']:.1%} of notes outside the "
+    ref = f"{res.reference_pieces} reference pieces" + (
+        f" (the dataset's {res.reference_split} split)" if res.reference_split else "")
+    lines = [f"{res.generated} generated files ({res.generated_notes:,} new "
+             f"notes; a sample's primer track is not counted), {res.decoded_share:.0%} "
+             f"decode; {ref}; {res.outside_key_profile_share:.1%} of notes outside the "
              "reference's key profile"]
-    if "memorization" in res:
-        m = res["memorization"]
+    if res.memorization is not None:
+        m = res.memorization
         lines.append(f"memorization: longest copied run {m['mean_longest_copied_notes']:.1f} "
                      f"notes on average (max {m['max_longest_copied_notes']}); "
                      f"{m[f'mean_copied_{NGRAM}gram_share']:.1%} of {NGRAM}-note n-grams "
@@ -287,9 +312,9 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def format_stats(res: dict[str, Any], as_json: bool) -> str:
+def format_stats(res: StatsResult, as_json: bool) -> str:
     if as_json:
-        return json.dumps(res, indent=1)
+        return json.dumps(res.to_json(), indent=1)
     widths = (18, 8, 8, 10, 10)
     table = ["".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
                      for i, (c, w) in enumerate(zip(row, widths)))

@@ -70,7 +70,7 @@ def arrange(cfg: ArrangeConfig, command: str, *, device: str = "cpu") -> list[Ar
         raise FileNotFoundError(f"--melody {path}: no such file")
     try:
         score = load_score(path)
-        windows = task.windows(ck.tokenizer, score, path, cfg.seconds)
+        windows = task.windows(ck.tokenizer, score, path, cfg.melody_seconds)
     except BadInput as e:
         raise BadInput(f"--melody {path}: {e}") from e
     if not windows.sources:
@@ -125,7 +125,7 @@ class ArrangeRecord:
     task: str
     checkpoint: str
     melody: str
-    seconds: float  # of the melody arranged (0: all of it)
+    melody_seconds: float  # of the melody arranged (0: all of it)
     windows: int
     bars_per_window: int
     settings: dict[str, Any]
@@ -151,7 +151,7 @@ def _write(ck, news: list[list[np.ndarray]], windows: Windows, cfg: ArrangeConfi
                            f"sample {k}: melody (blue) + {task.parts} (orange)",
                            cfg.soundfont if cfg.audio else False, warn=k == 0)
         rec = ArrangeRecord(
-            k, task.name, str(ck.path), cfg.melody, cfg.seconds, len(new), task.bars,
+            k, task.name, str(ck.path), cfg.melody, cfg.melody_seconds, len(new), task.bars,
             cfg.sample.to_dict(), {n: int(len(t)) for n, t in tracks.items()},
             int(sum(len(w) for w in new)), gen_s,
             {"midi": base.with_suffix(".mid").name, "png": base.with_suffix(".png").name,

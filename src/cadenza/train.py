@@ -44,12 +44,11 @@ from .atomic import locked_dir
 from .checkpoint import DataRecord, RunRecord, load_checkpoint, save_checkpoint
 from .config import (
     ATTENTION_KINDS,
-    INVOCATION,
-    RESUMABLE,
     ConfigError,
     ModelConfig,
     TrainConfig,
-    flag,
+    resume_conflicts,
+    resumed,
 )
 from .data.dataset import IGNORE, TokenDataset, WindowSampler
 from .data.pairs import PairSampler
@@ -474,7 +473,7 @@ def _model(model_cfg: ModelConfig, cfg: TrainConfig, tok: Tokenizer
                                 "training settings of a run cannot change when it resumes "
                                 "(only its budget, logging and patience); drop those flags, "
                                 "or start over with --force")
-        cfg = ck.train.replace(**{k: getattr(cfg, k) for k in RESUMABLE + INVOCATION})
+        cfg = resumed(ck.train, cfg)
         saved = torch.load(ck.path / "state.pt", weights_only=False)
         saved.setdefault("val", float(ck.metrics.get("val_nll", math.nan)))
         return ck.model_cfg, cfg, ck.model.train(), saved
@@ -488,20 +487,6 @@ def _model(model_cfg: ModelConfig, cfg: TrainConfig, tok: Tokenizer
                           f"positions' maximum {model_cfg.max_context}")
     torch.manual_seed(cfg.seed)
     return model_cfg, cfg, build_model(model_cfg), None
-
-
-def resume_conflicts(ck_model: ModelConfig, model_cfg: ModelConfig, ck_train: TrainConfig,
-                     cfg: TrainConfig) -> list[str]:
-    """Flags that differ from the run being resumed and cannot change on resume."""
-    out = []
-    for a, b in ((ck_model, model_cfg), (ck_train, cfg)):
-        for f in dataclasses.fields(a):
-            if f.name in RESUMABLE + INVOCATION:
-                continue
-            old, new = getattr(a, f.name), getattr(b, f.name)
-            if old != new:
-                out.append(f"{flag(f.name)} {_show(new)} (the run has {_show(old)})")
-    return out
 
 
 def init_model(cfg: TrainConfig, tok: Tokenizer, dropout: float
@@ -527,9 +512,3 @@ def init_model(cfg: TrainConfig, tok: Tokenizer, dropout: float
 
 def _tok_desc(tok: Tokenizer) -> str:
     return f"{tok.name} ({tok.vocab_size} tokens)"
-
-
-def _show(v: Any) -> str:
-    if dataclasses.is_dataclass(v):
-        return ", ".join(f"{k}={x}" for k, x in dataclasses.asdict(v).items())
-    return str(v)
