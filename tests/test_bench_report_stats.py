@@ -264,17 +264,17 @@ def test_a_reference_compared_with_itself_overlaps_fully(tmp_path):
     from cadenza.data.dataset import TokenDataset
     from cadenza.data.midi import score_from_notes, write_midi
     from cadenza.data.prepare import prepare
-    from cadenza.stats import run_stats
+    from cadenza.stats import stats_of
     ds_dir = tmp_path / "ds"
     prepare(PrepareConfig(sources=(str(_fast_folder(tmp_path / "midi")),), out=str(ds_dir),
                           valid_frac=0.2, test_frac=0.2), progress=False)
     ds = TokenDataset(ds_dir)
-    res0 = run_stats(str(tmp_path / "midi"), str(ds_dir))  # to learn which split it reads
+    res0 = stats_of(str(tmp_path / "midi"), str(ds_dir))  # to learn which split it reads
     split = res0.reference_split
     rendered = tmp_path / "rendered"
     rendered.mkdir()
     for k, p in enumerate(ds.pieces(split)):
         write_midi(score_from_notes(ds.tokenizer.decode_notes(p)), rendered / f"{k}.mid")
-    res = run_stats(str(rendered), str(ds_dir))
+    res = stats_of(str(rendered), str(ds_dir))
     for name, v in res.features.items():
         assert v["overlap"] == pytest.approx(1.0, abs=1e-9), name

@@ -239,7 +239,7 @@ def test_stats_scores_the_continuation_as_the_sample_json_does(tiny_dataset, tmp
     measures the continuation only, and `stats` must measure the same notes."""
     from cadenza.data.dataset import TokenDataset
     from cadenza.generate import run_generate
-    from cadenza.stats import run_stats
+    from cadenza.stats import stats_of
     from cadenza.train import train
     run = tmp_path / "run"
     train(ModelConfig(n_layer=1, d_model=32, n_head=4, d_ff=64, dropout=0.0, position="rope",
@@ -256,7 +256,7 @@ def test_stats_scores_the_continuation_as_the_sample_json_does(tiny_dataset, tmp
                                         audio=False))
     info = infos[0]
     assert info.primer["tokens"] > 200  # the whole training piece is the primer
-    res = run_stats(str(out), str(tiny_dataset))
+    res = stats_of(str(out), str(tiny_dataset))
     assert res.generated_notes == info.continuation_notes > 0
     mem = res.memorization
     assert mem["max_longest_copied_notes"] == info.memorization["longest_copied_notes"]

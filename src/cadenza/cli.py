@@ -65,7 +65,7 @@ from .data.sources import SourceError, midi_files
 from .demo import run_demo
 from .duet import run_duet
 from .engine import SECONDS, TOKENS, WHY
-from .evaluate import evaluate, format_result
+from .evaluate import format_result, run_evaluate
 from .generate import run_generate
 from .infill import run_infill
 from .recipes import RECIPES, format_recipes, train_configs
@@ -269,9 +269,7 @@ def cmd_download(a) -> int:
 
 def cmd_evaluate(a) -> int:
     cfg = from_args(EvaluateConfig, a)
-    res = evaluate(list(cfg.checkpoint), list(cfg.data), cfg.split, batch_size=cfg.batch_size,
-                   stride=cfg.stride, device=_device(a), transpositions=cfg.transpositions)
-    print(format_result(res, cfg.json, cfg.split))
+    print(format_result(run_evaluate(cfg, device=_device(a)), cfg.json, cfg.split))
     return 0
 
 
@@ -333,7 +331,7 @@ def cmd_demo(a) -> int:
 
 def cmd_stats(a) -> int:
     cfg = from_args(StatsConfig, a)
-    print(format_stats(run_stats(cfg.generated, cfg.reference, cfg.split), cfg.json))
+    print(format_stats(run_stats(cfg), cfg.json))
     return 0
 
 

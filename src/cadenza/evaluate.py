@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import common_period, key_views, load_members
-from .config import transposition_shifts
+from .config import EvaluateConfig, transposition_shifts
 from .data.dataset import TokenDataset
 from .data.pairs import pad_batch, prefix_sequence
 from .data.prepare import encode_file
@@ -302,6 +302,12 @@ def _evaluate_pairs(cks: list, ds, task: Task, split: str, batch_size: int, prec
     res = summarize(score_pairs(ck.model, task.sources(ds, split), ds.pieces(split),
                                 batch_size, precision))
     return Scores(res, [res], res)
+
+
+def run_evaluate(cfg: EvaluateConfig, *, device: str = "cpu") -> NLLResult:
+    """The ``evaluate`` command: its config, as every command takes its own."""
+    return evaluate(list(cfg.checkpoint), list(cfg.data), cfg.split, batch_size=cfg.batch_size,
+                    stride=cfg.stride, device=device, transpositions=cfg.transpositions)
 
 
 def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import StatsConfig
 from .data.dataset import TokenDataset
 from .data.midi import BadInput, Notes, load_score, notes_from_score, only_track
 
@@ -242,7 +243,12 @@ class StatsResult:
                            d["features"], d.get("memorization"))
 
 
-def run_stats(generated: str, reference: str, split: str = "train") -> StatsResult:
+def run_stats(cfg: StatsConfig) -> StatsResult:
+    """The ``stats`` command: its config, as every command takes its own."""
+    return stats_of(cfg.generated, cfg.reference, cfg.split)
+
+
+def stats_of(generated: str, reference: str, split: str = "train") -> StatsResult:
     """Compare generated MIDI with a reference: a prepared dataset's ``split`` (by default
     train, the music the model learnt) or a MIDI folder."""
     gen, total, bad = load_notes_folder(Path(generated), continuation_only=True)
