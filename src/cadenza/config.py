@@ -336,6 +336,9 @@ class TrainConfig(_Config):
     precision: str = option("fp32", "numeric precision (bf16 autocast is ~2x faster on recent "
                             "CPUs)", choices=PRECISIONS)
     compile: bool = option(False, "torch.compile the model")
+    prefetch: int = option(2, "training batches drawn ahead in a background thread while the "
+                           "model steps (0: each drawn in the step's path); the batches are "
+                           "the same either way")
     seed: int = option(0, "random seed")
     log_every: int = option(20, "progress line every N steps")
     resume: bool = option(False, "continue from OUT/last exactly")
@@ -370,6 +373,7 @@ class TrainConfig(_Config):
         _check(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}",
                self.precision)
         _check(self.log_every >= 1, "log_every", "must be >= 1", self.log_every)
+        _check(0 <= self.prefetch <= 64, "prefetch", "must be in 0..64", self.prefetch)
         _check(not (self.resume and self.force), "force", "contradicts --resume (continue "
                "the run, or start over: not both)", self.force)
 
@@ -405,7 +409,7 @@ ARCHITECTURE = ("kind", "n_layer", "d_model", "n_head", "d_ff", "position", "voi
 # (train.tokenizer_facts sets them) and train fields of one invocation rather than of the
 # run. Of the rest, --resume may change only RESUMABLE.
 TOKENIZER_FIELDS = ("vocab_size", "step_token", "pitch_of")
-INVOCATION = ("data", "out", "resume", "force", "compile")
+INVOCATION = ("data", "out", "resume", "force", "compile", "prefetch")
 RESUMABLE = ("max_steps", "minutes", "patience", "log_every", "eval_every")
 
 

@@ -50,7 +50,7 @@ from .config import (
     resume_conflicts,
     resumed,
 )
-from .data.dataset import IGNORE, TokenDataset, WindowSampler
+from .data.dataset import IGNORE, Prefetcher, TokenDataset, WindowSampler
 from .data.pairs import PairSampler
 from .data.task import Task
 from .data.tokenizers.base import Tokenizer
@@ -183,7 +183,7 @@ class Run:
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     task: Task  # what the data trains: its batches and how the valid split is scored
-    sampler: WindowSampler | PairSampler
+    sampler: WindowSampler | PairSampler | Prefetcher
     valid: list[np.ndarray]  # the valid split's pieces (of a paired task: its targets)
     valid_sources: list[np.ndarray] | None  # a paired task's sources, one per target
     config: RunRecord  # the checkpoints' config.json
@@ -223,6 +223,8 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, device: str, stop_at: int |
         reason = fit(run, stop_at)
     finally:
         run.metrics.close()
+        if isinstance(run.sampler, Prefetcher):
+            run.sampler.close()
     st, out = run.state, run.out
     if run.dist.main and not stop_at:
         plot_losses(out)
@@ -411,6 +413,8 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     sampler = task.sampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
                            decoder_only=model_cfg.kind != "encoder-decoder",
                            period=model_cfg.voice_period, rank=d.rank, world=d.world)
+    if cfg.prefetch:  # the next batches are drawn while the model steps: same stream
+        sampler = Prefetcher(sampler, cfg.prefetch)
     state = TrainState()
     if saved is not None:
         opt.load_state_dict(saved["optimizer"])

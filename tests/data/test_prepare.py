@@ -9,9 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from cadenza.config import AugmentConfig, PrepareConfig
-from cadenza.data.dataset import TokenDataset, WindowSampler
+from cadenza.data.dataset import Prefetcher, TokenDataset, WindowSampler
 from cadenza.data.prepare import PrepareError, prepare
 from cadenza.data.sources import SourceError
 from tests.conftest import bench_file, make_score, scale
@@ -270,3 +271,38 @@ def test_eos_is_a_training_target_with_a_voice_period(tmp_path):
     eos = sum(int((s.next_batch()[1] == 2).sum()) for _ in range(50))
     # one piece end per ~(L + T) / 4 draws of the longest piece: dozens in 800 windows
     assert eos > 20
+
+
+def test_prefetched_batches_are_the_samplers_own_and_resume_exactly(tiny_dataset):
+    """A background thread draws ahead, yet hands out the sampler's stream batch for batch,
+    and its state is that after the batches handed out, not after those drawn ahead."""
+    ds = TokenDataset(tiny_dataset)
+
+    def batches(s, n):
+        return [s.next_batch() for _ in range(n)]
+
+    bare = WindowSampler(ds, 32, 4, AugmentConfig(), seed=7)
+    want = batches(bare, 9)
+    ahead = Prefetcher(WindowSampler(ds, 32, 4, AugmentConfig(), seed=7), depth=3)
+    got = batches(ahead, 4)
+    state = ahead.state_dict()
+    got += batches(ahead, 5)
+    ahead.close()
+    for (x, y, n), (gx, gy, gn) in zip(want, got):
+        assert torch.equal(x["idx"], gx["idx"]) and torch.equal(y, gy) and n == gn
+    again = Prefetcher(WindowSampler(ds, 32, 4, AugmentConfig(), seed=99))
+    again.load_state_dict(state)  # as a resumed run: the 5th batch onwards
+    for (x, y, _), (gx, gy, _) in zip(want[4:], batches(again, 5)):
+        assert torch.equal(x["idx"], gx["idx"]) and torch.equal(y, gy)
+    again.close()
+
+
+def test_a_prefetching_samplers_error_reaches_the_training_loop(tiny_dataset):
+    class Broken(WindowSampler):
+        def next_batch(self):
+            raise OSError("the disk went away")
+
+    ahead = Prefetcher(Broken(TokenDataset(tiny_dataset), 32, 4, None, seed=0))
+    with pytest.raises(OSError, match="the disk went away"):
+        ahead.next_batch()
+    assert not ahead.thread.is_alive()

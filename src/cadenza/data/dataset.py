@@ -19,6 +19,8 @@ resume. Under DDP every rank draws the same *global* batch and keeps its own sli
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +154,60 @@ class WindowSampler:
         inp = torch.from_numpy(x[lo:hi, :-1])
         tgt = torch.from_numpy(np.where(mask[lo:hi, 1:], x[lo:hi, 1:], IGNORE))
         return {"idx": inp}, tgt, int(mask[:, 1:].sum())
+
+
+class Prefetcher:
+    """Draws a sampler's next batches in a background thread while the model steps, so
+    sampling windows, augmenting and batching leave the step's critical path.
+
+    The stream is the sampler's own, batch for batch: one thread draws them in order from
+    its one generator. ``state_dict()`` is the sampler's state just after the last batch
+    handed out (not after those drawn ahead), so a run saved and resumed continues with
+    the same batches it would have had."""
+
+    def __init__(self, sampler, depth: int = 2) -> None:
+        self.sampler, self.depth = sampler, depth
+        self.queue: queue.Queue = queue.Queue(depth)
+        self.thread: threading.Thread | None = None
+        self.stop = threading.Event()
+        self.state = sampler.state_dict()
+
+    def _work(self) -> None:
+        try:
+            while not self.stop.is_set():
+                item: Any = (self.sampler.next_batch(), self.sampler.state_dict())
+                while not self.stop.is_set():
+                    try:
+                        self.queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # handed to the consumer, raised in its thread
+            self.queue.put(e)
+
+    def next_batch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._work, name="cadenza-batches",
+                                           daemon=True)
+            self.thread.start()
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        batch, self.state = item
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.thread is not None:
+            raise RuntimeError("a prefetcher's state is set before its first batch")
+        self.sampler.load_state_dict(state)
+        self.state = self.sampler.state_dict()
+
+    def close(self) -> None:
+        """Stop the thread (the batches drawn ahead are dropped)."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
