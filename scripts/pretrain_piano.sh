@@ -4,7 +4,9 @@
 #   bash scripts/pretrain_piano.sh [PIANO_DATA_DIR] [RUN_DIR]
 #
 # 1. prepare: the piano corpora's training splits as performance tokens (their own splits
-#    kept: ASAP by MAESTRO's split, POP909 and piano-midi.de by content hash), leaving out
+#    kept: ASAP by MAESTRO's split, asap-extra all training, POP909 and piano-midi.de by
+#    content hash), each piece tagged with its style and kind (--tags: the composer's
+#    folder or pop; live, score or arrangement; data/styles.py), leaving out
 #    the piano-midi.de files that play a piece of asap-maestro/validation (so that number is
 #    on unseen pieces) and all of Grieg (kept for the fine-tuning comparison);
 # 2. train: `cadenza train --preset piano` (9,000 steps of 64 x 1,024 tokens), then continue
@@ -17,9 +19,10 @@
 set -euo pipefail
 PIANO=${1:-${CADENZA_PIANO_DATA:-../shared/data/piano}}
 RUN=${2:-runs/piano}
-DATA=${DATA:-data/piano}
+DATA=${DATA:-data/piano-v2}
 if [ ! -f "$DATA/manifest.json" ]; then
   python -m cadenza prepare "$PIANO/pop909" "$PIANO/piano-midi.de" "$PIANO/asap-maestro" \
+    "$PIANO/asap-extra" --tags --kind score \
     --out "$DATA" --workers "$(nproc)" \
     --exclude 'piano-midi.de/Grieg/*' \
     --exclude 'piano-midi.de/Balakirev/islamei.mid' \

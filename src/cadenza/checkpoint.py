@@ -42,6 +42,7 @@ from .config import (
     TrainConfig,
     transposition_shifts,
 )
+from .data.styles import Tags
 from .data.task import Continue, Task
 from .data.tokenizers import Tokenizer, build_tokenizer
 from .models import build_model
@@ -133,17 +134,21 @@ class DataRecord:
     sources: list[str]
     splits: dict[str, Any]
     task: Task = field(default_factory=Continue)
+    tags: Tags | None = None  # the style tags its model reads (data/styles.py)
 
     def to_json(self) -> dict[str, Any]:
         out = {"path": self.path, "sources": self.sources, "splits": self.splits}
         if self.task.record() is not None:  # plain pieces: no record, as before tasks
             out["task"] = self.task.record()
+        if self.tags is not None:
+            out["tags"] = self.tags.record()
         return out
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> DataRecord:
         return DataRecord(d.get("path", ""), list(d.get("sources", [])),
-                          dict(d.get("splits", {})), Task.of(d.get("task")))
+                          dict(d.get("splits", {})), Task.of(d.get("task")),
+                          Tags.of(d.get("tags")))
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,11 @@ class Checkpoint:
         """What it was trained for (data/task.py): continuing pieces, or a paired task of
         ``prepare --task`` with its bars per pair."""
         return self.config.data.task
+
+    @property
+    def tags(self) -> Tags | None:
+        """The style tags its model reads (``--style``), or None."""
+        return self.config.data.tags
 
 
 def read_config(path: str | Path) -> RunRecord:

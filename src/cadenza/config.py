@@ -218,6 +218,11 @@ class PrepareConfig(_Config):
     programs: str = option("all", "tracks of multitrack files to keep: all pitched "
                            "instruments merged into one part, or the piano programs (GM 0-7) "
                            "only; drums never", choices=("all", "piano"))
+    tags: bool = option(False, "tag each piece with its style (the folder under its source: a "
+                        "composer or genre; pop for POP909) and kind (live for ASAP/MAESTRO, "
+                        "arrangement for POP909, else --kind) for --style (data/styles.py)")
+    kind: str = option("", "with --tags: the kind of pieces whose layout does not say it "
+                       "(e.g. score for hand-sequenced files)")
     exclude: tuple[str, ...] = option((), "leave out files whose path ends like GLOB "
                                       "(repeatable), e.g. 'piano-midi.de/Grieg/*' to keep a "
                                       "composer out of training", metavar="GLOB", repeat=True)
@@ -231,6 +236,8 @@ class PrepareConfig(_Config):
         _check(self.programs in ("all", "piano"), "programs", "must be all or piano",
                self.programs)
         _check(0 <= self.bars <= 16, "bars", "must be in 0..16", self.bars)
+        _check(not self.kind or self.tags, "kind", "names the kind of tagged pieces: add "
+               "--tags", self.kind)
         # --task and its tokenizer are checked by the task (data/task.py) when prepare runs
 
 
@@ -271,6 +278,8 @@ class ModelConfig(_Config):
     pitch_dims: int = option(0, "rope: head dimensions rotated by pitch instead of position, "
                              "so attention sees intervals (e.g. 16 of 32)")
     pitch_of: tuple[int, ...] = option((), derived=FROM_TOKENIZER)
+    # style tags (prepare --tags): input-only ids vocab_size.. vocab_size + tags - 1
+    tags: int = option(0, derived="the dataset's style tags")
 
     def __post_init__(self) -> None:
         _check(self.kind in MODEL_KINDS, "model", f"must be one of {MODEL_KINDS}", self.kind)
@@ -408,7 +417,7 @@ ARCHITECTURE = ("kind", "n_layer", "d_model", "n_head", "d_ff", "position", "voi
 # A run's saved configs hold more than its settings: model fields the tokenizer decides
 # (train.tokenizer_facts sets them) and train fields of one invocation rather than of the
 # run. Of the rest, --resume may change only RESUMABLE.
-TOKENIZER_FIELDS = ("vocab_size", "step_token", "pitch_of")
+TOKENIZER_FIELDS = ("vocab_size", "step_token", "pitch_of", "tags")
 INVOCATION = ("data", "out", "resume", "force", "compile", "prefetch")
 RESUMABLE = ("max_steps", "minutes", "patience", "log_every", "eval_every")
 
@@ -496,6 +505,11 @@ class Steering(Drawing):
     max_repeats: int = option(0, "no pattern of 1-8 notes (pitches and onset intervals) "
                               "played more than K times in a row (hard; 0: no limit)",
                               metavar="K")
+    style: str | None = option(None, "start the music's context with this style tag: a "
+                               "composer, pop, classical, or a kind (live, score, "
+                               "arrangement), among those the model knows (its card lists "
+                               "them; models trained on `prepare --tags` data)",
+                               metavar="NAME")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -749,6 +763,9 @@ class EvaluateConfig(_Config):
     stride: int = option(0, "sliding-window stride (0: context / 2)")
     batch_size: int = option(16, "windows per forward pass")
     transpositions: int = option(1, TRANSPOSITIONS_HELP, metavar="K")
+    style: str | None = option(None, "start every window with this style tag (a name the "
+                               "model knows), or 'own': each piece's own tags (a dataset "
+                               "prepared with --tags); default: untagged", metavar="NAME")
     json: bool = option(False, "print JSON")
 
     def __post_init__(self) -> None:

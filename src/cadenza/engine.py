@@ -28,7 +28,7 @@ Try it::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,10 +115,15 @@ class Engine:
 
     def __init__(self, model: TokenModel, grammar: Grammar, cfg: SampleConfig, *,
                  batch: int = 1, period: int = 1, use_cache: bool = True,
-                 roles: NoteRoles | None = None, scheme: str = "") -> None:
+                 roles: NoteRoles | None = None, scheme: str = "",
+                 head: Sequence[int] = ()) -> None:
         self.model, self.grammar, self.cfg = model, grammar, cfg
+        # tokens every window the model reads starts with (a --style's tags): kept through
+        # every slide, never read by the grammar or the controls, never sampled
+        self.head = torch.tensor(list(head), dtype=torch.long).reshape(1, -1)
         self.batch, self.period, self.use_cache = batch, max(1, period), use_cache
         self.device = next(model.parameters()).device
+        self.head = self.head.to(self.device)
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.controls = None
         if cfg.controls:
@@ -176,16 +181,16 @@ class Engine:
         self._append(torch.as_tensor(ids, dtype=torch.long, device=self.device))
 
     def _window(self, s: torch.Tensor, half: bool = False) -> torch.Tensor:
-        """The latest tokens that fit (``half``: the recent half of the context, even when
-        all would fit), starting on a voice-period boundary."""
-        max_len = self.max_context
-        if max_len is None or (s.shape[1] <= max_len and not half) or \
-                s.shape[1] <= max_len // 2:
-            return s
-        keep = max_len // 2 if self.use_cache else max_len
-        drop = s.shape[1] - keep
-        drop += (-drop) % self.period
-        return s[:, drop:]
+        """The head, then the latest tokens that fit after it (``half``: the recent half of
+        the room, even when all would fit), starting on a voice-period boundary."""
+        k = self.head.shape[1]
+        room = None if self.max_context is None else self.max_context - k
+        if not (room is None or (s.shape[1] <= room and not half) or s.shape[1] <= room // 2):
+            keep = room // 2 if self.use_cache else room
+            drop = s.shape[1] - keep
+            drop += (-drop) % self.period
+            s = s[:, drop:]
+        return torch.cat([self.head.expand(s.shape[0], -1), s], 1) if k else s
 
     def _next_logits(self) -> torch.Tensor:
         """(B, V) logits after the last token, reading what the model has not read yet."""
@@ -325,10 +330,10 @@ def sample(model: TokenModel, prompt: np.ndarray, grammar: Grammar, cfg: SampleC
 def sample_run(model: TokenModel, prompt: np.ndarray, grammar: Grammar, cfg: SampleConfig,
                max_new: int, use_cache: bool = True, period: int = 1,
                progress: Progress | None = None, roles: NoteRoles | None = None,
-               scheme: str = "") -> Run:
-    """``sample``, with why each sample stopped."""
+               scheme: str = "", head: Sequence[int] = ()) -> Run:
+    """``sample``, with why each sample stopped; ``head``: tags every window starts with."""
     eng = Engine(model, grammar, cfg, batch=prompt.shape[0], period=period,
-                 use_cache=use_cache, roles=roles, scheme=scheme)
+                 use_cache=use_cache, roles=roles, scheme=scheme, head=head)
     eng.feed(prompt)
     return eng.run(seconds=cfg.seconds if not cfg.tokens else None,
                    tokens=cfg.tokens or None, max_tokens=max_new, progress=progress)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import common_period, key_views, load_members
-from .config import EvaluateConfig, transposition_shifts
+from .config import ConfigError, EvaluateConfig, transposition_shifts
 from .data.dataset import TokenDataset
 from .data.pairs import pad_batch, prefix_sequence
 from .data.prepare import encode_file
@@ -88,32 +88,39 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.device]:
 
 @torch.no_grad()
 def score_pieces(model: torch.nn.Module, pieces: list[np.ndarray], context: int, stride: int,
-                 batch_size: int = 16, precision: str = "fp32",
-                 period: int = 1) -> list[np.ndarray]:
-    """Per piece, the NLL (nats) of each content token, shape (len(piece) - 2,)."""
+                 batch_size: int = 16, precision: str = "fp32", period: int = 1,
+                 prefixes: list[list[int]] | None = None) -> list[np.ndarray]:
+    """Per piece, the NLL (nats) of each content token, shape (len(piece) - 2,).
+    ``prefixes``: per piece, tokens every window of it starts with (style tags: read, not
+    scored; its windows are that much shorter). Without them the windows are as always."""
+    heads = prefixes or [[] for _ in pieces]
     with evaluating(model) as device:
         period = max(1, period)
         stride = min(stride, context)  # a longer stride would leave targets no window scores
         stride = max(period, stride - stride % period)
         out = [np.zeros(max(len(p) - 2, 0)) for p in pieces]
-        jobs = [(i, s, w, f) for i, p in enumerate(pieces) for s, w, f in windows(len(p), context,
-                                                                                 stride)]
-        jobs.sort(key=lambda j: -j[2])
+        jobs = [(i, s, w, f) for i, p in enumerate(pieces)
+                for s, w, f in windows(len(p), context - len(heads[i]),
+                                       min(stride, context - len(heads[i])))]
+        jobs.sort(key=lambda j: -(j[2] + len(heads[j[0]])))
         for b in range(0, len(jobs), batch_size):
             chunk = jobs[b: b + batch_size]
-            W = chunk[0][2]
+            W = chunk[0][2] + len(heads[chunk[0][0]])
             x = torch.zeros(len(chunk), W, dtype=torch.long)
             y = torch.zeros(len(chunk), W, dtype=torch.long)
             for r, (i, s, w, _) in enumerate(chunk):
-                x[r, :w] = torch.from_numpy(pieces[i][s: s + w])
-                y[r, :w] = torch.from_numpy(pieces[i][s + 1: s + w + 1])
+                k = len(heads[i])
+                x[r, :k] = torch.tensor(heads[i], dtype=torch.long)
+                x[r, k: k + w] = torch.from_numpy(pieces[i][s: s + w])
+                y[r, k: k + w] = torch.from_numpy(pieces[i][s + 1: s + w + 1])
             with autocast(device, precision):
                 logits = model(x.to(device))
             nll = label_nll(logits, y.to(device))
             nll = nll.cpu().numpy()
             for r, (i, s, w, f) in enumerate(chunk):
-                # window column c predicts position s+1+c; keep positions f..s+w
-                out[i][f - 1: s + w] = nll[r, f - s - 1: w]
+                # window column k + c predicts position s+1+c; keep positions f..s+w
+                k = len(heads[i])
+                out[i][f - 1: s + w] = nll[r, k + f - s - 1: k + w]
     return out
 
 
@@ -241,18 +248,20 @@ class Scores:
 def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str | Path,
                      split: str = "valid", *, batch_size: int = 16, stride: int = 0,
                      device: str = "cpu", precision: str = "fp32",
-                     transpositions: int = 1) -> Scores:
+                     transpositions: int = 1, style: str | None = None) -> Scores:
     """NLL of a split under one checkpoint or the ensemble of several, each averaged over
     ``transpositions`` keys (checkpoint.key_views), and under each checkpoint alone. Each
     model and key is scored once, on the windows every member can read (the shortest
     context, starting where every voice period starts); the ensemble's token NLL is the
-    mixture of theirs."""
+    mixture of theirs. ``style``: every window starts with that style tag, or with
+    ``"own"`` each piece's own tags (a dataset prepared with --tags); none: untagged."""
 
     cks = load_members(checkpoints, device)
     ck = cks[0]
     paths = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     names: list[str] | None = None
     skipped: list[dict] = []
+    ds: TokenDataset | None = None
     data = paths[0]
     if len(paths) == 1 and (data / "manifest.json").exists():
         ds = TokenDataset(data)
@@ -268,13 +277,16 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
         pieces = benchmark_pieces(data, split, ck.tokenizer)
     else:
         names, pieces, skipped = midi_pieces(paths, ck.tokenizer)
+    prefixes = style_prefixes(cks, style, pieces, ds, split)
+    if prefixes is not None and transpositions > 1:
+        raise ConfigError("--style: scored in the pieces' own keys only (no --transpositions)")
     views = [key_views(c, transpositions) for c in cks]
     own = transposition_shifts(transpositions).index(0)
     ctx = min(c.train.context for c in cks)
     stride = stride or min(c.train.stride for c in cks)
     period = common_period(cks)
-    nlls = [[score_pieces(v, pieces, ctx, stride, batch_size, precision, period) for v in vs]
-            for vs in views]
+    nlls = [[score_pieces(v, pieces, ctx, stride, batch_size, precision, period, prefixes)
+             for v in vs] for vs in views]
 
     def together(per_view: list[list[np.ndarray]]) -> NLLResult:
         token_nll = per_view[0] if len(per_view) == 1 else mix(per_view)
@@ -306,20 +318,40 @@ def _evaluate_pairs(cks: list, ds, task: Task, split: str, batch_size: int, prec
 
 def run_evaluate(cfg: EvaluateConfig, *, device: str = "cpu") -> NLLResult:
     """The ``evaluate`` command: its config, as every command takes its own."""
-    return evaluate(list(cfg.checkpoint), list(cfg.data), cfg.split, batch_size=cfg.batch_size,
-                    stride=cfg.stride, device=device, transpositions=cfg.transpositions)
+    return evaluate_members(list(cfg.checkpoint), list(cfg.data), cfg.split,
+                            batch_size=cfg.batch_size, stride=cfg.stride, device=device,
+                            transpositions=cfg.transpositions, style=cfg.style).result
+
+
+def style_prefixes(cks: list, style: str | None, pieces: list[np.ndarray],
+                   ds: TokenDataset | None, split: str) -> list[list[int]] | None:
+    """Each piece's window prefix for ``--style`` (None without one)."""
+    if not style:
+        return None
+    tags = cks[0].tags
+    if tags is None or any(c.tags != tags for c in cks[1:]):
+        raise ConfigError(f"--style: {cks[0].path} reads no style tags (or the ensemble's "
+                          "models read different ones)")
+    if style != "own":
+        return [tags.prompt(style)] * len(pieces)
+    if ds is None or ds.tags is None:
+        raise ConfigError("--style own: each piece's own tags come from a dataset prepared "
+                          "with --tags")
+    names = ds.tags.names
+    return [[tags.id(names[j]) for j in row if j >= 0 and names[j] in tags.names]
+            for row in ds.piece_tags(split)]
 
 
 def evaluate(checkpoint: str | Path | Sequence[str | Path], data: str | Path,
              split: str = "valid", *, batch_size: int = 16, stride: int = 0,
-             device: str = "cpu", precision: str = "fp32", transpositions: int = 1
-             ) -> NLLResult:
+             device: str = "cpu", precision: str = "fp32", transpositions: int = 1,
+             style: str | None = None) -> NLLResult:
     """NLL of a prepared dataset's split, or of a benchmark file's split. Several checkpoints
     are scored as one ensemble (the mean of their next-token distributions), and each model
-    can be averaged over keys (``transpositions``)."""
+    can be averaged over keys (``transpositions``); ``style``: see evaluate_members."""
     return evaluate_members(checkpoint, data, split, batch_size=batch_size, stride=stride,
                             device=device, precision=precision,
-                            transpositions=transpositions).result
+                            transpositions=transpositions, style=style).result
 
 
 def midi_pieces(paths: list[Path], tokenizer) -> tuple[list[str], list[np.ndarray],

@@ -30,7 +30,7 @@ import torch
 
 from .atomic import process_dir, write_bytes
 from .checkpoint import Checkpoint, common_period, key_views, load_members, weights_digest
-from .config import GenerateConfig, SampleConfig
+from .config import ConfigError, GenerateConfig, SampleConfig, Steering
 from .controls import Controls
 from .data.corpus import build_corpus
 from .data.midi import (
@@ -208,10 +208,23 @@ class Generator:
         return float(g.elapsed()[0])
 
     def check(self, cfg: SampleConfig) -> None:
-        """Refuse controls this model's tokenizer cannot carry, before anything is written
-        (ConfigError naming the flag)."""
+        """Refuse controls this model's tokenizer cannot carry, and a style it does not
+        know, before anything is written (ConfigError naming the flag)."""
         if cfg.controls:
             Controls(cfg, self.tok.note_roles(), self.tok.name)
+        self.head(cfg)
+
+    def head(self, cfg: Steering) -> list[int]:
+        """The tag ids of ``--style`` every window starts with ([] without one)."""
+        if not cfg.style:
+            return []
+        tags = self.ck.tags
+        if tags is None:
+            raise ConfigError(f"--style: {self.ck.path} reads no style tags (train a model on "
+                              "data prepared with --tags)")
+        if any(c.tags != tags for c in self.members[1:]):
+            raise ConfigError("--style: the ensemble's models read different style tags")
+        return tags.prompt(cfg.style)
 
     def run(self, prompt: np.ndarray, cfg: SampleConfig, use_cache: bool = True,
             progress: Progress | None = None) -> Run:
@@ -220,7 +233,8 @@ class Generator:
         prompts = np.repeat(prompt[None], cfg.num_samples, 0)
         return sample_run(self.model, prompts, self.tok.grammar(), cfg, 0, use_cache,
                           period=self.period, progress=progress,
-                          roles=self.tok.note_roles(), scheme=self.tok.name)
+                          roles=self.tok.note_roles(), scheme=self.tok.name,
+                          head=self.head(cfg))
 
     def generate(self, prompt: np.ndarray, cfg: SampleConfig, use_cache: bool = True,
                  progress: Progress | None = None) -> list[np.ndarray]:

@@ -52,6 +52,7 @@ from .config import (
 )
 from .data.dataset import IGNORE, Prefetcher, TokenDataset, WindowSampler
 from .data.pairs import PairSampler
+from .data.styles import Tags
 from .data.task import Task
 from .data.tokenizers.base import Tokenizer
 from .evaluate import autocast, score_pairs, score_pieces, summarize
@@ -113,10 +114,15 @@ def progress(step: int, elapsed: float, cfg: TrainConfig, warm_elapsed: float) -
     return (elapsed - warm_elapsed) / max(budget - warm_elapsed, 1e-9)
 
 
-def tokenizer_facts(model_cfg: ModelConfig, tok: Tokenizer) -> ModelConfig:
+def tokenizer_facts(model_cfg: ModelConfig, tok: Tokenizer, tags: Tags | None = None
+                    ) -> ModelConfig:
     """The model config with what it must know of the tokenizer, as token ids: the vocabulary
-    size, and where asked for, the step token and each token's pitch."""
-    model_cfg = model_cfg.replace(vocab_size=tok.vocab_size)
+    size, and where asked for, the step token and each token's pitch; and the number of
+    the data's style tags."""
+    model_cfg = model_cfg.replace(vocab_size=tok.vocab_size, tags=len(tags) if tags else 0)
+    if tags and model_cfg.kind != "transformer":
+        raise ConfigError(f"--model {model_cfg.kind}: style tags (prepare --tags) are read by "
+                          "the Transformer only; prepare the data without --tags")
     if model_cfg.step_positions:
         if tok.step_token is None:
             raise ConfigError(f"--step-positions: tokenizer {tok.name} has no step token "
@@ -387,7 +393,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     ds = TokenDataset(cfg.data)
     if "valid" not in ds.splits:
         raise TrainingError(f"--data {cfg.data}: no valid split to evaluate on")
-    model_cfg, cfg, raw, saved = _model(model_cfg, cfg, ds.tokenizer)
+    model_cfg, cfg, raw, saved = _model(model_cfg, cfg, ds.tokenizer, ds.tags)
     if cfg.precision == "fp16" and dev.type != "cuda":
         raise ConfigError("--precision: fp16 needs a GPU; use bf16 on CPU")
     raw.to(dev)
@@ -424,7 +430,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     out = Path(cfg.out)
     config = RunRecord(model_cfg.to_dict(), cfg.to_dict(), ds.manifest["tokenizer"],
                        DataRecord(str(cfg.data), ds.manifest["sources"],
-                                  ds.manifest["splits"], task),
+                                  ds.manifest["splits"], task, ds.tags),
                        count_params(raw))
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -457,7 +463,7 @@ def check_pairs_fit(ds: TokenDataset, model_cfg: ModelConfig, cfg: TrainConfig) 
                           f"{what} needs {need}")
 
 
-def _model(model_cfg: ModelConfig, cfg: TrainConfig, tok: Tokenizer
+def _model(model_cfg: ModelConfig, cfg: TrainConfig, tok: Tokenizer, tags: Tags | None
            ) -> tuple[ModelConfig, TrainConfig, torch.nn.Module, dict[str, Any] | None]:
     """(model config, train config, model, saved state) of a resumed run (its own configs,
     with the budget and logging given), a fine-tuning run (--init) or a fresh one."""
@@ -470,8 +476,8 @@ def _model(model_cfg: ModelConfig, cfg: TrainConfig, tok: Tokenizer
         if ck.tokenizer.vocab != tok.vocab:
             raise TrainingError(f"--resume: {ck.path}/config.json was trained on another "
                                 f"vocabulary than --data {cfg.data}")
-        conflicts = resume_conflicts(ck.model_cfg, tokenizer_facts(model_cfg, tok), ck.train,
-                                     cfg)
+        conflicts = resume_conflicts(ck.model_cfg, tokenizer_facts(model_cfg, tok, tags),
+                                     ck.train, cfg)
         if conflicts:
             raise TrainingError(f"--resume: {'; '.join(conflicts)}: the model, data and "
                                 "training settings of a run cannot change when it resumes "
@@ -483,9 +489,9 @@ def _model(model_cfg: ModelConfig, cfg: TrainConfig, tok: Tokenizer
         return ck.model_cfg, cfg, ck.model.train(), saved
     if cfg.init:  # fine-tuning: the checkpoint's model and weights, a fresh optimizer
         torch.manual_seed(cfg.seed)
-        model_cfg, model = init_model(cfg, tok, model_cfg.dropout)
+        model_cfg, model = init_model(cfg, tok, model_cfg.dropout, tags)
         return model_cfg, cfg, model, None
-    model_cfg = tokenizer_facts(model_cfg, tok)
+    model_cfg = tokenizer_facts(model_cfg, tok, tags)
     if model_cfg.kind in ATTENTION_KINDS and model_cfg.max_context < cfg.context:
         raise ConfigError(f"--context: {cfg.context} exceeds the {model_cfg.position} "
                           f"positions' maximum {model_cfg.max_context}")
@@ -493,10 +499,13 @@ def _model(model_cfg: ModelConfig, cfg: TrainConfig, tok: Tokenizer
     return model_cfg, cfg, build_model(model_cfg), None
 
 
-def init_model(cfg: TrainConfig, tok: Tokenizer, dropout: float
+def init_model(cfg: TrainConfig, tok: Tokenizer, dropout: float, tags: Tags | None = None
                ) -> tuple[ModelConfig, torch.nn.Module]:
     """``--init``: the checkpoint's model config (with this run's dropout) and a model
-    holding its weights exactly; its tokenizer must be the data's."""
+    holding its weights exactly; its tokenizer must be the data's. Data whose style tags
+    extend the checkpoint's (none, or some of them) adds their embeddings: each tag the
+    checkpoint knows keeps its row, a new one starts at the mean token embedding (plus a
+    little noise, so that no two start alike)."""
     try:
         ck = load_checkpoint(cfg.init)
     except Exception as e:
@@ -505,12 +514,25 @@ def init_model(cfg: TrainConfig, tok: Tokenizer, dropout: float
         raise TrainingError(f"--init {cfg.init}: its tokenizer is {_tok_desc(ck.tokenizer)}, "
                             f"--data {cfg.data} has {_tok_desc(tok)}; prepare the data with "
                             f"--tokenizer {ck.tokenizer.name}")
-    model_cfg = ck.model_cfg.replace(dropout=dropout)
+    old = ck.config.data.tags
+    if old is not None and (tags is None or not set(old.names) <= set(tags.names)):
+        raise TrainingError(f"--init {cfg.init}: it reads the style tags "
+                            f"{', '.join(old.names)}; --data {cfg.data} has "
+                            f"{', '.join(tags.names) if tags else 'none'} (the data's tags "
+                            "may add to the checkpoint's, not drop any)")
+    model_cfg = tokenizer_facts(ck.model_cfg.replace(dropout=dropout), tok, tags)
     if model_cfg.kind in ATTENTION_KINDS and model_cfg.max_context < cfg.context:
         raise ConfigError(f"--context: {cfg.context} exceeds --init {cfg.init}'s maximum "
                           f"{model_cfg.max_context}")
     model = build_model(model_cfg)
-    model.load_state_dict(ck.model.state_dict())
+    weights = ck.model.state_dict()
+    if tags is not None:
+        rows = weights["tok.weight"].mean(0) + 0.02 * torch.randn(len(tags), model_cfg.d_model)
+        for i, name in enumerate(tags.names):
+            if old is not None and name in old.names:
+                rows[i] = weights["tag.weight"][old.names.index(name)]
+        weights["tag.weight"] = rows
+    model.load_state_dict(weights)
     return model_cfg, model
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..config import FORMAT_VERSION, AugmentConfig
+from .styles import Tags
 from .tokenizers import PAD, Tokenizer, build_tokenizer
 
 IGNORE = -100  # target id the loss skips (padding)
@@ -60,6 +61,16 @@ class TokenDataset:
         self._splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
+    def tags(self) -> Tags | None:
+        """The style tags its pieces carry (``prepare --tags``), or None."""
+        return Tags.of(self.manifest.get("tags"))
+
+    def piece_tags(self, name: str) -> np.ndarray:
+        """(pieces, 2): each piece's style and kind as positions in ``tags.names`` (-1:
+        none) of a tagged dataset's split."""
+        return np.load(self.path / f"{name}.tags.npy").astype(np.int64)
+
+    @property
     def splits(self) -> list[str]:
         return list(self.manifest["splits"])
 
@@ -90,8 +101,11 @@ class TokenDataset:
 class WindowSampler:
     def __init__(self, ds: TokenDataset, context: int, batch_size: int,
                  augment: AugmentConfig | None, seed: int, period: int = 0,
-                 rank: int = 0, world: int = 1) -> None:
+                 rank: int = 0, world: int = 1, tag_dropout: float = 0.2) -> None:
         self.tokens, self.offsets = ds.split("train")
+        # a tagged dataset's windows start with their piece's tags (styles.py)
+        self.tags, self.tag_dropout = ds.tags, tag_dropout
+        self.piece_tags = ds.piece_tags("train") if self.tags is not None else None
         self.tok = ds.tokenizer
         self.context, self.batch_size = context, batch_size
         self.augment = augment
@@ -146,9 +160,13 @@ class WindowSampler:
             w = np.asarray(self.tokens[a: min(a + T + 1 + self.margin, end)], np.int64)
             if self.augment is not None:
                 w = self.tok.augment(w, self.rng, self.augment)
-            w = w[: T + 1]
+            head = [] if self.piece_tags is None else self.tags.window_prefix(
+                *self.piece_tags[piece[b]], self.rng, self.tag_dropout)
+            w = np.concatenate([head, w[: T + 1 - len(head)]]) if head else w[: T + 1]
             x[b, : len(w)] = w
-            mask[b, : len(w)] = True
+            # targets: the content's next tokens (a tag is read, never predicted, and
+            # predicts nothing: the first content token is a target only within the piece)
+            mask[b, len(head) + 1: len(w)] = True
         lo = self.rank * self.batch_size // self.world
         hi = (self.rank + 1) * self.batch_size // self.world
         inp = torch.from_numpy(x[lo:hi, :-1])

@@ -31,10 +31,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import staged_dir, temp_dir
-from ..config import FORMAT_VERSION, PrepareConfig
+from ..config import FORMAT_VERSION, ConfigError, PrepareConfig
 from . import pairs
 from .midi import BadInput, load_score, notes_from_score, select_tracks
 from .sources import SPLITS, Item, expand_sources, hash_split, ids_digest, music_digest
+from .styles import Tags, piece_style
 from .task import Paired, Task, split_of
 from .tokenizers import Tokenizer, build_tokenizer, framed
 from .tokenizers.grid import Roll
@@ -56,6 +57,11 @@ class PrepareResult:
                  f"vocabulary {len(m['tokenizer']['vocab'])}"]
         if "task" in m:
             lines[0] += f"  task {m['task']['name']} ({m['task']['bars']} bars a pair)"
+        if "tags" in m:
+            t = Tags.of(m["tags"])
+            lines.append(f"  tags  {len(t.styles)} styles ({', '.join(t.styles[:6])}"
+                         f"{', ...' if len(t.styles) > 6 else ''}), kinds "
+                         f"{', '.join(t.kinds) or 'none'}, and the group classical")
         for s, info in m["splits"].items():
             if "songs" in info:
                 lines.append(f"  {s:<5} {info['pieces']:>6} pairs from {info['songs']} pieces: "
@@ -129,6 +135,9 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
     tok = build_tokenizer(scheme, **tok_cfg)
     tok_cfg = tok.config()
     if isinstance(task, Paired):
+        if cfg.tags:
+            raise ConfigError(f"--tags: style tags are for pieces to continue, not --task "
+                              f"{task} pairs")
         return prepare_pairs(cfg, task, items, layouts, tok, progress)
 
     records: list[dict[str, Any]] = []
@@ -184,6 +193,9 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
                               f"{skipped[0]['reason']})" if skipped else ""))
     tok.fit_grammar(ids for _, ids in by_split["train"])  # read only by learnt grammars
 
+    style = {it.name: piece_style(it.path, it.source, layouts[it.source], cfg.kind)
+             for pieces in by_split.values() for it, _ in pieces} if cfg.tags else {}
+    tags = Tags.collect(list(style.values()), tok.vocab_size) if cfg.tags else None
     with staged_dir(out) as tmp:
         splits_info = {}
         for split, pieces in by_split.items():
@@ -191,15 +203,22 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
                 continue
             lengths = _save_stream(tmp, split, [ids for _, ids in pieces])
             splits_info[split] = {"pieces": len(pieces), "tokens": int(lengths.sum())}
+            if tags is not None:  # each piece's (style, kind) as positions in tags.names
+                np.save(tmp / f"{split}.tags.npy", np.array(
+                    [tags.indices(*style[it.name]) for it, _ in pieces], np.int16))
             for (it, ids), k in zip(pieces, range(len(pieces))):
                 records.append({"path": it.name, "source": it.source,
                                 "music_sha1": it.digest, "split": split,
                                 "piece": k, "tokens": int(len(ids)),
-                                **(it.tracks or {})})
+                                **(it.tracks or {}),
+                                **(dict(zip(("style", "kind"), style[it.name]))
+                                   if tags is not None else {})})
+        extra = {"tags": tags.record()} if tags is not None else {}
         manifest = _manifest(cfg, tok, layouts, splits_info, records, skipped, "piece", {
             "multitrack_files": sum(r.get("tracks", 1) > 1 for r in records),
             "drum_notes_dropped": sum(r.get("drum_notes_dropped", 0) for r in records),
-            "other_notes_dropped": sum(r.get("other_notes_dropped", 0) for r in records)})
+            "other_notes_dropped": sum(r.get("other_notes_dropped", 0) for r in records)},
+            **extra)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return PrepareResult(out, manifest, manifest["skipped"])
 

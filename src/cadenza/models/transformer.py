@@ -253,6 +253,8 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.max_context = cfg.max_context  # TokenModel: the longest sequence it reads
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.tags:  # style tags: read before the music, never written (data/styles.py)
+            self.tag = nn.Embedding(cfg.tags, cfg.d_model)
         if cfg.position == "learned":
             self.pos = nn.Embedding(cfg.max_context, cfg.d_model)
         if cfg.position == "sinusoidal":
@@ -341,7 +343,14 @@ class Transformer(nn.Module):
         if start + T > self.max_context:
             raise ValueError(f"--context: {start + T} tokens exceed the model's maximum "
                              f"context {self.max_context} ({self.cfg.position} positions)")
-        x = self.tok(idx)
+        V = self.cfg.vocab_size
+        if self.cfg.tags and bool((idx >= V).any()):  # a prompt's or window's tags
+            is_tag = idx >= V
+            x = torch.where(is_tag[..., None], self.tag((idx - V).clamp(min=0)),
+                            self.tok(idx.clamp(max=V - 1)))
+            idx = idx.masked_fill(is_tag, 0)  # for pitch and step tables: no pitch, no step
+        else:
+            x = self.tok(idx)
         pos = torch.arange(start, start + T, device=idx.device)
         if self.cfg.position == "learned":
             x = x + self.pos(pos)

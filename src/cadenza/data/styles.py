@@ -1,0 +1,120 @@
+"""Style tags: what a piece is, as tokens a model reads before the music (``prepare --tags``).
+
+Each piece gets up to two tags:
+
+- its **style**: the composer or genre, read from where the file sits: the first folder
+  under its source (``piano-midi.de/Chopin/x.mid``: Chopin; ``asap-extra/Bach/Fugue/...``:
+  Bach; split folders such as ``train/`` are skipped), and ``pop`` for a POP909 layout;
+- its **kind**: ``live`` (a performance: ASAP and MAESTRO layouts), ``arrangement`` (POP909),
+  or what ``prepare --kind`` says for the other sources (e.g. ``score``: sequenced by hand).
+
+Every classical composer also belongs to the group ``classical``. The tags extend the
+model's input vocabulary beyond the tokenizer's (ids ``V``, ``V + 1``, ... for a tokenizer of
+``V`` tokens): a model reads them, never writes them, so generation, grammars and NLL stay
+over the tokenizer's tokens. A training window starts with its piece's tags, each dropped
+at random (``--tag-dropout``) and a composer sometimes replaced by its group, so one model
+serves untagged, ``classical`` and ``Chopin`` prompts alike (``--style NAME``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ConfigError
+
+KINDS = ("live", "score", "arrangement")
+POP = "pop"
+CLASSICAL = "classical"
+GROUP_SHARE = 0.25  # of kept composer tags, the share replaced by their group
+LAYOUT_STYLE = {"pop909": POP}
+LAYOUT_KIND = {"asap": "live", "maestro": "live", "pop909": "arrangement"}
+SPLIT_FOLDERS = {"train", "valid", "validation", "test"}
+
+
+def piece_style(path: str, source: str, layout: str, kind: str = "") -> tuple[str, str]:
+    """(style, kind) of one file of a source ("" where it has none)."""
+    style = LAYOUT_STYLE.get(layout, "")
+    if not style:
+        try:
+            parts = Path(path).relative_to(source).parts[:-1]
+        except ValueError:
+            parts = ()
+        parts = tuple(p for p in parts if p.lower() not in SPLIT_FOLDERS)
+        style = parts[0] if parts else ""
+    return style, LAYOUT_KIND.get(layout, kind)
+
+
+@dataclass(frozen=True)
+class Tags:
+    """A dataset's (and its models') tag vocabulary: ``names`` in id order, after the
+    tokenizer's ``base`` tokens: the group, the styles, the kinds."""
+
+    styles: tuple[str, ...]
+    kinds: tuple[str, ...]
+    base: int  # the tokenizer's vocabulary size: the first tag's id
+    classical: tuple[str, ...] = ()  # the styles of the group: those of live or score pieces
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (CLASSICAL, *self.styles, *self.kinds)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @staticmethod
+    def collect(pairs: list[tuple[str, str]], base: int) -> Tags:
+        return Tags(tuple(sorted({s for s, _ in pairs if s})),
+                    tuple(k for k in KINDS if any(k == kd for _, kd in pairs))
+                    + tuple(sorted({kd for _, kd in pairs if kd and kd not in KINDS})), base,
+                    tuple(sorted({s for s, k in pairs if s and s != POP
+                                  and k in ("live", "score")})))
+
+    def record(self) -> dict[str, Any]:
+        return {"styles": list(self.styles), "kinds": list(self.kinds), "base": self.base,
+                "classical": list(self.classical)}
+
+    @staticmethod
+    def of(record: dict[str, Any] | None) -> Tags | None:
+        if not record:
+            return None
+        return Tags(tuple(record["styles"]), tuple(record["kinds"]), int(record["base"]),
+                    tuple(record.get("classical", ())))
+
+    def id(self, name: str) -> int:
+        return self.base + self.names.index(name)
+
+    def indices(self, style: str, kind: str) -> tuple[int, int]:
+        """A piece's (style, kind) as positions in ``names`` (-1: none)."""
+        return (self.names.index(style) if style else -1,
+                self.names.index(kind) if kind else -1)
+
+    def prompt(self, name: str | None) -> list[int]:
+        """The ids a ``--style NAME`` prompt starts with: a style or group, or a kind;
+        an unknown name is one line naming the nearest known ones."""
+        if not name:
+            return []
+        if name in self.names:
+            return [self.id(name)]
+        near = difflib.get_close_matches(name, self.names, n=3, cutoff=0.6) or \
+            [n for n in self.names if n.lower() == name.lower()]
+        raise ConfigError(f"--style: this model knows no style {name!r}"
+                          + (f" (nearest: {', '.join(near)})" if near else "")
+                          + f"; it knows {', '.join(self.names)}")
+
+    def window_prefix(self, style: int, kind: int, rng: np.random.Generator,
+                      dropout: float) -> list[int]:
+        """A training window's tags: each kept with probability 1 - dropout; a kept
+        classical composer is replaced by ``classical`` a share of the time."""
+        out = []
+        if style >= 0 and rng.random() >= dropout:
+            if self.names[style] in self.classical and rng.random() < GROUP_SHARE:
+                style = 0  # CLASSICAL
+            out.append(self.base + style)
+        if kind >= 0 and rng.random() >= dropout:
+            out.append(self.base + kind)
+        return out

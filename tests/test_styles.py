@@ -1,0 +1,164 @@
+"""Style tags (issue 30): what prepare --tags records, that every training window starts
+with its piece's tags unless dropped, that --init extends a model's vocabulary by new tags
+(old weights exact), and --style in generate and evaluate, on synthetic pieces written as
+real files in composer folders and a POP909-shaped folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_score, random_piece
+
+from cadenza.checkpoint import load_checkpoint
+from cadenza.cli import main
+from cadenza.config import AugmentConfig, ConfigError, ModelConfig, PrepareConfig, TrainConfig
+from cadenza.data.dataset import TokenDataset, WindowSampler
+from cadenza.data.prepare import prepare
+from cadenza.data.styles import Tags
+from cadenza.evaluate import evaluate
+from cadenza.train import TrainingError, train
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """classical/Bach/*.mid and classical/Chopin/*.mid (hand-sequenced: --kind score) and
+    pop/NNN/NNN.mid songs with beat_midi.txt (the POP909 layout)."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "src"
+    for composer, lo in (("Bach", 48), ("Chopin", 60)):
+        d = root / "classical" / composer
+        d.mkdir(parents=True)
+        for i in range(6):
+            make_score(random_piece(rng, lo + i, 10.0)).dump_midi(str(d / f"{i}.mid"))
+    for i in range(6):
+        d = root / "pop" / f"{i + 1:03d}"
+        d.mkdir(parents=True)
+        make_score(random_piece(rng, 70 + i, 10.0)).dump_midi(str(d / f"{i + 1:03d}.mid"))
+        (d / "beat_midi.txt").write_text("0.0 1.0 1.0\n0.5 1.0 0.0\n")
+    return root
+
+
+def tagged(tmp_path, corpus) -> Path:
+    out = tmp_path / "ds"
+    prepare(PrepareConfig(sources=(str(corpus / "classical"), str(corpus / "pop")),
+                          out=str(out), tags=True, kind="score", valid_frac=0.2,
+                          test_frac=0.0), progress=False)
+    return out
+
+
+def test_prepare_tags_each_piece_with_its_folder_and_kind(tmp_path, corpus):
+    ds = TokenDataset(tagged(tmp_path, corpus))
+    tags = ds.tags
+    assert tags.names == ("classical", "Bach", "Chopin", "pop", "score", "arrangement")
+    assert tags.base == 391 and tags.classical == ("Bach", "Chopin")
+    files = ds.manifest["files"]
+    for f in files:
+        want = ("pop", "arrangement") if "/pop/" in f["path"] else \
+            (Path(f["path"]).parent.name, "score")
+        assert (f["style"], f["kind"]) == want
+    for split in ds.splits:  # the arrays the sampler reads agree with the records
+        rows = ds.piece_tags(split)
+        recs = sorted((f for f in files if f["split"] == split), key=lambda f: f["piece"])
+        assert [(tags.names[s], tags.names[k]) for s, k in rows] == \
+            [(f["style"], f["kind"]) for f in recs]
+
+
+def test_every_window_starts_with_its_pieces_tags_unless_dropped(tmp_path, corpus):
+    ds = TokenDataset(tagged(tmp_path, corpus))
+    tags, V = ds.tags, 391
+    s = WindowSampler(ds, 64, 16, AugmentConfig(), seed=0)
+    heads = []
+    for _ in range(40):
+        x, y, n = s.next_batch()
+        for row, tgt in zip(x["idx"].numpy(), y.numpy()):
+            k = int((row[:2] >= V).sum())
+            assert (row[k:] < V).all() and (row[:k] >= V).all()  # tags first, then music
+            assert (tgt[:k] == -100).all() and (tgt < V).all()  # never predicted
+            heads.append(tuple(tags.names[t - V] for t in row[:k]))
+    styles = [h[0] for h in heads if h and h[0] not in tags.kinds]
+    kinds = [h[-1] for h in heads if h and h[-1] in tags.kinds]
+    share_untagged = sum(not h for h in heads) / len(heads)
+    assert 0.01 < share_untagged < 0.1  # both tags dropped: 0.2 x 0.2
+    assert 0.7 < len(kinds) / len(heads) < 0.9  # the kind kept 80% of the time
+    assert {"Bach", "Chopin", "pop", "classical"} <= set(styles)
+    assert "classical" in styles and styles.count("classical") < styles.count("pop") + \
+        styles.count("Bach") + styles.count("Chopin")
+    # an untagged dataset's windows are as before: the same stream for a seed
+    plain = tmp_path / "plain"
+    prepare(PrepareConfig(sources=(str(corpus / "classical"),), out=str(plain)),
+            progress=False)
+    a = WindowSampler(TokenDataset(plain), 64, 4, AugmentConfig(), seed=1).next_batch()
+    assert (a[0]["idx"] < V).all()
+
+
+def test_init_extends_the_vocabulary_by_new_tags_and_keeps_every_old_weight(tmp_path,
+                                                                            corpus):
+    data = tagged(tmp_path, corpus)
+    plain = tmp_path / "plain"
+    prepare(PrepareConfig(sources=(str(corpus / "classical"), str(corpus / "pop")),
+                          out=str(plain), valid_frac=0.2, test_frac=0.0), progress=False)
+    base = tmp_path / "base"
+    train(ModelConfig(n_layer=1, d_model=32, n_head=4, d_ff=64, dropout=0.0, position="rope",
+                      max_context=64),
+          TrainConfig(data=str(plain), out=str(base), context=64, batch_size=4, max_steps=2,
+                      eval_every=2), quiet=True)
+    ft = tmp_path / "ft"
+    train(ModelConfig(), TrainConfig(data=str(data), out=str(ft), context=64, batch_size=4,
+                                     max_steps=5, eval_every=5, init=str(base / "best")),
+          stop_at=0, quiet=True)  # best/ holds the --init weights, extended
+    old, new = load_checkpoint(base / "best"), load_checkpoint(ft / "best")
+    assert new.model_cfg.tags == 6 and new.tags.names[1] == "Bach"
+    got, want = new.model.state_dict(), old.model.state_dict()
+    assert set(got) == set(want) | {"tag.weight"}
+    assert all(torch.equal(got[k], want[k]) for k in want)  # every old weight exact
+    rows = got["tag.weight"]
+    assert rows.shape == (6, 32) and len({tuple(r.tolist()) for r in rows}) == 6
+    mean = want["tok.weight"].mean(0)
+    assert (rows - mean).abs().max() < 0.15  # started near the mean token embedding
+    # and a checkpoint's tags may grow again, but not be dropped
+    with pytest.raises(TrainingError, match="the data's tags may add to the checkpoint's"):
+        train(ModelConfig(), TrainConfig(data=str(plain), out=str(tmp_path / "no"),
+                                         context=64, batch_size=4, max_steps=1,
+                                         init=str(ft / "best")), quiet=True)
+
+
+def test_style_is_validated_against_the_models_own_tags(tmp_path, corpus, capsys):
+    data = tagged(tmp_path, corpus)
+    run = tmp_path / "run"
+    train(ModelConfig(n_layer=1, d_model=32, n_head=4, d_ff=64, dropout=0.0, position="rope",
+                      max_context=64),
+          TrainConfig(data=str(data), out=str(run), context=64, batch_size=4, max_steps=4,
+                      eval_every=4), quiet=True)
+    ck = str(run / "best")
+    assert main(["generate", "--checkpoint", ck, "--style", "Chopin", "--seconds", "2",
+                 "--out", str(tmp_path / "g"), "--no-audio"]) == 0
+    rec = json.loads((tmp_path / "g" / "sample-0.json").read_text())
+    assert rec["settings"]["style"] == "Chopin"
+    for bad, said in (("Chopn", "knows no style 'Chopn' (nearest: Chopin)"),
+                      ("jazz", "it knows classical, Bach, Chopin, pop, score, arrangement")):
+        assert main(["generate", "--checkpoint", ck, "--style", bad, "--out",
+                     str(tmp_path / "bad"), "--no-audio"]) == 2
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+    assert main(["generate", "--checkpoint", ck, "--style", "pop", "--out",
+                 str(tmp_path / "b2"), "--no-audio", "--checkpoint", "pretrained:piano"]) == 2
+    # evaluate: untagged is the plain score; a tag changes the windows' start only
+    plain = evaluate(ck, data)
+    assert evaluate(ck, data, style=None).nll == plain.nll
+    own, pop = evaluate(ck, data, style="own"), evaluate(ck, data, style="pop")
+    assert own.tokens == pop.tokens == plain.tokens and own.nll != plain.nll
+    with pytest.raises(ConfigError, match="no style 'rock'"):
+        evaluate(ck, data, style="rock")
+    with pytest.raises(ConfigError, match="reads no style tags"):
+        evaluate("pretrained:piano", data, style="pop")
+
+
+def test_a_tags_record_round_trips_and_names_only_what_it_has():
+    t = Tags.collect([("Bach", "live"), ("pop", "arrangement"), ("", "score")], 391)
+    assert Tags.of(t.record()) == t and t.names[0] == "classical"
+    assert t.prompt("Bach") == [392] and t.prompt(None) == []
+    assert t.classical == ("Bach",)  # pop is no classical composer
