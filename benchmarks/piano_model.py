@@ -5,6 +5,8 @@ card quote them):
     python benchmarks/piano_model.py speed      # batch-1 CPU generation vs real time
     python benchmarks/piano_model.py stats      # 32 continuations vs the true continuations
     python benchmarks/piano_model.py finetune   # as is vs 5 min fine-tuning vs 5 min scratch
+    python benchmarks/piano_model.py styles     # NLL with the true, no and a wrong style tag;
+                                                # continuations with --style pop / Chopin
 
 The corpora come from $CADENZA_PIANO_DATA (default ../shared/data/piano beside the checkout);
 each part skips with a message when they are absent. ``nll`` scores the files themselves
@@ -146,6 +148,74 @@ def cmd_stats(a) -> dict:
     return {"openings": picks}
 
 
+def cmd_styles(a) -> dict:
+    """What a style tag does: NLL of asap-maestro/validation and POP909's validation songs
+    with each piece's true tags (its composer or pop, and its kind), with none, and with a
+    wrong one; then the same 32 openings continued with --style pop and --style Chopin, each
+    set's feature overlap (stats) with POP909's validation songs and with the Chopin
+    performances of asap-maestro/validation."""
+    from cadenza.checkpoint import load_checkpoint
+    from cadenza.data.midi import load_score, notes_from_score
+    from cadenza.data.styles import piece_style
+    from cadenza.evaluate import midi_pieces, score_pieces, summarize
+    from cadenza.generate import GenerateConfig, SampleConfig, run_generate
+    from cadenza.stats import compare
+    ck = load_checkpoint(a.model)
+    if ck.tags is None:
+        sys.exit(f"{a.model} reads no style tags")
+    tags, tok = ck.tags, ck.tokenizer
+    asap_root = need(PIANO / "asap-maestro" / "validation")
+    pop = [Path(f) for f in valid_files(Path(a.dataset)).get("pop909", [])]
+    def composer(f: str) -> tuple[str, str]:
+        return piece_style(f, str(asap_root), "folder")[0], "live"
+
+    corpora = {"asap-maestro/validation": ([asap_root], composer, ("pop", "arrangement")),
+               "POP909 validation": (pop, lambda f: ("pop", "arrangement"), ("Chopin", "live"))}
+    table: dict[str, dict[str, float]] = {}
+    for name, (paths, true, wrong) in corpora.items():
+        if not paths:
+            print(f"{name}: skipped (no files; --dataset names the prepared piano data)")
+            continue
+        names, pieces, _ = midi_pieces(paths, tok)
+        def ids(names_: tuple[str, ...]) -> list[int]:
+            return [tags.id(t) for t in names_ if t in tags.names]
+
+        heads = {"true tags": [ids(true(f)) for f in names], "no tag": None,
+                 f"wrong tags ({' + '.join(wrong)})": [ids(wrong)] * len(names)}
+        table[name] = {}
+        for label, prefixes in heads.items():
+            nll = score_pieces(ck.model, pieces, ck.train.context, ck.train.stride,
+                               a.batch_size, a.eval_precision, 1, prefixes)
+            table[name][label] = summarize(nll, tok, pieces).nll
+            print(f"{name:<26}{label:<34}{table[name][label]:.4f}")
+    # the same openings under two styles
+    files = sorted(asap_root.rglob("*.mid"))
+    openings = [str(f) for f in files[:: max(1, len(files) // 16)]][:16] + \
+        [str(p) for p in pop[:16]]
+    refs = {"POP909 validation": [notes_from_score(load_score(p)) for p in pop],
+            "Chopin (asap-maestro/validation)": [notes_from_score(load_score(f)) for f in
+                                                 sorted((asap_root / "Chopin").rglob("*.mid"))]}
+    overlap: dict[str, dict[str, float]] = {}
+    for style in ("pop", "Chopin"):
+        notes = []
+        for i, f in enumerate(openings):
+            sdir = Path(a.work) / f"style-{style}" / f"{i:02d}"
+            run_generate(GenerateConfig(out=str(sdir), checkpoint=a.model, primer=f,
+                                        primer_seconds=8.0, audio=False, force=True,
+                                        sample=SampleConfig(seconds=20.0, seed=i, top_p=0.95,
+                                                            style=style)))
+            n = notes_from_score(load_score(sdir / "sample-0.mid"))
+            keep = n.start >= 8.0 - 1e-6
+            notes.append(type(n)(n.start[keep], n.end[keep], n.pitch[keep], n.velocity[keep]))
+        overlap[style] = {}
+        for ref, rn in refs.items():
+            feats = compare(notes, rn)
+            overlap[style][ref] = float(np.mean([v["overlap"] for v in feats.values()]))
+            print(f"--style {style:<8} vs {ref:<34} mean feature overlap "
+                  f"{overlap[style][ref]:.3f}")
+    return {"nll": table, "overlap": overlap}
+
+
 def cmd_finetune(a) -> dict:
     from cadenza.config import GenerateConfig, ModelConfig, PrepareConfig, TrainConfig
     from cadenza.data.prepare import prepare
@@ -195,7 +265,9 @@ def cmd_finetune(a) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=("nll", "speed", "stats", "finetune"))
+    ap.add_argument("part", choices=("nll", "speed", "stats", "finetune", "styles"))
+    ap.add_argument("--model", default=MODEL, help="the checkpoint to measure (styles)")
+    ap.add_argument("--eval-precision", default="fp32", help="styles: scoring precision")
     ap.add_argument("--dataset", default=str(ROOT / "data/piano"),
                     help="the prepared piano dataset (for its valid splits)")
     ap.add_argument("--work", default="runs/piano-bench", help="where runs and samples go")
@@ -208,7 +280,7 @@ def main() -> None:
                     help="finetune: keep runs already finished in --work")
     a = ap.parse_args()
     res = {"nll": cmd_nll, "speed": cmd_speed, "stats": cmd_stats,
-           "finetune": cmd_finetune}[a.part](a)
+           "finetune": cmd_finetune, "styles": cmd_styles}[a.part](a)
     Path(a.work).mkdir(parents=True, exist_ok=True)
     (Path(a.work) / f"{a.part}.json").write_text(json.dumps(res, indent=1) + "\n")
 

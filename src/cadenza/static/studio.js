@@ -160,6 +160,12 @@ function showModel() {
   const params = m.parameters ? `${(m.parameters / 1e6).toFixed(1)}M parameters` : "";
   const nll = m.val_nll != null ? `validation NLL ${m.val_nll.toFixed(3)} nats/token` : "";
   $("model-info").textContent = [m.tokenizer + " tokens", params, nll].filter(Boolean).join(" · ");
+  // the styles this model knows (trained on `prepare --tags` data); none: "any" only
+  const style = $("style"), kept = style.value;
+  style.replaceChildren(el("option", { value: "", text: "any" }),
+                        ...(m.styles || []).map((n) => el("option", { value: n, text: n })));
+  style.value = (m.styles || []).includes(kept) ? kept : "";
+  style.disabled = !(m.styles || []).length;
 }
 
 // --- the start ---------------------------------------------------------------------------
@@ -213,7 +219,7 @@ function settings() {
                       "max_polyphony", "density", "max_repeats"]) {
     if (f[name].value !== "") out[name] = Number(f[name].value);
   }
-  for (const name of ["key", "pitch_range", "velocity_range"]) {
+  for (const name of ["style", "key", "pitch_range", "velocity_range"]) {
     if (f[name].value.trim() !== "") out[name] = f[name].value.trim();
   }
   if (f.may_end.checked) out.may_end = true;
@@ -275,6 +281,7 @@ let takeCount = 0;
 
 function controlsText(s) {
   const parts = [];
+  if (s.style) parts.push(`style ${s.style}`);
   if (s.key) parts.push(`key ${s.key}`);
   if (s.pitch_range) parts.push(`pitches ${s.pitch_range}`);
   if (s.velocity_range) parts.push(`velocities ${s.velocity_range}`);
