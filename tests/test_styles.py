@@ -119,9 +119,19 @@ def test_init_extends_the_vocabulary_by_new_tags_and_keeps_every_old_weight(tmp_
     assert rows.shape == (6, 32) and len({tuple(r.tolist()) for r in rows}) == 6
     mean = want["tok.weight"].mean(0)
     assert (rows - mean).abs().max() < 0.15  # started near the mean token embedding
-    # and a checkpoint's tags may grow again, but not be dropped
+    # untagged data (your own folder) fine-tunes a tagged model, which keeps its tags
+    mine = tmp_path / "mine"
+    train(ModelConfig(), TrainConfig(data=str(plain), out=str(mine), context=64, batch_size=4,
+                                     max_steps=1, eval_every=1, init=str(ft / "best")),
+          quiet=True)
+    kept = load_checkpoint(mine / "last")
+    assert kept.tags == new.tags and kept.model_cfg.tags == 6
+    # tagged data may add tags to a checkpoint's, but not drop any
+    fewer = tmp_path / "fewer"
+    prepare(PrepareConfig(sources=(str(corpus / "classical"),), out=str(fewer), tags=True,
+                          kind="score", valid_frac=0.2, test_frac=0.0), progress=False)
     with pytest.raises(TrainingError, match="the data's tags may add to the checkpoint's"):
-        train(ModelConfig(), TrainConfig(data=str(plain), out=str(tmp_path / "no"),
+        train(ModelConfig(), TrainConfig(data=str(fewer), out=str(tmp_path / "no"),
                                          context=64, batch_size=4, max_steps=1,
                                          init=str(ft / "best")), quiet=True)
 

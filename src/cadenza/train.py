@@ -41,7 +41,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .atomic import locked_dir
-from .checkpoint import DataRecord, RunRecord, load_checkpoint, save_checkpoint
+from .checkpoint import DataRecord, RunRecord, load_checkpoint, read_config, save_checkpoint
 from .config import (
     ATTENTION_KINDS,
     ConfigError,
@@ -430,7 +430,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     out = Path(cfg.out)
     config = RunRecord(model_cfg.to_dict(), cfg.to_dict(), ds.manifest["tokenizer"],
                        DataRecord(str(cfg.data), ds.manifest["sources"],
-                                  ds.manifest["splits"], task, ds.tags),
+                                  ds.manifest["splits"], task, run_tags(ds, cfg, model_cfg)),
                        count_params(raw))
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -446,6 +446,14 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
               log,
               MetricsLog(out, cfg.resume, state.step, d.main))
     return run
+
+
+def run_tags(ds: TokenDataset, cfg: TrainConfig, model_cfg: ModelConfig) -> Tags | None:
+    """The style tags the run's model reads: the data's, or on untagged data those of the
+    checkpoint it started from (--init) or continues (--resume), kept for --style."""
+    if ds.tags is not None or not model_cfg.tags:
+        return ds.tags
+    return read_config(Path(cfg.out) / "last" if cfg.resume else cfg.init).data.tags
 
 
 def check_pairs_fit(ds: TokenDataset, model_cfg: ModelConfig, cfg: TrainConfig) -> None:
@@ -476,8 +484,8 @@ def _model(model_cfg: ModelConfig, cfg: TrainConfig, tok: Tokenizer, tags: Tags 
         if ck.tokenizer.vocab != tok.vocab:
             raise TrainingError(f"--resume: {ck.path}/config.json was trained on another "
                                 f"vocabulary than --data {cfg.data}")
-        conflicts = resume_conflicts(ck.model_cfg, tokenizer_facts(model_cfg, tok, tags),
-                                     ck.train, cfg)
+        conflicts = resume_conflicts(ck.model_cfg, tokenizer_facts(
+            model_cfg, tok, tags or ck.tags), ck.train, cfg)
         if conflicts:
             raise TrainingError(f"--resume: {'; '.join(conflicts)}: the model, data and "
                                 "training settings of a run cannot change when it resumes "
@@ -514,8 +522,10 @@ def init_model(cfg: TrainConfig, tok: Tokenizer, dropout: float, tags: Tags | No
         raise TrainingError(f"--init {cfg.init}: its tokenizer is {_tok_desc(ck.tokenizer)}, "
                             f"--data {cfg.data} has {_tok_desc(tok)}; prepare the data with "
                             f"--tokenizer {ck.tokenizer.name}")
-    old = ck.config.data.tags
-    if old is not None and (tags is None or not set(old.names) <= set(tags.names)):
+    old = ck.tags
+    if tags is None:  # untagged data: the model keeps the tags it has, for --style
+        tags = old
+    if old is not None and not set(old.names) <= set(tags.names):
         raise TrainingError(f"--init {cfg.init}: it reads the style tags "
                             f"{', '.join(old.names)}; --data {cfg.data} has "
                             f"{', '.join(tags.names) if tags else 'none'} (the data's tags "
@@ -526,7 +536,7 @@ def init_model(cfg: TrainConfig, tok: Tokenizer, dropout: float, tags: Tags | No
                           f"{model_cfg.max_context}")
     model = build_model(model_cfg)
     weights = ck.model.state_dict()
-    if tags is not None:
+    if tags is not None and tags != old:
         rows = weights["tok.weight"].mean(0) + 0.02 * torch.randn(len(tags), model_cfg.d_model)
         for i, name in enumerate(tags.names):
             if old is not None and name in old.names:
