@@ -184,8 +184,9 @@ def cmd_styles(a) -> dict:
                  f"wrong tags ({' + '.join(wrong)})": [ids(wrong)] * len(names)}
         table[name] = {}
         for label, prefixes in heads.items():
-            nll = score_pieces(ck.model, pieces, ck.train.context, ck.train.stride,
-                               a.batch_size, a.eval_precision, 1, prefixes)
+            nll = score_pieces(ck.model, pieces, ck.train.context,
+                               a.stride or ck.train.stride, a.batch_size, a.eval_precision, 1,
+                               prefixes)
             table[name][label] = summarize(nll, tok, pieces).nll
             print(f"{name:<26}{label:<34}{table[name][label]:.4f}")
     # the same openings under two styles
@@ -268,6 +269,8 @@ def main() -> None:
     ap.add_argument("part", choices=("nll", "speed", "stats", "finetune", "styles"))
     ap.add_argument("--model", default=MODEL, help="the checkpoint to measure (styles)")
     ap.add_argument("--eval-precision", default="fp32", help="styles: scoring precision")
+    ap.add_argument("--stride", type=int, default=0,
+                    help="styles: window stride (0: the model's, context / 2)")
     ap.add_argument("--dataset", default=str(ROOT / "data/piano"),
                     help="the prepared piano dataset (for its valid splits)")
     ap.add_argument("--work", default="runs/piano-bench", help="where runs and samples go")

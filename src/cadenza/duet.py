@@ -157,7 +157,8 @@ class Duet:
         self.grammar = NoteFirst(gen.tok.grammar())
         cfg = SampleConfig(seconds=answer, **steering.to_dict())
         self.engine = Engine(gen.model, self.grammar, cfg, period=gen.period,
-                             roles=gen.tok.note_roles(), scheme=gen.tok.name)  # checks cfg
+                             roles=gen.tok.note_roles(), scheme=gen.tok.name,
+                             head=gen.head(cfg))  # checks cfg
         self.engine.feed(np.array([BOS]))
         self.origin = 0.0  # session seconds of the music's step 0
         self.vbin = -1  # the velocity bin in force in the token stream

@@ -134,20 +134,22 @@ def after(notes: Notes, t: float, seconds: float) -> Notes:
 
 
 @torch.no_grad()
-def right_logprobs(model, left: np.ndarray, middles: list[np.ndarray], right: np.ndarray
-                   ) -> np.ndarray:
+def right_logprobs(model, left: np.ndarray, middles: list[np.ndarray], right: np.ndarray,
+                   head: list[int] | None = None) -> np.ndarray:
     """(len(middles), len(right)): log p of each right-context token given BOS, the left
     context, a middle and the right context before it, under ``model`` (one batch, padded
     at the end; the left context keeps its latest tokens that fit, a middle too dense to fit
-    its latest tokens)."""
+    its latest tokens). ``head``: a --style's tags, read first."""
     if not len(right):
         return np.zeros((len(middles), 0))
-    room = (model.max_context or 10**9) - 1 - max(len(m) for m in middles) - len(right)
+    head = list(head or [])
+    room = (model.max_context or 10**9) - 1 - len(head) - max(len(m) for m in middles) \
+        - len(right)
     if room < 0:  # a dense candidate: its latest tokens with the right context
         middles = [m[-(len(m) + room):] for m in middles]
         room = 0
     left = left[len(left) - room:] if room < len(left) else left
-    seqs = [np.concatenate([[BOS], left, m, right]) for m in middles]
+    seqs = [np.concatenate([head, [BOS], left, m, right]).astype(np.int64) for m in middles]
     T = max(len(s) for s in seqs)
     batch = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -207,14 +209,15 @@ def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidate
     cfg = SampleConfig(seconds=span.seconds, **{**steering.to_dict(), "num_samples": k * samples})
     prompt = np.concatenate([[BOS], left[-(budget // 2):] if len(left) > budget // 2 else left])
     prompts = np.repeat(prompt[None], k * samples, 0)
+    head = gen.head(cfg)
     run = sample_run(model, prompts, tok.grammar(), cfg, 0, period=gen.period, progress=progress,
-                     roles=tok.note_roles(), scheme=tok.name)
+                     roles=tok.note_roles(), scheme=tok.name, head=head)
     middles = [trim_to(t, span.seconds) for t in run.tokens]
     rng = np.random.default_rng(steering.seed)
     out = []
     for s in range(samples):
         mine = middles[s * k: (s + 1) * k]
-        w = right_logprobs(model, left, mine, right).sum(1)
+        w = right_logprobs(model, left, mine, right, head).sum(1)
         p = np.exp(w - w.max())
         chosen = int(rng.choice(k, p=p / p.sum()))
         new = tok.decode_notes(mine[chosen])
