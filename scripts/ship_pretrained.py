@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
