@@ -14,6 +14,13 @@
 #    the GPU), on a GPU if there is one. The shipped weights: one H200, bf16, 8 + 2.2
 #    minutes; on 2 CPU cores (~6,500 tokens/s) the same 762M tokens take about 33 hours.
 #
+# The shipped weights are version 2: version 1's (the two stages above, on the data without
+# asap-extra and without tags) continued on this data on 2 CPU cores for 80 minutes:
+#   cadenza train --init pretrained:piano --data data/piano-v2 --out runs/piano-v2 \
+#     --context 1024 --batch-size 16 --lr 1e-4 --warmup-steps 30 --minutes 80 --precision bf16
+#   python scripts/ship_pretrained.py runs/piano-v2/best piano
+# With a GPU, the two stages below on this data train a tagged model from scratch.
+#
 # Environment: STEPS overrides the first stage's step budget and MINUTES the second's (a
 # smoke run: STEPS=20 MINUTES=0.2).
 set -euo pipefail
