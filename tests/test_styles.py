@@ -43,7 +43,7 @@ def corpus(tmp_path) -> Path:
 
 
 def tagged(tmp_path, corpus) -> Path:
-    out = tmp_path / "ds"
+    out = tmp_path / "tagged"
     prepare(PrepareConfig(sources=(str(corpus / "classical"), str(corpus / "pop")),
                           out=str(out), tags=True, kind="score", valid_frac=0.2,
                           test_frac=0.0), progress=False)
@@ -136,9 +136,9 @@ def test_init_extends_the_vocabulary_by_new_tags_and_keeps_every_old_weight(tmp_
                                          init=str(ft / "best")), quiet=True)
 
 
-def test_style_is_validated_against_the_models_own_tags(tmp_path, corpus, capsys):
+def test_style_is_validated_against_the_models_own_tags(tmp_path, corpus, capsys, tiny_run):
     data = tagged(tmp_path, corpus)
-    run = tmp_path / "run"
+    run = tmp_path / "styled"
     train(ModelConfig(n_layer=1, d_model=32, n_head=4, d_ff=64, dropout=0.0, position="rope",
                       max_context=64),
           TrainConfig(data=str(data), out=str(run), context=64, batch_size=4, max_steps=4,
@@ -154,8 +154,9 @@ def test_style_is_validated_against_the_models_own_tags(tmp_path, corpus, capsys
                      str(tmp_path / "bad"), "--no-audio"]) == 2
         assert said in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
-    assert main(["generate", "--checkpoint", ck, "--style", "pop", "--out",
-                 str(tmp_path / "b2"), "--no-audio", "--checkpoint", "pretrained:piano"]) == 2
+    assert main(["generate", "--checkpoint", ck, "pretrained:piano", "--style", "pop",
+                 "--out", str(tmp_path / "b2"), "--no-audio"]) == 2
+    assert "the ensemble's models read different style tags" in capsys.readouterr().err
     # evaluate: untagged is the plain score; a tag changes the windows' start only
     plain = evaluate(ck, data)
     assert evaluate(ck, data, style=None).nll == plain.nll
@@ -164,7 +165,7 @@ def test_style_is_validated_against_the_models_own_tags(tmp_path, corpus, capsys
     with pytest.raises(ConfigError, match="no style 'rock'"):
         evaluate(ck, data, style="rock")
     with pytest.raises(ConfigError, match="reads no style tags"):
-        evaluate("pretrained:piano", data, style="pop")
+        evaluate(str(tiny_run / "best"), data, style="pop")  # trained untagged
 
 
 def test_a_tags_record_round_trips_and_names_only_what_it_has():
