@@ -155,7 +155,7 @@ def cmd_styles(a) -> dict:
     set's feature overlap (stats) with POP909's validation songs and with the Chopin
     performances of asap-maestro/validation."""
     from cadenza.checkpoint import load_checkpoint
-    from cadenza.data.midi import load_score, notes_from_score
+    from cadenza.data.midi import BadInput, load_score, notes_from_score
     from cadenza.data.styles import piece_style
     from cadenza.evaluate import midi_pieces, score_pieces, summarize
     from cadenza.generate import GenerateConfig, SampleConfig, run_generate
@@ -173,6 +173,8 @@ def cmd_styles(a) -> dict:
                "POP909 validation": (pop, lambda f: ("pop", "arrangement"), ("Chopin", "live"))}
     table: dict[str, dict[str, float]] = {}
     for name, (paths, true, wrong) in corpora.items():
+        if a.only_continuations:
+            break
         if not paths:
             print(f"{name}: skipped (no files; --dataset names the prepared piano data)")
             continue
@@ -201,10 +203,15 @@ def cmd_styles(a) -> dict:
         notes = []
         for i, f in enumerate(openings):
             sdir = Path(a.work) / f"style-{style}" / f"{i:02d}"
-            run_generate(GenerateConfig(out=str(sdir), checkpoint=a.model, primer=f,
-                                        primer_seconds=8.0, audio=False, force=True,
-                                        sample=SampleConfig(seconds=20.0, seed=i, top_p=0.95,
-                                                            style=style)))
+            try:
+                if not (sdir / "sample-0.mid").exists():  # --work keeps what was made
+                    run_generate(GenerateConfig(
+                        out=str(sdir), checkpoint=a.model, primer=f, primer_seconds=8.0,
+                        audio=False, force=True,
+                        sample=SampleConfig(seconds=20.0, seed=i, top_p=0.95, style=style)))
+            except BadInput as e:  # an opening silent for 8 s: not an opening
+                print(f"skipped {f}: {e}")
+                continue
             n = notes_from_score(load_score(sdir / "sample-0.mid"))
             keep = n.start >= 8.0 - 1e-6
             notes.append(type(n)(n.start[keep], n.end[keep], n.pitch[keep], n.velocity[keep]))
@@ -269,6 +276,8 @@ def main() -> None:
     ap.add_argument("part", choices=("nll", "speed", "stats", "finetune", "styles"))
     ap.add_argument("--model", default=MODEL, help="the checkpoint to measure (styles)")
     ap.add_argument("--eval-precision", default="fp32", help="styles: scoring precision")
+    ap.add_argument("--only-continuations", action="store_true",
+                    help="styles: the continuations only (the NLL table measured before)")
     ap.add_argument("--stride", type=int, default=0,
                     help="styles: window stride (0: the model's, context / 2)")
     ap.add_argument("--dataset", default=str(ROOT / "data/piano"),
