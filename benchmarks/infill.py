@@ -3,13 +3,17 @@ pieces it never saw (docs/infill.md quotes the tables):
 
     python benchmarks/infill.py                  # ~15 min on 2 cores
     python benchmarks/infill.py --pieces 4       # a quick look
+    python benchmarks/infill.py --checkpoint runs/x/best   # another model (it also judges)
 
 Spans of 4 and 8 s from the middle of each piece of asap-maestro/validation (live, unseen
 pieces) and of POP909's validation songs (the same content-hash split `prepare` makes). For
-each span, four ways to fill it:
+each span, these ways to fill it:
 
-  (a) infill: K = 8 candidates from the left context, one drawn by the right context's
-      likelihood (its first 4 s, as `cadenza infill` does by default);
+  (a) resample: K = 8 candidates from the left context, one drawn by the right context's
+      likelihood (its first 4 s, as `cadenza infill --method resample` does);
+  (a') fim: for a model trained with `train --fim`, one span written after reading both
+      sides (K = 1, `--method fim --candidates 1`), and fim K = 8: eight such, one drawn as
+      in (a) (`cadenza infill`'s default for such a model);
   (b) continuation: one candidate, the right context ignored (infill with K = 1);
   (c) retrieval: a span of the same length from elsewhere in the same piece (the baseline of
       the Anticipatory Music Transformer's listening test);
@@ -20,7 +24,7 @@ the left context and the filled span. It asks what a listener hears at the seam:
 piece go on from the new span as it really goes on? There is no standard metric for this;
 we report it over the next 8 s and, separately, over seconds 4-8 after the span, which the
 weighting in (a) never looked at (the honest figure). The fraction of the gap from (b) to (d)
-that (a) closes is (b - a) / (b - d). Also: `cadenza stats` overlap of the spans' notes with
+that a way closes is (b - a) / (b - d). Also: `cadenza stats` overlap of the spans' notes with
 the true spans', the time per span, and docs/infill.png.
 """
 
@@ -36,11 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from cadenza.config import Steering
+from cadenza.data.fim import after, stream
 from cadenza.data.midi import BadInput, Notes, load_score, notes_from_score
 from cadenza.data.sources import hash_split, music_digest
 from cadenza.data.tokenizers.performance import shift_steps
 from cadenza.generate import Generator
-from cadenza.infill import after, fill, make_span, right_logprobs, stream, trim_to
+from cadenza.infill import fill, make_span, method_of, right_logprobs, trim_to
 from cadenza.stats import compare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,16 +87,20 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pieces", type=int, default=12, help="asap pieces (POP909: 2/3 of it)")
     ap.add_argument("--k", type=int, default=K, help="candidates per span (default 8)")
+    ap.add_argument("--checkpoint", default="pretrained:piano",
+                    help="the model that fills and judges (default pretrained:piano)")
     ap.add_argument("--out", default="runs/infill-bench.json")
     ap.add_argument("--figure", default=str(ROOT / "docs/infill.png"))
     a = ap.parse_args()
     if not (PIANO / "asap-maestro" / "validation").exists():
         sys.exit(f"skipped: {PIANO} not found (set CADENZA_PIANO_DATA)")
-    gen = Generator.load("pretrained:piano")
+    gen = Generator.load(a.checkpoint)
     tok, model = gen.tok, gen.model
+    fims = ["fim", f"fim K={a.k}"] if method_of(gen, "auto") == "fim" else []
+    made = ["resample", *fims]
+    names = [*made, "continuation", "retrieval", "true"]
     rows: list[dict] = []
-    spans: dict[str, list[Notes]] = {"infill": [], "continuation": [], "retrieval": [],
-                                     "true": []}
+    spans: dict[str, list[Notes]] = {n: [] for n in names}
     shown = []
     for corpus, f in pieces(a.pieces):
         score = load_score(f)
@@ -106,35 +115,41 @@ def main() -> None:
             right = right[: model.max_context // 3]  # dense music: the first 341 tokens
             steer = Steering(seed=len(rows), top_p=0.95)
             t = time.perf_counter()
-            filled = fill(gen, notes, span, steer, a.k, JUDGE)[0]
-            secs = time.perf_counter() - t
-            cont = fill(gen, notes, span, steer, 1, 0.0)[0]
+            filled = {"resample": fill(gen, notes, span, steer, a.k, JUDGE,
+                                       method="resample")[0]}
+            secs = {"resample": time.perf_counter() - t}
+            for name, k in zip(fims, (1, a.k)):
+                t = time.perf_counter()
+                filled[name] = fill(gen, notes, span, steer, k, JUDGE, method="fim")[0]
+                secs[name] = time.perf_counter() - t
+            cont = fill(gen, notes, span, steer, 1, 0.0, method="resample")[0]
             other = mid - 2 * length if mid - 2 * length >= 0 else mid + 2 * length
             true_ids = stream(tok, after(notes, span.start, length), length)
             retr_ids = stream(tok, after(notes, other, length), length)
 
-            ways = {"infill": span_ids(tok, filled.notes, span.start, length),
+            ways = {**{n: span_ids(tok, filled[n].notes, span.start, length) for n in made},
                     "continuation": span_ids(tok, cont.notes, span.start, length),
                     "retrieval": retr_ids, "true": true_ids}
             when = right_times(right)
             row = {"corpus": corpus, "file": f.name, "span": [span.start, span.end],
                    "seconds": secs, "right_tokens": int(len(right))}
             for name, ids in ways.items():
-                lp = right_logprobs(model, left, [ids], right)[0]
+                lp = right_logprobs(model, left, [ids], right)[0]  # untagged, left to right
                 row[name] = float(-lp.mean())
                 late = when >= JUDGE
                 row[name + "_late"] = float(-lp[late].mean()) if late.any() else float("nan")
                 spans[name].append(tok.decode_notes(ids))
             rows.append(row)
             if len(shown) < 3 and length == 8.0:
-                shown.append((f, score, notes, span, filled.notes))
-            print(f"{corpus:>7} {f.name:<28} {length:g} s: infill {row['infill']:.3f} "
-                  f"continuation {row['continuation']:.3f} retrieval {row['retrieval']:.3f} "
-                  f"true {row['true']:.3f}  ({secs:.1f} s for {a.k} candidates)", flush=True)
-    report = {"k": a.k, "judge_seconds": JUDGE, "after_seconds": AFTER, "rows": rows,
-              "tables": {}}
-    print(f"\n{'spans':<22}{'n':>4}{'infill':>9}{'contin.':>9}{'retrieval':>10}{'true':>8}"
-          f"{'closed':>8}   (NLL/token of the next 8 s; then of seconds 4-8 only)")
+                shown.append((f, score, notes, span, filled[made[-1]].notes))
+            print(f"{corpus:>7} {f.name:<28} {length:g} s: " +
+                  " ".join(f"{n} {row[n]:.3f}" for n in names) +
+                  "  (" + ", ".join(f"{n} {secs[n]:.1f} s" for n in made) + ")", flush=True)
+    report = {"checkpoint": a.checkpoint, "k": a.k, "judge_seconds": JUDGE,
+              "after_seconds": AFTER, "rows": rows, "tables": {}}
+    print(f"\n{'spans':<22}{'n':>4}" + "".join(f"{n:>13}" for n in names) +
+          "".join(f"{'closed ' + n:>18}" for n in made) +
+          "   (NLL/token of the next 8 s; then of seconds 4-8 only)")
     for corpus in ("asap", "pop909", "all"):
         for length in (4.0, 8.0, None):
             sel = [r for r in rows if (corpus == "all" or r["corpus"] == corpus)
@@ -142,27 +157,29 @@ def main() -> None:
             if not sel:
                 continue
             for late in ("", "_late"):
-                m = {w: float(np.nanmean([r[w + late] for r in sel]))
-                     for w in ("infill", "continuation", "retrieval", "true")}
-                closed = (m["continuation"] - m["infill"]) / (m["continuation"] - m["true"]) \
-                    if m["continuation"] != m["true"] else float("nan")
+                m = {w: float(np.nanmean([r[w + late] for r in sel])) for w in names}
+                gap = m["continuation"] - m["true"]
+                closed = {n: (m["continuation"] - m[n]) / gap if gap else float("nan")
+                          for n in made}
                 label = f"{corpus} {'all' if length is None else f'{length:g} s'}" + \
                     (" (4-8 s)" if late else "")
                 report["tables"][label] = {**m, "closed": closed, "spans": len(sel)}
-                print(f"{label:<22}{len(sel):>4}{m['infill']:>9.3f}{m['continuation']:>9.3f}"
-                      f"{m['retrieval']:>10.3f}{m['true']:>8.3f}{100 * closed:>7.0f}%")
+                print(f"{label:<22}{len(sel):>4}" + "".join(f"{m[n]:>13.3f}" for n in names)
+                      + "".join(f"{100 * closed[n]:>17.0f}%" for n in made))
     print("\nstats overlap with the true spans (mean over features)")
-    for name in ("infill", "continuation", "retrieval"):
+    for name in [*made, "continuation", "retrieval"]:
         oa = compare(spans[name], spans["true"])
         report[f"stats_{name}"] = oa
         print(f"  {name:<14}{np.mean([v['overlap'] for v in oa.values()]):.3f}  " +
               " ".join(f"{k} {v['overlap']:.2f}" for k, v in oa.items()))
-    per = [r["seconds"] for r in rows]
     lengths = [r["span"][1] - r["span"][0] for r in rows]
-    report["time"] = {"seconds_per_span": float(np.mean(per)),
-                      "real_time_factor": float(np.sum(lengths) / np.sum(per))}
-    print(f"\ntime: {np.mean(per):.1f} s per span for {a.k} candidates "
-          f"({np.sum(lengths) / np.sum(per):.2f}x real time), {gen.precision} decoding")
+    report["time"] = {}
+    for n in made:
+        per = [r["seconds"][n] for r in rows]
+        report["time"][n] = {"seconds_per_span": float(np.mean(per)),
+                             "real_time_factor": float(np.sum(lengths) / np.sum(per))}
+        print(f"time, {n}: {np.mean(per):.1f} s per span "
+              f"({np.sum(lengths) / np.sum(per):.2f}x real time), {gen.precision} decoding")
     if a.figure:
         figure(shown, Path(a.figure))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

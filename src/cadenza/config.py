@@ -358,12 +358,16 @@ class TrainConfig(_Config):
                        "schedule, with fine-tuning defaults (lr 3e-5, 10 warm-up steps, 8 "
                        "windows of its context, evaluation every 20 steps, starting with the "
                        "weights given)", metavar="CHECKPOINT")
+    fim: float = option(0.0, "infilling objective: this share of the training windows in the "
+                        "fill-in-the-middle order (left, right, then the middle; performance "
+                        "tokens), so the model can fill a span for `cadenza infill` (0: off)")
     augment: AugmentConfig = option(help="training-time augmentation", factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):  # from_dict of a nested config
             object.__setattr__(self, "augment", AugmentConfig.from_dict(self.augment))
         _check(self.context >= 2, "context", "must be >= 2", self.context)
+        _check(0 <= self.fim <= 1, "fim", "must be in [0, 1]", self.fim)
         _check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
         _check(self.lr > 0, "lr", "must be > 0", self.lr)
         _check(0 <= self.min_lr_frac <= 1, "min_lr_frac", "must be in [0, 1]", self.min_lr_frac)
@@ -649,7 +653,11 @@ class InfillConfig(_Config):
                              "in proportion to how well the music after the span follows it "
                              "(1: a plain continuation)", metavar="K")
     right_seconds: float = option(4.0, "seconds of music after the span that judge the "
-                                  "candidates")
+                                  "candidates (and that a model trained to infill reads)")
+    method: str = option("auto", "fim: a model trained with `train --fim` writes the "
+                         "candidates after reading both sides; resample: the candidates "
+                         "continue the music before the span (any model); auto: fim where "
+                         "the model can", choices=("auto", "fim", "resample"))
     cut_held: bool = option(False, "end notes that start before the span and ring into it "
                             "at its start (default: they keep their length)")
     sample: Steering = option(help="sampling and controls", factory=Steering)

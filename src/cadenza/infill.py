@@ -33,12 +33,13 @@ import torch
 
 from .atomic import write_bytes
 from .config import InfillConfig, SampleConfig, Steering
+from .data import fim
+from .data.fim import right_side, stream
 from .data.midi import (
     BadInput,
     Notes,
     Score,
     bar_span,
-    cut_notes,
     load_score,
     notes_from_score,
     replace_span,
@@ -52,6 +53,7 @@ from .render import piano_roll_png, render_wav
 
 INFILL_TRACK = "Infill"
 LEFT_SHARE = 8  # the left context a span needs at least: 1/8 of the model's context
+MIDDLE_RATE = 60  # tokens a second of piano a span is given room for (dense playing: ~50)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class InfillInfo:
     input: str
     span: dict[str, float]
     candidates: int
+    method: str  # fim or resample
     weights: list[float]  # each candidate's log-probability of the right context
     chosen: int
     settings: dict[str, Any]
@@ -106,12 +109,6 @@ def make_span(score: Score, notes: Notes, start: float, end: float) -> Span:
 # --- token streams (performance tokens) ------------------------------------------------------
 
 
-def stream(tok, notes: Notes, seconds: float) -> np.ndarray:
-    """Ids of ``notes`` (times from 0) whose stream reaches ``seconds`` exactly: notes cut
-    there, TIME_SHIFTs up to it."""
-    return tok.encode_until(cut_notes(notes, seconds), seconds)
-
-
 def trim_to(ids: np.ndarray, seconds: float) -> np.ndarray:
     """A generated span cut to end exactly at ``seconds``: the engine stops on the shift that
     crosses it, which is shortened (or dropped)."""
@@ -124,13 +121,6 @@ def trim_to(ids: np.ndarray, seconds: float) -> np.ndarray:
     keep = steps - (int(reach[i - 1]) if i else 0)
     out = ids[:i]
     return np.append(out, SHIFT0 + keep - 1) if keep > 0 else out
-
-
-def after(notes: Notes, t: float, seconds: float) -> Notes:
-    """The notes that start in [t, t + seconds), shifted to start from 0."""
-    keep = (notes.start >= t - 1e-9) & (notes.start < t + seconds)
-    return Notes(notes.start[keep] - t, notes.end[keep] - t, notes.pitch[keep],
-                 notes.velocity[keep])
 
 
 @torch.no_grad()
@@ -187,9 +177,7 @@ def contexts(gen: Generator, notes: Notes, span: Span, right_seconds: float
     check_tokenizer(gen)
     tok, context = gen.tok, gen.model.max_context or 10**9
     left = stream(tok, notes, span.start)
-    right = stream(tok, after(notes, span.end, right_seconds), right_seconds) \
-        if right_seconds > 0 else np.zeros(0, np.int64)
-    right = right[: context // 4]
+    right = right_side(tok, notes, span.end, right_seconds)[: context // fim.RIGHT_SHARE]
     budget = context - 1 - len(right) - context // LEFT_SHARE
     if budget < span.seconds * 20:  # ~20 tokens a second of piano at the least
         raise BadInput(f"--end {span.end:g}: a span of {span.seconds:g} s leaves too little of "
@@ -198,18 +186,46 @@ def contexts(gen: Generator, notes: Notes, span: Span, right_seconds: float
     return left, right, budget
 
 
+def method_of(gen: Generator, method: str) -> str:
+    """``fim`` when the model was trained to infill (``train --fim``: its tags hold the
+    marks) and ``method`` allows it, else ``resample``; ``fim`` asked of a model that
+    cannot is one line."""
+    can = gen.ck.tags is not None and bool(gen.ck.tags.marks)
+    if method == "fim" and not can:
+        raise BadInput(f"--method fim: {gen.ck.path} was not trained to infill (train it "
+                       "with --fim); --method resample works with any model")
+    return "fim" if can and method != "resample" else "resample"
+
+
 def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidates: int,
-         right_seconds: float, progress=None, ctx: tuple | None = None) -> list[Filled]:
+         right_seconds: float, progress=None, ctx: tuple | None = None,
+         method: str = "auto") -> list[Filled]:
     """``steering.num_samples`` infills of ``span`` in ``notes`` (seconds), each drawn from
-    ``candidates`` proposals weighted by the right context's likelihood. ``ctx``: what
-    ``contexts`` returned, when the caller has it already."""
+    ``candidates`` proposals weighted by the right context's likelihood. The proposals:
+    ``fim``, the model writes the span after reading both sides (data/fim.py); ``resample``,
+    it continues the left side. ``ctx``: what ``contexts`` returned, when the caller has it
+    already."""
     tok, model = gen.tok, gen.model
     left, right, budget = ctx or contexts(gen, notes, span, right_seconds)
     k, samples = candidates, steering.num_samples
     cfg = SampleConfig(seconds=span.seconds, **{**steering.to_dict(), "num_samples": k * samples})
-    prompt = np.concatenate([[BOS], left[-(budget // 2):] if len(left) > budget // 2 else left])
-    prompts = np.repeat(prompt[None], k * samples, 0)
     head = gen.head(cfg)
+    if method_of(gen, method) == "fim":
+        # everything up to <fim:middle> is the head every window keeps: the engine's
+        # grammar and clock start with the span, and a slide never drops the right side
+        marks = gen.ck.tags.mark_ids()
+        context = model.max_context or 10**9
+        sides = len(fim.prompt(left[:0], right, span.seconds, marks))  # all but the left
+        keep = max(context // LEFT_SHARE,
+                   context - len(head) - sides - int(span.seconds * MIDDLE_RATE))
+        whole = fim.prompt(left[len(left) - keep:] if keep < len(left) else left, right,
+                           span.seconds, marks)
+        prompts = np.zeros((k * samples, 0), np.int64)
+        head = [*head, *whole.tolist()]
+    else:
+        prompt = np.concatenate([[BOS], left[-(budget // 2):] if len(left) > budget // 2
+                                 else left])
+        prompts = np.repeat(prompt[None], k * samples, 0)
     run = sample_run(model, prompts, tok.grammar(), cfg, 0, period=gen.period, progress=progress,
                      roles=tok.note_roles(), scheme=tok.name, head=head)
     middles = [trim_to(t, span.seconds) for t in run.tokens]
@@ -217,7 +233,7 @@ def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidate
     out = []
     for s in range(samples):
         mine = middles[s * k: (s + 1) * k]
-        w = right_logprobs(model, left, mine, right, head).sum(1)
+        w = right_logprobs(model, left, mine, right, gen.head(cfg)).sum(1)
         p = np.exp(w - w.max())
         chosen = int(rng.choice(k, p=p / p.sum()))
         new = tok.decode_notes(mine[chosen])
@@ -228,12 +244,14 @@ def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidate
 
 def infill(score: Score, start: float, end: float, steering: Steering | None = None,
            *, checkpoint: str = "pretrained:piano", candidates: int = 8,
-           right_seconds: float = 4.0, cut_held: bool = False) -> Score:
+           right_seconds: float = 4.0, cut_held: bool = False, method: str = "auto"
+           ) -> Score:
     """Python API: ``score`` with the span [start, end) seconds regenerated (one sample)."""
     gen = Generator.load(checkpoint)
     notes = notes_from_score(score)
     span = make_span(score, notes, start, end)
-    filled = fill(gen, notes, span, steering or Steering(), candidates, right_seconds)[0]
+    filled = fill(gen, notes, span, steering or Steering(), candidates, right_seconds,
+                  method=method)[0]
     return replace_span(score, span.start_tick, span.end_tick, filled.notes, INFILL_TRACK,
                         cut_held)
 
@@ -265,13 +283,14 @@ def run_infill(cfg: InfillConfig, *, device: str = "cpu", progress=None) -> list
         print(f"note: no note of {path.name} starts after {span.end:g} s: the span is "
               "continued from the music before it (nothing after it to join)")
     gen.check(SampleConfig(**cfg.sample.to_dict()))
+    method = method_of(gen, cfg.method)
     take, earlier = open_take(cfg.out, cfg.force)
     try:
         t = time.perf_counter()
         filled = fill(gen, notes, span, cfg.sample, cfg.candidates, cfg.right_seconds,
-                      progress, ctx)
+                      progress, ctx, method)
         gen_s = time.perf_counter() - t
-        infos = [_write(cfg, score, notes, span, f, k, take, gen_s, str(path))
+        infos = [_write(cfg, score, notes, span, f, k, take, gen_s, str(path), method)
                  for k, f in enumerate(filled)]
         place_take(take, Path(cfg.out), earlier, len(infos))
         return infos
@@ -280,7 +299,7 @@ def run_infill(cfg: InfillConfig, *, device: str = "cpu", progress=None) -> list
 
 
 def _write(cfg: InfillConfig, score, notes: Notes, span: Span, f: Filled, k: int, take: Path,
-           gen_s: float, source: str) -> InfillInfo:
+           gen_s: float, source: str, method: str) -> InfillInfo:
     base = take / f"sample-{k}"
     out = replace_span(score, span.start_tick, span.end_tick, f.notes, INFILL_TRACK,
                        cfg.cut_held)
@@ -300,6 +319,7 @@ def _write(cfg: InfillConfig, score, notes: Notes, span: Span, f: Filled, k: int
     info = InfillInfo(
         sample=k, checkpoint=cfg.checkpoint, input=source,
         span={"start": span.start, "end": span.end}, candidates=cfg.candidates,
+        method=method,
         weights=[round(float(x), 3) for x in f.weights], chosen=f.chosen,
         settings=cfg.sample.to_dict(), new_notes=int(len(f.notes)),
         kept_notes=int(len(kept)), generation_seconds=gen_s,

@@ -185,7 +185,7 @@ def list_models(runs: str | None) -> list[dict[str, Any]]:
             continue  # a harmonize/accompany model does not continue pieces
         models.append({"id": spec, "name": label, "tokenizer": c.tokenizer["name"],
                        "parameters": c.parameters,
-                       "styles": list(c.data.tags.names) if c.data.tags else [],
+                       "styles": list(c.data.tags.choices) if c.data.tags else [],
                        "val_nll": m.get("best_val_nll", m.get("val_nll"))})
     return models
 

@@ -393,7 +393,8 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     ds = TokenDataset(cfg.data)
     if "valid" not in ds.splits:
         raise TrainingError(f"--data {cfg.data}: no valid split to evaluate on")
-    model_cfg, cfg, raw, saved = _model(model_cfg, cfg, ds.tokenizer, ds.tags)
+    tags = train_tags(ds, cfg)
+    model_cfg, cfg, raw, saved = _model(model_cfg, cfg, ds.tokenizer, tags)
     if cfg.precision == "fp16" and dev.type != "cuda":
         raise ConfigError("--precision: fp16 needs a GPU; use bf16 on CPU")
     raw.to(dev)
@@ -418,7 +419,8 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
         check_pairs_fit(ds, model_cfg, cfg)
     sampler = task.sampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
                            decoder_only=model_cfg.kind != "encoder-decoder",
-                           period=model_cfg.voice_period, rank=d.rank, world=d.world)
+                           period=model_cfg.voice_period, rank=d.rank, world=d.world,
+                           fim=cfg.fim, tags=tags)
     if cfg.prefetch:  # the next batches are drawn while the model steps: same stream
         sampler = Prefetcher(sampler, cfg.prefetch)
     state = TrainState()
@@ -430,7 +432,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     out = Path(cfg.out)
     config = RunRecord(model_cfg.to_dict(), cfg.to_dict(), ds.manifest["tokenizer"],
                        DataRecord(str(cfg.data), ds.manifest["sources"],
-                                  ds.manifest["splits"], task, run_tags(ds, cfg, model_cfg)),
+                                  ds.manifest["splits"], task, run_tags(tags, cfg, model_cfg)),
                        count_params(raw))
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -448,12 +450,35 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     return run
 
 
-def run_tags(ds: TokenDataset, cfg: TrainConfig, model_cfg: ModelConfig) -> Tags | None:
-    """The style tags the run's model reads: the data's, or on untagged data those of the
-    checkpoint it started from (--init) or continues (--resume), kept for --style."""
-    if ds.tags is not None or not model_cfg.tags:
+def train_tags(ds: TokenDataset, cfg: TrainConfig) -> Tags | None:
+    """The tags the training windows may carry: the data's; with ``--fim`` the infilling
+    marks after them (after the tags of the --init or --resume checkpoint on untagged
+    data, so that their ids stay)."""
+    if not cfg.fim:
         return ds.tags
-    return read_config(Path(cfg.out) / "last" if cfg.resume else cfg.init).data.tags
+    if ds.tokenizer.name != "performance":
+        raise ConfigError(f"--fim: infilling is for performance tokens; --data {cfg.data} "
+                          f"holds {ds.tokenizer.name} tokens")
+    tags = ds.tags
+    if tags is None and (cfg.init or cfg.resume):
+        tags = _checkpoint_tags(cfg)
+    return (tags or Tags((), (), ds.tokenizer.vocab_size)).with_marks()
+
+
+def _checkpoint_tags(cfg: TrainConfig) -> Tags | None:
+    try:
+        return read_config(Path(cfg.out) / "last" if cfg.resume else cfg.init).data.tags
+    except Exception:  # an unreadable checkpoint is reported where it is loaded
+        return None
+
+
+def run_tags(tags: Tags | None, cfg: TrainConfig, model_cfg: ModelConfig) -> Tags | None:
+    """The style tags the run's model reads: the data's (and --fim's marks), or on untagged
+    data those of the checkpoint it started from (--init) or continues (--resume), kept for
+    --style."""
+    if tags is not None or not model_cfg.tags:
+        return tags
+    return _checkpoint_tags(cfg)
 
 
 def check_pairs_fit(ds: TokenDataset, model_cfg: ModelConfig, cfg: TrainConfig) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..config import FORMAT_VERSION, AugmentConfig
+from . import fim as fim_order
 from .styles import Tags
 from .tokenizers import PAD, Tokenizer, build_tokenizer
 
@@ -101,11 +102,16 @@ class TokenDataset:
 class WindowSampler:
     def __init__(self, ds: TokenDataset, context: int, batch_size: int,
                  augment: AugmentConfig | None, seed: int, period: int = 0,
-                 rank: int = 0, world: int = 1, tag_dropout: float = 0.2) -> None:
+                 rank: int = 0, world: int = 1, tag_dropout: float = 0.2,
+                 fim: float = 0.0, tags: Tags | None = None) -> None:
         self.tokens, self.offsets = ds.split("train")
         # a tagged dataset's windows start with their piece's tags (styles.py)
-        self.tags, self.tag_dropout = ds.tags, tag_dropout
-        self.piece_tags = ds.piece_tags("train") if self.tags is not None else None
+        self.tags, self.tag_dropout = tags or ds.tags, tag_dropout
+        self.piece_tags = ds.piece_tags("train") if ds.tags is not None else None
+        # a share of the windows in the fill-in-the-middle order (fim.py); the run's tags
+        # (``tags``) then end with its marks
+        self.fim = fim
+        self.marks = self.tags.mark_ids() if fim else (0, 0)
         self.tok = ds.tokenizer
         self.context, self.batch_size = context, batch_size
         self.augment = augment
@@ -157,16 +163,24 @@ class WindowSampler:
         for b in range(self.batch_size):  # B is small; each row is one numpy slice
             a = self.offsets[piece[b]] + start[b]
             end = self.offsets[piece[b] + 1]
-            w = np.asarray(self.tokens[a: min(a + T + 1 + self.margin, end)], np.int64)
+            # a window in the fill-in-the-middle order loses its tail after the right side:
+            # it reads up to T / 2 tokens before its start, to fill the left side instead
+            infill = self.fim > 0 and self.rng.random() < self.fim
+            lo = max(self.offsets[piece[b]], a - T // 2) if infill else a
+            w = np.asarray(self.tokens[lo: min(a + T + 1 + self.margin, end)], np.int64)
             if self.augment is not None:
                 w = self.tok.augment(w, self.rng, self.augment)
             head = [] if self.piece_tags is None else self.tags.window_prefix(
                 *self.piece_tags[piece[b]], self.rng, self.tag_dropout)
+            if infill:
+                fw = fim_order.reorder(self.tok, w, self.rng, T + 1 - len(head), self.marks)
+                w = w[a - lo:] if fw is None else fw
             w = np.concatenate([head, w[: T + 1 - len(head)]]) if head else w[: T + 1]
             x[b, : len(w)] = w
             # targets: the content's next tokens (a tag is read, never predicted, and
-            # predicts nothing: the first content token is a target only within the piece)
-            mask[b, len(head) + 1: len(w)] = True
+            # predicts nothing: the first content token is a target only within the piece;
+            # nor is a mark of the fill-in-the-middle order ever predicted)
+            mask[b, len(head) + 1: len(w)] = w[len(head) + 1:] < self.tok.vocab_size
         lo = self.rank * self.batch_size // self.world
         hi = (self.rank + 1) * self.batch_size // self.world
         inp = torch.from_numpy(x[lo:hi, :-1])

@@ -34,6 +34,9 @@ GROUP_SHARE = 0.25  # of kept composer tags, the share replaced by their group
 LAYOUT_STYLE = {"pop909": POP}
 LAYOUT_KIND = {"asap": "live", "maestro": "live", "pop909": "arrangement"}
 SPLIT_FOLDERS = {"train", "valid", "validation", "test"}
+# the marks of the fill-in-the-middle order (data/fim.py), read like tags by a model trained
+# with `train --fim`: never a style, never written
+MARKS = ("fim:right", "fim:middle")
 
 
 def piece_style(path: str, source: str, layout: str, kind: str = "") -> tuple[str, str]:
@@ -58,10 +61,26 @@ class Tags:
     kinds: tuple[str, ...]
     base: int  # the tokenizer's vocabulary size: the first tag's id
     classical: tuple[str, ...] = ()  # the styles of the group: those of live or score pieces
+    marks: tuple[str, ...] = ()  # MARKS, for a model trained to infill (train --fim)
 
     @property
     def names(self) -> tuple[str, ...]:
-        return (CLASSICAL, *self.styles, *self.kinds)
+        return (CLASSICAL, *self.styles, *self.kinds, *self.marks)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """What ``--style`` takes: the group (when it has styles), the styles, the kinds."""
+        return ((CLASSICAL,) if self.classical else ()) + self.styles + self.kinds
+
+    def with_marks(self) -> Tags:
+        """These tags and the infilling marks after them (the ids before stay)."""
+        return Tags(self.styles, self.kinds, self.base, self.classical, MARKS)
+
+    def mark_ids(self) -> tuple[int, int]:
+        """(right, middle): the ids of the infilling marks (ValueError: a model without)."""
+        if self.marks != MARKS:
+            raise ValueError("these tags have no infilling marks")
+        return self.id(MARKS[0]), self.id(MARKS[1])
 
     def __len__(self) -> int:
         return len(self.names)
@@ -76,14 +95,15 @@ class Tags:
 
     def record(self) -> dict[str, Any]:
         return {"styles": list(self.styles), "kinds": list(self.kinds), "base": self.base,
-                "classical": list(self.classical)}
+                "classical": list(self.classical), **({"marks": list(self.marks)}
+                                                     if self.marks else {})}
 
     @staticmethod
     def of(record: dict[str, Any] | None) -> Tags | None:
         if not record:
             return None
         return Tags(tuple(record["styles"]), tuple(record["kinds"]), int(record["base"]),
-                    tuple(record.get("classical", ())))
+                    tuple(record.get("classical", ())), tuple(record.get("marks", ())))
 
     def id(self, name: str) -> int:
         return self.base + self.names.index(name)
@@ -98,13 +118,14 @@ class Tags:
         an unknown name is one line naming the nearest known ones."""
         if not name:
             return []
-        if name in self.names:
+        known = self.choices
+        if name in known:
             return [self.id(name)]
-        near = difflib.get_close_matches(name, self.names, n=3, cutoff=0.6) or \
-            [n for n in self.names if n.lower() == name.lower()]
+        near = difflib.get_close_matches(name, known, n=3, cutoff=0.6) or \
+            [n for n in known if n.lower() == name.lower()]
         raise ConfigError(f"--style: this model knows no style {name!r}"
                           + (f" (nearest: {', '.join(near)})" if near else "")
-                          + f"; it knows {', '.join(self.names)}")
+                          + f"; it knows {', '.join(known) or 'none'}")
 
     def window_prefix(self, style: int, kind: int, rng: np.random.Generator,
                       dropout: float) -> list[int]:

@@ -31,6 +31,7 @@ from . import pairs
 from .dataset import TokenDataset, WindowSampler
 from .midi import BadInput, Notes, Score, cut_notes
 from .sources import Item, hash_split, ids_digest, music_digest
+from .styles import Tags
 from .tokenizers import EOS, Tokenizer
 from .tokenizers.base import Grammar
 from .tokenizers.chorale16 import StepGrammar, grid_ids, ids_grid
@@ -118,11 +119,13 @@ class Task:
                               "accompany")
 
     def sampler(self, ds: TokenDataset, context: int, batch_size: int, augment, seed: int, *,
-                decoder_only: bool, period: int, rank: int, world: int):
+                decoder_only: bool, period: int, rank: int, world: int, fim: float = 0.0,
+                tags: Tags | None = None):
         """The training batches: each ``next_batch()`` is (model inputs by name, targets,
-        real targets in the global batch)."""
+        real targets in the global batch); ``fim``: the share of windows in the
+        fill-in-the-middle order, ``tags`` the run's (with the marks)."""
         return WindowSampler(ds, context, batch_size, augment, seed, period=period,
-                             rank=rank, world=world)
+                             rank=rank, world=world, fim=fim, tags=tags)
 
     def sources(self, ds: TokenDataset, split: str) -> list[np.ndarray] | None:
         """A split's sources, one per piece (None: a piece has no source)."""
@@ -147,7 +150,11 @@ class Paired(Task):
         pass  # an encoder-decoder, or a decoder-only model reading the source as a prefix
 
     def sampler(self, ds: TokenDataset, context: int, batch_size: int, augment, seed: int, *,
-                decoder_only: bool, period: int, rank: int, world: int):
+                decoder_only: bool, period: int, rank: int, world: int, fim: float = 0.0,
+                tags: Tags | None = None):
+        if fim:
+            raise ConfigError(f"--fim: {self.name} pairs are not infilled; it is for "
+                              "performance-token pieces")
         return pairs.PairSampler(ds, context, batch_size, augment, seed, prefix=decoder_only,
                                  rank=rank, world=world)
 
