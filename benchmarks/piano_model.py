@@ -32,7 +32,7 @@ MODEL = "pretrained:piano"
 # Published NLL per token (nats) on performance tokens of piano performances.
 LITERATURE = {"Music Transformer (Huang et al. 2018), Piano-e-Competition test": 1.835,
               "Perceiver AR (Hawthorne et al. 2022), MAESTRO v1 test": 1.82}
-GOAL = 2.0
+GOAL = 1.90  # issue 30 (1.85 with a GPU); the first issue asked for 2.0
 
 
 def need(path: Path) -> Path:
@@ -56,7 +56,7 @@ def cmd_nll(a) -> dict:
     need(PIANO)
     rows = {}
     t = time.perf_counter()
-    asap = evaluate(MODEL, [need(PIANO / "asap-maestro" / "validation")],
+    asap = evaluate(a.model, [need(PIANO / "asap-maestro" / "validation")],
                     batch_size=a.batch_size)
     rows["asap-maestro/validation (live, unseen pieces)"] = (asap.nll, asap.tokens,
                                                               len(asap.files))
@@ -64,7 +64,7 @@ def cmd_nll(a) -> dict:
         for src, files in valid_files(Path(a.dataset)).items():
             if src == "asap-maestro":
                 continue
-            r = evaluate(MODEL, [Path(f) for f in files], batch_size=a.batch_size)
+            r = evaluate(a.model, [Path(f) for f in files], batch_size=a.batch_size)
             rows[f"{src} (valid split)"] = (r.nll, r.tokens, len(r.files))
     print(f"{'data':<50}{'NLL/token':>10}{'tokens':>11}{'files':>7}")
     for k, (nll, n, f) in rows.items():
@@ -274,7 +274,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=("nll", "speed", "stats", "finetune", "styles"))
-    ap.add_argument("--model", default=MODEL, help="the checkpoint to measure (styles)")
+    ap.add_argument("--model", default=MODEL, help="the checkpoint to measure (nll, styles)")
     ap.add_argument("--eval-precision", default="fp32", help="styles: scoring precision")
     ap.add_argument("--only-continuations", action="store_true",
                     help="styles: the continuations only (the NLL table measured before)")

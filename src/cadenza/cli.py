@@ -292,7 +292,7 @@ def cmd_infill(a) -> int:
     for i in run_infill(cfg, device=_device(a)):
         files = ", ".join(v for v in i.files.values() if v)
         print(f"sample {i.sample}: {i.new_notes} new notes in {i.span['start']:g}-"
-              f"{i.span['end']:g} s (candidate {i.chosen + 1} of {i.candidates}), "
+              f"{i.span['end']:g} s ({i.method}: candidate {i.chosen + 1} of {i.candidates}), "
               f"{i.kept_notes} kept -> {cfg.out}/ ({files})")
     return 0
 
@@ -395,8 +395,9 @@ COMMANDS = (
             (GenerateConfig, Runtime), cmd_generate),
     Command("infill", "regenerate a span of a piece, joined to both sides",
             "Regenerate the notes that start in a span of a MIDI file (--start/--end "
-            "seconds, or --bars): the model writes --candidates spans from the music before "
-            "it, and one is drawn by how well the music after the span follows it. Every "
+            "seconds, or --bars): the model writes --candidates spans (after reading both "
+            "sides, if it was trained with --fim; else from the music before the span), and "
+            "one is drawn by how well the music after the span follows it. Every "
             "note outside the span is kept exactly; the new notes go on an Infill track. "
             "Writes sample-K.mid/.json/.png/.wav into --out.",
             "cadenza infill --input song.mid --start 8 --end 14 --out infill/",

@@ -278,8 +278,9 @@ class ModelConfig(_Config):
     pitch_dims: int = option(0, "rope: head dimensions rotated by pitch instead of position, "
                              "so attention sees intervals (e.g. 16 of 32)")
     pitch_of: tuple[int, ...] = option((), derived=FROM_TOKENIZER)
-    # style tags (prepare --tags): input-only ids vocab_size.. vocab_size + tags - 1
-    tags: int = option(0, derived="the dataset's style tags")
+    # style tags (prepare --tags) and infilling marks (train --fim): input-only ids
+    # vocab_size .. vocab_size + tags - 1
+    tags: int = option(0, derived="the dataset's style tags and --fim's marks")
 
     def __post_init__(self) -> None:
         _check(self.kind in MODEL_KINDS, "model", f"must be one of {MODEL_KINDS}", self.kind)

@@ -69,6 +69,17 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def slow_bf16(device: torch.device) -> bool:
+    """True on a CPU without bf16 arithmetic (no AVX-512 BF16 or AMX: oneDNN says so), where
+    bf16 autocast is emulated and runs many times slower than fp32."""
+    if device.type != "cpu":
+        return False
+    try:
+        return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 either
+        return True
+
+
 def label_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B, T) NLL of each label under (B, T, V) logits, in fp32."""
     return -F.log_softmax(logits.float(), -1).gather(2, labels[..., None])[..., 0]

@@ -1,15 +1,19 @@
 """``cadenza infill``: regenerate a span of a piece so that it joins what comes before and
 after it; every note outside the span stays exactly as it was.
 
-The method needs no retraining, so it works with ``pretrained:piano`` and any performance-
-token checkpoint: the engine writes K candidate spans from the left context (the piece up to
-``--start``), each as long as the span, and each is weighted by how likely the model finds
-the real music after the span once it has heard the candidate: the log-probability of the
-right context's first ``--right-seconds`` (tokens of the notes that start at or after
-``--end``). A sample is drawn from the candidates in proportion to those likelihoods
-(importance resampling: the left-to-right model's proposals, reweighted towards the joint
-distribution given both sides), so K = 1 is a plain continuation and a large K approaches
-the model's own infilling distribution. docs/infill.md has how well it joins, measured.
+Two ways to write the candidates (``--method``):
+
+- ``fim``, for a model trained with ``train --fim`` (``pretrained:piano`` is one): the model
+  reads the music before the span, then the music after it, then writes the span
+  (data/fim.py has the order), so every candidate already heads for what follows;
+- ``resample``, for any performance-token model: the candidates continue the music before
+  the span, and the right side only judges them.
+
+Either way each of K candidates is weighted by how likely the model finds the real music
+after the span once it has heard the candidate (the log-probability of the right context's
+first ``--right-seconds``, read left to right), and one is drawn in proportion (importance
+resampling: K = 1 takes the proposal as it is). docs/infill.md has how well each joins,
+measured.
 
 Output: the input score itself (every track, tempo, pedal and note outside the span, tick
 for tick) without the notes that start inside the span, plus an ``Infill`` track of new

@@ -55,7 +55,7 @@ from .data.pairs import PairSampler
 from .data.styles import Tags
 from .data.task import Task
 from .data.tokenizers.base import Tokenizer
-from .evaluate import autocast, score_pairs, score_pieces, summarize
+from .evaluate import autocast, score_pairs, score_pieces, slow_bf16, summarize
 from .models import build_model, count_params
 from .progress import MetricsLog, Pace, Window, fmt_time, plot_losses, show_val
 
@@ -397,6 +397,10 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     model_cfg, cfg, raw, saved = _model(model_cfg, cfg, ds.tokenizer, tags)
     if cfg.precision == "fp16" and dev.type != "cuda":
         raise ConfigError("--precision: fp16 needs a GPU; use bf16 on CPU")
+    if cfg.precision == "bf16" and slow_bf16(dev):
+        log(f"note: --precision bf16: this CPU has no bf16 arithmetic (PyTorch sees "
+            f"{torch.backends.cpu.get_cpu_capability()}), so bf16 is emulated and runs many "
+            "times slower than fp32 here; use --precision fp32")
     raw.to(dev)
     ema = None  # the averaged weights: evaluated and saved instead of the raw ones
     if cfg.ema:
