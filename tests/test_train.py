@@ -219,3 +219,16 @@ def test_a_time_budget_is_spent_when_the_first_steps_are_slow(tiny_dataset, tmp_
     assert res.elapsed >= 0.95 * budget, res
     assert res.step > 12 + 2 * (budget - 3) / 0.25  # far more than the slow pace allows
     assert "time budget reached" in out and "pace changed" in out
+
+
+def test_bf16_on_a_cpu_without_bf16_arithmetic_is_named(tiny_dataset, tmp_path, capsys,
+                                                        monkeypatch):
+    import cadenza.train as tr
+    from cadenza.evaluate import slow_bf16
+    assert not slow_bf16(torch.device("cuda"))  # only a CPU emulates it
+    for slow in (True, False):
+        monkeypatch.setattr(tr, "slow_bf16", lambda dev, s=slow: s)
+        train(MODEL, cfg(tiny_dataset, tmp_path / f"b{slow}", max_steps=1,
+                          precision="bf16"))
+        said = "this CPU has no bf16 arithmetic" in capsys.readouterr().out
+        assert said == slow
