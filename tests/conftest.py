@@ -173,3 +173,23 @@ class Server:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    """Folders that tag their pieces: classical/Bach/*.mid and classical/Chopin/*.mid
+    (hand-sequenced: --kind score) and pop/NNN/NNN.mid songs with beat_midi.txt (the POP909
+    layout)."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "src"
+    for composer, lo in (("Bach", 48), ("Chopin", 60)):
+        d = root / "classical" / composer
+        d.mkdir(parents=True)
+        for i in range(6):
+            make_score(random_piece(rng, lo + i, 10.0)).dump_midi(str(d / f"{i}.mid"))
+    for i in range(6):
+        d = root / "pop" / f"{i + 1:03d}"
+        d.mkdir(parents=True)
+        make_score(random_piece(rng, 70 + i, 10.0)).dump_midi(str(d / f"{i + 1:03d}.mid"))
+        (d / "beat_midi.txt").write_text("0.0 1.0 1.0\n0.5 1.0 0.0\n")
+    return root

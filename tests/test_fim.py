@@ -33,6 +33,7 @@ from cadenza.data.tokenizers.performance import shift_steps
 from cadenza.infill import INFILL_TRACK, run_infill, tick_at
 from cadenza.train import train
 from tests.test_infill import _piece, _rows
+from tests.test_styles import tagged
 
 V = 391
 TINY = dict(n_layer=1, d_model=32, n_head=4, d_ff=64, dropout=0.0, position="rope",
@@ -153,3 +154,18 @@ def test_fim_is_refused_where_it_cannot_work(tiny_run, tmp_path, midi_folder):
     with pytest.raises(ConfigError, match="--fim: infilling is for performance tokens"):
         train(ModelConfig(**TINY), TrainConfig(data=str(grid), out=str(tmp_path / "x"),
                                                context=64, max_steps=1, fim=0.5), quiet=True)
+
+
+def test_fine_tuning_an_infilling_model_keeps_its_marks(fim_run, tmp_path, corpus):
+    old = load_checkpoint(fim_run / "best")
+    # tagged data without --fim: the style tags come before the marks, every old row kept
+    ft = tmp_path / "ft"
+    train(ModelConfig(), TrainConfig(data=str(tagged(tmp_path, corpus)), out=str(ft),
+                                     context=128, batch_size=4, max_steps=1, eval_every=1,
+                                     init=str(fim_run / "best")), stop_at=0, quiet=True)
+    new = load_checkpoint(ft / "best")
+    assert new.tags.marks == MARKS and new.tags.styles == ("Bach", "Chopin", "pop")
+    rows_old, rows_new = old.model.state_dict()["tag.weight"], new.model.state_dict()["tag.weight"]
+    for i, name in enumerate(old.tags.names):
+        assert torch.equal(rows_new[new.tags.names.index(name)], rows_old[i])
+    assert new.tags.mark_ids() == (V + len(new.tags) - 2, V + len(new.tags) - 1)

@@ -466,7 +466,8 @@ class Studio:
                     "memorization": None, "notes": take_notes(notes, infill=True),
                     "tokens_per_second": 0.0, "stopped": "seconds",
                     "stopped_why": f"the span {cfg.start:g}-{cfg.end:g} s is regenerated "
-                                   f"(candidate {info.chosen + 1} of {info.candidates})"}
+                                   f"({info.method}: candidate {info.chosen + 1} of "
+                                   f"{info.candidates})"}
         return {**take, "model": cfg.checkpoint[0], "primer_seconds": info.primer["seconds"],
                 "new_seconds": info.new_seconds, "memorization": info.memorization,
                 "notes": take_notes(notes), "tokens_per_second": info.tokens_per_second,

@@ -455,18 +455,16 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
 
 
 def train_tags(ds: TokenDataset, cfg: TrainConfig) -> Tags | None:
-    """The tags the training windows may carry: the data's; with ``--fim`` the infilling
-    marks after them (after the tags of the --init or --resume checkpoint on untagged
-    data, so that their ids stay)."""
-    if not cfg.fim:
-        return ds.tags
-    if ds.tokenizer.name != "performance":
+    """The tags the training windows may carry: the data's; with ``--fim``, or from an
+    --init/--resume checkpoint that reads them, the infilling marks after them (on untagged
+    data after the checkpoint's tags, so that their ids stay)."""
+    if cfg.fim and ds.tokenizer.name != "performance":
         raise ConfigError(f"--fim: infilling is for performance tokens; --data {cfg.data} "
                           f"holds {ds.tokenizer.name} tokens")
-    tags = ds.tags
-    if tags is None and (cfg.init or cfg.resume):
-        tags = _checkpoint_tags(cfg)
-    return (tags or Tags((), (), ds.tokenizer.vocab_size)).with_marks()
+    old = _checkpoint_tags(cfg) if cfg.init or cfg.resume else None
+    if not (cfg.fim or (old is not None and old.marks)):
+        return ds.tags
+    return (ds.tags or old or Tags((), (), ds.tokenizer.vocab_size)).with_marks()
 
 
 def _checkpoint_tags(cfg: TrainConfig) -> Tags | None:
