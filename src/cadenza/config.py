@@ -652,7 +652,8 @@ class InfillConfig(_Config):
                              metavar="DIR")
     candidates: int = option(8, "candidate spans the model writes per sample; one is drawn "
                              "in proportion to how well the music after the span follows it "
-                             "(1: a plain continuation)", metavar="K")
+                             "(1: the one written; with --method resample a plain "
+                             "continuation)", metavar="K")
     right_seconds: float = option(4.0, "seconds of music after the span that judge the "
                                   "candidates (and that a model trained to infill reads)")
     method: str = option("auto", "fim: a model trained with `train --fim` writes the "

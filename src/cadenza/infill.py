@@ -4,8 +4,8 @@ after it; every note outside the span stays exactly as it was.
 Two ways to write the candidates (``--method``):
 
 - ``fim``, for a model trained with ``train --fim``: the model reads the music before the
-  span, then the music after it, then writes the span
-  (data/fim.py has the order), so every candidate already heads for what follows;
+  span, then the music after it, then writes the span (data/fim.py has the order), so every
+  candidate already heads for what follows;
 - ``resample``, for any performance-token model: the candidates continue the music before
   the span, and the right side only judges them.
 
