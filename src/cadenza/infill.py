@@ -213,7 +213,7 @@ def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidate
     left, right, budget = ctx or contexts(gen, notes, span, right_seconds)
     k, samples = candidates, steering.num_samples
     cfg = SampleConfig(seconds=span.seconds, **{**steering.to_dict(), "num_samples": k * samples})
-    head = gen.head(cfg)
+    tags = head = gen.head(cfg)  # a --style's tags; the engine's head adds fim's prompt
     if method_of(gen, method) == "fim":
         # everything up to <fim:middle> is the head every window keeps: the engine's
         # grammar and clock start with the span, and a slide never drops the right side
@@ -221,11 +221,11 @@ def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidate
         context = model.max_context or 10**9
         sides = len(fim.prompt(left[:0], right, span.seconds, marks))  # all but the left
         keep = max(context // LEFT_SHARE,
-                   context - len(head) - sides - int(span.seconds * MIDDLE_RATE))
+                   context - len(tags) - sides - int(span.seconds * MIDDLE_RATE))
         whole = fim.prompt(left[len(left) - keep:] if keep < len(left) else left, right,
                            span.seconds, marks)
         prompts = np.zeros((k * samples, 0), np.int64)
-        head = [*head, *whole.tolist()]
+        head = [*tags, *whole.tolist()]
     else:
         prompt = np.concatenate([[BOS], left[-(budget // 2):] if len(left) > budget // 2
                                  else left])
@@ -237,7 +237,7 @@ def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidate
     out = []
     for s in range(samples):
         mine = middles[s * k: (s + 1) * k]
-        w = right_logprobs(model, left, mine, right, gen.head(cfg)).sum(1)
+        w = right_logprobs(model, left, mine, right, tags).sum(1)
         p = np.exp(w - w.max())
         chosen = int(rng.choice(k, p=p / p.sum()))
         new = tok.decode_notes(mine[chosen])

@@ -436,7 +436,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     out = Path(cfg.out)
     config = RunRecord(model_cfg.to_dict(), cfg.to_dict(), ds.manifest["tokenizer"],
                        DataRecord(str(cfg.data), ds.manifest["sources"],
-                                  ds.manifest["splits"], task, run_tags(tags, cfg, model_cfg)),
+                                  ds.manifest["splits"], task, tags),
                        count_params(raw))
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -455,32 +455,28 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
 
 
 def train_tags(ds: TokenDataset, cfg: TrainConfig) -> Tags | None:
-    """The tags the training windows may carry: the data's; with ``--fim``, or from an
-    --init/--resume checkpoint that reads them, the infilling marks after them (on untagged
-    data after the checkpoint's tags, so that their ids stay)."""
-    if cfg.fim and ds.tokenizer.name != "performance":
-        raise ConfigError(f"--fim: infilling is for performance tokens; --data {cfg.data} "
-                          f"holds {ds.tokenizer.name} tokens")
+    """The tags the run's model reads, read once for the model, the sampler and the record:
+    the data's, or on untagged data those of the --init/--resume checkpoint (kept for
+    --style); with ``--fim``, or from a checkpoint that reads them, the infilling marks
+    after them (so that every id before stays)."""
+    if cfg.fim:
+        paired = Task.of_dataset(ds).paired
+        if ds.tokenizer.name != "performance" or paired:
+            raise ConfigError(f"--fim: infilling is for performance tokens of whole pieces; "
+                              f"--data {cfg.data} holds {ds.tokenizer.name} tokens"
+                              + (" in pairs" if paired else ""))
     old = _checkpoint_tags(cfg) if cfg.init or cfg.resume else None
+    tags = ds.tags if ds.tags is not None else old
     if not (cfg.fim or (old is not None and old.marks)):
-        return ds.tags
-    return (ds.tags or old or Tags((), (), ds.tokenizer.vocab_size)).with_marks()
+        return tags
+    return (tags or Tags((), (), ds.tokenizer.vocab_size)).with_marks()
 
 
 def _checkpoint_tags(cfg: TrainConfig) -> Tags | None:
     try:
         return read_config(Path(cfg.out) / "last" if cfg.resume else cfg.init).data.tags
-    except Exception:  # an unreadable checkpoint is reported where it is loaded
+    except Exception:  # an unreadable checkpoint is reported where it is loaded (_model)
         return None
-
-
-def run_tags(tags: Tags | None, cfg: TrainConfig, model_cfg: ModelConfig) -> Tags | None:
-    """The style tags the run's model reads: the data's (and --fim's marks), or on untagged
-    data those of the checkpoint it started from (--init) or continues (--resume), kept for
-    --style."""
-    if tags is not None or not model_cfg.tags:
-        return tags
-    return _checkpoint_tags(cfg)
 
 
 def check_pairs_fit(ds: TokenDataset, model_cfg: ModelConfig, cfg: TrainConfig) -> None:

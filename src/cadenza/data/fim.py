@@ -92,9 +92,8 @@ def reorder(tok, window: np.ndarray, rng: np.random.Generator, room: int,
     left = stream(tok, notes, start)
     right = right_side(tok, notes, end, r)[: room // RIGHT_SHARE]
     mid = middle(tok, notes, start, end)
-    head = prompt(np.zeros(0, np.int64), right, end - start, marks)  # BOS, marks, gap, right
-    keep = room - len(head) - len(mid)
+    keep = room - len(prompt(left[:0], right, end - start, marks)) - len(mid)
     if keep < 0:  # a middle too dense to fit with its surroundings: leave the window as is
         return None
     left = left[len(left) - keep:] if keep < len(left) else left
-    return np.concatenate([head[:1], left, head[1:], mid])
+    return np.concatenate([prompt(left, right, end - start, marks), mid])

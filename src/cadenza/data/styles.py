@@ -19,7 +19,7 @@ serves untagged, ``classical`` and ``Chopin`` prompts alike (``--style NAME``).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ class Tags:
 
     def with_marks(self) -> Tags:
         """These tags and the infilling marks after them (the ids before stay)."""
-        return Tags(self.styles, self.kinds, self.base, self.classical, MARKS)
+        return replace(self, marks=MARKS)
 
     def mark_ids(self) -> tuple[int, int]:
         """(right, middle): the ids of the infilling marks (ValueError: a model without)."""

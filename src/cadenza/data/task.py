@@ -151,10 +151,7 @@ class Paired(Task):
 
     def sampler(self, ds: TokenDataset, context: int, batch_size: int, augment, seed: int, *,
                 decoder_only: bool, period: int, rank: int, world: int, fim: float = 0.0,
-                tags: Tags | None = None):
-        if fim:
-            raise ConfigError(f"--fim: {self.name} pairs are not infilled; it is for "
-                              "performance-token pieces")
+                tags: Tags | None = None):  # train.train_tags refuses --fim for pairs
         return pairs.PairSampler(ds, context, batch_size, augment, seed, prefix=decoder_only,
                                  rank=rank, world=world)
 

@@ -344,9 +344,10 @@ class Transformer(nn.Module):
             raise ValueError(f"--context: {start + T} tokens exceed the model's maximum "
                              f"context {self.max_context} ({self.cfg.position} positions)")
         V = self.cfg.vocab_size
-        # style tags only ever open a sequence (a training or scoring window, a prompt's
-        # first read): a step that continues a cache holds none, so the decoding loop never
-        # pays for the lookup (nor for a host sync to find out)
+        # style tags and fim's marks are only ever in what is read from position 0 (a
+        # training or scoring window, a prompt's first read, the engine's head after a
+        # slide): a step that continues a cache holds none, so the decoding loop never pays
+        # for the lookup (nor for a host sync to find out)
         if self.cfg.tags and start == 0:
             is_tag = idx >= V
             x = torch.where(is_tag[..., None], self.tag((idx - V).clamp(min=0)),
