@@ -70,6 +70,18 @@ def pieces(n: int) -> list[tuple[str, Path]]:
     return [("asap", f) for f in asap] + [("pop909", f) for f in pop]
 
 
+def benchmark_spans(n: int):
+    """(corpus, file, score, notes, length, span) of the benchmark's spans: 4 and 8 s from
+    the middle of each piece of ``pieces(n)`` long enough for music on both sides."""
+    for corpus, f in pieces(n):
+        score = load_score(f)
+        notes = notes_from_score(score)
+        for length in (4.0, 8.0):
+            mid = round(float(notes.end.max()) / 2, 2)
+            if mid >= 2 * length + 4:
+                yield corpus, f, score, notes, length, make_span(score, notes, mid, mid + length)
+
+
 def span_ids(tok, new: Notes, start: float, length: float) -> np.ndarray:
     """A filled span's notes (seconds of the piece) as the stream the true span gets."""
     rel = Notes(new.start - start, new.end - start, new.pitch, new.velocity)
@@ -102,49 +114,43 @@ def main() -> None:
     rows: list[dict] = []
     spans: dict[str, list[Notes]] = {n: [] for n in names}
     shown = []
-    for corpus, f in pieces(a.pieces):
-        score = load_score(f)
-        notes = notes_from_score(score)
-        for length in (4.0, 8.0):
-            mid = round(float(notes.end.max()) / 2, 2)
-            if mid < 2 * length + 4:
-                continue
-            span = make_span(score, notes, mid, mid + length)
-            left = stream(tok, notes, span.start)
-            right = stream(tok, after(notes, span.end, AFTER), AFTER)
-            right = right[: model.max_context // 3]  # dense music: the first 341 tokens
-            steer = Steering(seed=len(rows), top_p=0.95)
+    for corpus, f, score, notes, length, span in benchmark_spans(a.pieces):
+        mid = span.start
+        left = stream(tok, notes, span.start)
+        right = stream(tok, after(notes, span.end, AFTER), AFTER)
+        right = right[: model.max_context // 3]  # dense music: the first 341 tokens
+        steer = Steering(seed=len(rows), top_p=0.95)
+        t = time.perf_counter()
+        filled = {"resample": fill(gen, notes, span, steer, a.k, JUDGE,
+                                   method="resample")[0]}
+        secs = {"resample": time.perf_counter() - t}
+        for name, k in zip(fims, (1, a.k)):
             t = time.perf_counter()
-            filled = {"resample": fill(gen, notes, span, steer, a.k, JUDGE,
-                                       method="resample")[0]}
-            secs = {"resample": time.perf_counter() - t}
-            for name, k in zip(fims, (1, a.k)):
-                t = time.perf_counter()
-                filled[name] = fill(gen, notes, span, steer, k, JUDGE, method="fim")[0]
-                secs[name] = time.perf_counter() - t
-            cont = fill(gen, notes, span, steer, 1, 0.0, method="resample")[0]
-            other = mid - 2 * length if mid - 2 * length >= 0 else mid + 2 * length
-            true_ids = stream(tok, after(notes, span.start, length), length)
-            retr_ids = stream(tok, after(notes, other, length), length)
+            filled[name] = fill(gen, notes, span, steer, k, JUDGE, method="fim")[0]
+            secs[name] = time.perf_counter() - t
+        cont = fill(gen, notes, span, steer, 1, 0.0, method="resample")[0]
+        other = mid - 2 * length if mid - 2 * length >= 0 else mid + 2 * length
+        true_ids = stream(tok, after(notes, span.start, length), length)
+        retr_ids = stream(tok, after(notes, other, length), length)
 
-            ways = {**{n: span_ids(tok, filled[n].notes, span.start, length) for n in made},
-                    "continuation": span_ids(tok, cont.notes, span.start, length),
-                    "retrieval": retr_ids, "true": true_ids}
-            when = right_times(right)
-            row = {"corpus": corpus, "file": f.name, "span": [span.start, span.end],
-                   "seconds": secs, "right_tokens": int(len(right))}
-            for name, ids in ways.items():
-                lp = right_logprobs(model, left, [ids], right)[0]  # untagged, left to right
-                row[name] = float(-lp.mean())
-                late = when >= JUDGE
-                row[name + "_late"] = float(-lp[late].mean()) if late.any() else float("nan")
-                spans[name].append(tok.decode_notes(ids))
-            rows.append(row)
-            if len(shown) < 3 and length == 8.0:
-                shown.append((f, score, notes, span, filled[made[-1]].notes))
-            print(f"{corpus:>7} {f.name:<28} {length:g} s: " +
-                  " ".join(f"{n} {row[n]:.3f}" for n in names) +
-                  "  (" + ", ".join(f"{n} {secs[n]:.1f} s" for n in made) + ")", flush=True)
+        ways = {**{n: span_ids(tok, filled[n].notes, span.start, length) for n in made},
+                "continuation": span_ids(tok, cont.notes, span.start, length),
+                "retrieval": retr_ids, "true": true_ids}
+        when = right_times(right)
+        row = {"corpus": corpus, "file": f.name, "span": [span.start, span.end],
+               "seconds": secs, "right_tokens": int(len(right))}
+        for name, ids in ways.items():
+            lp = right_logprobs(model, left, [ids], right)[0]  # untagged, left to right
+            row[name] = float(-lp.mean())
+            late = when >= JUDGE
+            row[name + "_late"] = float(-lp[late].mean()) if late.any() else float("nan")
+            spans[name].append(tok.decode_notes(ids))
+        rows.append(row)
+        if len(shown) < 3 and length == 8.0:
+            shown.append((f, score, notes, span, filled[made[-1]].notes))
+        print(f"{corpus:>7} {f.name:<28} {length:g} s: " +
+              " ".join(f"{n} {row[n]:.3f}" for n in names) +
+              "  (" + ", ".join(f"{n} {secs[n]:.1f} s" for n in made) + ")", flush=True)
     report = {"checkpoint": a.checkpoint, "k": a.k, "judge_seconds": JUDGE,
               "after_seconds": AFTER, "rows": rows, "tables": {}}
     print(f"\n{'spans':<22}{'n':>4}" + "".join(f"{n:>13}" for n in names) +

@@ -23,12 +23,11 @@ import torch
 
 from cadenza.config import SampleConfig, Steering
 from cadenza.data.fim import after, right_side, stream
-from cadenza.data.midi import load_score, notes_from_score
 from cadenza.data.tokenizers import BOS
 from cadenza.data.tokenizers.performance import shift_tokens
 from cadenza.engine import sample_run
 from cadenza.generate import Generator
-from cadenza.infill import contexts, fill, make_span, right_logprobs, trim_to
+from cadenza.infill import contexts, fill, right_logprobs, trim_to
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import infill as bench  # noqa: E402  (benchmarks/infill.py: its pieces, spans and metric)
@@ -84,41 +83,35 @@ def main() -> None:
     gen = Generator.load(a.checkpoint)
     tok, model = gen.tok, gen.model
     rows = []
-    for corpus, f in bench.pieces(a.pieces):
-        score = load_score(f)
-        notes = notes_from_score(score)
-        for length in (4.0, 8.0):
-            mid = round(float(notes.end.max()) / 2, 2)
-            if mid < 2 * length + 4:
-                continue
-            span = make_span(score, notes, mid, mid + length)
-            steer = Steering(seed=len(rows), top_p=0.95)
-            t0 = time.perf_counter()
-            res = fill(gen, notes, span, steer, a.k, bench.JUDGE, method="resample")[0]
-            t1 = time.perf_counter()
-            middles, w, correction = primed(gen, notes, span, steer, a.k)
-            t2 = time.perf_counter()
-            rng = np.random.default_rng(steer.seed)
-            cont = fill(gen, notes, span, steer, 1, 0.0, method="resample")[0]
-            other = mid - 2 * length if mid - 2 * length >= 0 else mid + 2 * length
-            right = stream(tok, after(notes, span.end, bench.AFTER), bench.AFTER)
-            right = right[: model.max_context // 3]
-            ways = {"resample": bench.span_ids(tok, res.notes, span.start, length),
-                    "primed": middles[draw(rng, w)],
-                    "primed_iw": middles[draw(rng, w + correction)],
-                    "continuation": bench.span_ids(tok, cont.notes, span.start, length),
-                    "retrieval": stream(tok, after(notes, other, length), length),
-                    "true": stream(tok, after(notes, span.start, length), length)}
-            left = stream(tok, notes, span.start)
-            late = bench.right_times(right) >= bench.JUDGE
-            row = {"resample_s": t1 - t0, "primed_s": t2 - t1}
-            for name, ids in ways.items():
-                lp = right_logprobs(model, left, [ids], right)[0]
-                row[name], row[name + "_late"] = float(-lp.mean()), float(-lp[late].mean())
-            rows.append(row)
-            print(f"{corpus:>7} {f.name:<24} {length:g} s: " +
-                  " ".join(f"{n} {row[n]:.3f}/{row[n + '_late']:.3f}" for n in NAMES) +
-                  f"  ({row['resample_s']:.1f} s, {row['primed_s']:.1f} s)", flush=True)
+    for corpus, f, _, notes, length, span in bench.benchmark_spans(a.pieces):
+        mid = span.start
+        steer = Steering(seed=len(rows), top_p=0.95)
+        t0 = time.perf_counter()
+        res = fill(gen, notes, span, steer, a.k, bench.JUDGE, method="resample")[0]
+        t1 = time.perf_counter()
+        middles, w, correction = primed(gen, notes, span, steer, a.k)
+        t2 = time.perf_counter()
+        rng = np.random.default_rng(steer.seed)
+        cont = fill(gen, notes, span, steer, 1, 0.0, method="resample")[0]
+        other = mid - 2 * length if mid - 2 * length >= 0 else mid + 2 * length
+        right = stream(tok, after(notes, span.end, bench.AFTER), bench.AFTER)
+        right = right[: model.max_context // 3]
+        ways = {"resample": bench.span_ids(tok, res.notes, span.start, length),
+                "primed": middles[draw(rng, w)],
+                "primed_iw": middles[draw(rng, w + correction)],
+                "continuation": bench.span_ids(tok, cont.notes, span.start, length),
+                "retrieval": stream(tok, after(notes, other, length), length),
+                "true": stream(tok, after(notes, span.start, length), length)}
+        left = stream(tok, notes, span.start)
+        late = bench.right_times(right) >= bench.JUDGE
+        row = {"resample_s": t1 - t0, "primed_s": t2 - t1}
+        for name, ids in ways.items():
+            lp = right_logprobs(model, left, [ids], right)[0]
+            row[name], row[name + "_late"] = float(-lp.mean()), float(-lp[late].mean())
+        rows.append(row)
+        print(f"{corpus:>7} {f.name:<24} {length:g} s: " +
+              " ".join(f"{n} {row[n]:.3f}/{row[n + '_late']:.3f}" for n in NAMES) +
+              f"  ({row['resample_s']:.1f} s, {row['primed_s']:.1f} s)", flush=True)
     for late in ("", "_late"):
         m = {n: float(np.nanmean([r[n + late] for r in rows])) for n in NAMES}
         gap = m["continuation"] - m["true"]
