@@ -94,6 +94,58 @@ def right_times(right: np.ndarray) -> np.ndarray:
     return (np.cumsum(shift) - shift) / 100
 
 
+def judged(tok, model, notes: Notes, span) -> np.ndarray:
+    """The real music after the span that the seam is judged on: its next 8 s (dense music:
+    its first context / 3 tokens)."""
+    return stream(tok, after(notes, span.end, AFTER), AFTER)[: model.max_context // 3]
+
+
+def baselines(gen, notes: Notes, span, length: float, steer: Steering) -> dict[str, np.ndarray]:
+    """The ids of (b) a plain continuation, (c) a span of the same length from elsewhere in
+    the piece, (d) the true span."""
+    tok = gen.tok
+    cont = fill(gen, notes, span, steer, 1, 0.0, method="resample")[0]
+    other = span.start - 2 * length if span.start >= 2 * length else span.start + 2 * length
+    return {"continuation": span_ids(tok, cont.notes, span.start, length),
+            "retrieval": stream(tok, after(notes, other, length), length),
+            "true": stream(tok, after(notes, span.start, length), length)}
+
+
+def seam(model, left: np.ndarray, ids: np.ndarray, right: np.ndarray) -> tuple[float, float]:
+    """NLL per token of ``right`` after ``left`` and a filled span (untagged, left to right):
+    over all of it, and over the part from JUDGE seconds on, which no weighting saw."""
+    lp = right_logprobs(model, left, [ids], right)[0]
+    late = right_times(right) >= JUDGE
+    return float(-lp.mean()), float(-lp[late].mean()) if late.any() else float("nan")
+
+
+def tables(rows: list[dict], names: list[str], made: list[str]) -> dict:
+    """Print and return the mean seam NLL of each way, by corpus and span length, and the
+    share of the gap from the continuation to the true span that each way in ``made``
+    closes."""
+    out = {}
+    print(f"\n{'spans':<22}{'n':>4}" + "".join(f"{n:>13}" for n in names) +
+          "".join(f"{'closed ' + n:>18}" for n in made) +
+          "   (NLL/token of the next 8 s; then of seconds 4-8 only)")
+    for corpus in ("asap", "pop909", "all"):
+        for length in (4.0, 8.0, None):
+            sel = [r for r in rows if (corpus == "all" or r["corpus"] == corpus)
+                   and (length is None or r["length"] == length)]
+            if not sel:
+                continue
+            for late in ("", "_late"):
+                m = {w: float(np.nanmean([r[w + late] for r in sel])) for w in names}
+                gap = m["continuation"] - m["true"]
+                closed = {n: (m["continuation"] - m[n]) / gap if gap else float("nan")
+                          for n in made}
+                label = f"{corpus} {'all' if length is None else f'{length:g} s'}" + \
+                    (" (4-8 s)" if late else "")
+                out[label] = {**m, "closed": closed, "spans": len(sel)}
+                print(f"{label:<22}{len(sel):>4}" + "".join(f"{m[n]:>13.3f}" for n in names)
+                      + "".join(f"{100 * closed[n]:>17.0f}%" for n in made))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,10 +167,7 @@ def main() -> None:
     spans: dict[str, list[Notes]] = {n: [] for n in names}
     shown = []
     for corpus, f, score, notes, length, span in benchmark_spans(a.pieces):
-        mid = span.start
-        left = stream(tok, notes, span.start)
-        right = stream(tok, after(notes, span.end, AFTER), AFTER)
-        right = right[: model.max_context // 3]  # dense music: the first 341 tokens
+        left, right = stream(tok, notes, span.start), judged(tok, model, notes, span)
         steer = Steering(seed=len(rows), top_p=0.95)
         t = time.perf_counter()
         filled = {"resample": fill(gen, notes, span, steer, a.k, JUDGE,
@@ -128,22 +177,12 @@ def main() -> None:
             t = time.perf_counter()
             filled[name] = fill(gen, notes, span, steer, k, JUDGE, method="fim")[0]
             secs[name] = time.perf_counter() - t
-        cont = fill(gen, notes, span, steer, 1, 0.0, method="resample")[0]
-        other = mid - 2 * length if mid - 2 * length >= 0 else mid + 2 * length
-        true_ids = stream(tok, after(notes, span.start, length), length)
-        retr_ids = stream(tok, after(notes, other, length), length)
-
         ways = {**{n: span_ids(tok, filled[n].notes, span.start, length) for n in made},
-                "continuation": span_ids(tok, cont.notes, span.start, length),
-                "retrieval": retr_ids, "true": true_ids}
-        when = right_times(right)
+                **baselines(gen, notes, span, length, steer)}
         row = {"corpus": corpus, "file": f.name, "span": [span.start, span.end],
-               "seconds": secs, "right_tokens": int(len(right))}
+               "length": length, "seconds": secs, "right_tokens": int(len(right))}
         for name, ids in ways.items():
-            lp = right_logprobs(model, left, [ids], right)[0]  # untagged, left to right
-            row[name] = float(-lp.mean())
-            late = when >= JUDGE
-            row[name + "_late"] = float(-lp[late].mean()) if late.any() else float("nan")
+            row[name], row[name + "_late"] = seam(model, left, ids, right)
             spans[name].append(tok.decode_notes(ids))
         rows.append(row)
         if len(shown) < 3 and length == 8.0:
@@ -152,33 +191,14 @@ def main() -> None:
               " ".join(f"{n} {row[n]:.3f}" for n in names) +
               "  (" + ", ".join(f"{n} {secs[n]:.1f} s" for n in made) + ")", flush=True)
     report = {"checkpoint": a.checkpoint, "k": a.k, "judge_seconds": JUDGE,
-              "after_seconds": AFTER, "rows": rows, "tables": {}}
-    print(f"\n{'spans':<22}{'n':>4}" + "".join(f"{n:>13}" for n in names) +
-          "".join(f"{'closed ' + n:>18}" for n in made) +
-          "   (NLL/token of the next 8 s; then of seconds 4-8 only)")
-    for corpus in ("asap", "pop909", "all"):
-        for length in (4.0, 8.0, None):
-            sel = [r for r in rows if (corpus == "all" or r["corpus"] == corpus)
-                   and (length is None or r["span"][1] - r["span"][0] == length)]
-            if not sel:
-                continue
-            for late in ("", "_late"):
-                m = {w: float(np.nanmean([r[w + late] for r in sel])) for w in names}
-                gap = m["continuation"] - m["true"]
-                closed = {n: (m["continuation"] - m[n]) / gap if gap else float("nan")
-                          for n in made}
-                label = f"{corpus} {'all' if length is None else f'{length:g} s'}" + \
-                    (" (4-8 s)" if late else "")
-                report["tables"][label] = {**m, "closed": closed, "spans": len(sel)}
-                print(f"{label:<22}{len(sel):>4}" + "".join(f"{m[n]:>13.3f}" for n in names)
-                      + "".join(f"{100 * closed[n]:>17.0f}%" for n in made))
+              "after_seconds": AFTER, "rows": rows, "tables": tables(rows, names, made)}
     print("\nstats overlap with the true spans (mean over features)")
     for name in [*made, "continuation", "retrieval"]:
         oa = compare(spans[name], spans["true"])
         report[f"stats_{name}"] = oa
         print(f"  {name:<14}{np.mean([v['overlap'] for v in oa.values()]):.3f}  " +
               " ".join(f"{k} {v['overlap']:.2f}" for k, v in oa.items()))
-    lengths = [r["span"][1] - r["span"][0] for r in rows]
+    lengths = [r["length"] for r in rows]
     report["time"] = {}
     for n in made:
         per = [r["seconds"][n] for r in rows]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cadenza.config import SampleConfig, Steering
-from cadenza.data.fim import after, right_side, stream
+from cadenza.data.fim import right_side, stream
 from cadenza.data.tokenizers import BOS
 from cadenza.data.tokenizers.performance import shift_tokens
 from cadenza.engine import sample_run
@@ -36,22 +36,9 @@ PRIME_SECONDS = 8.0  # how much of the right side the proposals hear first
 NAMES = ["resample", "primed", "primed_iw", "continuation", "retrieval", "true"]
 
 
-@torch.no_grad()
-def seq_logprobs(model, prefix: np.ndarray, conts: list[np.ndarray]) -> np.ndarray:
-    """log p of each continuation (summed over its tokens) after ``prefix`` (its latest
-    tokens that fit the model's context)."""
-    room = model.max_context
-    seqs, starts = [], []
-    for c in conts:
-        p = prefix[len(prefix) + len(c) - room:] if len(prefix) + len(c) > room else prefix
-        seqs.append(np.concatenate([p, c]).astype(np.int64))
-        starts.append(len(p))
-    batch = torch.zeros((len(seqs), max(len(s) for s in seqs)), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        batch[i, : len(s)] = torch.as_tensor(s)
-    logp = torch.log_softmax(model(batch).float(), -1)
-    return np.array([float(logp[i, torch.arange(a - 1, len(s) - 1), torch.as_tensor(s[a:])].sum())
-                     for i, (s, a) in enumerate(zip(seqs, starts))])
+def logprob(model, prefix: np.ndarray, ids: np.ndarray) -> float:
+    """log p(ids | BOS, prefix), summed (the prefix keeps its latest tokens that fit)."""
+    return float(right_logprobs(model, prefix, [ids[:0]], ids).sum())
 
 
 def primed(gen, notes, span, steer: Steering, k: int):
@@ -62,14 +49,16 @@ def primed(gen, notes, span, steer: Steering, k: int):
     prime = right_side(tok, notes, span.end, PRIME_SECONDS)[: model.max_context // 4]
     rest = shift_tokens(100)
     keep = max(model.max_context // 8, budget // 2 - len(prime) - len(rest))
-    prompt = np.concatenate([[BOS], prime, rest, left[-keep:]]).astype(np.int64)
+    primer = np.concatenate([prime, rest, left[-keep:]]).astype(np.int64)
+    prompt = np.concatenate([[BOS], primer])
     cfg = SampleConfig(seconds=span.seconds, **{**steer.to_dict(), "num_samples": k})
     run = sample_run(model, np.repeat(prompt[None], k, 0), tok.grammar(), cfg, 0,
                      period=gen.period, roles=tok.note_roles(), scheme=tok.name)
     middles = [trim_to(t, span.seconds) for t in run.tokens]
     w = right_logprobs(model, left, middles, judge).sum(1)
-    plain = np.concatenate([[BOS], left[-(budget // 2):]]).astype(np.int64)
-    return middles, w, seq_logprobs(model, plain, middles) - seq_logprobs(model, prompt, middles)
+    plain = left[-(budget // 2):]
+    return middles, w, np.array([logprob(model, plain, m) - logprob(model, primer, m)
+                                 for m in middles])
 
 
 def main() -> None:
@@ -84,7 +73,6 @@ def main() -> None:
     tok, model = gen.tok, gen.model
     rows = []
     for corpus, f, _, notes, length, span in bench.benchmark_spans(a.pieces):
-        mid = span.start
         steer = Steering(seed=len(rows), top_p=0.95)
         t0 = time.perf_counter()
         res = fill(gen, notes, span, steer, a.k, bench.JUDGE, method="resample")[0]
@@ -92,33 +80,21 @@ def main() -> None:
         middles, w, correction = primed(gen, notes, span, steer, a.k)
         t2 = time.perf_counter()
         rng = np.random.default_rng(steer.seed)
-        cont = fill(gen, notes, span, steer, 1, 0.0, method="resample")[0]
-        other = mid - 2 * length if mid - 2 * length >= 0 else mid + 2 * length
-        right = stream(tok, after(notes, span.end, bench.AFTER), bench.AFTER)
-        right = right[: model.max_context // 3]
         ways = {"resample": bench.span_ids(tok, res.notes, span.start, length),
                 "primed": middles[draw(rng, w)],
                 "primed_iw": middles[draw(rng, w + correction)],
-                "continuation": bench.span_ids(tok, cont.notes, span.start, length),
-                "retrieval": stream(tok, after(notes, other, length), length),
-                "true": stream(tok, after(notes, span.start, length), length)}
-        left = stream(tok, notes, span.start)
-        late = bench.right_times(right) >= bench.JUDGE
-        row = {"resample_s": t1 - t0, "primed_s": t2 - t1}
+                **bench.baselines(gen, notes, span, length, steer)}
+        left, right = stream(tok, notes, span.start), bench.judged(tok, model, notes, span)
+        row = {"corpus": corpus, "length": length, "resample_s": t1 - t0, "primed_s": t2 - t1}
         for name, ids in ways.items():
-            lp = right_logprobs(model, left, [ids], right)[0]
-            row[name], row[name + "_late"] = float(-lp.mean()), float(-lp[late].mean())
+            row[name], row[name + "_late"] = bench.seam(model, left, ids, right)
         rows.append(row)
         print(f"{corpus:>7} {f.name:<24} {length:g} s: " +
               " ".join(f"{n} {row[n]:.3f}/{row[n + '_late']:.3f}" for n in NAMES) +
               f"  ({row['resample_s']:.1f} s, {row['primed_s']:.1f} s)", flush=True)
-    for late in ("", "_late"):
-        m = {n: float(np.nanmean([r[n + late] for r in rows])) for n in NAMES}
-        gap = m["continuation"] - m["true"]
-        print("seconds 4-8" if late else "next 8 s", len(rows), "spans:",
-              " ".join(f"{n} {m[n]:.3f}" for n in NAMES), "| closed:",
-              " ".join(f"{n} {100 * (m['continuation'] - m[n]) / gap:.0f}%"
-                       for n in NAMES[:3]))
+    bench.tables(rows, NAMES, NAMES[:3])
+    print(f"time per span: resample {np.mean([r['resample_s'] for r in rows]):.1f} s, "
+          f"primed {np.mean([r['primed_s'] for r in rows]):.1f} s")
 
 
 def draw(rng: np.random.Generator, logw: np.ndarray) -> int:
