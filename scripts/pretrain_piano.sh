@@ -3,12 +3,14 @@
 #
 #   bash scripts/pretrain_piano.sh [PIANO_DATA_DIR] [RUN_DIR]
 #
-# 1. prepare: the piano corpora's training splits as performance tokens (their own splits
-#    kept: ASAP by MAESTRO's split, asap-extra all training, POP909 and piano-midi.de by
+# 1. prepare: the five piano corpora as performance tokens (their own splits kept: ASAP and
+#    maestro-v3 by MAESTRO's split, asap-extra all training, POP909 and piano-midi.de by
 #    content hash), each piece tagged with its style and kind (--tags: the composer's
-#    folder or pop; live, score or arrangement; data/styles.py), leaving out
-#    the piano-midi.de files that play a piece of asap-maestro/validation (so that number is
-#    on unseen pieces) and all of Grieg (kept for the fine-tuning comparison);
+#    folder, MAESTRO's composer or pop; live, score or arrangement; data/styles.py), leaving
+#    out the files that play a piece of asap-maestro/validation (piano-midi.de's, and
+#    MAESTRO's Godowsky arrangement of Moment musical no. 3), so that number is on unseen
+#    pieces, and all of Grieg (piano-midi.de's and MAESTRO's three Lyric Pieces: kept for
+#    the fine-tuning comparison);
 # 2. train: `cadenza train --preset piano` (9,000 steps of 64 x 1,024 tokens), then continue
 #    those weights at a fifth of the learning rate for 2.2 minutes (`--init`; 2,625 steps on
 #    the GPU), on a GPU if there is one. The shipped weights: one H200, bf16, 8 + 2.2
@@ -26,12 +28,14 @@
 set -euo pipefail
 PIANO=${1:-${CADENZA_PIANO_DATA:-../shared/data/piano}}
 RUN=${2:-runs/piano}
-DATA=${DATA:-data/piano-v2}
+DATA=${DATA:-data/piano-v3}
 if [ ! -f "$DATA/manifest.json" ]; then
   python -m cadenza prepare "$PIANO/pop909" "$PIANO/piano-midi.de" "$PIANO/asap-maestro" \
-    "$PIANO/asap-extra" --tags --kind score \
+    "$PIANO/asap-extra" "$PIANO/maestro-v3" --tags --kind score \
     --out "$DATA" --workers "$(nproc)" \
     --exclude 'piano-midi.de/Grieg/*' \
+    --exclude 'maestro-v3/train/2014/MIDI-UNPROCESSED_21-22_R1_2014_MID--AUDIO_21_R1_2014_wav--*' \
+    --exclude 'maestro-v3/train/2015/MIDI-Unprocessed_R1_D2-21-22_mid--AUDIO-from_mp3_21_R1_2015_wav--4.midi' \
     --exclude 'piano-midi.de/Balakirev/islamei.mid' \
     --exclude 'piano-midi.de/Beethoven/beethoven_opus22_1.mid' \
     --exclude 'piano-midi.de/Beethoven/beethoven_opus90_1.mid' \

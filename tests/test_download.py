@@ -151,3 +151,37 @@ def test_cli_download_from_a_mirror_checks_the_official_checksum(served, tmp_pat
     assert "download maestro: checksum mismatch" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "corpora" / "maestro").exists()
+
+
+def test_the_maestro_entry_downloads_a_corpus_that_prepare_reads_as_maestro(tmp_path):
+    """The catalogue's own MAESTRO entry (its folder, its table) with the archive served
+    here: the download lands where `prepare` finds MAESTRO's split and composers."""
+    from cadenza.data.download import CATALOG
+    from cadenza.data.sources import expand_sources
+    entry = CATALOG["maestro"]
+    buf = io.BytesIO()
+    rows = ["canonical_composer,canonical_title,split,year,midi_filename,audio_filename,"
+            "duration"]
+    with zipfile.ZipFile(buf, "w") as z:
+        for i, (composer, split) in enumerate([("Frédéric Chopin", "train"),
+                                               ("Franz Liszt", "validation"),
+                                               ("Joseph Haydn", "test")]):
+            path = tmp_path / f"p{i}.mid"
+            make_score(scale(50 + i)).dump_midi(str(path))
+            rel = f"2018/MIDI-Unprocessed_{i}_wav--1.midi"
+            z.writestr(f"{entry.inner}/{rel}", path.read_bytes())
+            rows.append(f"{composer},Piece {i},{split},2018,{rel},{rel[:-5]}.wav,8.0")
+        z.writestr(f"{entry.inner}/{entry.expect}", "\n".join(rows) + "\n")
+    data = buf.getvalue()
+    s = Server({"/maestro.zip": data})
+    try:
+        a = replace(entry, url=f"{s.url}/maestro.zip", size=len(data),
+                    sha256=hashlib.sha256(data).hexdigest())
+        dest = download("maestro", home=tmp_path / "home", catalog={"maestro": a},
+                        progress=False)
+    finally:
+        s.close()
+    items, layouts = expand_sources([str(dest)])
+    assert layouts == {str(dest): "maestro"}
+    assert [(it.split, it.composer) for it in items] == [
+        ("train", "Frédéric Chopin"), ("valid", "Franz Liszt"), ("test", "Joseph Haydn")]

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -146,6 +147,8 @@ def test_bad_data_and_context_are_clear_errors(tiny_dataset, tmp_path):
 
 DDP_SCRIPT = r"""
 import sys
+
+import numpy as np
 from cadenza.train import train
 from tests.test_train import MODEL, cfg
 train(MODEL.replace(dropout=0.0), cfg(sys.argv[1], sys.argv[2], max_steps=12, eval_every=100,
@@ -232,3 +235,21 @@ def test_bf16_on_a_cpu_without_bf16_arithmetic_is_named(tiny_dataset, tmp_path, 
                           precision="bf16"))
         said = "this CPU has no bf16 arithmetic" in capsys.readouterr().out
         assert said == slow
+
+
+def test_eval_tokens_scores_the_same_spread_subset_every_time():
+    from cadenza.train import eval_subset
+    pieces = [np.arange(n) for n in (5000, 300, 9000, 4000, 7000, 2000, 6000, 100)]
+    assert eval_subset(pieces, None, 0, 512)[0] is pieces  # 0: all
+    assert eval_subset(pieces, None, 10**6, 512)[0] is pieces  # within the budget: all
+    sub, _ = eval_subset(pieces, None, 8192, 512)
+    assert len(sub) == 8 and all(len(p) <= 1024 for p in sub)  # every piece, 2 x context
+    assert [len(p) for p in sub] == [min(len(p), 1024) for p in pieces]
+    sub, _ = eval_subset(pieces, None, 3000, 512)  # fewer pieces, spread over the split
+    assert [int(p[-1]) for p in sub] == [1023, 99]  # the first and the last piece
+    assert sub[0] is not None and np.array_equal(sub[0], pieces[0][:1024])
+    again, _ = eval_subset(pieces, None, 3000, 512)
+    assert all(np.array_equal(a, b) for a, b in zip(sub, again))
+    pairs, sources = eval_subset(pieces, list(pieces), 20000, 512)  # pairs stay whole
+    assert sources is not None and all(len(p) == len(s) for p, s in zip(pairs, sources))
+    assert len(pairs) == 2 and [len(p) for p in pairs] == [5000, 100]

@@ -352,6 +352,24 @@ def train_step(run: Run) -> tuple[float, int]:
     return value, n_global
 
 
+def eval_subset(pieces: list[np.ndarray], sources: list[np.ndarray] | None, budget: int,
+                context: int) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """The valid pieces scored at each evaluation (``--eval-tokens``): all of them within
+    the budget; else evenly spaced pieces (every corpus of the split keeps its share), each
+    cut to its first ``max(2 x context, budget / pieces)`` tokens. A paired task's pairs
+    are scored whole, so only their number is cut."""
+    total = sum(len(p) for p in pieces)
+    if not budget or total <= budget or not pieces:
+        return pieces, sources
+    per = max(2 * context, budget // len(pieces))
+    if sources is not None:
+        per = max(len(p) for p in pieces)
+    keep = np.unique(np.linspace(0, len(pieces) - 1, max(1, min(len(pieces), budget // per)))
+                     .round().astype(int))
+    return ([pieces[i][:per] for i in keep],
+            None if sources is None else [sources[i] for i in keep])
+
+
 def evaluate_and_save(run: Run, loss: float | None) -> None:
     """Score the valid split (every rank); rank 0 saves best/ when it improved, and last/
     (with all that resuming needs) every time."""
@@ -448,7 +466,8 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
               (list(ema.parameters()), list(raw.parameters())) if ema is not None else None,
               opt, torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16"
                                         and dev.type == "cuda"),
-              task, sampler, ds.pieces("valid"), task.sources(ds, "valid"), config, state,
+              task, sampler, *eval_subset(ds.pieces("valid"), task.sources(ds, "valid"),
+                                          cfg.eval_tokens, cfg.context), config, state,
               log,
               MetricsLog(out, cfg.resume, state.step, d.main))
     return run

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,108 @@ def test_the_shared_piano_corpora_keep_their_splits():
     assert len(asap) == 445
     assert sum(it.split == "valid" for it in asap) == 46
     assert all(("/validation/" in it.path) == (it.split == "valid") for it in asap)
+
+
+def _maestro_subset(root: Path) -> list[dict]:
+    """A folder shaped like ../shared's maestro-v3: metadata.csv with MAESTRO's canonical
+    composer and split, files under SPLIT/YEAR/."""
+    rows = []
+    for i, (composer, title, split) in enumerate([
+            ("Frédéric Chopin", "Ballade No. 1", "train"),
+            ("Frédéric Chopin", "Ballade No. 1", "train"),
+            ("Johann Sebastian Bach / Ferruccio Busoni", "Chaconne", "train"),
+            ("Isaac Albéniz", "Tango", "validation"),
+            ("Ludwig van Beethoven", "Sonata Op. 111", "validation")]):
+        rel = f"{split}/2018/MIDI-Unprocessed_{i:02d}_R1_2018_wav--1.midi"
+        _piece(root / rel, 40 + i)
+        rows.append({"canonical_composer": composer, "canonical_title": title,
+                     "split": split, "year": 2018, "file": rel, "duration": 8.0})
+    return rows
+
+
+def test_maestro_metadata_csv_keeps_its_split_and_tags_each_composer(tmp_path):
+    root = tmp_path / "maestro-v3"
+    _write_csv(root / "metadata.csv", _maestro_subset(root))
+    out = tmp_path / "ds"
+    res = prepare(PrepareConfig(sources=(str(root),), out=str(out), tags=True),
+                  progress=False)
+    assert res.manifest["per_source"][str(root)]["layout"] == "maestro"
+    assert sorted(_splits(out).values()) == ["train"] * 3 + ["valid"] * 2
+    m = json.loads((out / "manifest.json").read_text())
+    style = {Path(r["path"]).name[:20]: (r.get("style"), r.get("kind")) for r in m["files"]}
+    assert sorted(set(style.values())) == [("Albeniz", "live"), ("Bach", "live"),
+                                           ("Beethoven", "live"), ("Chopin", "live")]
+    assert m["tags"]["styles"] == ["Albeniz", "Bach", "Beethoven", "Chopin"]
+
+
+def test_maestro_json_table_is_read_like_its_csv(tmp_path):
+    root = tmp_path / "maestro-v3.0.0"
+    rows = _maestro_subset(root)
+    cols = {c: {str(i): r[c] for i, r in enumerate(rows)}
+            for c in ("canonical_composer", "canonical_title", "split", "year")}
+    cols["midi_filename"] = {str(i): r["file"] for i, r in enumerate(rows)}
+    (root / "maestro-v3.0.0.json").write_text(json.dumps(cols))
+    items, layouts = expand_sources([str(root)])
+    assert layouts[str(root)] == "maestro"
+    assert [(it.split, it.composer.split()[-1]) for it in items] == [
+        ("train", "Chopin"), ("train", "Chopin"), ("train", "Busoni"), ("valid", "Albéniz"),
+        ("valid", "Beethoven")]
+    assert items[0].group == items[1].group != items[2].group  # a piece shares its split
+
+
+def test_composer_names_map_onto_the_folder_names():
+    from cadenza.data.styles import composer_style
+    assert {n: composer_style(n) for n in (
+        "Frédéric Chopin", "Isaac Albéniz", "Ludwig van Beethoven", "Leoš Janáček",
+        "Carl Maria von Weber", "Johann Sebastian Bach / Ferruccio Busoni",
+        "Sergei Rachmaninoff", "Pyotr Ilyich Tchaikovsky / Mikhail Pletnev",
+        "Nikolai Rimsky-Korsakov / Sergei Rachmaninoff", "")} == {
+        "Frédéric Chopin": "Chopin", "Isaac Albéniz": "Albeniz",
+        "Ludwig van Beethoven": "Beethoven", "Leoš Janáček": "Janacek",
+        "Carl Maria von Weber": "Weber", "Johann Sebastian Bach / Ferruccio Busoni": "Bach",
+        "Sergei Rachmaninoff": "Rachmaninoff",
+        "Pyotr Ilyich Tchaikovsky / Mikhail Pletnev": "Tchaikovsky",
+        "Nikolai Rimsky-Korsakov / Sergei Rachmaninoff": "Rimsky-Korsakov", "": ""}
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("missing", "MAESTRO's recordings without its table"),
+    ("no-file-column", "no midi_filename (or file) column"),
+    ("bad-split", "row 3: needs a file and a split"),
+    ("bad-json", "cannot read"),
+])
+def test_a_missing_or_malformed_maestro_table_is_one_line(tmp_path, damage, says):
+    import subprocess
+    import sys
+    root = tmp_path / "maestro-v3"
+    rows = _maestro_subset(root)
+    if damage == "no-file-column":
+        _write_csv(root / "maestro-v3.0.0.csv", [{k: v for k, v in r.items() if k != "file"}
+                                                 for r in rows])
+    elif damage == "bad-split":
+        rows[1]["split"] = "holdout"
+        _write_csv(root / "metadata.csv", rows)
+    elif damage == "bad-json":
+        (root / "maestro-v3.0.0.json").write_text("{not json")
+    with pytest.raises(SourceError, match=re.escape(says)):
+        expand_sources([str(root)])
+    out = tmp_path / "ds"
+    r = subprocess.run([sys.executable, "-m", "cadenza", "prepare", str(root), "--out",
+                        str(out)], capture_output=True, text=True)
+    assert r.returncode != 0 and says.split(":")[0] in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not (PIANO / "maestro-v3/metadata.csv").exists(),
+                    reason="../shared/data/piano/maestro-v3 not found")
+def test_the_shared_maestro_subset_keeps_its_split_and_composers():
+    items, layouts = expand_sources([str(PIANO / "maestro-v3")])
+    assert layouts == {str(PIANO / "maestro-v3"): "maestro"}
+    assert {it.split for it in items} == {"train", "valid"}
+    assert sum(it.split == "valid" for it in items) == 96
+    by_piece: dict[str, set] = {}
+    for it in items:
+        by_piece.setdefault(it.group, set()).add(it.split)
+        assert Path(it.path).parts[-3] == {"train": "train", "valid": "validation"}[it.split]
+    assert all(it.composer for it in items)

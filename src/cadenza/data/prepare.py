@@ -193,7 +193,8 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> PrepareResult:
                               f"{skipped[0]['reason']})" if skipped else ""))
     tok.fit_grammar(ids for _, ids in by_split["train"])  # read only by learnt grammars
 
-    style = {it.name: piece_style(it.path, it.source, layouts[it.source], cfg.kind)
+    style = {it.name: piece_style(it.path, it.source, layouts[it.source], cfg.kind,
+                                  it.composer)
              for pieces in by_split.values() for it, _ in pieces} if cfg.tags else {}
     tags = Tags.collect(list(style.values()), tok.vocab_size) if cfg.tags else None
     with staged_dir(out) as tmp:

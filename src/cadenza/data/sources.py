@@ -56,6 +56,7 @@ class Item:
     tracks: dict[str, int] | None = None  # MIDI: tracks merged, notes left out (midi.select_tracks)
     source: str = ""  # the SOURCE argument it came from
     group: str = ""  # pieces sharing a group share a split (performances of one piece)
+    composer: str = ""  # from a corpus's metadata (MAESTRO's canonical_composer), for tags
 
     @property
     def name(self) -> str:
@@ -72,6 +73,7 @@ LAYOUTS = {
     "folder": "split by content hash",
     "file": "split by content hash",
 }
+MAESTRO_NAMES = ("MIDI-UNPROCESSED", "ORIG-MIDI")  # how MAESTRO's file names start
 SPLIT_NAMES = {"train": "train", "validation": "valid", "valid": "valid", "test": "test"}
 
 
@@ -135,10 +137,16 @@ def folder_items(folder: Path, src: str) -> tuple[str, list[Item]]:
     files = _midi_files(folder)
     if not files:
         raise SourceError(f"{src}: no .mid or .midi files in this folder")
-    maestro = sorted(folder.glob("maestro-v*.csv"))
+    maestro = sorted(folder.glob("maestro-v*.csv")) or sorted(folder.glob("maestro-v*.json"))
+    meta = folder / "metadata.csv"
+    if not maestro and meta.exists() and {"canonical_composer", "file"} <= set(_csv_header(meta)):
+        maestro = [meta]  # a MAESTRO subset described by a metadata.csv (../shared's layout)
     if maestro:
         return "maestro", _maestro_items(folder, maestro[-1], src)
-    meta = folder / "metadata.csv"
+    if sum(f.name.upper().startswith(MAESTRO_NAMES) for f in files) * 2 > len(files):
+        raise SourceError(f"{src}: MAESTRO's recordings without its table (maestro-v*.csv, "
+                          "maestro-v*.json or a metadata.csv with canonical_composer, split "
+                          "and file): their splits and composers are unknown")
     if meta.exists() and "midi_performance" in _csv_header(meta):
         return "asap", _asap_items(folder, meta, files, src)
     main = [f for f in files if f.parent.name == f.stem and re.fullmatch(r"\d{3,}", f.stem)
@@ -173,16 +181,45 @@ def _csv_rows(path: Path, src: str, need: tuple[str, ...]) -> list[dict[str, str
 
 
 def _maestro_items(folder: Path, table: Path, src: str) -> list[Item]:
+    """MAESTRO's own table (``maestro-vN.csv`` or its column-wise ``.json``; or a
+    ``metadata.csv`` with ``canonical_composer``, ``split`` and ``file``): each performance
+    with MAESTRO's split, grouped by piece (composer and title), its composer kept."""
+    if table.suffix.lower() == ".json":
+        rows = _json_rows(table, ("midi_filename", "split"))
+    else:
+        rows = _csv_rows(table, src, ("split",))
+        if rows and not {"midi_filename", "file"} & set(rows[0]):
+            raise SourceError(f"{table}: no midi_filename (or file) column")
     items = []
-    for row in _csv_rows(table, src, ("midi_filename", "split")):
-        f = folder / row["midi_filename"]
+    for n, row in enumerate(rows, start=2):
+        rel = (row.get("midi_filename") or row.get("file") or "").strip()
+        split = (row.get("split") or "").strip().lower()
+        if not rel or split not in SPLIT_NAMES:
+            raise SourceError(f"{table}: row {n}: needs a file and a split "
+                              f"(train, validation or test), got {rel!r} and {split!r}")
+        f = folder / rel
         if f.exists():
-            piece = f"{row.get('canonical_composer', '')}/{row.get('canonical_title', '')}"
-            items.append(Item(str(f), split=SPLIT_NAMES.get(row["split"].strip().lower()),
-                              group=piece))
+            composer = (row.get("canonical_composer") or "").strip()
+            piece = f"{composer}/{(row.get('canonical_title') or '').strip()}"
+            items.append(Item(str(f), split=SPLIT_NAMES[split], group=piece,
+                              composer=composer))
     if not items:
         raise SourceError(f"{src}: {table.name} names no MIDI file found under {folder}")
     return items
+
+
+def _json_rows(path: Path, need: tuple[str, ...]) -> list[dict[str, str]]:
+    """MAESTRO's JSON: one object per column, each mapping a row number to its value."""
+    try:
+        cols = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise SourceError(f"{path}: cannot read ({e})") from e
+    if not isinstance(cols, dict) or not all(isinstance(cols.get(c), dict) for c in need):
+        raise SourceError(f"{path}: not MAESTRO's table (needs the columns "
+                          f"{', '.join(need)}, each an object of rows)")
+    keys = sorted(cols[need[0]], key=lambda k: int(k) if str(k).isdigit() else 0)
+    return [{c: str(v.get(k, "")) for c, v in cols.items() if isinstance(v, dict)}
+            for k in keys]
 
 
 def _asap_items(folder: Path, meta: Path, files: list[Path], src: str) -> list[Item]:

@@ -4,7 +4,9 @@ Each piece gets up to two tags:
 
 - its **style**: the composer or genre, read from where the file sits: the first folder
   under its source (``piano-midi.de/Chopin/x.mid``: Chopin; ``asap-extra/Bach/Fugue/...``:
-  Bach; split folders such as ``train/`` are skipped), and ``pop`` for a POP909 layout;
+  Bach; split folders such as ``train/`` are skipped), ``pop`` for a POP909 layout, and for
+  MAESTRO its table's canonical composer in the short name the folders use
+  (``composer_style``: ``Frédéric Chopin`` is ``Chopin``; an arrangement ``A / B`` is A's);
 - its **kind**: ``live`` (a performance: ASAP and MAESTRO layouts), ``arrangement`` (POP909),
   or what ``prepare --kind`` says for the other sources (e.g. ``score``: sequenced by hand).
 
@@ -19,6 +21,7 @@ serves untagged, ``classical`` and ``Chopin`` prompts alike (``--style NAME``).
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,9 +42,35 @@ SPLIT_FOLDERS = {"train", "valid", "validation", "test"}
 MARKS = ("fim:right", "fim:middle")
 
 
-def piece_style(path: str, source: str, layout: str, kind: str = "") -> tuple[str, str]:
-    """(style, kind) of one file of a source ("" where it has none)."""
-    style = LAYOUT_STYLE.get(layout, "")
+# MAESTRO's canonical composers whose short name is not simply their last name folded to
+# ASCII (composer_style); every other composer maps by that rule.
+COMPOSER_NAMES = {
+    "Ludwig van Beethoven": "Beethoven",
+    "Carl Maria von Weber": "Weber",
+    "Johann Christian Fischer": "Fischer",
+    "Nikolai Rimsky-Korsakov": "Rimsky-Korsakov",
+}
+
+
+def composer_style(name: str) -> str:
+    """The style tag of a composer as MAESTRO writes them: the first composer of an
+    arrangement (``Johann Sebastian Bach / Ferruccio Busoni``: Bach, the piece's author),
+    by ``COMPOSER_NAMES`` or else the last name without accents (``Frédéric Chopin``:
+    Chopin; ``Isaac Albéniz``: Albeniz), which is how the composer folders of piano-midi.de
+    and ASAP spell them."""
+    first = name.split("/")[0].strip()
+    if not first:
+        return ""
+    short = COMPOSER_NAMES.get(first, first.split()[-1])
+    return "".join(c for c in unicodedata.normalize("NFKD", short)
+                   if not unicodedata.combining(c))
+
+
+def piece_style(path: str, source: str, layout: str, kind: str = "",
+                composer: str = "") -> tuple[str, str]:
+    """(style, kind) of one file of a source ("" where it has none); ``composer``: the
+    composer a corpus's table names (MAESTRO), which wins over the folders."""
+    style = LAYOUT_STYLE.get(layout, "") or composer_style(composer)
     if not style:
         try:
             parts = Path(path).relative_to(source).parts[:-1]
