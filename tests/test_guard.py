@@ -4,6 +4,7 @@ eviction, cancelling, field-named errors)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from tests.conftest import Server, make_score, random_piece
 
 OCTET = {"content-type": "application/octet-stream"}
+JSON = {"content-type": "application/json"}
 
 
 def _midi(tmp_path: Path, seed: int = 0, seconds: float = 8.0) -> bytes:
@@ -152,13 +154,14 @@ def _wait(client, jid, until=("done", "failed", "cancelled"), timeout=60.0) -> d
 def test_the_queue_is_bounded_per_server_and_per_page_and_jobs_cancel(small_studio):
     s, client, gate = small_studio
     ask = {"model": _model(s), "sample": {"tokens": 20}}
-    a = client.post("/api/jobs", json=ask, headers={"Cadenza-Page": "A"})
+    A, B, C = (client.get("/api/info").json()["page"] for _ in range(3))  # issued ids
+    a = client.post("/api/jobs", json=ask, headers={"Cadenza-Page": A})
     assert a.status_code == 200
-    r = client.post("/api/jobs", json=ask, headers={"Cadenza-Page": "A"})
+    r = client.post("/api/jobs", json=ask, headers={"Cadenza-Page": A})
     assert r.status_code == 429 and "this page has 1 request" in r.json()["error"]
-    b = client.post("/api/jobs", json=ask, headers={"Cadenza-Page": "B"})
+    b = client.post("/api/jobs", json=ask, headers={"Cadenza-Page": B})
     assert b.status_code == 200
-    r = client.post("/api/jobs", json=ask, headers={"Cadenza-Page": "C"})
+    r = client.post("/api/jobs", json=ask, headers={"Cadenza-Page": C})
     assert r.status_code == 429 and "--max-queue 2" in r.json()["error"]
     # cancel both: the waiting one never runs, the running one stops within a few tokens
     for j in (b, a):
@@ -166,8 +169,22 @@ def test_the_queue_is_bounded_per_server_and_per_page_and_jobs_cancel(small_stud
     gate.set()
     assert _wait(client, a.json()["id"])["state"] == "cancelled"
     assert _wait(client, b.json()["id"])["state"] == "cancelled"
-    c = client.post("/api/jobs", json=ask, headers={"Cadenza-Page": "C"})
+    c = client.post("/api/jobs", json=ask, headers={"Cadenza-Page": C})
     assert c.status_code == 200 and _wait(client, c.json()["id"])["state"] == "done"
+
+
+def test_a_page_id_the_server_did_not_issue_widens_nothing(small_studio):
+    """Rotating Cadenza-Page values once took every slot: ids are the server's now, and an
+    invented one counts as its client's address, one share for all of them."""
+    s, client, gate = small_studio
+    ask = {"model": _model(s), "sample": {"tokens": 20}}
+    a = client.post("/api/jobs", json=ask, headers={"Cadenza-Page": "made-up-1"})
+    assert a.status_code == 200
+    r = client.post("/api/jobs", json=ask, headers={"Cadenza-Page": "made-up-2"})
+    assert r.status_code == 429 and "this page has 1 request" in r.json()["error"]
+    client.post(f"/api/jobs/{a.json()['id']}/cancel", json={})
+    gate.set()
+    _wait(client, a.json()["id"])
 
 
 def test_the_work_folder_stays_within_its_bound(small_studio, tmp_path, monkeypatch):
@@ -200,13 +217,20 @@ def test_the_work_folder_stays_within_its_bound(small_studio, tmp_path, monkeypa
 
 @pytest.mark.parametrize("body,message", [
     ({"sample": {"temperature": "abc"}}, "--temperature: must be a number, got 'abc'"),
-    ({"sample": {"temperature": -1}}, "--temperature: must be > 0, got -1"),
+    ({"sample": {"temperature": -1}}, "--temperature: must be in [0.001, 100], got -1"),
     ({"sample": {"top_p": 2}}, "--top-p: must be in (0, 1], got 2"),
     ({"sample": {"top_k": 1.5}}, "--top-k: must be a whole number, got 1.5"),
     ({"sample": {"seed": "1"}}, "--seed: must be a whole number, got '1'"),
-    ({"sample": {"num_samples": 0}}, "--num-samples: must be >= 1, got 0"),
+    ({"sample": {"num_samples": 0}}, "--num-samples: must be in 1..1024, got 0"),
     ({"sample": {"num_samples": 99}}, "--num-samples: the studio makes up to 8"),
-    ({"sample": {"seconds": 1e6}}, "--seconds: the studio makes up to 120"),
+    ({"sample": {"seconds": 1000}}, "--seconds: the studio makes up to 120"),
+    ({"sample": {"seconds": 1e6}}, "--seconds: must be in (0, 3600], got 1000000.0"),
+    ({"sample": {"tokens": 1_000_000}}, "--tokens: the studio makes up to 12,000 tokens"),
+    ({"sample": {"tokens": 10**30}}, "--tokens: must be in (0, 1000000]"),
+    ({"sample": {"temperature": 1e300}}, "--temperature: must be in [0.001, 100], got 1e+300"),
+    ({"sample": {"temperature": 1e-300}}, "--temperature: must be in [0.001, 100]"),
+    ({"sample": {"seed": 2**70}}, "--seed: must be in 0..2**63-1"),
+    ({"model": "x" * 5000}, "model: at most 512 characters, got 5,000"),
     ({"sample": {"tokens": True}}, "--tokens: must be a whole number, got True"),
     ({"sample": {"may_end": "yes"}}, "--may-end: must be true or false, got 'yes'"),
     ({"sample": {"key": "H major"}}, "--key: unknown key 'H major'"),
@@ -217,7 +241,8 @@ def test_the_work_folder_stays_within_its_bound(small_studio, tmp_path, monkeypa
     ({"sample": {"colour": 1}}, "sample: unknown settings ['colour']"),
     ({"sample": [1, 2]}, "sample: must be an object, got [1, 2]"),
     ({"primer_seconds": "x"}, "primer_seconds: must be a number, got 'x'"),
-    ({"primer_seconds": -2}, "--primer-seconds: must be >= 0, got -2"),
+    ({"primer_seconds": -2}, "--primer-seconds: must be in [0, 10800], got -2"),
+    ({"primer_seconds": float("inf")}, "--primer-seconds: must be in [0, 10800], got inf"),
     ({"model": 5}, "model: must be text, got 5"),
     ({"model": "elsewhere"}, "--checkpoint elsewhere: not one of this studio's models"),
     ({"start": 7}, "start: must be text, got 7"),
@@ -225,8 +250,9 @@ def test_the_work_folder_stays_within_its_bound(small_studio, tmp_path, monkeypa
 ])
 def test_every_api_field_names_itself_when_wrong(small_studio, body, message):
     s, client, gate = small_studio
-    r = client.post("/api/jobs", json=body)
+    r = client.post("/api/jobs", content=json.dumps(body), headers=JSON)  # Infinity too
     assert r.status_code == 400 and r.json()["error"].startswith(message), r.json()
+    assert len(r.json()["error"]) <= 300 and "\n" not in r.json()["error"]
     assert not s.jobs
 
 
@@ -326,3 +352,34 @@ def test_soak_eight_clients_for_a_minute(tiny_run, tmp_path):
               f"server RSS {rss / 1e6:.0f} MB")
     finally:
         s.close()
+
+
+def test_malformed_headers_are_a_400_never_a_500():
+    """An Origin no URL parser reads, or a Cookie Python's parser rejects, is the client's
+    mistake: one short 400, and the app never sees the request."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from cadenza.guard import Guard, GuardMiddleware
+
+    seen = []
+
+    async def ok(request):
+        seen.append(request.url.path)
+        return JSONResponse({"ok": True})
+    app = Starlette(routes=[Route("/x", ok, methods=["GET", "POST"])])
+    guard = Guard("127.0.0.2", port=80, token="a-long-token")  # off loopback: cookies read
+    client = TestClient(GuardMiddleware(app, guard), base_url="http://127.0.0.2")
+    for origin in ("http://127.0.0.2:abc", "http://127.0.0.2:99999", "http://[::1"):
+        r = client.post("/x", headers={"Origin": origin, "Cadenza-Token": "a-long-token"})
+        assert r.status_code == 400 and r.json() == {"error": "malformed Origin header"}
+    r = client.get("/x", headers={"Cookie": "a=b; ,=c"})
+    assert r.status_code == 400 and r.json() == {"error": "malformed Cookie header"}
+    long = "http://" + "e" * 5000 + ".example.com"
+    r = client.post("/x", headers={"Origin": long, "Cadenza-Token": "a-long-token"})
+    assert r.status_code == 403 and len(r.text) < 300  # refused, and not echoed whole
+    assert not seen
+    r = client.get("/x", headers={"Cadenza-Token": "a-long-token"})
+    assert r.status_code == 200 and seen == ["/x"]

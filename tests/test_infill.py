@@ -120,7 +120,7 @@ def test_bad_spans_get_one_line_and_write_nothing(tiny_run, tmp_path, kw, messag
 
 @pytest.mark.parametrize("flags,named", [
     (["--start", "5", "--end", "5"], "--end: must be after --start 5"),
-    (["--start", "-1", "--end", "2"], "--start: must be >= 0"),
+    (["--start", "-1", "--end", "2"], "--start: must be in [0, 10800]"),
     (["--bars", "2-3", "--start", "1"], "--bars 2-3 and --start/--end"),
     (["--start", "1", "--end", "2", "--candidates", "0"], "--candidates: must be in 1..256"),
     (["--start", "1", "--end", "2", "--key", "H"], "--key: unknown key"),

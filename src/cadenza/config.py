@@ -478,6 +478,14 @@ def finetune_settings(ck_model: dict[str, Any], ck_train: dict[str, Any]
     return m, {**t, **FINETUNE}
 
 
+# What one take may ask for, on the command line and in the studio alike (bounds checked
+# before any work starts): an hour of music, a million tokens, 1,024 samples in a batch.
+MAX_TAKE_SECONDS = 3600.0
+MAX_TAKE_TOKENS = 1_000_000
+MAX_SAMPLES = 1024
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 100.0
+
+
 @dataclass(frozen=True)
 class Drawing(_Config):
     """How each new token is drawn (the sampling options every generating command shares)."""
@@ -489,10 +497,13 @@ class Drawing(_Config):
     num_samples: int = option(1, "samples, generated as one batch")
 
     def __post_init__(self) -> None:
-        _check(self.temperature > 0, "temperature", "must be > 0", self.temperature)
+        _check(MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE, "temperature",
+               f"must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]", self.temperature)
         _check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]", self.top_p)
-        _check(self.top_k >= 0, "top_k", "must be >= 0", self.top_k)
-        _check(self.num_samples >= 1, "num_samples", "must be >= 1", self.num_samples)
+        _check(0 <= self.top_k <= 2**31 - 1, "top_k", "must be in 0..2147483647", self.top_k)
+        _check(0 <= self.seed < 2**63, "seed", "must be in 0..2**63-1", self.seed)
+        _check(1 <= self.num_samples <= MAX_SAMPLES, "num_samples",
+               f"must be in 1..{MAX_SAMPLES}", self.num_samples)
 
 
 @dataclass(frozen=True)
@@ -571,9 +582,9 @@ class SampleConfig(Steering):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("tokens", "seconds"):  # zero is not "the default": say so
-            v = getattr(self, name)
-            _check(v is None or v > 0, name, "must be > 0", v)
+        for name, top in (("tokens", MAX_TAKE_TOKENS), ("seconds", MAX_TAKE_SECONDS)):
+            v = getattr(self, name)  # zero is not "the default": say so
+            _check(v is None or 0 < v <= top, name, f"must be in (0, {top:.0f}]", v)
         if self.tokens and self.seconds:
             raise ConfigError(f"--tokens {self.tokens} and --seconds {self.seconds:g}: "
                               "give one of them, not both")
@@ -633,8 +644,10 @@ class GenerateConfig(_Config):
             object.__setattr__(self, "checkpoint", tuple(
                 str(c) for c in ([self.checkpoint] if one else self.checkpoint)))
         _check(len(self.checkpoint) > 0, "checkpoint", "give at least one", self.checkpoint)
-        _check(self.primer_seconds >= 0, "primer_seconds", "must be >= 0", self.primer_seconds)
-        _check(self.primer_tokens >= 0, "primer_tokens", "must be >= 0", self.primer_tokens)
+        _check(0 <= self.primer_seconds <= MAX_TAKE_SECONDS * 10, "primer_seconds",
+               f"must be in [0, {MAX_TAKE_SECONDS * 10:g}]", self.primer_seconds)
+        _check(0 <= self.primer_tokens <= 10**7, "primer_tokens", "must be in 0..10000000",
+               self.primer_tokens)
         transposition_shifts(self.transpositions)
         _check(self.precision in GENERATE_PRECISIONS, "precision",
                f"must be one of {GENERATE_PRECISIONS}", self.precision)
@@ -678,9 +691,9 @@ class InfillConfig(_Config):
     def __post_init__(self) -> None:
         self._nest()
         if self.bars is None:
-            _check(self.start >= 0, "start", "must be >= 0", self.start)
-            _check(self.end > self.start, "end", f"must be after --start {self.start:g}",
-                   self.end)
+            _check(0 <= self.start <= 3 * 3600, "start", "must be in [0, 10800]", self.start)
+            _check(self.start < self.end <= 3 * 3600, "end",
+                   f"must be after --start {self.start:g} and at most 10800", self.end)
         elif self.start or self.end:
             raise ConfigError(f"--bars {self.bars} and --start/--end: give the span one way")
         _check(1 <= self.candidates <= 256, "candidates", "must be in 1..256",
@@ -854,6 +867,16 @@ class StudioConfig(_Config):
                             "finishes")
     max_work_mb: float = option(512.0, "disk the studio's starts and takes may use, MB; the "
                                 "oldest finished takes and unused starts go first")
+    max_notes: int = option(50_000, "most notes in an uploaded start")
+    max_render_seconds: float = option(60.0, "wall-clock limit of one audio render, seconds "
+                                       "(FluidSynth is stopped and its file removed)")
+    max_body_kb: float = option(256.0, "largest JSON request body, KB")
+    max_connections: int = option(64, "open connections at once (more are closed at once)")
+    max_streams: int = option(4, "open event streams (the Play page's) at once")
+    header_timeout: float = option(10.0, "seconds a connection may take to send a request's "
+                                   "headers (from its opening, or the previous answer)")
+    body_timeout: float = option(30.0, "seconds a request may take to send its body")
+    idle_timeout: float = option(5.0, "seconds an idle connection is kept between requests")
     allow_host: tuple[str, ...] = option((), "another name this server may be reached by "
                                          "(a Host header it accepts), e.g. a LAN name",
                                          repeat=True, metavar="NAME")
@@ -872,8 +895,21 @@ class StudioConfig(_Config):
             raise ConfigError("--token and --no-token: give one of them, not both")
         _check(0 < self.max_upload_mb <= 100, "max_upload_mb", "must be in (0, 100]",
                self.max_upload_mb)
-        _check(self.max_seconds > 0, "max_seconds", "must be > 0", self.max_seconds)
-        _check(self.max_takes >= 1, "max_takes", "must be >= 1", self.max_takes)
+        _check(0 < self.max_seconds <= MAX_TAKE_SECONDS, "max_seconds",
+               f"must be in (0, {MAX_TAKE_SECONDS:g}]", self.max_seconds)
+        _check(1 <= self.max_takes <= MAX_SAMPLES, "max_takes", f"must be in 1..{MAX_SAMPLES}",
+               self.max_takes)
+        _check(1 <= self.max_notes <= 1_000_000, "max_notes", "must be in 1..1000000",
+               self.max_notes)
+        for name, top in (("max_render_seconds", 3600), ("max_body_kb", 10_000),
+                          ("header_timeout", 600), ("body_timeout", 600),
+                          ("idle_timeout", 600)):
+            v = getattr(self, name)
+            _check(0 < v <= top, name, f"must be in (0, {top}]", v)
+        _check(1 <= self.max_connections <= 10_000, "max_connections", "must be in 1..10000",
+               self.max_connections)
+        _check(1 <= self.max_streams <= 1000, "max_streams", "must be in 1..1000",
+               self.max_streams)
 
 
 @dataclass(frozen=True)

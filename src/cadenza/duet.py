@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +44,14 @@ import torch
 from .atomic import Busy, locked_dir, write_bytes
 from .config import DuetConfig, SampleConfig, Steering
 from .data.corpus import cadenza_home
-from .data.midi import Notes, load_score, notes_from_score, score_from_tracks, write_midi
+from .data.midi import (
+    BadInput,
+    Notes,
+    load_score,
+    notes_from_score,
+    score_from_tracks,
+    write_midi,
+)
 from .data.tokenizers import BOS
 from .data.tokenizers.base import Grammar
 from .data.tokenizers.performance import (
@@ -446,8 +454,11 @@ class Replay:
     def __init__(self, path: str | Path) -> None:
         import mido
 
-        f = resolve_primer(str(path))
-        n = notes_from_score(load_score(f), sustain_pedal=True)
+        f = resolve_primer(str(path), "--replay")
+        try:
+            n = notes_from_score(load_score(f), sustain_pedal=True)
+        except BadInput as e:
+            raise BadInput(f"--replay {path}: {e}") from None
         events = [(float(a), 1, mido.Message("note_on", note=int(p), velocity=int(v)))
                   for a, p, v in zip(n.start, n.pitch, n.velocity)]
         events += [(float(b), 0, mido.Message("note_off", note=int(p), velocity=0))
@@ -587,6 +598,8 @@ def run_duet(cfg: DuetConfig, *, device: str = "cpu") -> dict[str, Any] | None:
     # batch-1 decoding streams weights from memory: one thread is as fast, and leaves the
     # other core to the OS and a synthesizer (two would stall each other's steps)
     torch.set_num_threads(1)
+    check_record(cfg.record)  # before the session: a take played is never lost to a bad path
+    replay = Replay(cfg.replay) if cfg.replay else None
     clock = Clock(cfg.speed)
     gen = Generator.load(cfg.checkpoint, device=device, precision=cfg.precision)
     with contextlib.ExitStack() as stack:
@@ -594,7 +607,21 @@ def run_duet(cfg: DuetConfig, *, device: str = "cpu") -> dict[str, Any] | None:
                            ("--out", cfg.out_port)):
             if name is not None:  # one duet per port: a second is refused (atomic.Busy)
                 stack.enter_context(port_lock(name, flag))
-        return _session(cfg, gen, clock, mido)
+        return _session(cfg, gen, clock, mido, replay)
+
+
+def check_record(folder: str) -> None:
+    """``--record``: a folder that exists or can be made, and written to (ValueError naming
+    the flag otherwise), checked before the session starts."""
+    p = Path(folder)
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is a file" if probe == p else f"{probe} is a file"
+        raise ValueError(f"--record {folder}: {what}; give a folder for the session's files")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--record {folder}: cannot write there ({probe} is not writable)")
 
 
 @contextlib.contextmanager
@@ -615,11 +642,12 @@ def port_lock(name: str, flag: str) -> Iterator[None]:
         lock.__exit__(None, None, None)
 
 
-def _session(cfg: DuetConfig, gen: Generator, clock: Clock, mido: Any) -> dict[str, Any]:
+def _session(cfg: DuetConfig, gen: Generator, clock: Clock, mido: Any,
+             replay: Replay | None = None) -> dict[str, Any]:
     out_port = in_port = None
     try:
         if cfg.replay:
-            source: Any = Replay(cfg.replay)
+            source: Any = replay or Replay(cfg.replay)
         else:
             mido.set_backend("mido.backends.rtmidi")
             try:

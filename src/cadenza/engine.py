@@ -192,7 +192,8 @@ class Engine:
             s = s[:, drop:]
         return torch.cat([self.head.expand(s.shape[0], -1), s], 1) if k else s
 
-    def _next_logits(self) -> torch.Tensor:
+    @torch.no_grad()  # whichever thread calls (grad mode is per thread): a graph through
+    def _next_logits(self) -> torch.Tensor:  # the in-place cache would never be freed
         """(B, V) logits after the last token, reading what the model has not read yet."""
         if not self.use_cache:
             return self.model(self._window(self.buf[:, : self.n]))[:, -1]
@@ -207,6 +208,7 @@ class Engine:
         self.fed = self.n
         return self.logits
 
+    @torch.no_grad()
     def _reread(self, half: bool = False) -> torch.Tensor:
         """A fresh cache reads the context's window (past the context, or with ``half``:
         its recent half)."""

@@ -107,20 +107,21 @@ def _pick(n: Notes, m: np.ndarray) -> Notes:
     return Notes(n.start[m], n.end[m], n.pitch[m], n.velocity[m])
 
 
-def resolve_primer(spec: str) -> Path:
-    """A MIDI path, or ``builtin:CORPUS[/NAME]`` (the first file whose name contains NAME)."""
+def resolve_primer(spec: str, flag: str = "--primer") -> Path:
+    """A MIDI path, or ``builtin:CORPUS[/NAME]`` (the first file whose name contains NAME);
+    errors name ``flag``."""
     if spec.startswith("builtin:"):
         corpus, _, name = spec[len("builtin:"):].partition("/")
         folder = build_corpus(corpus)
         files = sorted(f for f in folder.glob("*.mid") if name in f.name)
         if not files:
-            raise BadInput(f"--primer {spec}: no piece matching '{name}' in builtin:{corpus}")
+            raise BadInput(f"{flag} {spec}: no piece matching '{name}' in builtin:{corpus}")
         return files[0]
     p = Path(spec)
     if not p.exists():
-        raise FileNotFoundError(f"--primer {spec}: no such file")
+        raise FileNotFoundError(f"{flag} {spec}: no such file")
     if p.is_dir():
-        raise BadInput(f"--primer {spec}: is a folder; give one MIDI file")
+        raise BadInput(f"{flag} {spec}: is a folder; give one MIDI file")
     return p
 
 

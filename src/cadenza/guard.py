@@ -36,8 +36,9 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
+from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -125,36 +126,54 @@ def _split_host(header: str) -> tuple[str, int | None]:
 
 
 class GuardMiddleware:
-    """ASGI middleware applying a :class:`Guard` before the app sees a request."""
+    """ASGI middleware applying a :class:`Guard` before the app sees a request.
+    ``stateful_get``: paths whose GET changes state all the same (an event stream whose
+    closing stops a duet), checked like a post."""
 
-    def __init__(self, app: Any, guard: Guard) -> None:
-        self.app, self.guard = app, guard
+    def __init__(self, app: Any, guard: Guard,
+                 stateful_get: Callable[[str], bool] = lambda path: False) -> None:
+        self.app, self.guard, self.stateful_get = app, guard, stateful_get
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
+        try:
+            return await self._check(scope, receive, send)
+        except (ValueError, CookieError) as e:  # a header no client of ours sends
+            what = e.args[0] if isinstance(e, BadHeader) else "a header"
+            return await _refuse(scope, send, 400, f"malformed {what}")
+
+    async def _check(self, scope: dict, receive: Any, send: Any) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         g = self.guard
         host = headers.get("host", "")
         if not g.host_ok(host):
-            return await _refuse(scope, send, 421, f"host {host!r} is not this server's name "
-                                 "(a page elsewhere pointing its name here is refused); "
+            return await _refuse(scope, send, 421, f"host {_shown(host)} is not this server's "
+                                 "name (a page elsewhere pointing its name here is refused); "
                                  "start it with --allow-host NAME to allow a name")
-        changes = scope["type"] == "websocket" or scope.get("method") not in SAFE_METHODS
+        changes = scope["type"] == "websocket" or scope.get("method") not in SAFE_METHODS \
+            or self.stateful_get(scope.get("path", ""))
         if changes:
             origin = headers.get("origin")
-            if origin is not None and not g.origin_ok(origin):
-                return await _refuse(scope, send, 403, f"a request from {origin} was refused: "
-                                     "only the studio's own page may change it")
+            try:
+                ok = origin is None or g.origin_ok(origin)
+            except ValueError:
+                raise BadHeader("Origin header") from None
+            if not ok:
+                return await _refuse(scope, send, 403, f"a request from {_shown(origin)} was "
+                                     "refused: only the studio's own page may change it")
             site = headers.get("sec-fetch-site")
             if site is not None and site not in ("same-origin", "none"):
-                return await _refuse(scope, send, 403, f"a {site} request was refused: only "
-                                     "the studio's own page may change it")
+                return await _refuse(scope, send, 403, f"a {_shown(site)} request was refused: "
+                                     "only the studio's own page may change it")
         if g.token is None:
             return await self.app(scope, receive, send)
         query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])
-        cookie = SimpleCookie(headers.get("cookie", ""))
+        try:
+            cookie = SimpleCookie(headers.get("cookie", ""))
+        except CookieError:
+            raise BadHeader("Cookie header") from None
         given = headers.get(HEADER) or (cookie[COOKIE].value if COOKIE in cookie else "") \
             or query[0]
         if not hmac.compare_digest(given.encode(), g.token.encode()):
@@ -163,6 +182,15 @@ class GuardMiddleware:
         if query[0] and scope["type"] == "http":  # remember it for the page's requests
             send = _with_cookie(send, g.token)
         return await self.app(scope, receive, send)
+
+
+class BadHeader(ValueError):
+    """A header that cannot be read (its name in args[0]): 400, never 500."""
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A client's text in a reply: quoted, and cut (a reply never echoes a long string)."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _with_cookie(send: Any, token: str) -> Any:
@@ -190,9 +218,45 @@ class Busy(ConfigError):
     """A request over what the server takes at once (HTTP 429): what to wait for."""
 
 
+class BadRequest(ValueError):
+    """A request the server cannot read (HTTP 400); the message is ours, never a library's."""
+
+
+MAX_TEXT = 512  # characters in any text field of a request
+MAX_DEPTH = 8  # nesting of a JSON body (the deepest the pages send is 3)
+
+
+def parse_json(raw: bytes, what: str) -> dict[str, Any]:
+    """A JSON object of at most MAX_DEPTH levels (BadRequest otherwise, before a deeper body
+    can exhaust the parser's recursion)."""
+    depth = deepest = 0
+    quoted = escaped = False
+    for c in raw.decode("utf-8", errors="replace"):  # brackets outside strings
+        if quoted:
+            escaped, quoted = (False, True) if escaped else (c == "\\", c != '"')
+        elif c == '"':
+            quoted = True
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_DEPTH:
+                raise BadRequest(f"{what}: JSON nested deeper than {MAX_DEPTH} levels")
+        elif c in "]}":
+            depth -= 1
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadRequest(f"{what}: the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"{what}: expected a JSON object")
+    return body
+
+
 def body_field(body: dict[str, Any], name: str, kind: type) -> Any:
     """A request's field, None when absent, else of ``kind`` (ConfigError naming it, checked
-    as the configs check theirs)."""
+    as the configs check theirs); text at most MAX_TEXT characters."""
     v = body.get(name)
     check_type(name, kind, v, shown=name)
+    if isinstance(v, str) and len(v) > MAX_TEXT:
+        raise ConfigError(f"{name}: at most {MAX_TEXT} characters, got {len(v):,}")
     return v

@@ -11,6 +11,7 @@ the server keeps serving. ``POST /api/duet/ID/stop`` ends the session and record
 
 from __future__ import annotations
 
+import gc
 import json
 import queue
 import threading
@@ -25,6 +26,8 @@ from .guard import Busy, body_field
 
 KEEP_ALIVE = 10.0  # seconds between comments on an idle event stream
 WAIT = 0.25  # seconds an event stream waits for an event before it looks for the page
+MAX_NOTES_POST = 512  # note events in one post of the page's playing
+KEEP_DUETS = 8  # finished duets kept (their session.mid); older ones are forgotten
 
 
 class Gone(OSError):
@@ -92,17 +95,22 @@ class LiveDuet:
         finally:
             self.duet.all_notes_off()
             self.summary = self.duet.record(self.folder / "session")
+            self.duet = None  # its caches and notes: a stopped duet gives its memory back,
+            gc.collect()  # now rather than at the next full collection (they hold cycles)
             self.events.put({"type": "ended", "midi": f"/api/duet/{self.id}/session.mid"})
             self.events.put(None)
 
     def hear(self, notes: list) -> None:
         """Notes from the page: [[1 (on) or 0 (off), pitch, velocity], ...]."""
         import mido
+        if len(notes) > MAX_NOTES_POST:
+            raise ConfigError(f"notes: at most {MAX_NOTES_POST} in one post, got {len(notes):,}")
         for n in notes:
             if not (isinstance(n, list) and len(n) == 3 and all(isinstance(x, int)
                                                                 and not isinstance(x, bool)
                                                                 for x in n)):
-                raise ConfigError(f"notes: each must be [on, pitch, velocity], got {n!r}")
+                raise ConfigError(f"notes: each must be [on, pitch, velocity], got "
+                                  f"{str(n)[:40]!r}")
             on, pitch, vel = n
             if not (0 <= pitch <= 127 and 0 <= vel <= 127):
                 raise ConfigError(f"notes: pitch and velocity must be in 0..127, got {n!r}")
@@ -146,6 +154,8 @@ def live_routes(studio, guarded, json_object) -> list:
             if any(d.alive for d in studio.live.values()):
                 raise Busy("another page is playing a duet with this studio (one at a time); "
                            "stop it first")
+            for old in [k for k, d in studio.live.items() if not d.alive][:-KEEP_DUETS or None]:
+                studio.live.pop(old)  # the oldest finished ones (dicts keep their order)
         gen = await run_in_threadpool(studio.generator, model)
         d = LiveDuet(gen, cfg.sample, cfg.wait, cfg.answer, studio.work / "duets" /
                      uuid.uuid4().hex[:12])
@@ -157,17 +167,22 @@ def live_routes(studio, guarded, json_object) -> list:
         body = await json_object(request)
         got = body.get("notes")
         if not isinstance(got, list):
-            raise ConfigError(f"notes: must be a list, got {got!r}")
+            raise ConfigError(f"notes: must be a list, got {type(got).__name__}")
         d.hear(got)
         return JSONResponse({"ok": True})
 
     async def events(request: Request):
         d = get(request)
+        with studio.lock:
+            if studio.streams >= studio.cfg.max_streams:
+                raise Busy(f"{studio.streams} event streams are open (--max-streams "
+                           f"{studio.cfg.max_streams}); close a Play page")
+            studio.streams += 1
 
         async def stream():
             idle = 0.0
             try:
-                while True:
+                while not studio.stopping.is_set():
                     try:  # waits in a worker thread: an event leaves the moment it is put
                         e = await run_in_threadpool(d.events.get, True, WAIT)
                     except queue.Empty:
@@ -182,8 +197,10 @@ def live_routes(studio, guarded, json_object) -> list:
                         break
                     idle = 0.0
                     yield f"data: {json.dumps(e)}\n\n"
-            finally:  # the page went away (or the session ended): stop it
+            finally:  # the page went away (or the session ended, or the server stops)
                 d.source.stop.set()
+                with studio.lock:
+                    studio.streams -= 1
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 

@@ -17,6 +17,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,23 +75,80 @@ def audio_missing(soundfont: str | None = None) -> str | None:
     return _tools(soundfont)[2]
 
 
+# What one render may cost, checked before FluidSynth starts and enforced while it runs: the
+# WAV's bytes (its music's length, plus a tail for the last notes' release), and the clock.
+RENDER_TAIL_SECONDS = 10.0
+RENDER_TIMEOUT = 600.0  # seconds of wall clock (the studio passes its own, shorter)
+_children: set[subprocess.Popen] = set()  # renders in progress (kill_renders ends them)
+_children_lock = threading.Lock()
+
+
+def wav_bytes(seconds: float, sample_rate: int = 44100) -> int:
+    """The most bytes a WAV of ``seconds`` of music may hold (16-bit stereo, with a tail)."""
+    return int((max(seconds, 0.0) + RENDER_TAIL_SECONDS) * sample_rate * 4) + 4096
+
+
 def render_wav(midi: Path, wav: Path, soundfont: str | None = None,
-               sample_rate: int = 44100) -> tuple[Path | None, str]:
-    """Render a MIDI file to WAV; returns (path, "") or (None, why not)."""
+               sample_rate: int = 44100, timeout: float = RENDER_TIMEOUT,
+               max_bytes: int | None = None) -> tuple[Path | None, str]:
+    """Render a MIDI file to WAV; returns (path, "") or (None, why not). The render is
+    stopped, and its partial file removed, when it runs past ``timeout`` seconds or its WAV
+    grows past ``max_bytes`` (default: what the file's own length allows, ``wav_bytes``),
+    or when ``kill_renders`` is called (a server that stops)."""
     exe, sf, why = _tools(soundfont)
     if why:
         return None, why
     try:
+        if max_bytes is None:
+            import symusic
+            max_bytes = wav_bytes(symusic.Score(str(midi)).to("second").end(), sample_rate)
         with atomic_path(wav) as tmp:
-            r = subprocess.run([exe, "-ni", "-q", "-g", "0.7", "-r", str(sample_rate),
-                                "-F", str(tmp), str(sf), str(midi)], capture_output=True,
-                               text=True, timeout=600, preexec_fn=_die_with_parent)
-            if r.returncode != 0 or tmp.stat().st_size <= 44:
-                lines = (r.stderr or r.stdout).strip().splitlines()
-                raise RuntimeError(lines[-1] if lines else "no audio written")
+            _run_bounded([exe, "-ni", "-q", "-g", "0.7", "-r", str(sample_rate), "-F",
+                          str(tmp), str(sf), str(midi)], tmp, timeout, max_bytes)
         return wav, ""
     except Exception as e:
         return None, f"fluidsynth failed: {e}"
+
+
+def _run_bounded(cmd: list[str], out: Path, timeout: float, max_bytes: int) -> None:
+    """Run FluidSynth, watching the clock and the size of what it writes."""
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty child never blocks
+    with _children_lock:
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log,
+                                 preexec_fn=_die_with_parent)
+        _children.add(child)
+    t0 = time.monotonic()
+    try:
+        while child.poll() is None:
+            if time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"stopped after {timeout:g} s (the render's time limit)")
+            if out.exists() and out.stat().st_size > max_bytes:
+                raise RuntimeError(f"stopped at {max_bytes / 1e6:.0f} MB (longer audio than "
+                                   "the music it renders)")
+            time.sleep(0.05)
+        log.seek(0)
+        err = log.read()
+        if child.returncode != 0 or not out.exists() or out.stat().st_size <= 44:
+            lines = err.strip().splitlines()
+            raise RuntimeError(lines[-1] if lines else
+                               "no audio written" if child.returncode >= 0 else "stopped")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        log.close()
+        with _children_lock:
+            _children.discard(child)
+
+
+def kill_renders() -> int:
+    """End every render in progress (their partial files are removed by their callers);
+    how many there were."""
+    with _children_lock:
+        running = [c for c in _children if c.poll() is None]
+    for c in running:
+        c.kill()
+    return len(running)
 
 
 def _die_with_parent() -> None:

@@ -27,7 +27,6 @@ the CLI uses, and a user sees a line naming the field, never a Python exception.
 
 from __future__ import annotations
 
-import json
 import queue
 import shlex
 import shutil
@@ -64,14 +63,27 @@ from .data.midi import (
 )
 from .engine import WHY
 from .generate import PRIMER_TRACK, Generator, run_generate
-from .guard import Busy, Guard, GuardMiddleware, body_field, is_loopback
+from .guard import (
+    BadRequest,
+    Busy,
+    Guard,
+    GuardMiddleware,
+    body_field,
+    is_loopback,
+    parse_json,
+)
 from .infill import INFILL_TRACK, run_infill
 from .live import live_routes
-from .render import audio_missing, note_name, render_wav
+from .render import audio_missing, kill_renders, note_name, render_wav, wav_bytes
 
 STATIC = Path(__file__).parent / "static"
 WORK_PREFIX = "cadenza-studio-"
 START_AUDIO_SECONDS = 120.0  # a start's WAV covers its first two minutes
+# A take asked for in tokens is bounded by --max-seconds too: performance tokens run at 20-60
+# a second of piano music, so this many per second of --max-seconds is a generous ceiling.
+TOKENS_PER_SECOND = 100
+TAKE_FILES_BYTES = 2_000_000  # a take's MIDI, PNG and JSON, at most (beside its WAV)
+KEEP_PAGES = 256  # page ids issued and remembered (the oldest is forgotten first)
 
 
 class Stopped(Exception):
@@ -133,7 +145,19 @@ class Job:
 
 
 USER_ERRORS = (BadInput, ConfigError, CheckpointError, FileNotFoundError, FileExistsError,
-               PermissionError, ValueError)  # their messages are written for a user
+               PermissionError, ValueError)  # a user's mistake: the server keeps serving
+OUR_ERRORS = (BadInput, ConfigError, CheckpointError, BadRequest)  # messages we wrote
+MAX_ERROR = 300  # characters of an error line a reply carries
+
+
+def user_line(e: Exception) -> str:
+    """An error as the page sees it: one line of our own words, cut to MAX_ERROR; another
+    library's text (an OS error's path, an overflow) is never shown."""
+    if not isinstance(e, OUR_ERRORS):
+        return "the request could not be carried out (a value out of range, or a file " \
+               "that could not be written)"
+    line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return line if len(line) <= MAX_ERROR else line[:MAX_ERROR] + "..."
 
 
 def _size(folder: Path) -> int:
@@ -250,6 +274,8 @@ class Studio:
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.seq = 0  # jobs submitted so far: each job's place in the queue
         self.live: dict[str, Any] = {}  # the Play page's duets (live.py)
+        self.streams = 0  # the Play page's open event streams (at most --max-streams)
+        self.pages: dict[str, None] = {}  # page ids this server issued, oldest first
         self._generators: dict[str, Any] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -271,15 +297,18 @@ class Studio:
         midi = d / "start.mid"
         midi.write_bytes(midi_bytes)
         try:
-            notes = notes_from_score(load_score(midi))
+            notes = notes_from_score(load_score(midi))  # refuses notes stacked at one instant
+            if len(notes) > self.cfg.max_notes:
+                raise BadInput(f"{len(notes):,} notes (the studio takes up to "
+                               f"{self.cfg.max_notes:,}: --max-notes)")
+            wav = None
+            if self.audio_missing is None:
+                heard = cut_notes(notes, START_AUDIO_SECONDS)
+                write_midi(score_from_notes(heard), d / "heard.mid")
+                wav = self.render(d / "heard.mid", d / "start.wav", heard.duration, sid)
         except BadInput as e:
             shutil.rmtree(d, ignore_errors=True)
-            raise BadInput(f"{name}: {e}") from e
-        wav = None
-        if self.audio_missing is None:
-            heard = d / "heard.mid"
-            write_midi(score_from_notes(cut_notes(notes, START_AUDIO_SECONDS)), heard)
-            wav = render_wav(heard, d / "start.wav")[0]
+            raise BadInput(f"{name}: {e}" if not str(e).startswith(name) else str(e)) from e
         start = Start(sid, name, midi, notes, wav)
         with self.lock:
             self.starts[sid] = start
@@ -289,7 +318,7 @@ class Studio:
     def builtin_start(self, piece: str) -> Start:
         f = OPENINGS / f"{piece}.mid"
         if piece not in {p["id"] for p in builtin_pieces()}:
-            raise BadInput(f"builtin:openings/{piece}: no such piece")
+            raise BadInput(f"builtin:openings/{piece[:40]}: no such piece")
         return self.add_start(f.name, f.read_bytes())
 
     def take_start(self, job_id: str, k: int) -> Start:
@@ -311,8 +340,8 @@ class Studio:
             raise ConfigError("start: unknown (the server was restarted, or it was cleared "
                               "to make room); choose it again")
         primer_seconds = body_field(req, "primer_seconds", float) or 0.0
-        if primer_seconds < 0:
-            raise ConfigError(f"--primer-seconds: must be >= 0, got {primer_seconds!r}")
+        if not 0 <= primer_seconds <= 3 * 3600:
+            raise ConfigError(f"--primer-seconds: must be in [0, 10800], got {primer_seconds!r}")
         ask = body_field(req, "sample", dict) or {}
         names = {f.name for f in fields(SampleConfig)}
         unknown = sorted(set(ask) - names)
@@ -326,6 +355,11 @@ class Studio:
         if (sample.seconds or 0) > self.cfg.max_seconds:
             raise ConfigError(f"--seconds: the studio makes up to {self.cfg.max_seconds:g} s "
                               f"per take (--max-seconds), got {sample.seconds:g}")
+        most = int(self.cfg.max_seconds * TOKENS_PER_SECOND)
+        if (sample.tokens or 0) > most:
+            raise ConfigError(f"--tokens: the studio makes up to {most:,} tokens per take "
+                              f"({TOKENS_PER_SECOND} per second of --max-seconds "
+                              f"{self.cfg.max_seconds:g}), got {sample.tokens:,}")
         jid = uuid.uuid4().hex[:12]
         span = body_field(req, "span", dict)
         if span is not None:  # "Regenerate this span" of the start
@@ -339,11 +373,11 @@ class Studio:
                                         if k not in ("tokens", "seconds", "may_end")})
             cfg: GenerateConfig | InfillConfig = InfillConfig(
                 input=str(start.midi), out=str(self.work / "jobs" / jid), start=float(a),
-                end=float(b), checkpoint=model, sample=steer)
+                end=float(b), checkpoint=model, sample=steer, audio=False)
         else:
             cfg = GenerateConfig(out=str(self.work / "jobs" / jid), checkpoint=(model,),
                                  primer=str(start.midi) if start else None,
-                                 primer_seconds=primer_seconds, sample=sample)
+                                 primer_seconds=primer_seconds, sample=sample, audio=False)
         with self.lock:
             active = [j for j in self.jobs.values() if j.state in ACTIVE]
             limit = self.cfg.max_queue
@@ -371,11 +405,31 @@ class Studio:
             elif job.state in ACTIVE:
                 job.cancel = True
 
-    def evict(self, newest: str = "") -> None:
-        """Keep the work folder within --max-work-mb (and the records in memory within
-        KEEP_JOBS and KEEP_STARTS): the oldest finished jobs and the oldest starts no waiting
-        job needs go first; ``newest`` (the job or start just made) stays, so that its page
-        can read it."""
+    def render(self, midi: Path, wav: Path, seconds: float, newest: str) -> Path | None:
+        """A WAV of ``seconds`` of music, within every limit: room is made for the most it
+        may hold first (none: no WAV), and FluidSynth is stopped past that size or
+        --max-render-seconds (its partial file removed), or when the server stops."""
+        need = wav_bytes(seconds)
+        self.evict(newest, need)
+        if self.stopping.is_set() or _size(self.work) + need > self.cfg.max_work_mb * 1e6:
+            return None
+        return render_wav(midi, wav, timeout=self.cfg.max_render_seconds, max_bytes=need)[0]
+
+    def issue_page(self) -> str:
+        """A page id (the page sends it back as Cadenza-Page): its share of the queue is
+        keyed on ids this server made, so a client cannot widen it by inventing new ones."""
+        pid = uuid.uuid4().hex
+        with self.lock:
+            self.pages[pid] = None
+            while len(self.pages) > KEEP_PAGES:
+                self.pages.pop(next(iter(self.pages)))
+        return pid
+
+    def evict(self, newest: str = "", need: int = 0) -> None:
+        """Keep the work folder within --max-work-mb less ``need`` (and the records in
+        memory within KEEP_JOBS and KEEP_STARTS): the oldest finished jobs and the oldest
+        starts no waiting job needs go first; ``newest`` (the job or start just made)
+        stays, so that its page can read it."""
         with self.lock:
             busy = {getattr(j.cfg, "primer", None) or getattr(j.cfg, "input", None)
                     for j in self.jobs.values() if j.state in ACTIVE}
@@ -385,7 +439,7 @@ class Studio:
                       enumerate(self.starts.values()) if str(s.midi) not in busy
                       and s.id != newest]
             used = _size(self.work)
-            limit = self.cfg.max_work_mb * 1e6
+            limit = self.cfg.max_work_mb * 1e6 - need
             for kind, items, keep in (("job", jobs, KEEP_JOBS), ("start", starts, KEEP_STARTS)):
                 for k, (_, _, key, folder) in enumerate(sorted(items)):
                     if used <= limit and len(items) - k <= keep:
@@ -426,6 +480,11 @@ class Studio:
             try:
                 run = run_infill if isinstance(job.cfg, InfillConfig) else run_generate
                 infos = run(job.cfg, device=self.device, progress=self._hear(job))
+                if self.audio_missing is None:  # the studio renders, within its limits
+                    for i in infos:
+                        mid = Path(job.cfg.out) / f"sample-{i.sample}.mid"
+                        seconds = load_score(mid).to("second").end()
+                        self.render(mid, mid.with_suffix(".wav"), seconds, job.id)
                 job.takes = [self._take(job, i) for i in infos]
                 job.progress, job.state = 1.0, "done"
             except Stopped:
@@ -433,7 +492,7 @@ class Studio:
             except Cancelled:
                 job.state = "cancelled"
             except USER_ERRORS as e:  # one line in the page; the server keeps serving
-                job.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+                job.error = user_line(e)
                 job.state = "failed"
             except Exception:  # a bug: its traceback in the server's log, not in the page
                 traceback.print_exc()
@@ -456,8 +515,9 @@ class Studio:
         """A take for the page: a generate sample's (SampleInfo) or an infill's (InfillInfo)."""
         k, cfg = info.sample, job.cfg
         base = f"/api/jobs/{job.id}/takes/{k}"
+        wav = (Path(cfg.out) / f"sample-{k}.wav").exists()
         take = {"job": job.id, "take": k, "start": job.start, "settings": info.settings,
-                "midi": f"{base}/mid", "wav": f"{base}/wav" if info.files["wav"] else None,
+                "midi": f"{base}/mid", "wav": f"{base}/wav" if wav else None,
                 "png": f"{base}/png", "command": command_line(job) + f"   # sample-{k}"}
         notes = Path(cfg.out) / info.files["midi"]
         if isinstance(cfg, InfillConfig):
@@ -481,18 +541,24 @@ class Studio:
             return self._generators[model]
 
     def close(self) -> None:
-        """Stop the worker (a running generation stops within a few tokens) and any duet,
-        remove the folder."""
-        for d in list(self.live.values()):
-            d.stop()
+        """Stop everything within a few seconds: the worker (a running generation stops
+        within a few tokens, queued jobs never start), every render (killed), every duet
+        and event stream; then remove the folder."""
         self.stopping.set()
+        kill_renders()
+        for d in list(self.live.values()):
+            d.source.stop.set()
         self.queue.put(None)
         if self.worker.is_alive() and threading.current_thread() is not self.worker:
-            self.worker.join(timeout=60)
+            self.worker.join(timeout=3)
+        for d in list(self.live.values()):
+            d.stop(timeout=1)
+        kill_renders()  # one the worker may have started meanwhile
         shutil.rmtree(self.work, ignore_errors=True)
 
     def info(self) -> dict[str, Any]:
         return {"models": self.models, "pieces": builtin_pieces(), "defaults": _defaults(),
+                "page": self.issue_page(),
                 "limits": {"max_upload_mb": self.cfg.max_upload_mb,
                            "max_seconds": self.cfg.max_seconds,
                            "max_takes": self.cfg.max_takes},
@@ -512,7 +578,7 @@ def _error(msg: str, status: int = 400):
 
 
 async def _read_body(request, name: str, mb: float) -> bytes:
-    """The upload, refused before it is read whole when it is over ``mb``."""
+    """The body, refused before it is read whole when it is over ``mb``."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > mb * 1e6:
         raise TooLarge(name, mb, int(declared))
@@ -528,24 +594,24 @@ def _content_type(request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def _json_object(request) -> dict[str, Any]:
-    """The body as a JSON object, sent as application/json (a type no cross-site form can
-    send)."""
-    if _content_type(request) != "application/json":
-        raise Unsupported(f"{request.url.path}: send JSON as application/json")
-    try:
-        body = json.loads(await request.body())
-    except ValueError:
-        raise ValueError(f"{request.url.path}: the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise ValueError(f"{request.url.path}: expected a JSON object")
-    return body
+def _json_reader(max_kb: float):
+    """``json_object(request)``: the body as a JSON object of at most ``max_kb`` and
+    guard.MAX_DEPTH levels, sent as application/json (a type no cross-site form can send)."""
+    async def json_object(request) -> dict[str, Any]:
+        if _content_type(request) != "application/json":
+            raise Unsupported(f"{request.url.path}: send JSON as application/json")
+        raw = await _read_body(request, request.url.path, max_kb / 1000)
+        return parse_json(raw, request.url.path)
+    return json_object
 
 
-def _page(request) -> str:
-    """Which page asks (the id it made when it loaded), else the client's address."""
-    return request.headers.get("cadenza-page") or \
-        (request.client.host if request.client else "")
+def _page(studio: Studio, request) -> str:
+    """Which page asks: an id this server issued (/api/info), else the client's address
+    (so a header the client invents counts as that client, not as a new page)."""
+    pid = request.headers.get("cadenza-page", "")
+    if pid in studio.pages:
+        return pid
+    return request.client.host if request.client else ""
 
 
 def _guarded(fn):
@@ -554,14 +620,14 @@ def _guarded(fn):
         try:
             return await fn(request)
         except Busy as e:
-            return _error(str(e), 429)
+            return _error(user_line(e), 429)
         except Unsupported as e:
-            return _error(str(e), 415)
+            return _error(str(e)[:MAX_ERROR], 415)
         except (BadInput, ConfigError, CheckpointError, ValueError) as e:
-            return _error(str(e).splitlines()[0], 413 if isinstance(e, TooLarge) else 400)
+            return _error(user_line(e), 413 if isinstance(e, TooLarge) else 400)
         except KeyError as e:
-            return _error(f"not found: {e.args[0]} (a take or start may have been cleared "
-                          "to make room: --max-work-mb)", 404)
+            return _error(f"not found: {str(e.args[0])[:80]} (a take or start may have been "
+                          "cleared to make room: --max-work-mb)", 404)
         except Exception:  # a bug: its traceback in the server's log, not in the page
             traceback.print_exc()
             return _error("internal error (the server's log has it)", 500)
@@ -581,6 +647,7 @@ def make_app(studio: Studio, guard: Guard | None = None):
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
+    _json_object = _json_reader(studio.cfg.max_body_kb)
 
     async def index(request: Request):
         return FileResponse(STATIC / "studio.html")
@@ -598,8 +665,8 @@ def make_app(studio: Studio, guard: Guard | None = None):
 
     async def builtin(request: Request):
         body = await _json_object(request)
-        return JSONResponse((await run_in_threadpool(studio.builtin_start,
-                                                     str(body.get("piece")))).to_dict())
+        piece = body_field(body, "piece", str) or ""
+        return JSONResponse((await run_in_threadpool(studio.builtin_start, piece)).to_dict())
 
     async def from_take(request: Request):
         body = await _json_object(request)
@@ -615,7 +682,7 @@ def make_app(studio: Studio, guard: Guard | None = None):
         return FileResponse(s.wav, media_type="audio/wav")
 
     async def submit(request: Request):
-        job = studio.submit(await _json_object(request), _page(request))
+        job = studio.submit(await _json_object(request), _page(studio, request))
         return JSONResponse(studio.status(job.id))
 
     async def cancel(request: Request):
@@ -647,7 +714,13 @@ def make_app(studio: Studio, guard: Guard | None = None):
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes)
-    return app if guard is None else GuardMiddleware(app, guard)
+    return app if guard is None else GuardMiddleware(app, guard, stateful_get=is_event_stream)
+
+
+def is_event_stream(path: str) -> bool:
+    """The Play page's event stream: a GET whose closing stops its duet, so the guard checks
+    its origin as it checks a post's."""
+    return path.startswith("/api/duet/") and path.endswith("/events")
 
 
 def missing_extra() -> str | None:
@@ -691,9 +764,100 @@ def serve(cfg: StudioConfig, *, device: str = "cpu") -> None:
                   "reach this address can use the studio", flush=True)
         print(f"Cadenza Studio: {guard.address(port)}  (models: "
               f"{', '.join(m['name'] for m in studio.models)}; Ctrl-C stops it)", flush=True)
-        server = uvicorn.Server(uvicorn.Config(make_app(studio, guard), log_level="warning",
-                                               lifespan="off"))
+        server = StoppingServer(studio, uvicorn.Config(
+            make_app(studio, guard), log_level="warning", lifespan="off",
+            http=bounded_protocol(cfg), limit_concurrency=cfg.max_connections,
+            timeout_keep_alive=max(1, round(cfg.idle_timeout)), timeout_graceful_shutdown=1,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES))
         server.run(sockets=[sock])
     finally:
         studio.close()
         sock.close()
+
+
+MAX_HEAD_BYTES = 16 * 1024  # a request's line and headers
+
+
+def bounded_protocol(cfg: StudioConfig):
+    """uvicorn's HTTP/1.1 protocol with the studio's connection limits: at most
+    --max-connections open (one more is closed at once); a request's headers within
+    --header-timeout of the connection's opening or of the previous answer, its body within
+    --body-timeout; an idle connection closed after --idle-timeout (uvicorn's keep-alive).
+    An event stream, once its request is read, is bounded by --max-streams instead."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Bounded(H11Protocol):
+        deadline = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > cfg.max_connections:
+                transport.close()
+                return
+            self._arm(cfg.header_timeout)
+
+        def data_received(self, data: bytes) -> None:
+            if self.deadline is None and self.conn.their_state is h11.IDLE:
+                self._arm(cfg.header_timeout)  # the next request's headers, after an answer
+            super().data_received(data)
+            self._follow()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            self._follow()
+
+        def _follow(self) -> None:
+            """Rearm for the body once the headers are in; disarm once the request is."""
+            state = self.conn.their_state
+            if state is h11.SEND_BODY and getattr(self, "_phase", "") != "body":
+                self._arm(cfg.body_timeout, "body")
+            elif state not in (h11.IDLE, h11.SEND_BODY):
+                self._disarm()
+
+        def _arm(self, seconds: float, phase: str = "head") -> None:
+            self._disarm()
+            self._phase = phase
+            self.deadline = self.loop.call_later(seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline, self._phase = None, ""
+
+        def _too_slow(self) -> None:
+            self.deadline = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return Bounded
+
+
+def _stopping_server():
+    import uvicorn
+
+    class StoppingServer(uvicorn.Server):
+        """uvicorn's server that, on Ctrl-C or SIGTERM, also tells the studio at once: a
+        running generation, the renders and the event streams stop before uvicorn waits
+        for connections to close."""
+
+        def __init__(self, studio: Studio, config) -> None:
+            super().__init__(config)
+            self.studio = studio
+
+        def handle_exit(self, sig, frame) -> None:
+            self.studio.stopping.set()
+            kill_renders()
+            for d in list(self.studio.live.values()):
+                d.source.stop.set()
+            super().handle_exit(sig, frame)
+
+    return StoppingServer
+
+
+def StoppingServer(studio: Studio, config):  # noqa: N802 (a class made on first use)
+    return _stopping_server()(studio, config)

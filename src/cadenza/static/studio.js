@@ -15,8 +15,9 @@ function say(text, kind) {
   m.hidden = !text;
 }
 
-// this page's id: the studio shares its queue fairly between pages (--max-queue)
-const PAGE = Math.random().toString(36).slice(2) + Date.now().toString(36);
+// this page's id, issued by the server (/api/info): the studio shares its queue fairly
+// between pages (--max-queue)
+let PAGE = "";
 
 async function api(path, options) {
   options = options || {};
@@ -133,6 +134,7 @@ function pickSpan(svg, timeAt, x, top, bottom, done) {
 async function loadInfo() {
   const info = await api("/api/info");
   state.info = info;
+  PAGE = info.page;
   const sel = $("model");
   for (const m of info.models) {
     sel.append(el("option", { value: m.id, text: m.name }));
