@@ -167,7 +167,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> float | None:
             chunk = sock.recv(4096)
             if not chunk:
                 return time.time() - t
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return None
     except (ConnectionResetError, BrokenPipeError):
         return time.time() - t
