@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import queue
 import threading
 import traceback
@@ -126,11 +127,31 @@ class LiveDuet:
         return self.thread.is_alive()
 
 
+def open_file_response(path: Path, media: str, filename: str = "", key: str = ""):
+    """A file of the work folder as the answer, opened now: once open it is read whole
+    even if eviction removes its name meanwhile (KeyError, 404, when it is already gone)."""
+    from starlette.responses import StreamingResponse
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed when the stream ends
+    except FileNotFoundError:
+        raise KeyError(key or path.name) from None
+    size = os.fstat(f.fileno()).st_size
+
+    def chunks():
+        with f:
+            while block := f.read(1 << 16):
+                yield block
+    headers = {"content-length": str(size)}
+    if filename:
+        headers["content-disposition"] = f'attachment; filename="{filename}"'
+    return StreamingResponse(chunks(), media_type=media, headers=headers)
+
+
 def live_routes(studio, guarded, json_object) -> list:
     """The Play page's routes, for make_app."""
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
-    from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+    from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
 
@@ -214,7 +235,8 @@ def live_routes(studio, guarded, json_object) -> list:
         f = d.folder / "session.mid"
         if d.alive or not f.exists():
             raise KeyError(f"{d.id}/session.mid")
-        return FileResponse(f, media_type="audio/midi", filename=f"duet-{d.id[:6]}.mid")
+        return open_file_response(f, "audio/midi", f"duet-{d.id[:6]}.mid",
+                                  key=f"{d.id}/session.mid")
 
     return [Route("/api/duet", guarded(start), methods=["POST"]),
             Route("/api/duet/{did}/notes", guarded(notes), methods=["POST"]),

@@ -73,7 +73,7 @@ from .guard import (
     parse_json,
 )
 from .infill import INFILL_TRACK, run_infill
-from .live import live_routes
+from .live import live_routes, open_file_response
 from .render import audio_missing, kill_renders, note_name, render_wav, wav_bytes
 
 STATIC = Path(__file__).parent / "static"
@@ -161,9 +161,15 @@ def user_line(e: Exception) -> str:
 
 
 def _size(folder: Path) -> int:
-    """Bytes of the files under ``folder``."""
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) \
-        if folder.exists() else 0
+    """Bytes of the files under ``folder`` (renders in progress included; a file removed
+    while it is counted, by another thread, counts as gone)."""
+    total = 0
+    for f in (folder.rglob("*") if folder.exists() else ()):
+        try:
+            total += f.stat().st_size if f.is_file() else 0
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    return total
 
 
 def _note_rows(start, end, pitch, velocity, primer) -> list[list]:
@@ -679,7 +685,7 @@ def make_app(studio: Studio, guard: Guard | None = None):
         s = studio.starts.get(request.path_params["sid"])
         if s is None or s.wav is None:
             raise KeyError(request.path_params["sid"])
-        return FileResponse(s.wav, media_type="audio/wav")
+        return open_file_response(s.wav, "audio/wav", key=request.path_params["sid"])
 
     async def submit(request: Request):
         job = studio.submit(await _json_object(request), _page(studio, request))
@@ -696,8 +702,8 @@ def make_app(studio: Studio, guard: Guard | None = None):
         p = request.path_params
         f = studio.take_file(p["jid"], p["k"], p["kind"])
         media = {"mid": "audio/midi", "wav": "audio/wav", "png": "image/png"}[p["kind"]]
-        return FileResponse(f, media_type=media,
-                            filename=f"take-{p['jid'][:6]}-{p['k']}.{p['kind']}")
+        return open_file_response(f, media, f"take-{p['jid'][:6]}-{p['k']}.{p['kind']}",
+                                  key=f"{p['jid']}/{p['k']}.{p['kind']}")
 
     routes = [
         Route("/", index),
