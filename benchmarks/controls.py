@@ -135,8 +135,8 @@ def replay_masks(tok, cfg: SampleConfig | None, prompt: np.ndarray, cont: np.nda
         ctl.reset(1)
     for t in prompt:
         g.feed(np.array([[t]]))
-        if ctl is not None:
-            ctl.advance(np.array([t]), g.elapsed(), new=False)
+        if ctl is not None:  # the primer: read, not counted as new notes
+            ctl.feed(np.array([[t]]), g.elapsed()[:, None])
     if ctl is not None:
         ctl.begin(g.elapsed())
     gm, cm = [], []

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from cadenza.config import ConfigError, ModelConfig, SampleConfig
-from cadenza.controls import Controls
+from cadenza.controls import Controls, Step
 from cadenza.data.tokenizers import BOS, EOS, build_tokenizer
 from cadenza.data.tokenizers.performance import OFF0, ON0, SHIFT0, VEL0
 from cadenza.engine import (
@@ -308,3 +308,58 @@ def test_a_control_the_tokenizer_cannot_carry_is_refused_before_writing(tiny_run
     ("e", {4, 6, 8, 9, 11, 1, 3})])
 def test_key_names_a_musician_writes(text, classes):
     assert SampleConfig(key=text).key_classes == classes
+
+
+class NoNoteAboveThePrimersLast(Step):
+    """A toy control written here alone, with no change to src/: no new note above the pitch
+    of the primer's last note."""
+
+    def __init__(self, roles):
+        self.pitch = roles.pitch
+        self.ceiling = np.zeros(0, int)
+
+    def reset(self, batch):
+        self.ceiling = np.full(batch, 127)
+
+    def feed(self, ids, times):
+        struck = np.where(self.pitch[ids] >= 0, self.pitch[ids], -1)
+        last = np.where(struck >= 0, np.arange(ids.shape[1]), -1).max(1)
+        has = last >= 0
+        self.ceiling[has] = struck[has, last[has]]
+
+    def restrict(self, allowed, now):
+        for b, top in enumerate(self.ceiling):
+            allowed[b, self.pitch > top] = False
+        return allowed
+
+
+def test_a_step_written_in_a_test_file_is_obeyed_alongside_the_controls():
+    tok = build_tokenizer("performance")
+    rng = np.random.default_rng(3)
+    roles = tok.note_roles()
+    for seed in range(3):
+        prompt = _primer(tok, rng)
+        top = int(tok.decode_notes(prompt[1:]).pitch[-1])  # the last note struck
+        cfg = SampleConfig(tokens=200, temperature=1.5, seed=seed, num_samples=4,
+                           key="C major")
+        eng = Engine(_random_model(tok, seed), tok.grammar(), cfg, batch=4, roles=roles,
+                     scheme=tok.name, steps=[NoNoteAboveThePrimersLast(roles)])
+        eng.feed(np.repeat(prompt[None], 4, 0))
+        run = eng.run()
+        before = tok.decode_notes(prompt[1:])
+        new_pitches = []
+        for new in run.tokens:
+            notes = tok.decode_notes(np.concatenate([prompt[1:], new]))
+            fresh = ~primer_mask(notes, before)
+            new_pitches += notes.pitch[fresh].tolist()
+            assert all(p % 12 in (0, 2, 4, 5, 7, 9, 11) for p in notes.pitch[fresh])  # the key
+        assert new_pitches and max(new_pitches) <= top, (top, max(new_pitches))
+    # without the step the same model goes above it: the step is what holds it
+    eng = Engine(_random_model(tok, 0), tok.grammar(), SampleConfig(tokens=200, temperature=1.5,
+                 num_samples=4), batch=4, roles=roles, scheme=tok.name)
+    prompt = _primer(tok, np.random.default_rng(3))
+    eng.feed(np.repeat(prompt[None], 4, 0))
+    top = int(tok.decode_notes(prompt[1:]).pitch[-1])
+    highest = max(int(tok.decode_notes(np.concatenate([prompt[1:], t])).pitch.max())
+                  for t in eng.run().tokens)
+    assert highest > top

@@ -23,12 +23,22 @@ scheme can carry; asking for another one is refused in one line naming the flag.
 never leave a sample without a legal token: where they would, the grammar's choice stands
 for that token (a dead end the engine reports).
 
+Each control is one :class:`Step`: a class with a few hooks the engine calls for every
+draw (``restrict`` the legal tokens, ``bias`` the logits) and for every token it reads
+(``feed`` a prefix, ``advance`` one drawn token), registered under its config field in
+``STEPS``. A new control is one class here and one field of ``Steering`` (config.py); a
+caller may also hand the engine steps of its own (``Engine(..., steps=[...])``).
+
 Try it: ``cadenza generate --primer builtin:openings --key "D minor" --density 6 --out out``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 
 from .config import ConfigError, SampleConfig, flag
 from .data.tokenizers import EOS, build_tokenizer, tokenizer_names
@@ -41,94 +51,157 @@ KP, KI, MAX_BIAS = 6.0, 12.0, 16.0
 WINDOW = 3.0  # seconds: --density measures the recent rate over about this long
 
 
-class Controls:
-    """The controls of one SampleConfig over a batch; ``feed``/``advance`` see every token
-    (the primer's and the sampled ones), ``restrict``/``bias`` shape the next draw."""
+@dataclass
+class Now:
+    """What a step may read at a draw: the grammar (its clock, the keys down) and the time
+    each sample's music has reached (B,)."""
 
-    def __init__(self, cfg: SampleConfig, roles: NoteRoles, scheme: str) -> None:
-        for name in cfg.controls:
-            if name not in roles.supports:
-                raise ConfigError(f"{flag(name)}: {scheme} tokens cannot carry it; it works "
-                                  f"with {_works_with(name)}")
-        self.cfg, self.roles = cfg, roles
-        self.strikes = roles.pitch >= 0
-        vocab = len(roles.pitch)
-        ok = np.ones(vocab, bool)  # tokens the static controls allow
+    grammar: Grammar
+    time: np.ndarray
+
+
+class Step:
+    """One stage of every draw, after the grammar's mask. Every hook is optional:
+
+    - ``reset(batch)``: a fresh context (the engine's start, or a rewind);
+    - ``begin(now)``: new music starts at ``now`` (B,) (a run of the engine);
+    - ``feed(ids, times)``: a (B, T) prefix read without sampling, with the grammar's time
+      after each token when ``needs_times`` (else None);
+    - ``advance(tokens, now)``: one drawn token per sample, at the time after it;
+    - ``restrict(allowed, now)``: narrow the (B, V) legal tokens (in place or anew);
+    - ``bias(logits, now)``: shift the (B, V) logits.
+
+    The engine never lets the steps leave a sample without a legal token: where they
+    would, the grammar's choice stands (a dead end it reports)."""
+
+    needs_times = False
+
+    def reset(self, batch: int) -> None:
+        pass
+
+    def begin(self, now: np.ndarray) -> None:
+        pass
+
+    def feed(self, ids: np.ndarray, times: np.ndarray | None) -> None:
+        pass
+
+    def advance(self, tokens: np.ndarray, now: np.ndarray) -> None:
+        pass
+
+    def restrict(self, allowed: np.ndarray, now: Now) -> np.ndarray:
+        return allowed
+
+    def bias(self, logits: torch.Tensor, now: Now) -> torch.Tensor:
+        return logits
+
+
+class TokenMask(Step):
+    """``--key`` and ``--pitch-range`` (and ``--velocity-range``'s own tokens): tokens that
+    are never allowed, whatever came before."""
+
+    def __init__(self, ok: np.ndarray) -> None:
+        self.ok = ok
+
+    @classmethod
+    def of(cls, cfg: SampleConfig, roles: NoteRoles, scheme: str) -> TokenMask | None:
+        strikes = roles.pitch >= 0
+        ok = np.ones(len(roles.pitch), bool)
         if cfg.key:
-            classes = np.array(sorted(cfg.key_classes))
-            ok &= ~self.strikes | np.isin(roles.pitch % 12, classes)
+            ok &= ~strikes | np.isin(roles.pitch % 12, np.array(sorted(cfg.key_classes)))
         if cfg.pitch_range:
             lo, hi = cfg.pitch_range_values
-            ok &= ~self.strikes | ((roles.pitch >= lo) & (roles.pitch <= hi))
-        self.vel_ok = None
+            ok &= ~strikes | ((roles.pitch >= lo) & (roles.pitch <= hi))
         if cfg.velocity_range:
-            lo, hi = cfg.velocity_range_values
-            has = roles.velocity >= 0
-            inside = has & (roles.velocity >= lo) & (roles.velocity <= hi)
-            if not inside.any():
-                steps = sorted(set(roles.velocity[has].tolist()))
-                raise ConfigError(f"{flag('velocity_range')}: no velocity of {scheme} tokens "
-                                  f"falls in {lo}-{hi} (they are {steps[0]}, {steps[1]}, ..., "
-                                  f"{steps[-1]})")
-            ok &= ~has | inside
-            self.vel_ok = np.zeros(128, bool)
-            self.vel_ok[lo: hi + 1] = True
-        self.static = ok
-        # --max-repeats forbids a pitch: the tokens that strike it
+            ok &= VelocityRange.token_ok(cfg, roles, scheme)
+        return cls(ok) if not ok.all() else None
+
+    def restrict(self, allowed: np.ndarray, now: Now) -> np.ndarray:
+        allowed &= self.ok
+        return allowed
+
+
+class VelocityRange(Step):
+    """``--velocity-range`` where a velocity token carries over to later notes: no note is
+    struck until the velocity in force is inside the range."""
+
+    def __init__(self, cfg: SampleConfig, roles: NoteRoles) -> None:
+        lo, hi = cfg.velocity_range_values
+        self.roles, self.strikes = roles, roles.pitch >= 0
+        self.vel_ok = np.zeros(128, bool)
+        self.vel_ok[lo: hi + 1] = True
+        self.velocity = np.zeros(0, int)
+
+    @staticmethod
+    def token_ok(cfg: SampleConfig, roles: NoteRoles, scheme: str) -> np.ndarray:
+        """The velocity tokens inside the range (ConfigError when none is)."""
+        lo, hi = cfg.velocity_range_values
+        has = roles.velocity >= 0
+        inside = has & (roles.velocity >= lo) & (roles.velocity <= hi)
+        if not inside.any():
+            steps = sorted(set(roles.velocity[has].tolist()))
+            raise ConfigError(f"{flag('velocity_range')}: no velocity of {scheme} tokens "
+                              f"falls in {lo}-{hi} (they are {steps[0]}, {steps[1]}, ..., "
+                              f"{steps[-1]})")
+        return ~has | inside
+
+    def reset(self, batch: int) -> None:
+        self.velocity = np.full(batch, self.roles.default_velocity)
+
+    def feed(self, ids: np.ndarray, times: np.ndarray | None) -> None:
+        vel = self.roles.velocity[ids]  # the last velocity token of each row is in force
+        last = np.where(vel >= 0, np.arange(ids.shape[1]), -1).max(1)
+        has = last >= 0
+        self.velocity[has] = vel[has, last[has]]
+
+    def advance(self, tokens: np.ndarray, now: np.ndarray) -> None:
+        vel = self.roles.velocity[tokens]
+        self.velocity = np.where(vel >= 0, vel, self.velocity)
+
+    def restrict(self, allowed: np.ndarray, now: Now) -> np.ndarray:
+        block = ~self.vel_ok[np.clip(self.velocity, 0, 127)]
+        allowed[block] &= ~self.strikes
+        return allowed
+
+
+class MaxPolyphony(Step):
+    """``--max-polyphony N``: no new note while N sound (as the grammar counts them)."""
+
+    def __init__(self, cfg: SampleConfig, roles: NoteRoles) -> None:
+        self.most, self.strikes = cfg.max_polyphony, roles.pitch >= 0
+
+    def restrict(self, allowed: np.ndarray, now: Now) -> np.ndarray:
+        block = now.grammar.sounding() >= self.most
+        allowed[block] &= ~self.strikes
+        return allowed
+
+
+class LoopGuard(Step):
+    """``--max-repeats K``: no note that would complete the (K+1)-th copy in a row of a
+    pattern of 1..MAX_PATTERN notes (a note: its pitch and the time since the note
+    before, within SAME_INTERVAL)."""
+
+    needs_times = True
+
+    def __init__(self, cfg: SampleConfig, roles: NoteRoles) -> None:
+        self.k, self.roles, self.strikes = cfg.max_repeats, roles, roles.pitch >= 0
         self.tokens_of = {int(p): np.flatnonzero(roles.pitch == p)
                           for p in np.unique(roles.pitch[self.strikes])}
         self.reset(0)
 
-    @property
-    def needs_times(self) -> bool:
-        """Whether ``feed`` needs the time after each token (the loop guard's onsets)."""
-        return bool(self.cfg.max_repeats)
-
     def reset(self, batch: int) -> None:
-        self.velocity = np.full(batch, self.roles.default_velocity)
-        # --max-repeats: each row's recent notes as (pitch, seconds since the note before)
+        # each row's recent notes as (pitch, seconds since the note before)
         self.notes: list[list[tuple[int, float | None]]] = [[] for _ in range(batch)]
         self.last_onset: list[float | None] = [None] * batch
         self.forbid: list[list[tuple[int, float]]] = [[] for _ in range(batch)]
-        self.begin(np.zeros(batch))
-
-    def begin(self, now: np.ndarray) -> None:
-        """New music starts here (a run of the engine): --density counts from now."""
-        self.t0 = np.asarray(now, float).copy()
-        self.written = np.zeros(len(self.t0))
-        self.integral = np.zeros(len(self.t0))
-        self.last_t = np.zeros(len(self.t0))
-        self.win_seconds = np.zeros(len(self.t0))  # the window's seconds and notes
-        self.win_notes = np.zeros(len(self.t0))
-        self.counted = np.zeros(len(self.t0))
-
-    # --- seeing tokens ---------------------------------------------------------------------
-
-    def advance(self, tokens: np.ndarray, now: np.ndarray | None, new: bool = True) -> None:
-        """One token per row, at the grammar's time ``now`` (after the token; needed only
-        when ``needs_times``)."""
-        vel = self.roles.velocity[tokens]
-        if self.roles.velocity_carries:
-            self.velocity = np.where(vel >= 0, vel, self.velocity)
-        struck = self.strikes[tokens] & (tokens > EOS)
-        if new:
-            self.written += struck
-        if self.cfg.max_repeats:
-            for b in np.flatnonzero(struck):
-                self._note(b, int(self.roles.pitch[tokens[b]]), float(now[b]))
 
     def feed(self, ids: np.ndarray, times: np.ndarray | None) -> None:
-        """A (B, T) prefix, with the grammar's time after each token (B, T) when
-        ``needs_times``."""
-        if not self.needs_times:  # only the velocity in force is read from a prefix
-            if self.roles.velocity_carries:
-                vel = self.roles.velocity[ids]
-                last = np.where(vel >= 0, np.arange(ids.shape[1]), -1).max(1)
-                has = last >= 0
-                self.velocity[has] = vel[has, last[has]]
-            return
         for t in range(ids.shape[1]):
-            self.advance(ids[:, t], times[:, t], new=False)
+            self.advance(ids[:, t], times[:, t])
+
+    def advance(self, tokens: np.ndarray, now: np.ndarray) -> None:
+        struck = self.strikes[tokens] & (tokens > EOS)
+        for b in np.flatnonzero(struck):
+            self._note(b, int(self.roles.pitch[tokens[b]]), float(now[b]))
 
     def _note(self, b: int, pitch: int, at: float) -> None:
         """Remember a note and work out which next notes would loop: for each pattern length
@@ -137,7 +210,7 @@ class Controls:
         prev, seq = self.last_onset[b], self.notes[b]
         seq.append((pitch, None if prev is None else at - prev))
         self.last_onset[b] = at
-        k = self.cfg.max_repeats
+        k = self.k
         del seq[: -MAX_PATTERN * (k + 1)]
         forbid = []
         for L in range(1, MAX_PATTERN + 1):
@@ -149,46 +222,131 @@ class Controls:
                 forbid.append(tail[need - L])
         self.forbid[b] = [f for f in forbid if f[1] is not None]
 
-    # --- shaping the next draw ---------------------------------------------------------
+    def restrict(self, allowed: np.ndarray, now: Now) -> np.ndarray:
+        for b, pats in enumerate(self.forbid):
+            if pats:
+                gap = now.time[b] - self.last_onset[b]
+                for pitch, interval in pats:
+                    if abs(gap - interval) <= SAME_INTERVAL:
+                        allowed[b, self.tokens_of[pitch]] = False
+        return allowed
 
-    def restrict(self, allowed: np.ndarray, grammar: Grammar, now: np.ndarray) -> np.ndarray:
-        """``allowed`` (B, V) narrowed by the hard controls, never to nothing."""
-        m = allowed & self.static
-        block = np.zeros(len(m), bool)  # rows that may strike no note now
-        if self.cfg.max_polyphony:
-            block |= grammar.sounding() >= self.cfg.max_polyphony
-        if self.vel_ok is not None and self.roles.velocity_carries:
-            block |= ~self.vel_ok[np.clip(self.velocity, 0, 127)]
-        m[block] &= ~self.strikes
-        if self.cfg.max_repeats:
-            for b, pats in enumerate(self.forbid):
-                if pats:
-                    gap = now[b] - self.last_onset[b]
-                    for pitch, interval in pats:
-                        if abs(gap - interval) <= SAME_INTERVAL:
-                            m[b, self.tokens_of[pitch]] = False
-        dead = ~m.any(1) & allowed.any(1)
-        m[dead] = allowed[dead]  # the grammar's choice stands (the engine reports it)
-        return m
 
-    def bias(self, now: np.ndarray) -> np.ndarray | None:
-        """(B,) logit bias on the tokens that strike, for --density; None when off. The
-        notes and seconds are counted over the last few seconds (an exponential window of
-        WINDOW s), so that a burst is not paid back by a long silence, nor a silence by a
-        burst."""
-        if not self.cfg.density:
-            return None
-        t = np.maximum(now - self.t0, 0.0)
+class Density(Step):
+    """``--density N`` (soft): a bias on the tokens that strike a note, from a
+    proportional-integral controller on log(notes wanted / notes written) over the last few
+    seconds (an exponential window of WINDOW s, with half a second of notes as a prior), so
+    that a burst is not paid back by a long silence, nor a silence by a burst."""
+
+    def __init__(self, cfg: SampleConfig, roles: NoteRoles) -> None:
+        self.density, self.roles = cfg.density, roles
+        self.strikes = roles.pitch >= 0
+        self._strikes: torch.Tensor | None = None  # on the logits' device
+        self.begin(np.zeros(0))
+
+    def reset(self, batch: int) -> None:
+        self.begin(np.zeros(batch))
+
+    def begin(self, now: np.ndarray) -> None:
+        """New music starts here: the notes are counted from now."""
+        self.t0 = np.asarray(now, float).copy()
+        n = len(self.t0)
+        self.written, self.integral, self.last_t = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.win_seconds, self.win_notes, self.counted = np.zeros(n), np.zeros(n), np.zeros(n)
+
+    def advance(self, tokens: np.ndarray, now: np.ndarray) -> None:
+        self.written += self.strikes[tokens] & (tokens > EOS)
+
+    def bias(self, logits: torch.Tensor, now: Now) -> torch.Tensor:
+        t = np.maximum(now.time - self.t0, 0.0)
         dt = t - self.last_t
         fade = np.exp(-dt / WINDOW)
         self.win_seconds = self.win_seconds * fade + dt
         self.win_notes = self.win_notes * fade + (self.written - self.counted)
         self.counted = self.written.copy()
-        prior = 0.5 * self.cfg.density
-        err = np.log((self.cfg.density * self.win_seconds + prior) / (self.win_notes + prior))
+        prior = 0.5 * self.density
+        err = np.log((self.density * self.win_seconds + prior) / (self.win_notes + prior))
         self.integral = np.clip(self.integral + KI * err * dt, -MAX_BIAS, MAX_BIAS)
         self.last_t = t
-        return np.clip(KP * err + self.integral, -MAX_BIAS, MAX_BIAS)
+        bias = np.clip(KP * err + self.integral, -MAX_BIAS, MAX_BIAS)
+        if self._strikes is None or self._strikes.device != logits.device:
+            self._strikes = torch.from_numpy(self.strikes).to(logits.device)
+        return logits + torch.as_tensor(bias, dtype=logits.dtype,
+                                        device=logits.device)[:, None] * self._strikes
+
+
+def _velocity_step(cfg: SampleConfig, roles: NoteRoles) -> Step | None:
+    return VelocityRange(cfg, roles) if roles.velocity_carries else None
+
+
+# Each control's steps, by its config field (Steering), in the order they shape a draw;
+# the static token masks of --key, --pitch-range and --velocity-range come first, as one.
+STEPS = {
+    "velocity_range": _velocity_step,
+    "max_polyphony": MaxPolyphony,
+    "max_repeats": LoopGuard,
+    "density": Density,
+}
+
+
+def build_steps(cfg: SampleConfig, roles: NoteRoles | None, scheme: str) -> list[Step]:
+    """The steps of the controls ``cfg`` turns on (ConfigError, naming the flag, for a
+    control this tokenizer cannot carry)."""
+    if not cfg.controls:
+        return []
+    if roles is None:
+        raise ValueError("controls need the tokenizer's note roles")
+    for name in cfg.controls:
+        if name not in roles.supports:
+            raise ConfigError(f"{flag(name)}: {scheme} tokens cannot carry it; it works "
+                              f"with {_works_with(name)}")
+    steps: list[Step | None] = [TokenMask.of(cfg, roles, scheme)]
+    steps += [make(cfg, roles) for name, make in STEPS.items() if name in cfg.controls]
+    return [s for s in steps if s is not None]
+
+
+class Controls:
+    """A list of steps driven as one (the engine's, and what a benchmark replays): every
+    hook of each step in order; ``restrict`` never leaves a row with nothing."""
+
+    def __init__(self, cfg: SampleConfig, roles: NoteRoles, scheme: str,
+                 extra: Sequence[Step] = ()) -> None:
+        self.steps = build_steps(cfg, roles, scheme) + list(extra)
+        self.needs_times = any(s.needs_times for s in self.steps)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    def reset(self, batch: int) -> None:
+        for s in self.steps:
+            s.reset(batch)
+
+    def begin(self, now: np.ndarray) -> None:
+        for s in self.steps:
+            s.begin(now)
+
+    def feed(self, ids: np.ndarray, times: np.ndarray | None) -> None:
+        for s in self.steps:
+            s.feed(ids, times)
+
+    def advance(self, tokens: np.ndarray, now: np.ndarray) -> None:
+        for s in self.steps:
+            s.advance(tokens, now)
+
+    def restrict(self, allowed: np.ndarray, grammar: Grammar, now: np.ndarray) -> np.ndarray:
+        """``allowed`` (B, V), the grammar's, narrowed by every step, never to nothing."""
+        m, at = allowed.copy(), Now(grammar, now)
+        for s in self.steps:
+            m = s.restrict(m, at)
+        dead = ~m.any(1) & allowed.any(1)
+        m[dead] = allowed[dead]  # the grammar's choice stands (the engine reports it)
+        return m
+
+    def bias(self, logits: torch.Tensor, grammar: Grammar, now: np.ndarray) -> torch.Tensor:
+        at = Now(grammar, now)
+        for s in self.steps:
+            logits = s.bias(logits, at)
+        return logits
 
 
 def _same(a: tuple[int, float | None], b: tuple[int, float | None]) -> bool:

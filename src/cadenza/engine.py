@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .config import SampleConfig
-from .controls import Controls
+from .controls import Controls, Step
 from .data.tokenizers import EOS, PAD
 from .data.tokenizers.base import Grammar, NoteRoles
 from .models import TokenModel
@@ -116,7 +116,7 @@ class Engine:
     def __init__(self, model: TokenModel, grammar: Grammar, cfg: SampleConfig, *,
                  batch: int = 1, period: int = 1, use_cache: bool = True,
                  roles: NoteRoles | None = None, scheme: str = "",
-                 head: Sequence[int] = ()) -> None:
+                 head: Sequence[int] = (), steps: Sequence[Step] = ()) -> None:
         self.model, self.grammar, self.cfg = model, grammar, cfg
         # tokens every window the model reads starts with (a --style's tags): kept through
         # every slide, never read by the grammar or the controls, never sampled
@@ -125,13 +125,11 @@ class Engine:
         self.device = next(model.parameters()).device
         self.head = self.head.to(self.device)
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-        self.controls = None
-        if cfg.controls:
-            if roles is None:
-                raise ValueError("controls need the tokenizer's note roles")
-            self.controls = Controls(cfg, roles, scheme)
+        # the steps after the grammar's mask: each control cfg turns on (controls.py), then
+        # any the caller adds; None when there are none (a draw then skips them)
+        self.controls: Controls | None = Controls(cfg, roles, scheme, steps) or None
+        if self.controls is not None:
             self.controls.reset(batch)
-            self._strikes = torch.from_numpy(self.controls.strikes).to(self.device)
         grammar.reset(batch)
         self.buf = torch.zeros((batch, 256), dtype=torch.long, device=self.device)
         self.n = 0  # tokens in the context so far
@@ -255,10 +253,7 @@ class Engine:
         if self.controls is not None:
             now = self.grammar.elapsed()
             allowed = self.controls.restrict(allowed, self.grammar, now)
-            bias = self.controls.bias(now)
-            if bias is not None:
-                logits = logits + torch.as_tensor(bias, dtype=logits.dtype,
-                                                  device=self.device)[:, None] * self._strikes
+            logits = self.controls.bias(logits, self.grammar, now)
         dead = np.zeros(self.batch, bool)
         if not may_end:  # no end while anything else is legal
             dead = allowed.sum(1) == allowed[:, EOS].astype(int) + allowed[:, PAD]
