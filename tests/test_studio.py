@@ -484,3 +484,17 @@ def test_regenerate_a_span_in_chromium(server, tmp_path):
         page.wait_for_function("document.querySelector('#start-name').textContent"
                                ".startsWith('take')")
         browser.close()
+
+
+def test_a_second_take_on_the_same_model_loads_nothing(studio, tmp_path):
+    """The studio keeps its loaded sessions (least recently used out) across jobs."""
+    s, client = studio
+    model = _run_model(s)
+    for seed in (1, 2):
+        r = client.post("/api/jobs", json={"model": model, "sample": {"tokens": 20,
+                                                                      "seed": seed}})
+        assert _wait(client, r.json()["id"])["state"] == "done"
+    assert s.loads == 1 and list(s._generators) == [model]
+    s.generator("pretrained:piano")  # a second model, then back: both kept, in use order
+    s.generator(model)
+    assert s.loads == 2 and list(s._generators) == ["pretrained:piano", model]

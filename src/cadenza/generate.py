@@ -253,15 +253,18 @@ class Generator:
 
 
 def run_generate(cfg: GenerateConfig, *, device: str = "cpu",
-                 progress: Progress | None = None) -> list[SampleInfo]:
+                 progress: Progress | None = None,
+                 loaded: Generator | None = None) -> list[SampleInfo]:
     """The ``generate`` command: everything is validated before the first file is written.
-    ``progress`` hears the share of the sampling done (see ``sample``).
+    ``progress`` hears the share of the sampling done (see ``sample``); ``loaded``: the
+    model already loaded for ``cfg.checkpoint`` (a server keeps its sessions), else it is
+    loaded here.
 
     A take is one unit: each sample's files are written into a temporary folder inside
     ``cfg.out`` and moved into place, its JSON last; an ``out`` that holds an earlier take's
     samples is refused (``cfg.force`` replaces them), so old and new files never mix."""
-    gen = Generator.load(list(cfg.checkpoint), device=device,
-                         transpositions=cfg.transpositions, precision=cfg.precision)
+    gen = loaded or Generator.load(list(cfg.checkpoint), device=device,
+                                   transpositions=cfg.transpositions, precision=cfg.precision)
     gen.check(cfg.sample)
     prompt, pinfo = gen.encode_primer(cfg.primer, cfg.primer_seconds, cfg.primer_tokens)
     take, earlier = open_take(cfg.out, cfg.force)

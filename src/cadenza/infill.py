@@ -263,7 +263,8 @@ def infill(score: Score, start: float, end: float, steering: Steering | None = N
 # --- the command ---------------------------------------------------------------------------
 
 
-def run_infill(cfg: InfillConfig, *, device: str = "cpu", progress=None) -> list[InfillInfo]:
+def run_infill(cfg: InfillConfig, *, device: str = "cpu", progress=None,
+               loaded=None) -> list[InfillInfo]:
     """The ``infill`` command: everything is checked before the first file is written; a take
     is written as ``generate`` writes one (temporary folder, moved in, JSON last)."""
     path = Path(cfg.input)
@@ -281,7 +282,7 @@ def run_infill(cfg: InfillConfig, *, device: str = "cpu", progress=None) -> list
     if not (notes.start < span.start).any():
         raise BadInput(f"--start {span.start:g}: no note of {path.name} starts before it; "
                        "this is a continuation from nothing: use `cadenza generate`")
-    gen = Generator.load(cfg.checkpoint, device=device, precision=cfg.precision)
+    gen = loaded or Generator.load(cfg.checkpoint, device=device, precision=cfg.precision)
     ctx = contexts(gen, notes, span, cfg.right_seconds)  # a span too long: before writing
     if not (notes.start >= span.end).any():
         print(f"note: no note of {path.name} starts after {span.end:g} s: the span is "

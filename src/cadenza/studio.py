@@ -84,6 +84,7 @@ START_AUDIO_SECONDS = 120.0  # a start's WAV covers its first two minutes
 TOKENS_PER_SECOND = 100
 TAKE_FILES_BYTES = 2_000_000  # a take's MIDI, PNG and JSON, at most (beside its WAV)
 KEEP_PAGES = 256  # page ids issued and remembered (the oldest is forgotten first)
+KEEP_SESSIONS = 2  # models kept loaded (about 30-60 MB each for the shipped one)
 
 
 class Stopped(Exception):
@@ -282,7 +283,8 @@ class Studio:
         self.live: dict[str, Any] = {}  # the Play page's duets (live.py)
         self.streams = 0  # the Play page's open event streams (at most --max-streams)
         self.pages: dict[str, None] = {}  # page ids this server issued, oldest first
-        self._generators: dict[str, Any] = {}
+        self._generators: dict[str, Any] = {}  # loaded models, least recently used first
+        self.loads = 0  # models loaded so far (a second take on one model loads none)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.audio_missing = audio_missing()
@@ -485,7 +487,10 @@ class Studio:
                 job.state = "running"
             try:
                 run = run_infill if isinstance(job.cfg, InfillConfig) else run_generate
-                infos = run(job.cfg, device=self.device, progress=self._hear(job))
+                model = job.cfg.checkpoint if isinstance(job.cfg, InfillConfig) \
+                    else job.cfg.checkpoint[0]
+                infos = run(job.cfg, device=self.device, progress=self._hear(job),
+                            loaded=self.generator(model))
                 if self.audio_missing is None:  # the studio renders, within its limits
                     for i in infos:
                         mid = Path(job.cfg.out) / f"sample-{i.sample}.mid"
@@ -540,11 +545,18 @@ class Studio:
                 "stopped": info.stopped, "stopped_why": WHY[info.stopped]}
 
     def generator(self, model: str):
-        """A model loaded once for the Play page's duets."""
+        """A model loaded once and kept for every job and duet that uses it: the
+        KEEP_SESSIONS used last stay loaded (least recently used first out)."""
         with self.lock:
-            if model not in self._generators:
-                self._generators[model] = Generator.load(model, device=self.device)
-            return self._generators[model]
+            gen = self._generators.pop(model, None)
+        if gen is None:  # loaded outside the lock: status polls go on meanwhile
+            gen = Generator.load(model, device=self.device)
+            self.loads += 1
+        with self.lock:
+            self._generators[model] = gen  # the most recent last
+            while len(self._generators) > KEEP_SESSIONS:
+                self._generators.pop(next(iter(self._generators)))
+        return gen
 
     def close(self) -> None:
         """Stop everything within a few seconds: the worker (a running generation stops
