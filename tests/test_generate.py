@@ -322,3 +322,27 @@ def test_seconds_and_the_primer_boundary_hold_for_every_tokenizer(name, midi_fol
         got = gen.seconds_of(ids) - info["seconds"]
         if new[-1] != EOS:
             assert 4.0 <= got <= 4.0 + slack, got
+
+
+def test_a_session_gives_a_pieces_features(tiny_run):
+    """Generator.features: hidden states per token from any layer, the last one what the
+    output layer reads (its logits are the model's), read in windows of the context."""
+    import torch
+
+    from cadenza.generate import Generator
+    gen = Generator.load(str(tiny_run / "best"))
+    rng = np.random.default_rng(0)
+    ids = np.r_[1, rng.integers(3, gen.tok.vocab_size, 150)]  # BOS, then 150 tokens
+    last, first = gen.features(ids, layers=(-1, 0))
+    d = gen.ck.model_cfg.d_model
+    assert last.shape == (150, d) and first.shape == (150, d)
+    assert np.array_equal(last, first) == (gen.ck.model_cfg.n_layer == 1)  # the same block
+    again = gen.features(ids)[0]
+    assert np.array_equal(again, last)  # deterministic
+    model = gen.ck.model
+    with torch.no_grad():  # within one window, the last layer is what the logits read
+        x = torch.as_tensor(ids[None, :60])
+        logits = model(x)[0, 1:]
+        head = model.head(torch.as_tensor(gen.features(ids[:60])[0]))
+    assert torch.allclose(head, logits.float(), atol=1e-4)
+    assert gen.features(ids, window=64)[0].shape == (150, d)  # 3 windows of 63

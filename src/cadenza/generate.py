@@ -172,6 +172,29 @@ class Generator:
         return cls(*load_members(path, device), transpositions=transpositions,
                    precision=precision)
 
+    @torch.no_grad()
+    def features(self, ids: np.ndarray, layers: tuple[int, ...] = (-1,),
+                 window: int | None = None) -> list[np.ndarray]:
+        """A piece's features from the (first) model: for token ids (BOS first), the hidden
+        states after the blocks named in ``layers`` (-1: the last, after the final norm),
+        (T, d_model) each, read in consecutive windows of the model's context (or
+        ``window``) that each start afresh with BOS. A model without hidden states to give
+        (recurrent, encoder-decoder) raises ValueError."""
+        model = self.ck.model
+        if not hasattr(model, "hidden"):
+            raise ValueError(f"--checkpoint {self.ck.path}: a {type(model).__name__} gives no "
+                             "features; a Transformer does")
+        ids = np.asarray(ids, np.int64)
+        body = ids[1:] if len(ids) and ids[0] == BOS else ids
+        room = (window or model.max_context) - 1
+        device = next(model.parameters()).device
+        parts: list[list[np.ndarray]] = [[] for _ in layers]
+        for a in range(0, max(len(body), 1), room):
+            x = torch.as_tensor(np.r_[BOS, body[a: a + room]][None], device=device)
+            for k, h in enumerate(model.hidden(x, layers)):
+                parts[k].append(h[0, 1:].float().cpu().numpy())  # the window's tokens
+        return [np.concatenate(p) for p in parts]
+
     def encode_primer(self, primer: str | None, seconds: float = 0.0,
                       tokens: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
         """BOS + the primer's tokens, cut to its first seconds/tokens and to the context."""

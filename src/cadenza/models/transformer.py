@@ -338,8 +338,35 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) -> logits (B, T, V). With a cache, idx continues the cached tokens."""
-        B, T = idx.shape
+        T = idx.shape[1]
         start = cache.length if cache is not None else 0
+        x, rope = self._inputs(idx, start, cache)
+        if T == 1 and cache is not None and self._lean(x):
+            for i, block in enumerate(self.blocks):
+                x = block.decode(x, start, rope, cache, i)
+        else:
+            for i, block in enumerate(self.blocks):
+                x = block(x, start, rope, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.head(self.ln_f(x))
+
+    def hidden(self, idx: torch.Tensor, layers: tuple[int, ...] = (-1,)) -> list[torch.Tensor]:
+        """A window's features: the hidden states (B, T, d_model) after each block named in
+        ``layers`` (0 is the first block; -1 the last, after the final norm: what the output
+        layer reads), read without a cache from position 0."""
+        n = len(self.blocks)
+        x, rope = self._inputs(idx, 0, None)
+        after = []
+        for i, block in enumerate(self.blocks):
+            x = block(x, 0, rope, None, i)
+            after.append(self.ln_f(x) if i == n - 1 else x)
+        return [after[k % n] for k in layers]
+
+    def _inputs(self, idx: torch.Tensor, start: int, cache: KVCache | None
+                ) -> tuple[torch.Tensor, tuple | None]:
+        """The first block's input for ``idx`` at positions ``start``.., and RoPE's angles."""
+        T = idx.shape[1]
         if start + T > self.max_context:
             raise ValueError(f"--context: {start + T} tokens exceed the model's maximum "
                              f"context {self.max_context} ({self.cfg.position} positions)")
@@ -364,12 +391,4 @@ class Transformer(nn.Module):
             x = x + self.voice((pos - 1) % self.cfg.voice_period)
         x = self.drop(x)
         rope = self._rope_angles(idx, start, cache) if self.cfg.position == "rope" else None
-        if T == 1 and cache is not None and self._lean(x):
-            for i, block in enumerate(self.blocks):
-                x = block.decode(x, start, rope, cache, i)
-        else:
-            for i, block in enumerate(self.blocks):
-                x = block(x, start, rope, cache, i)
-        if cache is not None:
-            cache.length += T
-        return self.head(self.ln_f(x))
+        return x, rope
