@@ -496,6 +496,14 @@ class Drawing(_Config):
     seed: int = option(0, "random seed (same seed, same music)")
     num_samples: int = option(1, "samples, generated as one batch")
 
+    def sampling(self, **length: Any) -> SampleConfig:
+        """These settings with a length (``seconds``, ``tokens``, ``may_end``) and any other
+        field changed: the SampleConfig an engine runs, validated once, here. Every command
+        that holds drawing or steering settings turns them into one this way."""
+        own = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("tokens", "seconds", "may_end")}
+        return SampleConfig(**{**own, **length})
+
     def __post_init__(self) -> None:
         _check(MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE, "temperature",
                f"must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]", self.temperature)
@@ -590,6 +598,10 @@ class SampleConfig(Steering):
                               "give one of them, not both")
         if self.tokens is None and self.seconds is None:
             object.__setattr__(self, "seconds", 20.0)
+
+    def steering(self) -> Steering:
+        """These settings without their length (what infill and the duet take)."""
+        return Steering(**{f.name: getattr(self, f.name) for f in fields(Steering)})
 
 
 CONTROLS = ("key", "pitch_range", "velocity_range", "max_polyphony", "density", "max_repeats")

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .atomic import Busy, locked_dir, write_bytes
-from .config import DuetConfig, SampleConfig, Steering
+from .config import DuetConfig, Steering
 from .data.corpus import cadenza_home
 from .data.midi import (
     BadInput,
@@ -163,7 +163,7 @@ class Duet:
         self.gen, self.wait, self.answer_seconds, self.max_hold = gen, wait, answer, max_hold
         self.clock, self.send_msg, self.say = clock or Clock(), send, say
         self.grammar = NoteFirst(gen.tok.grammar())
-        cfg = SampleConfig(seconds=answer, **steering.to_dict())
+        cfg = steering.sampling(seconds=answer)
         self.engine = Engine(gen.model, self.grammar, cfg, period=gen.period,
                              roles=gen.tok.note_roles(), scheme=gen.tok.name,
                              head=gen.head(cfg))  # checks cfg

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .atomic import write_bytes
-from .config import InfillConfig, SampleConfig, Steering
+from .config import InfillConfig, Steering
 from .data import fim
 from .data.fim import right_side, stream
 from .data.midi import (
@@ -212,7 +212,7 @@ def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidate
     tok, model = gen.tok, gen.model
     left, right, budget = ctx or contexts(gen, notes, span, right_seconds)
     k, samples = candidates, steering.num_samples
-    cfg = SampleConfig(seconds=span.seconds, **{**steering.to_dict(), "num_samples": k * samples})
+    cfg = steering.sampling(seconds=span.seconds, num_samples=k * samples)
     tags = head = gen.head(cfg)  # a --style's tags; the engine's head adds fim's prompt
     if method_of(gen, method) == "fim":
         # everything up to <fim:middle> is the head every window keeps: the engine's
@@ -287,7 +287,7 @@ def run_infill(cfg: InfillConfig, *, device: str = "cpu", progress=None,
     if not (notes.start >= span.end).any():
         print(f"note: no note of {path.name} starts after {span.end:g} s: the span is "
               "continued from the music before it (nothing after it to join)")
-    gen.check(SampleConfig(**cfg.sample.to_dict()))
+    gen.check(cfg.sample.sampling())
     method = method_of(gen, cfg.method)
     take, earlier = open_take(cfg.out, cfg.force)
     try:

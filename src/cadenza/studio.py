@@ -48,7 +48,6 @@ from .config import (
     GenerateConfig,
     InfillConfig,
     SampleConfig,
-    Steering,
     StudioConfig,
     flag,
 )
@@ -377,8 +376,7 @@ class Studio:
             if b - a > self.cfg.max_seconds:
                 raise ConfigError(f"span: the studio regenerates up to "
                                   f"{self.cfg.max_seconds:g} s (--max-seconds), got {b - a:g}")
-            steer = Steering.from_dict({k: v for k, v in sample.to_dict().items()
-                                        if k not in ("tokens", "seconds", "may_end")})
+            steer = sample.steering()
             cfg: GenerateConfig | InfillConfig = InfillConfig(
                 input=str(start.midi), out=str(self.work / "jobs" / jid), start=float(a),
                 end=float(b), checkpoint=model, sample=steer, audio=False)

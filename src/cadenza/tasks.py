@@ -34,7 +34,7 @@ import torch
 
 from .atomic import write_bytes
 from .checkpoint import load_checkpoint
-from .config import ArrangeConfig, Drawing, SampleConfig
+from .config import ArrangeConfig, Drawing
 from .data import pairs
 from .data.midi import BadInput, Notes, load_score
 from .data.task import Windows
@@ -99,7 +99,7 @@ def generate_windows(ck, windows: Windows, drawing: Drawing) -> list[list[np.nda
     def draw(net, prompt, rows):
         per_row = np.repeat(rows, len(prompt) // len(rows))
         length, grammar = task.answer_limits(tok, windows, per_row)
-        scfg = SampleConfig(may_end=True, **length, **drawing.to_dict())
+        scfg = drawing.sampling(may_end=True, **length)
         limit = length["tokens"] if "tokens" in length \
             else model.max_context - prompt.shape[1]
         return sample(net, prompt, AfterPrefix(grammar(), prompt.shape[1] - 1), scfg, limit)
