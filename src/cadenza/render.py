@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .data.midi import Notes
+from .data.midi import Notes, midi_seconds
 
 SOUNDFONTS = [
     "/usr/share/sounds/sf2/FluidR3_GM.sf2",
@@ -100,8 +100,7 @@ def render_wav(midi: Path, wav: Path, soundfont: str | None = None,
         return None, why
     try:
         if max_bytes is None:
-            import symusic
-            max_bytes = wav_bytes(symusic.Score(str(midi)).to("second").end(), sample_rate)
+            max_bytes = wav_bytes(midi_seconds(midi), sample_rate)
         with atomic_path(wav) as tmp:
             _run_bounded([exe, "-ni", "-q", "-g", "0.7", "-r", str(sample_rate), "-F",
                           str(tmp), str(sf), str(midi)], tmp, timeout, max_bytes)

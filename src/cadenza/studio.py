@@ -56,6 +56,7 @@ from .data.midi import (
     BadInput,
     cut_notes,
     load_score,
+    midi_seconds,
     notes_from_score,
     score_from_notes,
     write_midi,
@@ -81,7 +82,6 @@ START_AUDIO_SECONDS = 120.0  # a start's WAV covers its first two minutes
 # A take asked for in tokens is bounded by --max-seconds too: performance tokens run at 20-60
 # a second of piano music, so this many per second of --max-seconds is a generous ceiling.
 TOKENS_PER_SECOND = 100
-TAKE_FILES_BYTES = 2_000_000  # a take's MIDI, PNG and JSON, at most (beside its WAV)
 KEEP_PAGES = 256  # page ids issued and remembered (the oldest is forgotten first)
 KEEP_SESSIONS = 2  # models kept loaded (about 30-60 MB each for the shipped one)
 
@@ -315,7 +315,7 @@ class Studio:
                 wav = self.render(d / "heard.mid", d / "start.wav", heard.duration, sid)
         except BadInput as e:
             shutil.rmtree(d, ignore_errors=True)
-            raise BadInput(f"{name}: {e}" if not str(e).startswith(name) else str(e)) from e
+            raise BadInput(f"{name}: {e}") from e
         start = Start(sid, name, midi, notes, wav)
         with self.lock:
             self.starts[sid] = start
@@ -492,8 +492,7 @@ class Studio:
                 if self.audio_missing is None:  # the studio renders, within its limits
                     for i in infos:
                         mid = Path(job.cfg.out) / f"sample-{i.sample}.mid"
-                        seconds = load_score(mid).to("second").end()
-                        self.render(mid, mid.with_suffix(".wav"), seconds, job.id)
+                        self.render(mid, mid.with_suffix(".wav"), midi_seconds(mid), job.id)
                 job.takes = [self._take(job, i) for i in infos]
                 job.progress, job.state = 1.0, "done"
             except Stopped:

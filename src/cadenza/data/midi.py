@@ -130,6 +130,11 @@ def notes_from_score(score: symusic.Score, sustain_pedal: bool = True,
     return notes
 
 
+def midi_seconds(path: str | Path) -> float:
+    """How long a MIDI file plays, seconds (its last event)."""
+    return float(load_score(path).to("second").end())
+
+
 def check_stacked(notes: Notes) -> None:
     """BadInput when more than MAX_STACKED notes start at one instant."""
     if len(notes) <= MAX_STACKED:
