@@ -303,3 +303,26 @@ def test_duet_checks_record_and_replay_before_the_session(tiny_run, tmp_path):
                            timeout=60)
         assert r.returncode != 0 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_render_past_its_size_or_time_is_stopped_and_leaves_no_file(tmp_path):
+    from cadenza.render import audio_missing, kill_renders, render_wav
+    if audio_missing():
+        pytest.skip(audio_missing())
+    score = make_score(random_piece(np.random.default_rng(1), 300, 240.0))  # seconds to render
+    score.dump_midi(str(tmp_path / "p.mid"))
+    wav, why = render_wav(tmp_path / "p.mid", tmp_path / "a.wav", max_bytes=200_000)
+    assert wav is None and "stopped at" in why
+    wav, why = render_wav(tmp_path / "p.mid", tmp_path / "b.wav", timeout=0.05)
+    assert wav is None and "time limit" in why
+    done = {}
+    t = threading.Thread(target=lambda: done.update(r=render_wav(tmp_path / "p.mid",
+                                                                 tmp_path / "c.wav")))
+    t.start()
+    time.sleep(0.3)
+    kill_renders()  # a server that stops
+    t.join(10)
+    assert done["r"][0] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.mid"]  # no partial WAV left
+    wav, why = render_wav(tmp_path / "p.mid", tmp_path / "d.wav")  # within its limits
+    assert wav is not None and wav.stat().st_size > 44
