@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import json
 import os
 import re
 import time
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import Busy, locked_dir, write_bytes
+from .atomic import Busy, locked_dir
 from .config import DuetConfig, Steering
 from .data.corpus import cadenza_home
 from .data.midi import (
@@ -67,6 +66,7 @@ from .data.tokenizers.performance import (
 from .engine import Engine
 from .generate import Generator, resolve_primer
 from .render import piano_roll_png
+from .takes import write_sidecar
 
 PLAYER_TRACK, CADENZA_TRACK = "Player", "Cadenza"
 LOOKAHEAD = 0.15  # seconds of the answer sampled ahead of the music
@@ -425,7 +425,7 @@ class Duet:
             "latency_ms": _summary(lat), "late_ms": _summary(late),
             "files": {"midi": base.with_suffix(".mid").name,
                       "png": base.with_suffix(".png").name if len(both) else None}}
-        write_bytes(base.with_suffix(".json"), (json.dumps(summary, indent=1) + "\n").encode())
+        write_sidecar(base, summary)
         return summary
 
 

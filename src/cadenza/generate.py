@@ -16,8 +16,6 @@ Try it: ``cadenza generate --checkpoint runs/demo/best --primer builtin:chorales
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -28,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import process_dir, write_bytes
 from .checkpoint import Checkpoint, common_period, key_views, load_members, weights_digest
 from .config import ConfigError, GenerateConfig, SampleConfig, Steering
 from .controls import Controls
@@ -39,15 +36,13 @@ from .data.midi import (
     Score,
     load_score,
     score_from_notes,
-    score_from_tracks,
-    write_midi,
 )
 from .data.tokenizers import BOS
 from .engine import Progress, Run, draw, filter_logits, sample, sample_run
 from .models.ensemble import Ensemble
 from .models.layers import use_half_weights
-from .render import piano_roll_png, render_wav
 from .stats import CONTINUATION_TRACK, memorization, training_index
+from .takes import open_take, place_take, write_sample, write_sidecar
 
 __all__ = ["GenerateConfig", "Generator", "SampleConfig", "SampleInfo", "draw",
            "filter_logits", "run_generate", "sample"]
@@ -299,36 +294,6 @@ def run_generate(cfg: GenerateConfig, *, device: str = "cpu",
         shutil.rmtree(take, ignore_errors=True)
 
 
-def open_take(out: str, force: bool) -> tuple[Path, list[Path]]:
-    """Before anything is generated: ``out`` must be a folder (made if need be) without an
-    earlier take's samples, unless ``force``. Returns the new take's temporary folder inside
-    it (a killed command's is removed by the next) and the earlier take's files."""
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise PermissionError(f"--out {out}: is a file, not a folder")
-    earlier = sorted(p for p in out_dir.glob("sample-*") if p.is_file()) \
-        if out_dir.is_dir() else []
-    if earlier and not force:
-        raise FileExistsError(f"--out {out}: holds samples of an earlier take "
-                              f"({earlier[0].name}, ...); choose another folder, or pass "
-                              "--force to replace them")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return process_dir(out_dir, ".cadenza-take-"), earlier
-    except OSError as e:
-        raise PermissionError(f"--out {out}: cannot write there ({e.strerror})") from e
-
-
-def place_take(take: Path, out_dir: Path, earlier: list[Path], samples: int) -> None:
-    """A complete take into ``out_dir``: the earlier take's files go first (``--force``),
-    then each sample's files are moved in, its JSON last."""
-    for old in earlier:
-        old.unlink(missing_ok=True)
-    for k in range(samples):
-        for f in sorted(take.glob(f"sample-{k}.*"), key=lambda f: f.suffix == ".json"):
-            os.replace(f, out_dir / f.name)
-
-
 def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: GenerateConfig,
                 take: Path, progress: Progress | None) -> list[SampleInfo]:
     """Generate the samples into ``take``."""
@@ -373,26 +338,9 @@ def _write_take(gen: Generator, prompt: np.ndarray, pinfo: dict[str, Any], cfg: 
             files={"midi": base.with_suffix(".mid").name, "png": base.with_suffix(".png").name,
                    "wav": wav.name if wav else None},
             memorization=mem)
-        write_bytes(base.with_suffix(".json"),
-                    (json.dumps(info.to_dict(), indent=1) + "\n").encode())
+        write_sidecar(base, info.to_dict())
         results.append(info)
     return results
-
-
-def write_sample(base: Path, tracks: dict[str, Notes], notes: Notes, blue: np.ndarray,
-                 split_seconds: float, title: str, soundfont: str | None | bool,
-                 warn: bool = True) -> Path | None:
-    """BASE.mid (one track per entry), BASE.png (the ``blue`` notes blue, the others
-    orange) and, unless ``soundfont`` is False, BASE.wav; returns the WAV (None when no
-    synthesizer or SoundFont is found, said once when ``warn``)."""
-    write_midi(score_from_tracks(tracks), base.with_suffix(".mid"))
-    piano_roll_png(notes, split_seconds, base.with_suffix(".png"), primer=blue, title=title)
-    if soundfont is False:
-        return None
-    wav, why = render_wav(base.with_suffix(".mid"), base.with_suffix(".wav"), soundfont)
-    if wav is None and warn:
-        print(f"note: no WAV written: {why}")
-    return wav
 
 
 def _memorization_index(gen: Generator, reference: str | None):

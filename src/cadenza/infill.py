@@ -25,7 +25,6 @@ Python: ``infill(score, 8.0, 14.0, SampleConfig...)`` returns the new score.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -35,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import write_bytes
 from .config import InfillConfig, Steering
 from .data import fim
 from .data.fim import right_side, stream
@@ -52,8 +50,9 @@ from .data.midi import (
 )
 from .data.tokenizers import BOS
 from .data.tokenizers.performance import SHIFT0, STEPS_PER_SECOND, shift_steps
-from .generate import Generator, open_take, place_take, sample_run
-from .render import piano_roll_png, render_wav
+from .generate import Generator, sample_run
+from .render import piano_roll_png
+from .takes import open_take, place_take, write_audio, write_sidecar
 
 INFILL_TRACK = "Infill"
 LEFT_SHARE = 8  # the left context a span needs at least: 1/8 of the model's context
@@ -316,11 +315,7 @@ def _write(cfg: InfillConfig, score, notes: Notes, span: Span, f: Filled, k: int
     piano_roll_png(both, 0.0, base.with_suffix(".png"), primer=~is_new,
                    title=f"sample {k}: {span.start:g}-{span.end:g} s regenerated (orange)",
                    span=(span.start, span.end))
-    wav = None
-    if cfg.audio:
-        wav, why = render_wav(base.with_suffix(".mid"), base.with_suffix(".wav"), cfg.soundfont)
-        if wav is None and k == 0:
-            print(f"note: no WAV written: {why}")
+    wav = write_audio(base, cfg.soundfont if cfg.audio else False, warn=k == 0)
     info = InfillInfo(
         sample=k, checkpoint=cfg.checkpoint, input=source,
         span={"start": span.start, "end": span.end}, candidates=cfg.candidates,
@@ -330,7 +325,7 @@ def _write(cfg: InfillConfig, score, notes: Notes, span: Span, f: Filled, k: int
         kept_notes=int(len(kept)), generation_seconds=gen_s,
         files={"midi": base.with_suffix(".mid").name, "png": base.with_suffix(".png").name,
                "wav": wav.name if wav else None})
-    write_bytes(base.with_suffix(".json"), (json.dumps(info.to_dict(), indent=1) + "\n").encode())
+    write_sidecar(base, info.to_dict())
     return info
 
 

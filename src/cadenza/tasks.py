@@ -22,7 +22,6 @@ Try it: ``cadenza harmonize --checkpoint runs/harm/best --melody tune.mid --out 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import write_bytes
 from .checkpoint import load_checkpoint
 from .config import ArrangeConfig, Drawing
 from .data import pairs
@@ -40,8 +38,9 @@ from .data.midi import BadInput, Notes, load_score
 from .data.task import Windows
 from .data.tokenizers import BOS, framed
 from .data.tokenizers.base import Grammar
-from .generate import open_take, place_take, primer_mask, sample, write_sample
+from .generate import primer_mask, sample
 from .models import Conditioned
+from .takes import open_take, place_take, write_sample, write_sidecar
 
 
 class AfterPrefix:
@@ -156,7 +155,6 @@ def _write(ck, news: list[list[np.ndarray]], windows: Windows, cfg: ArrangeConfi
             int(sum(len(w) for w in new)), gen_s,
             {"midi": base.with_suffix(".mid").name, "png": base.with_suffix(".png").name,
              "wav": wav.name if wav else None})
-        write_bytes(base.with_suffix(".json"),
-                    (json.dumps(rec.to_json(), indent=1) + "\n").encode())
+        write_sidecar(base, rec.to_json())
         records.append(rec)
     return records
