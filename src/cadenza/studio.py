@@ -44,6 +44,7 @@ import numpy as np
 from .atomic import process_dir
 from .checkpoint import CheckpointError, pretrained_names, read_config, read_metrics
 from .config import (
+    CONTROLS,
     ConfigError,
     GenerateConfig,
     InfillConfig,
@@ -254,6 +255,21 @@ def _sample_flags(sample) -> list[str]:
             shown = f"{v:g}" if isinstance(v, float) else str(v)
             args += [flag(name), shlex.quote(shown)]
     return args
+
+
+def control_fields() -> list[dict[str, Any]]:
+    """The page's control inputs, one per field of config.CONTROLS (so a new control's
+    field is a new input, with its help as the tooltip): name, label, kind, step."""
+    out = []
+    for f in fields(SampleConfig):
+        if f.name not in CONTROLS:
+            continue
+        number = f.type in ("int", "int | None", "float", "float | None")
+        out.append({"name": f.name, "label": f.name.replace("_", " ").capitalize(),
+                    "kind": "number" if number else "text",
+                    "step": 1 if f.type.startswith("int") else 0.5,
+                    "help": f.metadata.get("help", "")})
+    return out
 
 
 def _defaults() -> dict[str, Any]:
@@ -573,7 +589,7 @@ class Studio:
 
     def info(self) -> dict[str, Any]:
         return {"models": self.models, "pieces": builtin_pieces(), "defaults": _defaults(),
-                "page": self.issue_page(),
+                "controls": control_fields(), "page": self.issue_page(),
                 "limits": {"max_upload_mb": self.cfg.max_upload_mb,
                            "max_seconds": self.cfg.max_seconds,
                            "max_takes": self.cfg.max_takes},

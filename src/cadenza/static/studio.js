@@ -135,6 +135,7 @@ async function loadInfo() {
   const info = await api("/api/info");
   state.info = info;
   PAGE = info.page;
+  controlInputs(info.controls);
   const sel = $("model");
   for (const m of info.models) {
     sel.append(el("option", { value: m.id, text: m.name }));
@@ -215,13 +216,29 @@ async function upload(file) {
 
 // --- generating --------------------------------------------------------------------------
 
+// the controls' inputs, one per field the server lists (a new control is a new input)
+const CONTROL_HINTS = { key: "e.g. D minor", pitch_range: "e.g. C3-C6", velocity_range: "e.g. 40-90" };
+
+function controlInputs(controls) {
+  const box = $("control-fields");
+  for (const c of controls) {
+    const input = el("input", { name: c.name, type: c.kind, title: c.help,
+                                placeholder: CONTROL_HINTS[c.name] || "any" });
+    if (c.kind === "number") { input.step = c.step; input.min = 0; }
+    box.append(el("label", { title: c.help }, document.createTextNode(c.label + " "), input));
+  }
+}
+
 function settings() {
   const f = $("settings").elements, out = {};
-  for (const name of ["seconds", "temperature", "top_p", "top_k", "seed", "num_samples",
-                      "max_polyphony", "density", "max_repeats"]) {
+  const controls = state.info ? state.info.controls : [];
+  const numbers = ["seconds", "temperature", "top_p", "top_k", "seed", "num_samples",
+                   ...controls.filter((c) => c.kind === "number").map((c) => c.name)];
+  for (const name of numbers) {
     if (f[name].value !== "") out[name] = Number(f[name].value);
   }
-  for (const name of ["style", "key", "pitch_range", "velocity_range"]) {
+  const texts = ["style", ...controls.filter((c) => c.kind === "text").map((c) => c.name)];
+  for (const name of texts) {
     if (f[name].value.trim() !== "") out[name] = f[name].value.trim();
   }
   if (f.may_end.checked) out.may_end = true;
@@ -284,12 +301,9 @@ let takeCount = 0;
 function controlsText(s) {
   const parts = [];
   if (s.style) parts.push(`style ${s.style}`);
-  if (s.key) parts.push(`key ${s.key}`);
-  if (s.pitch_range) parts.push(`pitches ${s.pitch_range}`);
-  if (s.velocity_range) parts.push(`velocities ${s.velocity_range}`);
-  if (s.max_polyphony) parts.push(`at most ${s.max_polyphony} at once`);
-  if (s.density) parts.push(`aiming at ${s.density} notes/s`);
-  if (s.max_repeats) parts.push(`at most ${s.max_repeats} repeats`);
+  for (const c of (state.info ? state.info.controls : [])) {
+    if (s[c.name]) parts.push(`${c.label.toLowerCase()} ${s[c.name]}`);
+  }
   return parts.join(" · ");
 }
 
