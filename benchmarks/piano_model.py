@@ -5,6 +5,7 @@ card quote them):
     python benchmarks/piano_model.py speed      # batch-1 CPU generation vs real time
     python benchmarks/piano_model.py stats      # 32 continuations vs the true continuations
     python benchmarks/piano_model.py finetune   # as is vs 5 min fine-tuning vs 5 min scratch
+    python benchmarks/piano_model.py register   # does the bass hold, does the register drift
     python benchmarks/piano_model.py styles     # NLL with the true, no and a wrong style tag;
                                                 # continuations with --style pop / Chopin
 
@@ -154,6 +155,73 @@ def cmd_stats(a) -> dict:
     return {"openings": picks}
 
 
+def cmd_register(a) -> dict:
+    """Does the bass hold, does the register drift? The built-in openings and 16
+    asap-maestro/validation openings: 8 s of primer, 20 s continued (top-p 0.95, seed 0),
+    by --model. Per 5-s window of the continuation: its lowest note and its pitch range
+    (5th to 95th percentile of the notes' pitches), against the primer's; and the same of
+    the true continuation where there is one. A drift is a window whose lowest note is more
+    than an octave above the primer's."""
+    from cadenza.data.midi import load_score, notes_from_score
+    from cadenza.generate import Generator, SampleConfig
+    gen = Generator.load(a.model)
+    files = sorted(need(PIANO / "asap-maestro" / "validation").rglob("*.mid"))
+    openings = [f"builtin:openings/{n}" for n in ("schubert", "pop909-024", "pop909-113")]
+    openings += [str(f) for f in files[:: max(1, len(files) // 16)]][:16]
+    rows, t = [], time.perf_counter()
+    for spec in openings:
+        prompt, info = gen.encode_primer(spec, 8.0)
+        if info["seconds"] < 4.0:
+            continue
+        new = gen.generate(prompt, SampleConfig(seconds=20.0, seed=0, top_p=0.95))[0]
+        full = gen.tok.decode_notes(np.concatenate([prompt[1:], new]))
+        split = info["seconds"]
+        prim, cont = full.pitch[full.start < split], full.start >= split
+
+        def windows(start, pitch, at):
+            out = []
+            for w in range(4):
+                m = (start >= at + 5 * w) & (start < at + 5 * w + 5)
+                out.append((int(pitch[m].min()), float(np.percentile(pitch[m], 95)
+                                                       - np.percentile(pitch[m], 5)))
+                           if m.any() else (None, None))
+            return out
+        gen_w = windows(full.start[cont], full.pitch[cont], split)
+        true_w = None
+        if not spec.startswith("builtin:"):
+            n = notes_from_score(load_score(spec))
+            true_w = windows(n.start, n.pitch, 8.0)
+        row = {"opening": Path(spec).name, "primer_low": int(prim.min()),
+               "primer_range": float(np.percentile(prim, 95) - np.percentile(prim, 5)),
+               "generated": gen_w, "true": true_w}
+        rows.append(row)
+        lows = " ".join(f"{lo if lo is not None else '-':>3}" for lo, _ in gen_w)
+        tl = " ".join(f"{lo if lo is not None else '-':>3}" for lo, _ in (true_w or []))
+        print(f"{row['opening'][:28]:<30}primer low {row['primer_low']:>3} range "
+              f"{row['primer_range']:>4.0f} | generated lows {lows} | true lows {tl}")
+
+    def drift(key):
+        got = [lo - r["primer_low"] > 12 for r in rows if r[key] for lo, _ in r[key]
+               if lo is not None]
+        return float(np.mean(got)) if got else float("nan")
+
+    def late_range(key):
+        got = [rg for r in rows if r[key] for _, rg in r[key][2:] if rg is not None]
+        return float(np.mean(got)) if got else float("nan")
+    summary = {"openings": len(rows), "drifted_windows_generated": drift("generated"),
+               "drifted_windows_true": drift("true"),
+               "range_10_20s_generated": late_range("generated"),
+               "range_10_20s_true": late_range("true"),
+               "primer_range": float(np.mean([r["primer_range"] for r in rows]))}
+    print(f"windows whose lowest note is over an octave above the primer's: generated "
+          f"{summary['drifted_windows_generated']:.0%}, true "
+          f"{summary['drifted_windows_true']:.0%}; pitch range (5-95%) in seconds 10-20: "
+          f"generated {summary['range_10_20s_generated']:.1f}, true "
+          f"{summary['range_10_20s_true']:.1f}, primers {summary['primer_range']:.1f} "
+          f"semitones; {a.model}, {time.perf_counter() - t:.0f} s")
+    return {"summary": summary, "rows": rows}
+
+
 def cmd_styles(a) -> dict:
     """What a style tag does: NLL of asap-maestro/validation and POP909's validation songs
     with each piece's true tags (its composer or pop, and its kind), with none, and with a
@@ -279,8 +347,10 @@ def cmd_finetune(a) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=("nll", "speed", "stats", "finetune", "styles"))
-    ap.add_argument("--model", default=MODEL, help="the checkpoint to measure (nll, styles)")
+    ap.add_argument("part", choices=("nll", "speed", "stats", "finetune", "styles",
+                                     "register"))
+    ap.add_argument("--model", default=MODEL,
+                    help="the checkpoint to measure (nll, styles, register)")
     ap.add_argument("--eval-precision", default="fp32", help="styles: scoring precision")
     ap.add_argument("--only-continuations", action="store_true",
                     help="styles: the continuations only (the NLL table measured before)")
@@ -301,7 +371,8 @@ def main() -> None:
                     help="finetune: keep runs already finished in --work")
     a = ap.parse_args()
     res = {"nll": cmd_nll, "speed": cmd_speed, "stats": cmd_stats,
-           "finetune": cmd_finetune, "styles": cmd_styles}[a.part](a)
+           "finetune": cmd_finetune, "styles": cmd_styles,
+           "register": cmd_register}[a.part](a)
     Path(a.work).mkdir(parents=True, exist_ok=True)
     (Path(a.work) / f"{a.part}.json").write_text(json.dumps(res, indent=1) + "\n")
 
