@@ -24,7 +24,7 @@
 # With a GPU, the two stages below on this data train a tagged model from scratch.
 #
 # Environment: STEPS overrides the first stage's step budget and MINUTES the second's (a
-# smoke run: STEPS=20 MINUTES=0.2).
+# smoke run: STEPS=20 MINUTES=0.2); PREPARE_ONLY=1 stops after the data.
 set -euo pipefail
 PIANO=${1:-${CADENZA_PIANO_DATA:-../shared/data/piano}}
 RUN=${2:-runs/piano}
@@ -45,6 +45,7 @@ if [ ! -f "$DATA/manifest.json" ]; then
     --exclude 'piano-midi.de/Schubert/schumm-1.mid' \
     --exclude 'piano-midi.de/Schubert/schumm-3.mid'
 fi
+[ "${PREPARE_ONLY:-0}" = 1 ] && exit 0  # the data alone (scripts/piano_cpu_session.sh)
 python -m cadenza train --data "$DATA" --out "$RUN" --preset piano \
   ${STEPS:+--max-steps "$STEPS"} "${@:3}"
 python -m cadenza train --data "$DATA" --out "$RUN-2" --init "$RUN/best" --context 1024 \
