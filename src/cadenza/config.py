@@ -656,8 +656,9 @@ class GenerateConfig(_Config):
             object.__setattr__(self, "checkpoint", tuple(
                 str(c) for c in ([self.checkpoint] if one else self.checkpoint)))
         _check(len(self.checkpoint) > 0, "checkpoint", "give at least one", self.checkpoint)
-        _check(0 <= self.primer_seconds <= MAX_TAKE_SECONDS * 10, "primer_seconds",
-               f"must be in [0, {MAX_TAKE_SECONDS * 10:g}]", self.primer_seconds)
+        _check(0 <= self.primer_seconds <= 3 * 3600, "primer_seconds",
+               "must be in [0, 10800] (a MIDI file plays at most 3 hours)",
+               self.primer_seconds)
         _check(0 <= self.primer_tokens <= 10**7, "primer_tokens", "must be in 0..10000000",
                self.primer_tokens)
         transposition_shifts(self.transpositions)
