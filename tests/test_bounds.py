@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import symusic
 
+from cadenza.studio import _size as folder_bytes  # what --max-work-mb counts
 from tests.conftest import Server, make_score, random_piece
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -34,16 +35,6 @@ def _stacked_midi(path: Path, n: int = 100_000) -> bytes:
     s.tracks.append(t)
     s.dump_midi(str(path))
     return path.read_bytes()
-
-
-def _folder_bytes(folder: Path) -> int:
-    total = 0
-    for f in folder.rglob("*"):
-        try:
-            total += f.stat().st_size if f.is_file() else 0
-        except FileNotFoundError:
-            pass
-    return total
 
 
 def _rss_mb(pid: int) -> float:
@@ -88,7 +79,7 @@ def test_a_start_of_100k_notes_at_zero_is_one_line_and_the_folder_stays_small(
 
     def watch():
         while not done.is_set():
-            sizes.append(_folder_bytes(s.work()))
+            sizes.append(folder_bytes(s.work()))
             time.sleep(0.05)
     w = threading.Thread(target=watch)
     w.start()

@@ -139,9 +139,8 @@ class GuardMiddleware:
             return await self.app(scope, receive, send)
         try:
             return await self._check(scope, receive, send)
-        except (ValueError, CookieError) as e:  # a header no client of ours sends
-            what = e.args[0] if isinstance(e, BadHeader) else "a header"
-            return await _refuse(scope, send, 400, f"malformed {what}")
+        except BadHeader as e:  # a header no client of ours sends (never the app's errors)
+            return await _refuse(scope, send, 400, f"malformed {e.args[0]}")
 
     async def _check(self, scope: dict, receive: Any, send: Any) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")

@@ -831,8 +831,7 @@ def bounded_protocol(cfg: StudioConfig):
         def data_received(self, data: bytes) -> None:
             if self.deadline is None and self.conn.their_state is h11.IDLE:
                 self._arm(cfg.header_timeout)  # the next request's headers, after an answer
-            super().data_received(data)
-            self._follow()
+            super().data_received(data)  # its handle_events follows the request's state
 
         def handle_events(self) -> None:
             super().handle_events()
