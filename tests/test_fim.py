@@ -24,7 +24,7 @@ from cadenza.config import (
     TrainConfig,
 )
 from cadenza.data import fim
-from cadenza.data.dataset import IGNORE, TokenDataset, WindowSampler
+from cadenza.data.dataset import IGNORE, BatchPlan, TokenDataset, WindowSampler
 from cadenza.data.midi import BadInput, load_score
 from cadenza.data.prepare import prepare
 from cadenza.data.styles import MARKS, Tags
@@ -78,10 +78,11 @@ def test_the_sampler_mixes_in_reordered_windows_whose_marks_are_never_targets(ti
     tags = Tags((), (), V).with_marks()
     assert tags.mark_ids() == (V + 1, V + 2) and tags.choices == ()
     # without --fim the stream is what it was, batch for batch
-    a = WindowSampler(ds, 128, 8, AugmentConfig(), seed=3).next_batch()
-    b = WindowSampler(ds, 128, 8, AugmentConfig(), seed=3, fim=0.0, tags=tags).next_batch()
+    a = WindowSampler(ds, BatchPlan(128, 8, AugmentConfig(), seed=3)).next_batch()
+    b = WindowSampler(ds, BatchPlan(128, 8, AugmentConfig(), seed=3, fim=0.0,
+                                    tags=tags)).next_batch()
     assert torch.equal(a[0]["idx"], b[0]["idx"]) and torch.equal(a[1], b[1])
-    s = WindowSampler(ds, 128, 8, AugmentConfig(), seed=3, fim=0.5, tags=tags)
+    s = WindowSampler(ds, BatchPlan(128, 8, AugmentConfig(), seed=3, fim=0.5, tags=tags))
     reordered = rows = 0
     for _ in range(12):
         x, y, n = s.next_batch()

@@ -14,7 +14,7 @@ import torch
 from cadenza.checkpoint import load_checkpoint
 from cadenza.cli import main
 from cadenza.config import AugmentConfig, ConfigError, ModelConfig, PrepareConfig, TrainConfig
-from cadenza.data.dataset import TokenDataset, WindowSampler
+from cadenza.data.dataset import BatchPlan, TokenDataset, WindowSampler
 from cadenza.data.prepare import prepare
 from cadenza.data.styles import Tags
 from cadenza.evaluate import evaluate
@@ -49,7 +49,7 @@ def test_prepare_tags_each_piece_with_its_folder_and_kind(tmp_path, corpus):
 def test_every_window_starts_with_its_pieces_tags_unless_dropped(tmp_path, corpus):
     ds = TokenDataset(tagged(tmp_path, corpus))
     tags, V = ds.tags, 391
-    s = WindowSampler(ds, 64, 16, AugmentConfig(), seed=0)
+    s = WindowSampler(ds, BatchPlan(64, 16, AugmentConfig(), seed=0))
     heads = []
     for _ in range(40):
         x, y, n = s.next_batch()
@@ -70,7 +70,7 @@ def test_every_window_starts_with_its_pieces_tags_unless_dropped(tmp_path, corpu
     plain = tmp_path / "plain"
     prepare(PrepareConfig(sources=(str(corpus / "classical"),), out=str(plain)),
             progress=False)
-    a = WindowSampler(TokenDataset(plain), 64, 4, AugmentConfig(), seed=1).next_batch()
+    a = WindowSampler(TokenDataset(plain), BatchPlan(64, 4, AugmentConfig(), seed=1)).next_batch()
     assert (a[0]["idx"] < V).all()
 
 

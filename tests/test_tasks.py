@@ -16,7 +16,7 @@ from conftest import bench_file
 from cadenza.cli import main
 from cadenza.config import AugmentConfig, ConfigError, ModelConfig, PrepareConfig, TrainConfig
 from cadenza.data import pairs
-from cadenza.data.dataset import IGNORE, TokenDataset
+from cadenza.data.dataset import IGNORE, BatchPlan, TokenDataset
 from cadenza.data.prepare import prepare
 from cadenza.data.task import Accompany, Continue, Harmonize, Task
 from cadenza.data.tokenizers import BOS, EOS, build_tokenizer
@@ -227,8 +227,8 @@ def test_pair_sampler_batches(tmp_path, chorale_json):
                           task="harmonize"), progress=False)
     ds = TokenDataset(tmp_path / "h")
     aug = AugmentConfig(transpose=(0, 0))
-    enc = pairs.PairSampler(ds, 300, 4, aug, seed=3, prefix=False)
-    pre = pairs.PairSampler(ds, 300, 4, aug, seed=3, prefix=True)
+    enc = pairs.PairSampler(ds, BatchPlan(300, 4, aug, seed=3), prefix=False)
+    pre = pairs.PairSampler(ds, BatchPlan(300, 4, aug, seed=3), prefix=True)
     (x, y, n), (px, py, pn) = enc.next_batch(), pre.next_batch()
     assert set(x) == {"idx", "src"} and set(px) == {"idx"}
     assert n == pn == int((y != IGNORE).sum())  # the same pairs, the same scored targets

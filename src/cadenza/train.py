@@ -50,7 +50,7 @@ from .config import (
     resume_conflicts,
     resumed,
 )
-from .data.dataset import IGNORE, Prefetcher, TokenDataset, WindowSampler
+from .data.dataset import IGNORE, BatchPlan, Prefetcher, TokenDataset, WindowSampler
 from .data.pairs import PairSampler
 from .data.styles import Tags
 from .data.task import Task
@@ -439,10 +439,10 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, device: str = "cpu",
     task.check_model(model_cfg.kind, cfg.data)
     if task.paired:
         check_pairs_fit(ds, model_cfg, cfg)
-    sampler = task.sampler(ds, cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
-                           decoder_only=model_cfg.kind != "encoder-decoder",
-                           period=model_cfg.voice_period, rank=d.rank, world=d.world,
-                           fim=cfg.fim, tags=tags)
+    plan = BatchPlan(cfg.context, cfg.batch_size, cfg.augment, cfg.seed,
+                     period=model_cfg.voice_period, rank=d.rank, world=d.world, fim=cfg.fim,
+                     tags=tags)
+    sampler = task.sampler(ds, plan, decoder_only=model_cfg.kind != "encoder-decoder")
     if cfg.prefetch:  # the next batches are drawn while the model steps: same stream
         sampler = Prefetcher(sampler, cfg.prefetch)
     state = TrainState()

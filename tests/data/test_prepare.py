@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cadenza.config import AugmentConfig, PrepareConfig
-from cadenza.data.dataset import Prefetcher, TokenDataset, WindowSampler
+from cadenza.data.dataset import BatchPlan, Prefetcher, TokenDataset, WindowSampler
 from cadenza.data.prepare import PrepareError, prepare
 from cadenza.data.sources import SourceError
 from tests.conftest import bench_file, make_score, scale
@@ -175,13 +175,13 @@ def test_sampler_reads_train_only_and_augments_only_there(tiny_dataset):
     ds = TokenDataset(tiny_dataset)
     train = ds.pieces("train")
     valid_before = (tiny_dataset / "valid.tokens.npy").read_bytes()
-    plain = WindowSampler(ds, 32, 8, None, seed=0)
+    plain = WindowSampler(ds, BatchPlan(32, 8, None, seed=0))
     joined = [p.tobytes() for p in train]
     for _ in range(5):
         x, y, n = plain.next_batch()
         for row in x["idx"].numpy():
             assert any(row.astype(np.int64).tobytes() in j for j in joined)
-    aug = WindowSampler(ds, 32, 8, AugmentConfig(), seed=0)
+    aug = WindowSampler(ds, BatchPlan(32, 8, AugmentConfig(), seed=0))
     for _ in range(5):
         aug.next_batch()
     assert (tiny_dataset / "valid.tokens.npy").read_bytes() == valid_before
@@ -189,11 +189,11 @@ def test_sampler_reads_train_only_and_augments_only_there(tiny_dataset):
 
 def test_sampler_state_round_trip(tiny_dataset):
     ds = TokenDataset(tiny_dataset)
-    a = WindowSampler(ds, 32, 4, AugmentConfig(), seed=3)
+    a = WindowSampler(ds, BatchPlan(32, 4, AugmentConfig(), seed=3))
     a.next_batch()
     state = a.state_dict()
     x1 = a.next_batch()[0]["idx"]
-    b = WindowSampler(ds, 32, 4, AugmentConfig(), seed=99)
+    b = WindowSampler(ds, BatchPlan(32, 4, AugmentConfig(), seed=99))
     b.load_state_dict(state)
     assert np.array_equal(b.next_batch()[0]["idx"], x1)
 
@@ -248,7 +248,7 @@ def test_every_token_is_about_equally_likely_to_be_a_target(tmp_path, period):
     tokens: 1/300 of a long piece's per-token rate."""
     ds = _mixed_lengths_dataset(tmp_path)
     T = 128
-    s = WindowSampler(ds, T, 1, None, seed=0, period=period)
+    s = WindowSampler(ds, BatchPlan(T, 1, None, seed=0, period=period))
     piece, start = s.draw(100_000)
     counts = [np.zeros(n, np.int64) for n in s.lengths]
     for i, L in enumerate(s.lengths):
@@ -267,7 +267,7 @@ def test_every_token_is_about_equally_likely_to_be_a_target(tmp_path, period):
 
 def test_eos_is_a_training_target_with_a_voice_period(tmp_path):
     ds = _mixed_lengths_dataset(tmp_path)
-    s = WindowSampler(ds, 128, 16, None, seed=0, period=4)
+    s = WindowSampler(ds, BatchPlan(128, 16, None, seed=0, period=4))
     eos = sum(int((s.next_batch()[1] == 2).sum()) for _ in range(50))
     # one piece end per ~(L + T) / 4 draws of the longest piece: dozens in 800 windows
     assert eos > 20
@@ -281,16 +281,16 @@ def test_prefetched_batches_are_the_samplers_own_and_resume_exactly(tiny_dataset
     def batches(s, n):
         return [s.next_batch() for _ in range(n)]
 
-    bare = WindowSampler(ds, 32, 4, AugmentConfig(), seed=7)
+    bare = WindowSampler(ds, BatchPlan(32, 4, AugmentConfig(), seed=7))
     want = batches(bare, 9)
-    ahead = Prefetcher(WindowSampler(ds, 32, 4, AugmentConfig(), seed=7), depth=3)
+    ahead = Prefetcher(WindowSampler(ds, BatchPlan(32, 4, AugmentConfig(), seed=7)), depth=3)
     got = batches(ahead, 4)
     state = ahead.state_dict()
     got += batches(ahead, 5)
     ahead.close()
     for (x, y, n), (gx, gy, gn) in zip(want, got):
         assert torch.equal(x["idx"], gx["idx"]) and torch.equal(y, gy) and n == gn
-    again = Prefetcher(WindowSampler(ds, 32, 4, AugmentConfig(), seed=99))
+    again = Prefetcher(WindowSampler(ds, BatchPlan(32, 4, AugmentConfig(), seed=99)))
     again.load_state_dict(state)  # as a resumed run: the 5th batch onwards
     for (x, y, _), (gx, gy, _) in zip(want[4:], batches(again, 5)):
         assert torch.equal(x["idx"], gx["idx"]) and torch.equal(y, gy)
@@ -302,7 +302,7 @@ def test_a_prefetching_samplers_error_reaches_the_training_loop(tiny_dataset):
         def next_batch(self):
             raise OSError("the disk went away")
 
-    ahead = Prefetcher(Broken(TokenDataset(tiny_dataset), 32, 4, None, seed=0))
+    ahead = Prefetcher(Broken(TokenDataset(tiny_dataset), BatchPlan(32, 4, None, seed=0)))
     with pytest.raises(OSError, match="the disk went away"):
         ahead.next_batch()
     assert not ahead.thread.is_alive()

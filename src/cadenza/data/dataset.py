@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import torch
 
 from ..config import FORMAT_VERSION, AugmentConfig
 from . import fim as fim_order
-from .styles import Tags
+from .styles import Conditioning, Tags
 from .tokenizers import PAD, Tokenizer, build_tokenizer
 
 IGNORE = -100  # target id the loss skips (padding)
@@ -99,11 +100,32 @@ class TokenDataset:
         return [np.asarray(tokens[a:b], np.int64) for a, b in zip(off[:-1], off[1:])]
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """How training batches are drawn: windows of ``context`` tokens, ``batch_size`` of them
+    a step (the global batch: this process draws its share, ``rank`` of ``world``),
+    augmented by ``augment``, from a generator seeded with ``seed``, starting on multiples
+    of ``period``; ``tags``: the run's tag vocabulary (a tagged dataset's windows start
+    with their piece's tags, each dropped with probability ``tag_dropout``), with the
+    fill-in-the-middle marks when ``fim`` (the share of windows in that order) is set."""
+
+    context: int
+    batch_size: int
+    augment: AugmentConfig | None = None
+    seed: int = 0
+    period: int = 0
+    rank: int = 0
+    world: int = 1
+    tag_dropout: float = 0.2
+    fim: float = 0.0
+    tags: Tags | None = None
+
+
 class WindowSampler:
-    def __init__(self, ds: TokenDataset, context: int, batch_size: int,
-                 augment: AugmentConfig | None, seed: int, period: int = 0,
-                 rank: int = 0, world: int = 1, tag_dropout: float = 0.2,
-                 fim: float = 0.0, tags: Tags | None = None) -> None:
+    def __init__(self, ds: TokenDataset, plan: BatchPlan) -> None:
+        context, batch_size, period = plan.context, plan.batch_size, plan.period
+        fim, tags, augment = plan.fim, plan.tags, plan.augment
+        seed, rank, world, tag_dropout = plan.seed, plan.rank, plan.world, plan.tag_dropout
         self.tokens, self.offsets = ds.split("train")
         # a tagged dataset's windows start with their piece's tags (styles.py)
         self.tags, self.tag_dropout = tags or ds.tags, tag_dropout
@@ -170,12 +192,13 @@ class WindowSampler:
             w = np.asarray(self.tokens[lo: min(a + T + 1 + self.margin, end)], np.int64)
             if self.augment is not None:
                 w = self.tok.augment(w, self.rng, self.augment)
-            head = [] if self.piece_tags is None else self.tags.window_prefix(
-                *self.piece_tags[piece[b]], self.rng, self.tag_dropout)
+            head = Conditioning() if self.piece_tags is None else Conditioning(tuple(
+                self.tags.window_prefix(*self.piece_tags[piece[b]], self.rng,
+                                        self.tag_dropout)))
             if infill:
                 fw = fim_order.reorder(self.tok, w, self.rng, T + 1 - len(head), self.marks)
                 w = w[a - lo:] if fw is None else fw
-            w = np.concatenate([head, w[: T + 1 - len(head)]]) if head else w[: T + 1]
+            w = head.prepend(w, T + 1)
             x[b, : len(w)] = w
             # targets: the content's next tokens (a tag is read, never predicted, and
             # predicts nothing: the first content token is a target only within the piece;

@@ -186,8 +186,9 @@ class PairSampler:
     (B, L)}``, the source's positions ignored by the loss.
     """
 
-    def __init__(self, ds, context: int, batch_size: int, augment, seed: int, prefix: bool,
-                 rank: int = 0, world: int = 1) -> None:
+    def __init__(self, ds, plan, prefix: bool) -> None:  # plan: dataset.BatchPlan
+        context, batch_size, augment = plan.context, plan.batch_size, plan.augment
+        seed, rank, world = plan.seed, plan.rank, plan.world
         self.sources, self.targets = ds.pieces("train", "source"), ds.pieces("train")
         self.tok = ds.tokenizer
         self.context, self.batch_size, self.augment = context, batch_size, augment

@@ -16,6 +16,10 @@ model's input vocabulary beyond the tokenizer's (ids ``V``, ``V + 1``, ... for a
 over the tokenizer's tokens. A training window starts with its piece's tags, each dropped
 at random (``--tag-dropout``) and a composer sometimes replaced by its group, so one model
 serves untagged, ``classical`` and ``Chopin`` prompts alike (``--style NAME``).
+
+What a window starts with is a :class:`Conditioning`: the style tags, kept apart from the
+fill-in-the-middle marks (data/fim.py) that share the tags' id range, and put before a
+window in one place (``prepend``) for training windows, scoring and generation alike.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..config import ConfigError
+from . import fim
 
 KINDS = ("live", "score", "arrangement")
 POP = "pop"
@@ -156,6 +162,12 @@ class Tags:
                           + (f" (nearest: {', '.join(near)})" if near else "")
                           + f"; it knows {', '.join(known) or 'none'}")
 
+    def conditioning(self, style: str | None = None) -> Conditioning:
+        """A ``--style NAME`` prompt's conditioning (no tags without one), with this
+        vocabulary's fill-in-the-middle marks when it has them."""
+        return Conditioning(tuple(self.prompt(style)),
+                            self.mark_ids() if self.marks == MARKS else None)
+
     def window_prefix(self, style: int, kind: int, rng: np.random.Generator,
                       dropout: float) -> list[int]:
         """A training window's tags: each kept with probability 1 - dropout; a kept
@@ -168,3 +180,50 @@ class Tags:
         if kind >= 0 and rng.random() >= dropout:
             out.append(self.base + kind)
         return out
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What a model reads before the music of every window: ``tags`` (a ``--style``'s, or a
+    training piece's), then ``fixed`` (ids every window keeps after them: an infill's
+    fill-in-the-middle prompt, ``with_fim``). ``marks``: the ids of the two
+    fill-in-the-middle marks of a model trained with them (None: it was not); they are
+    never tags, and appear only inside ``fim_prompt``."""
+
+    tags: tuple[int, ...] = ()
+    marks: tuple[int, int] | None = None
+    fixed: tuple[int, ...] = ()
+
+    @property
+    def head(self) -> tuple[int, ...]:
+        return self.tags + self.fixed
+
+    def __len__(self) -> int:
+        return len(self.tags) + len(self.fixed)
+
+    def fim_prompt(self, left: np.ndarray, right: np.ndarray, span_seconds: float
+                   ) -> np.ndarray:
+        """``BOS left <fim:right> gap right <fim:middle>`` (data/fim.py); ValueError for a
+        model without the marks."""
+        if self.marks is None:
+            raise ValueError("this model was not trained to infill (no fill-in-the-middle marks)")
+        return fim.prompt(left, right, span_seconds, self.marks)
+
+    def with_fim(self, ids: np.ndarray) -> Conditioning:
+        """These tags, then ``ids`` (a fill-in-the-middle prompt) kept by every window."""
+        return replace(self, fixed=tuple(int(i) for i in ids))
+
+    def prepend(self, window, length: int | None = None):
+        """The head, then ``window`` (ids, last axis the time: a numpy array or a tensor of
+        any batch shape), its first ``length - len(self)`` tokens where ``length`` is given
+        (the whole is then at most ``length``)."""
+        k = len(self)
+        if length is not None:
+            window = window[..., : max(length - k, 0)]
+        if not k:
+            return window
+        if isinstance(window, torch.Tensor):
+            head = torch.as_tensor(self.head, dtype=window.dtype, device=window.device)
+            return torch.cat([head.expand(*window.shape[:-1], k), window], -1)
+        head = np.broadcast_to(np.asarray(self.head, window.dtype), (*window.shape[:-1], k))
+        return np.concatenate([head, window], -1)

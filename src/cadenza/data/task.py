@@ -28,10 +28,9 @@ import numpy as np
 
 from ..config import ConfigError, register_names
 from . import pairs
-from .dataset import TokenDataset, WindowSampler
+from .dataset import BatchPlan, TokenDataset, WindowSampler
 from .midi import BadInput, Notes, Score, cut_notes
 from .sources import Item, hash_split, ids_digest, music_digest
-from .styles import Tags
 from .tokenizers import EOS, Tokenizer
 from .tokenizers.base import Grammar
 from .tokenizers.chorale16 import StepGrammar, grid_ids, ids_grid
@@ -118,14 +117,11 @@ class Task:
                               "target pairs; prepare it with --task harmonize or --task "
                               "accompany")
 
-    def sampler(self, ds: TokenDataset, context: int, batch_size: int, augment, seed: int, *,
-                decoder_only: bool, period: int, rank: int, world: int, fim: float = 0.0,
-                tags: Tags | None = None):
-        """The training batches: each ``next_batch()`` is (model inputs by name, targets,
-        real targets in the global batch); ``fim``: the share of windows in the
-        fill-in-the-middle order, ``tags`` the run's (with the marks)."""
-        return WindowSampler(ds, context, batch_size, augment, seed, period=period,
-                             rank=rank, world=world, fim=fim, tags=tags)
+    def sampler(self, ds: TokenDataset, plan: BatchPlan, decoder_only: bool):
+        """The training batches drawn as ``plan`` says (dataset.BatchPlan): each
+        ``next_batch()`` is (model inputs by name, targets, real targets in the global
+        batch)."""
+        return WindowSampler(ds, plan)
 
     def sources(self, ds: TokenDataset, split: str) -> list[np.ndarray] | None:
         """A split's sources, one per piece (None: a piece has no source)."""
@@ -149,11 +145,9 @@ class Paired(Task):
     def check_model(self, kind: str, data: str) -> None:
         pass  # an encoder-decoder, or a decoder-only model reading the source as a prefix
 
-    def sampler(self, ds: TokenDataset, context: int, batch_size: int, augment, seed: int, *,
-                decoder_only: bool, period: int, rank: int, world: int, fim: float = 0.0,
-                tags: Tags | None = None):  # train.train_tags refuses --fim for pairs
-        return pairs.PairSampler(ds, context, batch_size, augment, seed, prefix=decoder_only,
-                                 rank=rank, world=world)
+    def sampler(self, ds: TokenDataset, plan: BatchPlan, decoder_only: bool):
+        # train.train_tags refuses --fim for pairs
+        return pairs.PairSampler(ds, plan, prefix=decoder_only)
 
     def sources(self, ds: TokenDataset, split: str) -> list[np.ndarray] | None:
         return ds.pieces(split, "source")
