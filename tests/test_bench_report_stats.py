@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cadenza import bench
+from cadenza.config import BenchConfig
 from cadenza.data.midi import Notes
 from cadenza.stats import NgramIndex, compare, memorization
 
@@ -25,8 +26,8 @@ def test_bench_jsb16_prints_the_paper_table(tmp_path, capsys, position):
     f = tmp_path / "Jsb16thSeparated.json"
     f.write_text(json.dumps({"train": [steps(40) for _ in range(3)], "valid": [steps(30)],
                              "test": [steps(20)]}))
-    r = bench.bench_jsb16(str(tmp_path / "b"), minutes=5, data=str(f), precision="fp32",
-                          position=position, members=1, **FAST)
+    r = bench.bench_jsb16(BenchConfig("jsb16", out=str(tmp_path / "b"), minutes=5, data=str(f),
+                                      precision="fp32", position=position, members=1), **FAST)
     out = capsys.readouterr().out
     assert "0.335" in out
     assert f"Cadenza {position or 'rope'} + voice labels, averaged over 12 keys" in out
@@ -41,8 +42,8 @@ def test_bench_jsb16_ensemble_trains_members_at_once_and_scores_their_mixture(tm
     steps = lambda n: rng.integers(50, 70, (n, 4)).tolist()  # noqa: E731
     f = tmp_path / "Jsb16thSeparated.json"
     f.write_text(json.dumps({"train": [steps(40) for _ in range(3)], "valid": [steps(30)]}))
-    r = bench.bench_jsb16(str(tmp_path / "b"), minutes=5, data=str(f), precision="fp32",
-                          members=2, transpositions=1, **FAST)
+    r = bench.bench_jsb16(BenchConfig("jsb16", out=str(tmp_path / "b"), minutes=5, data=str(f),
+                                      precision="fp32", members=2, transpositions=1), **FAST)
     out = capsys.readouterr().out
     assert "ensemble of 2" in out and "member 1 alone" in out
     runs = [tmp_path / "b" / f"run-{i}" for i in range(2)]
@@ -65,8 +66,8 @@ def test_bench_pianoroll_reports_nll_per_frame(tmp_path, capsys):
     f = tmp_path / "JSB Chorales.pickle"
     f.write_bytes(pickle.dumps({"train": [frames(60)] * 2, "valid": [frames(30)],
                                 "test": [frames(25)]}))
-    r = bench.bench_pianoroll("jsb", str(tmp_path / "b"), minutes=5, data=str(f),
-                              precision="fp32", **FAST)
+    r = bench.bench_pianoroll(BenchConfig("pianoroll", dataset="jsb", out=str(tmp_path / "b"),
+                                          minutes=5, data=str(f), precision="fp32"), **FAST)
     assert "RNN-NADE" in capsys.readouterr().out
     assert r.test.frames == 25
     assert r.valid.frame_nll == pytest.approx(r.valid.nll * 90 / 30)
@@ -198,8 +199,8 @@ def test_bench_jsb16_averaged_over_keys_equals_transposed_pieces_mixed_by_hand(t
     f = tmp_path / "Jsb16thSeparated.json"
     valid = [steps(30), steps(25)]
     f.write_text(json.dumps({"train": [steps(40) for _ in range(3)], "valid": valid}))
-    r = bench.bench_jsb16(str(tmp_path / "b"), minutes=5, data=str(f), precision="fp32",
-                          members=1, transpositions=3, **FAST)
+    r = bench.bench_jsb16(BenchConfig("jsb16", out=str(tmp_path / "b"), minutes=5, data=str(f),
+                                      precision="fp32", members=1, transpositions=3), **FAST)
     out = capsys.readouterr().out
     assert "averaged over 3 keys" in out and "own keys only" in out
     ck = load_checkpoint(tmp_path / "b" / "run" / "best")

@@ -273,17 +273,25 @@ def _train_and_score(name: str, src: Path, out: str, recipe: Recipe, paper: Any,
     return result
 
 
-def bench_jsb16(out: str, *, minutes: float, data: str | None = None,
-                benchmarks: str | None = None, device: str = "cpu", precision: str = "bf16",
-                position: str | None = None, members: int | None = None,
-                transpositions: int | None = None, **changes: Any) -> BenchResult:
+def _recipe(name: str, cfg: BenchConfig):
+    """A recipe with the positional scheme, ensemble size and keys ``cfg`` asks (if any)."""
+    return (RECIPES[name].with_position(cfg.position).with_members(cfg.members)
+            .with_transpositions(cfg.transpositions))
+
+
+def _training(cfg: BenchConfig, changes: dict[str, Any]) -> dict[str, Any]:
+    """The training fields a bench run sets: its budget, precision and --force, and any
+    other training field a caller changes (the tests shorten the runs)."""
+    return dict(minutes=cfg.minutes, precision=cfg.precision, force=cfg.force, **changes)
+
+
+def bench_jsb16(cfg: BenchConfig, *, device: str = "cpu", **changes: Any) -> BenchResult:
     """The ``jsb16`` recipe (with another positional scheme, ensemble size or number of
-    keys where given) for ``minutes``; ``changes``: any other training field."""
-    r = (RECIPES["jsb16"].with_position(position).with_members(members)
-         .with_transpositions(transpositions))
-    result = _train_and_score("jsb16", find_file("jsb16", data, benchmarks), out, r,
-                              MUSIC_TRANSFORMER_TABLE2, device,
-                              dict(minutes=minutes, precision=precision, **changes))
+    keys where ``cfg`` gives them) for ``cfg.minutes``; ``changes``: any other training
+    field."""
+    result = _train_and_score("jsb16", find_file("jsb16", cfg.data, cfg.benchmarks),
+                              cfg.out_dir, _recipe("jsb16", cfg), MUSIC_TRANSFORMER_TABLE2,
+                              device, _training(cfg, changes))
     print(format_jsb16(result))
     return result
 
@@ -326,21 +334,16 @@ def _trained(r: BenchResult) -> str:
     return f"trained {r.elapsed / 60:.1f} min, {r.steps} steps{each}"
 
 
-def bench_pianoroll(dataset: str, out: str, *, minutes: float, data: str | None = None,
-                    benchmarks: str | None = None, device: str = "cpu",
-                    precision: str = "bf16", position: str | None = None,
-                    members: int | None = None, transpositions: int | None = None,
-                    **changes: Any) -> BenchResult:
-    """The ``pianoroll-DATASET`` recipe, as :func:`bench_jsb16`."""
+def bench_pianoroll(cfg: BenchConfig, *, device: str = "cpu", **changes: Any) -> BenchResult:
+    """The ``pianoroll-DATASET`` recipe (``cfg.dataset``), as :func:`bench_jsb16`."""
+    dataset = cfg.dataset
     name = f"pianoroll-{dataset}"
     if name not in RECIPES:
         raise ValueError(f"--dataset: choose one of {', '.join(BOULANGER_TABLE1)}, "
                          f"got {dataset!r}")
-    r = (RECIPES[name].with_position(position).with_members(members)
-         .with_transpositions(transpositions))
-    result = _train_and_score(name, find_file(dataset, data, benchmarks), out, r,
-                              BOULANGER_TABLE1[dataset], device,
-                              dict(minutes=minutes, precision=precision, **changes))
+    result = _train_and_score(name, find_file(dataset, cfg.data, cfg.benchmarks),
+                              cfg.out_dir, _recipe(name, cfg), BOULANGER_TABLE1[dataset],
+                              device, _training(cfg, changes))
     print(format_pianoroll(result))
     return result
 
@@ -619,11 +622,9 @@ def run_bench(cfg: BenchConfig, *, device: str = "cpu"
         return bench_models(cfg.data, cfg.out_dir, budgets=cfg.budgets, **common)
     if cfg.which == "tasks":
         return bench_tasks(cfg.out_dir, data=cfg.data, benchmarks=cfg.benchmarks, **common)
-    keys = dict(data=cfg.data, benchmarks=cfg.benchmarks, position=cfg.position,
-                members=cfg.members, transpositions=cfg.transpositions)
     if cfg.which == "jsb16":
-        return bench_jsb16(cfg.out_dir, **common, **keys)
-    return bench_pianoroll(cfg.dataset, cfg.out_dir, **common, **keys)
+        return bench_jsb16(cfg, device=device)
+    return bench_pianoroll(cfg, device=device)
 
 
 def load_result(path: Path) -> BenchResult | ModelsResult:
