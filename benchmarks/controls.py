@@ -40,7 +40,8 @@ from cadenza.config import SampleConfig
 from cadenza.controls import Controls
 from cadenza.data.midi import Notes, cut_notes, load_score, notes_from_score
 from cadenza.data.tokenizers import BOS
-from cadenza.generate import Generator, primer_mask
+from cadenza.generate import primer_mask
+from cadenza.session import Session
 from cadenza.stats import compare, longest_repeat
 from cadenza.theory import NAMES, estimate_key, key_pitch_classes
 
@@ -87,7 +88,7 @@ def obeys(name: str, s: dict, notes: Notes, fresh: np.ndarray) -> np.ndarray:
     return np.ones(len(p), bool)
 
 
-def generate_all(gen: Generator, files: list[Path]) -> dict:
+def generate_all(gen: Session, files: list[Path]) -> dict:
     tok = gen.tok
     out: dict[str, dict] = {}
     truth = []
@@ -150,7 +151,7 @@ def replay_masks(tok, cfg: SampleConfig | None, prompt: np.ndarray, cont: np.nda
     return np.array(gm), np.array(cm)
 
 
-def cost_on_real_music(gen: Generator, files: list[Path]) -> dict:
+def cost_on_real_music(gen: Session, files: list[Path]) -> dict:
     """NLL per token of each true continuation that obeys a control set from itself."""
     tok, model = gen.tok, gen.model
     limit = model.max_context
@@ -206,7 +207,7 @@ def cost_on_real_music(gen: Generator, files: list[Path]) -> dict:
     return out
 
 
-def figure(gen: Generator, f: Path, out: Path) -> None:
+def figure(gen: Session, f: Path, out: Path) -> None:
     """One opening continued without a control and with several."""
     import matplotlib
     matplotlib.use("Agg")
@@ -257,7 +258,7 @@ def main() -> None:
     files = sorted(valid.rglob("*.mid"))
     files = [files[i] for i in np.linspace(0, len(files) - 1, min(a.pieces, len(files)))
              .round().astype(int)]
-    gen = Generator.load("pretrained:piano")
+    gen = Session.load("pretrained:piano")
     print(f"{len(files)} openings of {valid}, {gen.precision} decoding")
     res = generate_all(gen, files)
     truth = res.pop("true")["notes"]

@@ -29,7 +29,7 @@ from cadenza.config import Steering
 from cadenza.data.corpus import OPENINGS
 from cadenza.data.midi import load_score, notes_from_score
 from cadenza.duet import Clock, Duet, play
-from cadenza.generate import Generator
+from cadenza.session import Session
 
 
 def phrases(n: int) -> list[list[tuple[float, int, int, float]]]:
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/duet-bench.json")
     a = ap.parse_args()
     torch.set_num_threads(1)  # as `cadenza duet` runs
-    gen = Generator.load("pretrained:piano")
+    gen = Session.load("pretrained:piano")
     sent: list[tuple[float, object]] = []
     duet = Duet(gen, Steering(top_p=0.95, seed=0), wait=0.6, answer=2.0, clock=Clock(),
                 send=lambda m: sent.append((time.perf_counter(), m)))

@@ -29,6 +29,7 @@ from cadenza.generate import SampleConfig, sample
 from cadenza.models import build_model
 from cadenza.models.layers import use_half_weights
 from cadenza.recipes import RECIPES
+from cadenza.session import Session
 
 V, L, D, H, FF = 391, 6, 256, 8, 1024
 
@@ -106,7 +107,7 @@ def main() -> None:
     def go(name: str, n: int, prompt: np.ndarray, cfg: SampleConfig) -> None:
         if name.startswith("cadenza"):
             use_half_weights(ours, name.endswith("fp16w"))
-            sample(ours, prompt, tok.grammar(), cfg, n)
+            sample(Session(ours, tok), prompt, cfg, n)
         else:
             hf_generate(hf if name.endswith("fp32") else hf16,
                         torch.from_numpy(prompt).to(dev), n)
@@ -124,7 +125,7 @@ def main() -> None:
                 best[name] = min(best[name], timed(go, name, a.new, prompt, cfg))
         use_half_weights(ours, False)
         n_unc = a.uncached_tokens
-        r_unc = batch * n_unc / timed(sample, ours, prompt, tok.grammar(), cfg, n_unc,
+        r_unc = batch * n_unc / timed(sample, Session(ours, tok), prompt, cfg, n_unc,
                                       use_cache=False)
         rate = {name: batch * a.new / t for name, t in best.items()}
         ours_best = max(v for k, v in rate.items() if k.startswith("cadenza"))
@@ -153,7 +154,7 @@ def main() -> None:
         label = "small preset, untrained"
     cfg = SampleConfig(seconds=10.0, seed=0)
     news: list = []
-    t = timed(lambda: news.extend(sample(small, np.array([[BOS]]), tok.grammar(), cfg, 20000)))  # noqa: B023
+    t = timed(lambda: news.extend(sample(Session(small, tok), np.array([[BOS]]), cfg, 20000)))  # noqa: B023
     secs = tok.decode_notes(news[0]).duration
     print(f"{label} ({sum(p.numel() for p in small.parameters()):,} params): "
           f"{len(news[0])} tokens = {secs:.1f} s of music in {t:.2f} s (goal < 5 s)")

@@ -44,8 +44,8 @@ from cadenza.data.fim import after, stream
 from cadenza.data.midi import BadInput, Notes, load_score, notes_from_score
 from cadenza.data.sources import hash_split, music_digest
 from cadenza.data.tokenizers.performance import shift_steps
-from cadenza.generate import Generator
-from cadenza.infill import fill, make_span, method_of, right_logprobs, trim_to
+from cadenza.infill import Proposals, fill, make_span, method_of, right_logprobs, trim_to
+from cadenza.session import Session
 from cadenza.stats import compare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def baselines(gen, notes: Notes, span, length: float, steer: Steering) -> dict[s
     """The ids of (b) a plain continuation, (c) a span of the same length from elsewhere in
     the piece, (d) the true span."""
     tok = gen.tok
-    cont = fill(gen, notes, span, steer, 1, 0.0, method="resample")[0]
+    cont = fill(gen, notes, span, steer, Proposals(1, 0.0, "resample"))[0]
     other = span.start - 2 * length if span.start >= 2 * length else span.start + 2 * length
     return {"continuation": span_ids(tok, cont.notes, span.start, length),
             "retrieval": stream(tok, after(notes, other, length), length),
@@ -158,7 +158,7 @@ def main() -> None:
     a = ap.parse_args()
     if not (PIANO / "asap-maestro" / "validation").exists():
         sys.exit(f"skipped: {PIANO} not found (set CADENZA_PIANO_DATA)")
-    gen = Generator.load(a.checkpoint)
+    gen = Session.load(a.checkpoint)
     tok, model = gen.tok, gen.model
     fims = ["fim", f"fim K={a.k}"] if method_of(gen, "auto") == "fim" else []
     made = ["resample", *fims]
@@ -170,12 +170,12 @@ def main() -> None:
         left, right = stream(tok, notes, span.start), judged(tok, model, notes, span)
         steer = Steering(seed=len(rows), top_p=0.95)
         t = time.perf_counter()
-        filled = {"resample": fill(gen, notes, span, steer, a.k, JUDGE,
-                                   method="resample")[0]}
+        filled = {"resample": fill(gen, notes, span, steer,
+                                   Proposals(a.k, JUDGE, "resample"))[0]}
         secs = {"resample": time.perf_counter() - t}
         for name, k in zip(fims, (1, a.k)):
             t = time.perf_counter()
-            filled[name] = fill(gen, notes, span, steer, k, JUDGE, method="fim")[0]
+            filled[name] = fill(gen, notes, span, steer, Proposals(k, JUDGE, "fim"))[0]
             secs[name] = time.perf_counter() - t
         ways = {**{n: span_ids(tok, filled[n].notes, span.start, length) for n in made},
                 **baselines(gen, notes, span, length, steer)}

@@ -26,8 +26,8 @@ from cadenza.data.fim import right_side, stream
 from cadenza.data.tokenizers import BOS
 from cadenza.data.tokenizers.performance import shift_tokens
 from cadenza.engine import sample_run
-from cadenza.generate import Generator
-from cadenza.infill import contexts, fill, right_logprobs, trim_to
+from cadenza.infill import Proposals, contexts, fill, right_logprobs, trim_to
+from cadenza.session import Session
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import infill as bench  # noqa: E402  (benchmarks/infill.py: its pieces, spans and metric)
@@ -52,8 +52,7 @@ def primed(gen, notes, span, steer: Steering, k: int):
     primer = np.concatenate([prime, rest, left[-keep:]]).astype(np.int64)
     prompt = np.concatenate([[BOS], primer])
     cfg = SampleConfig(seconds=span.seconds, **{**steer.to_dict(), "num_samples": k})
-    run = sample_run(model, np.repeat(prompt[None], k, 0), tok.grammar(), cfg, 0,
-                     period=gen.period, roles=tok.note_roles(), scheme=tok.name)
+    run = sample_run(gen, np.repeat(prompt[None], k, 0), cfg)
     middles = [trim_to(t, span.seconds) for t in run.tokens]
     w = right_logprobs(model, left, middles, judge).sum(1)
     plain = left[-(budget // 2):]
@@ -69,13 +68,13 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="pretrained:piano")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    gen = Generator.load(a.checkpoint)
+    gen = Session.load(a.checkpoint)
     tok, model = gen.tok, gen.model
     rows = []
     for corpus, f, _, notes, length, span in bench.benchmark_spans(a.pieces):
         steer = Steering(seed=len(rows), top_p=0.95)
         t0 = time.perf_counter()
-        res = fill(gen, notes, span, steer, a.k, bench.JUDGE, method="resample")[0]
+        res = fill(gen, notes, span, steer, Proposals(a.k, bench.JUDGE, "resample"))[0]
         t1 = time.perf_counter()
         middles, w, correction = primed(gen, notes, span, steer, a.k)
         t2 = time.perf_counter()

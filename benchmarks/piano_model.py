@@ -87,8 +87,9 @@ def cmd_nll(a) -> dict:
 def cmd_speed(a) -> dict:
     """Batch-1 decoding on this CPU: new tokens per second, and seconds of music per second
     of compute for each opening (its own token rate), with the default threads."""
-    from cadenza.generate import Generator, SampleConfig
-    gen = Generator.load(MODEL, precision=a.precision)
+    from cadenza.generate import SampleConfig
+    from cadenza.session import Session
+    gen = Session.load(MODEL, precision=a.precision)
     out = {}
     for name in ("schubert", "pop909-024", "pop909-113"):
         prompt, _ = gen.encode_primer(f"builtin:openings/{name}", 8.0)
@@ -163,8 +164,9 @@ def cmd_register(a) -> dict:
     the true continuation where there is one. A drift is a window whose lowest note is more
     than an octave above the primer's."""
     from cadenza.data.midi import load_score, notes_from_score
-    from cadenza.generate import Generator, SampleConfig
-    gen = Generator.load(a.model)
+    from cadenza.generate import SampleConfig
+    from cadenza.session import Session
+    gen = Session.load(a.model)
     files = sorted(need(PIANO / "asap-maestro" / "validation").rglob("*.mid"))
     openings = [f"builtin:openings/{n}" for n in ("schubert", "pop909-024", "pop909-113")]
     openings += [str(f) for f in files[:: max(1, len(files) // 16)]][:16]
@@ -230,7 +232,7 @@ def cmd_styles(a) -> dict:
     performances of asap-maestro/validation."""
     from cadenza.checkpoint import load_checkpoint
     from cadenza.data.midi import BadInput, load_score, notes_from_score
-    from cadenza.data.styles import piece_style
+    from cadenza.data.styles import Conditioning, piece_style
     from cadenza.evaluate import midi_pieces, score_pieces, summarize
     from cadenza.generate import GenerateConfig, SampleConfig, run_generate
     from cadenza.stats import compare
@@ -253,8 +255,8 @@ def cmd_styles(a) -> dict:
             print(f"{name}: skipped (no files; --dataset names the prepared piano data)")
             continue
         names, pieces, _ = midi_pieces(paths, tok)
-        def ids(names_: tuple[str, ...]) -> list[int]:
-            return [tags.id(t) for t in names_ if t in tags.names]
+        def ids(names_: tuple[str, ...]) -> Conditioning:
+            return Conditioning(tuple(tags.id(t) for t in names_ if t in tags.names))
 
         heads = {"true tags": [ids(true(f)) for f in names], "no tag": None,
                  f"wrong tags ({' + '.join(wrong)})": [ids(wrong)] * len(names)}

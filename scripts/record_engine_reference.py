@@ -71,9 +71,11 @@ def record(run) -> dict[str, list[list[int]]]:
 
 
 if __name__ == "__main__":
-    from cadenza.generate import sample
+    from cadenza.engine import sample
+    from cadenza.session import Session
     torch.set_num_threads(1)
-    ref = record(lambda m, p, g, c, n, per: sample(m, p, g, c, n, period=per))
+    ref = record(lambda m, p, g, c, n, per: sample(Session(m, None, period=per), p, c, n,
+                                                   grammar=g))
     with open(sys.argv[1], "w") as f:
         json.dump(ref, f, indent=0)
     print(f"{len(ref)} cases, {sum(len(r) for v in ref.values() for r in v)} tokens")

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from cadenza.config import ConfigError, ModelConfig, SampleConfig
-from cadenza.controls import Controls, Step
+from cadenza.controls import NEEDS, Controls, Step
 from cadenza.data.tokenizers import BOS, EOS, build_tokenizer
 from cadenza.data.tokenizers.performance import OFF0, ON0, SHIFT0, VEL0
 from cadenza.engine import (
@@ -31,6 +31,7 @@ from cadenza.engine import (
 )
 from cadenza.generate import primer_mask
 from cadenza.models import build_model
+from cadenza.session import Session
 from cadenza.stats import longest_repeat
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,10 +46,11 @@ def test_engine_draws_the_recorded_tokens_for_every_tokenizer_and_model_kind():
     --may-end every token is the same; without it, the same up to where the old loop drew
     EOS (the engine masks EOS after top-p, so no other draw moves)."""
     ref = json.loads((ROOT / "tests/fixtures/engine_reference.json").read_text())
-    free = record.record(lambda m, p, g, c, n, per: sample(m, p, g, c.replace(may_end=True), n,
-                                                           period=per))
+    free = record.record(lambda m, p, g, c, n, per: sample(
+        Session(m, None, period=per), p, c.replace(may_end=True), n, grammar=g))
     assert free == ref
-    held = record.record(lambda m, p, g, c, n, per: sample(m, p, g, c, n, period=per))
+    held = record.record(lambda m, p, g, c, n, per: sample(Session(m, None, period=per), p, c, n,
+                                                           grammar=g))
     ended = 0
     for key, rows in ref.items():
         for old, new in zip(rows, held[key]):
@@ -92,14 +94,14 @@ def test_eos_never_comes_before_the_seconds_asked_unless_may_end(name):
     model = eos_lover(tok)
     prompt = np.array([[BOS]] * 4)
     cfg = SampleConfig(seconds=10.0, seed=2, num_samples=4)
-    run = sample_run(model, prompt, tok.grammar(), cfg, 0, roles=tok.note_roles())
+    run = sample_run(Session(model, tok), prompt, cfg)
     for new, why in zip(run.tokens, run.stopped):
         assert EOS not in new and why == SECONDS
         g = tok.grammar()
         g.reset(1)
         g.feed(new[None])
         assert g.elapsed()[0] >= 10.0
-    early = sample_run(model, prompt, tok.grammar(), cfg.replace(may_end=True), 0)
+    early = sample_run(Session(model, tok), prompt, cfg.replace(may_end=True))
     assert all(w == EOS_STOP for w in early.stopped)
     assert max(len(t) for t in early.tokens) < min(len(t) for t in run.tokens)
 
@@ -108,10 +110,11 @@ def test_a_sample_that_stops_short_says_why():
     tok = build_tokenizer("performance")
     t = torch.zeros(tok.vocab_size, tok.vocab_size)
     t[:, VEL0 + 5] = 10.0  # velocity tokens forever: time never moves
-    run = sample_run(Biased(t), np.array([[BOS]]), tok.grammar(), SampleConfig(seconds=2.0),
-                     50)
+    run = sample_run(Session(Biased(t), tok), np.array([[BOS]]), SampleConfig(seconds=2.0),
+                     max_new=50)
     assert run.stopped == [TOKEN_LIMIT] and len(run.tokens[0]) == 50
-    run = sample_run(Biased(t), np.array([[BOS]]), tok.grammar(), SampleConfig(tokens=7), 7)
+    run = sample_run(Session(Biased(t), tok), np.array([[BOS]]), SampleConfig(tokens=7),
+                     max_new=7)
     assert run.stopped == [TOKENS] and len(run.tokens[0]) == 7
 
 
@@ -125,7 +128,8 @@ def test_a_grammar_dead_end_ends_the_sample_and_is_named():
     g = TypeGrammar(tok.type_of, trans, tok.stream_seconds, tok.vocab)
     t = torch.zeros(tok.vocab_size, tok.vocab_size)
     t[:, tok.type_of == pitch] = 5.0
-    run = sample_run(Biased(t), np.array([[BOS]]), g, SampleConfig(seconds=5.0), 0)
+    run = sample_run(Session(Biased(t), tok), np.array([[BOS]]), SampleConfig(seconds=5.0),
+                     grammar=g)
     assert run.stopped == [DEAD_END] and run.tokens[0][-1] == EOS
 
 
@@ -138,7 +142,7 @@ def test_the_engine_continues_a_session_token_for_token():
                                 d_ff=64, dropout=0.0, position="rope", max_context=40)).eval()
     cfg = SampleConfig(tokens=15, seed=4, temperature=1.5, may_end=True)
     with torch.no_grad():
-        eng = Engine(m, tok.grammar(), cfg)
+        eng = Engine(Session(m, tok), cfg)
         eng.feed(np.array([BOS, ON0 + 60, SHIFT0 + 20]))
         first = eng.run()
         played = np.array([ON0 + 64, SHIFT0 + 30, OFF0 + 64])
@@ -146,7 +150,7 @@ def test_the_engine_continues_a_session_token_for_token():
         second = eng.run()
         ctx = eng.tokens()[0]
         # the logits it holds are the model's for the whole context, slid past 40 tokens
-        ref = Engine(m, tok.grammar(), cfg)
+        ref = Engine(Session(m, tok), cfg)
         ref.feed(ctx)
         assert torch.allclose(eng._next_logits(), ref._next_logits(), atol=1e-5)
     assert len(first.tokens[0]) == len(second.tokens[0]) == 15
@@ -194,7 +198,7 @@ def _sounding_at_onsets(notes, new) -> int:
 def test_hard_controls_hold_on_every_new_note(name, control, midi_folder):
     tok = build_tokenizer(name)
     cfg = SampleConfig(tokens=160, temperature=1.5, num_samples=6, **CONTROL_CASES[control])
-    if control not in tok.note_roles().supports:
+    if NEEDS[control] not in tok.note_roles().carries:
         with pytest.raises(ConfigError, match=f"--{control.replace('_', '-')}: {name} tokens"):
             Controls(cfg, tok.note_roles(), tok.name)
         return
@@ -207,8 +211,8 @@ def test_hard_controls_hold_on_every_new_note(name, control, midi_folder):
     for seed in range(4):
         prompt = _primer(tok, rng)
         m = _random_model(tok, seed)
-        news = sample(m, np.repeat(prompt[None], 6, 0), tok.grammar(), cfg.replace(seed=seed),
-                      160, roles=tok.note_roles(), scheme=tok.name)
+        news = sample(Session(m, tok), np.repeat(prompt[None], 6, 0), cfg.replace(seed=seed),
+                      160)
         before = tok.decode_notes(prompt[1:])
         for new in news:
             notes = tok.decode_notes(np.concatenate([prompt[1:], new]))
@@ -249,12 +253,11 @@ def looper(tok) -> Biased:
 def test_the_loop_guard_bounds_the_repeats():
     tok = build_tokenizer("performance")
     prompt = np.array([[BOS]] * 3)
-    free = sample(looper(tok), prompt, tok.grammar(), SampleConfig(seconds=12, num_samples=3), 0)
+    free = sample(Session(looper(tok), tok), prompt, SampleConfig(seconds=12, num_samples=3))
     assert min(longest_repeat(tok.decode_notes(n)) for n in free) >= 30
     for k in (1, 3):
         cfg = SampleConfig(seconds=12, num_samples=3, max_repeats=k)
-        run = sample_run(looper(tok), prompt, tok.grammar(), cfg, 0, roles=tok.note_roles(),
-                         scheme=tok.name)
+        run = sample_run(Session(looper(tok), tok), prompt, cfg)
         for new in run.tokens:
             notes = tok.decode_notes(new)
             assert len(notes) > 20 and longest_repeat(notes) <= k
@@ -267,8 +270,7 @@ def test_density_moves_notes_per_second_the_asked_way():
     rates = {}
     for want in (1.0, 4.0, 16.0):
         cfg = SampleConfig(seconds=8, num_samples=4, density=want, seed=1)
-        news = sample(m, np.array([[BOS]] * 4), tok.grammar(), cfg, 0, roles=tok.note_roles(),
-                      scheme=tok.name)
+        news = sample(Session(m, tok), np.array([[BOS]] * 4), cfg)
         rates[want] = np.median([len(tok.decode_notes(n)) / 8.0 for n in news])
     assert rates[1.0] < rates[4.0] < rates[16.0], rates
     assert rates[1.0] < 2.0 and rates[16.0] > 8.0, rates
@@ -342,8 +344,8 @@ def test_a_step_written_in_a_test_file_is_obeyed_alongside_the_controls():
         top = int(tok.decode_notes(prompt[1:]).pitch[-1])  # the last note struck
         cfg = SampleConfig(tokens=200, temperature=1.5, seed=seed, num_samples=4,
                            key="C major")
-        eng = Engine(_random_model(tok, seed), tok.grammar(), cfg, batch=4, roles=roles,
-                     scheme=tok.name, steps=[NoNoteAboveThePrimersLast(roles)])
+        eng = Engine(Session(_random_model(tok, seed), tok), cfg, batch=4,
+                     steps=[NoNoteAboveThePrimersLast(roles)])
         eng.feed(np.repeat(prompt[None], 4, 0))
         run = eng.run()
         before = tok.decode_notes(prompt[1:])
@@ -355,8 +357,8 @@ def test_a_step_written_in_a_test_file_is_obeyed_alongside_the_controls():
             assert all(p % 12 in (0, 2, 4, 5, 7, 9, 11) for p in notes.pitch[fresh])  # the key
         assert new_pitches and max(new_pitches) <= top, (top, max(new_pitches))
     # without the step the same model goes above it: the step is what holds it
-    eng = Engine(_random_model(tok, 0), tok.grammar(), SampleConfig(tokens=200, temperature=1.5,
-                 num_samples=4), batch=4, roles=roles, scheme=tok.name)
+    eng = Engine(Session(_random_model(tok, 0), tok), SampleConfig(tokens=200, temperature=1.5,
+                 num_samples=4), batch=4)
     prompt = _primer(tok, np.random.default_rng(3))
     eng.feed(np.repeat(prompt[None], 4, 0))
     top = int(tok.decode_notes(prompt[1:]).pitch[-1])

@@ -14,6 +14,7 @@ from cadenza.config import AugmentConfig, ModelConfig, TrainConfig
 from cadenza.data.tokenizers import BOS, EOS, build_tokenizer
 from cadenza.generate import GenerateConfig, SampleConfig, draw, filter_logits, sample
 from cadenza.models import build_model
+from cadenza.session import Session
 from tests.models.test_models import KINDS, reference_decoding
 
 
@@ -30,8 +31,8 @@ def test_cached_generation_equals_uncached(kind, position):
     m = tiny(tok.vocab_size, kind, position)
     prompt = np.array([[BOS, 62, 70, 262]] * 2)
     cfg = SampleConfig(tokens=40, seed=7, num_samples=2)
-    a = sample(m, prompt, tok.grammar(), cfg, 40, use_cache=True)
-    b = sample(m, prompt, tok.grammar(), cfg, 40, use_cache=False)
+    a = sample(Session(m, tok), prompt, cfg, 40, use_cache=True)
+    b = sample(Session(m, tok), prompt, cfg, 40, use_cache=False)
     for x, y in zip(a, b):
         assert np.array_equal(x, y)
 
@@ -47,8 +48,8 @@ def test_step_position_generation_cached_equals_uncached_past_the_context(pitch_
                                 pitch_of=tuple(tok.pitch_table().tolist()))).eval()
     prompt = np.array([[BOS, 40, 44, 47, tok.step_token, 40]] * 2)
     cfg = SampleConfig(tokens=80, seed=3, num_samples=2, temperature=1.5)
-    a = sample(m, prompt, tok.grammar(), cfg, 80, use_cache=True)
-    b = sample(m, prompt, tok.grammar(), cfg, 80, use_cache=False)
+    a = sample(Session(m, tok), prompt, cfg, 80, use_cache=True)
+    b = sample(Session(m, tok), prompt, cfg, 80, use_cache=False)
     for x, y in zip(a, b):
         assert np.array_equal(x, y) and (x == tok.step_token).any()
 
@@ -68,7 +69,7 @@ def test_fuzzed_batches_always_decode(name, period):
             primer.append(t)
         prompt = np.array([primer] * 4)
         cfg = SampleConfig(tokens=120, temperature=3.0, seed=trial, num_samples=4)
-        for new in sample(m, prompt, tok.grammar(), cfg, 120, period=max(1, period)):
+        for new in sample(Session(m, tok, period=period), prompt, cfg, 120):
             notes = tok.decode_notes(np.concatenate([prompt[0], new]))
             assert np.all(notes.end > notes.start)
             assert ((notes.pitch >= 0) & (notes.pitch < 128)).all()
@@ -91,7 +92,7 @@ def test_fast_decoding_samples_the_reference_paths_tokens(position, monkeypatch)
             a = super().allowed().copy()
             a[:, EOS] = False
             return a
-    fast = sample(m, prompt, NoEnd(), cfg, 250)
+    fast = sample(Session(m, tok), prompt, cfg, 250, grammar=NoEnd())
 
     def reference_draw(logits, allowed, cfg, gen):
         lg = logits.float().masked_fill(~allowed, float("-inf")) / cfg.temperature
@@ -99,7 +100,7 @@ def test_fast_decoding_samples_the_reference_paths_tokens(position, monkeypatch)
         return torch.multinomial(probs, 1, generator=gen)[:, 0]
     reference_decoding(monkeypatch)
     monkeypatch.setattr("cadenza.generate.draw", reference_draw)
-    slow = sample(m, prompt, NoEnd(), cfg, 250)
+    slow = sample(Session(m, tok), prompt, cfg, 250, grammar=NoEnd())
     for a, b in zip(fast, slow):
         assert len(a) == 250 and np.array_equal(a, b)
 
@@ -119,7 +120,7 @@ def test_same_seed_same_music_other_seed_other_music():
     tok = build_tokenizer("performance")
     m = tiny(tok.vocab_size)
     prompt = np.array([[BOS]])
-    run = lambda s: sample(m, prompt, tok.grammar(), SampleConfig(tokens=30, seed=s), 30)[0]  # noqa
+    run = lambda s: sample(Session(m, tok), prompt, SampleConfig(tokens=30, seed=s), 30)[0]  # noqa
     assert np.array_equal(run(3), run(3))
     assert not np.array_equal(run(3), run(4))
 
@@ -137,7 +138,7 @@ def test_seconds_budget_and_contradictory_options():
         SampleConfig(tokens=10, seconds=5)
     tok = build_tokenizer("performance")
     m = tiny(tok.vocab_size)
-    new = sample(m, np.array([[BOS]]), tok.grammar(), SampleConfig(seconds=2.0, seed=0), 2000)[0]
+    new = sample(Session(m, tok), np.array([[BOS]]), SampleConfig(seconds=2.0, seed=0), 2000)[0]
     assert tok.decode_notes(new).duration <= 2.0 + 1.0  # the last token's shift may overshoot
 
 

@@ -17,6 +17,7 @@ from cadenza.config import AugmentConfig, ModelConfig, SampleConfig, TrainConfig
 from cadenza.data.tokenizers import BOS, build_tokenizer
 from cadenza.generate import sample
 from cadenza.models import build_model
+from cadenza.session import Session
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]
@@ -90,7 +91,7 @@ def test_sampling_with_and_without_cache_draws_the_same_tokens():
     tok = build_tokenizer("performance")
     prompt = np.concatenate([[[BOS]] * 2, np.full((2, 5), 300)], 1)
     cfg = SampleConfig(tokens=40, seed=3, num_samples=2)
-    with_cache = sample(model, prompt, tok.grammar(), cfg, 40)
-    without = sample(model, prompt, tok.grammar(), cfg, 40, use_cache=False)
+    with_cache = sample(Session(model, tok), prompt, cfg, 40)
+    without = sample(Session(model, tok), prompt, cfg, 40, use_cache=False)
     assert all(np.array_equal(a, b) for a, b in zip(with_cache, without))
     assert all(len(a) == 40 for a in with_cache)

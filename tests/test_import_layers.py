@@ -19,8 +19,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("data", {"data"}),  # MIDI, tokenizers, datasets: knows no model
     ("models", {"models"}),  # token ids in, logits out: knows no MIDI
     ("training", {"checkpoint", "progress", "train", "evaluate", "recipes"}),
-    ("generation", {"engine", "controls", "generate", "render", "takes", "infill", "duet",
-                    "tasks", "attention", "stats"}),
+    ("generation", {"engine", "controls", "session", "generate", "render", "takes", "infill",
+                    "duet", "tasks", "attention", "stats"}),
     ("applications", {"cli", "__main__", "studio", "live", "guard", "bench", "report",
                       "demo"}),
 ]

@@ -494,7 +494,7 @@ def test_a_second_take_on_the_same_model_loads_nothing(studio, tmp_path):
         r = client.post("/api/jobs", json={"model": model, "sample": {"tokens": 20,
                                                                       "seed": seed}})
         assert _wait(client, r.json()["id"])["state"] == "done"
-    assert s.loads == 1 and list(s._generators) == [model]
-    s.generator("pretrained:piano")  # a second model, then back: both kept, in use order
-    s.generator(model)
-    assert s.loads == 2 and list(s._generators) == ["pretrained:piano", model]
+    assert s.loads == 1 and list(s._sessions) == [model]
+    s.session("pretrained:piano")  # a second model, then back: both kept, in use order
+    s.session(model)
+    assert s.loads == 2 and list(s._sessions) == ["pretrained:piano", model]

@@ -42,7 +42,15 @@ import torch
 
 from .config import ConfigError, SampleConfig, flag
 from .data.tokenizers import EOS, build_tokenizer, tokenizer_names
-from .data.tokenizers.base import Grammar, NoteRoles
+from .data.tokenizers.base import (
+    CLOCK,
+    NOTE_TIMES,
+    PITCH,
+    SOUNDING,
+    VELOCITY,
+    Grammar,
+    NoteRoles,
+)
 
 MAX_PATTERN = 8  # notes in the longest pattern --max-repeats looks for
 SAME_INTERVAL = 0.02  # seconds: onset intervals this close count as the same
@@ -279,6 +287,11 @@ def _velocity_step(cfg: SampleConfig, roles: NoteRoles) -> Step | None:
     return VelocityRange(cfg, roles) if roles.velocity_carries else None
 
 
+# What each control needs the tokens to carry (NoteRoles.carries), by its config field: a
+# tokenizer that does not carry it refuses the control.
+NEEDS = {"key": PITCH, "pitch_range": PITCH, "velocity_range": VELOCITY,
+         "max_polyphony": SOUNDING, "density": CLOCK, "max_repeats": NOTE_TIMES}
+
 # Each control's steps, by its config field (Steering), in the order they shape a draw;
 # the static token masks of --key, --pitch-range and --velocity-range come first, as one.
 STEPS = {
@@ -297,7 +310,7 @@ def build_steps(cfg: SampleConfig, roles: NoteRoles | None, scheme: str) -> list
     if roles is None:
         raise ValueError("controls need the tokenizer's note roles")
     for name in cfg.controls:
-        if name not in roles.supports:
+        if NEEDS[name] not in roles.carries:
             raise ConfigError(f"{flag(name)}: {scheme} tokens cannot carry it; it works "
                               f"with {_works_with(name)}")
     steps: list[Step | None] = [TokenMask.of(cfg, roles, scheme)]
@@ -357,5 +370,5 @@ def _same(a: tuple[int, float | None], b: tuple[int, float | None]) -> bool:
 def _works_with(name: str) -> str:
     """The tokenizers that carry a control (for the refusal's message)."""
     ok = [n for n in tokenizer_names() if n != "remi"
-          and name in build_tokenizer(n).note_roles().supports]
+          and NEEDS[name] in build_tokenizer(n).note_roles().carries]
     return ", ".join(ok)

@@ -64,8 +64,8 @@ from .data.tokenizers.performance import (
     velocity_bin,
 )
 from .engine import Engine
-from .generate import Generator, resolve_primer
 from .render import piano_roll_png
+from .session import Session, resolve_primer
 from .takes import write_sidecar
 
 PLAYER_TRACK, CADENZA_TRACK = "Player", "Cadenza"
@@ -153,7 +153,7 @@ class Clock:
 class Duet:
     """One duet session over a source of the player's messages and a sink for Cadenza's."""
 
-    def __init__(self, gen: Generator, steering: Steering, *, wait: float = 0.6,
+    def __init__(self, gen: Session, steering: Steering, *, wait: float = 0.6,
                  answer: float = 8.0, max_hold: float = 10.0, clock: Clock | None = None,
                  send: Callable[[Any], None] = lambda msg: None,
                  say: Callable[[str], None] = print) -> None:
@@ -164,9 +164,7 @@ class Duet:
         self.clock, self.send_msg, self.say = clock or Clock(), send, say
         self.grammar = NoteFirst(gen.tok.grammar())
         cfg = steering.sampling(seconds=answer)
-        self.engine = Engine(gen.model, self.grammar, cfg, period=gen.period,
-                             roles=gen.tok.note_roles(), scheme=gen.tok.name,
-                             head=gen.head(cfg))  # checks cfg
+        self.engine = Engine(gen, cfg, grammar=self.grammar)  # checks cfg
         self.engine.feed(np.array([BOS]))
         self.origin = 0.0  # session seconds of the music's step 0
         self.vbin = -1  # the velocity bin in force in the token stream
@@ -601,7 +599,7 @@ def run_duet(cfg: DuetConfig, *, device: str = "cpu") -> dict[str, Any] | None:
     check_record(cfg.record)  # before the session: a take played is never lost to a bad path
     replay = Replay(cfg.replay) if cfg.replay else None
     clock = Clock(cfg.speed)
-    gen = Generator.load(cfg.checkpoint, device=device, precision=cfg.precision)
+    gen = Session.load(cfg.checkpoint, device=device, precision=cfg.precision)
     with contextlib.ExitStack() as stack:
         for flag, name in (("--in", None if cfg.replay else cfg.in_port or "default"),
                            ("--out", cfg.out_port)):
@@ -642,7 +640,7 @@ def port_lock(name: str, flag: str) -> Iterator[None]:
         lock.__exit__(None, None, None)
 
 
-def _session(cfg: DuetConfig, gen: Generator, clock: Clock, mido: Any,
+def _session(cfg: DuetConfig, gen: Session, clock: Clock, mido: Any,
              replay: Replay | None = None) -> dict[str, Any]:
     out_port = in_port = None
     try:

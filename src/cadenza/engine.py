@@ -1,7 +1,9 @@
-"""The generation engine: a stateful session over token ids that every way of generating runs
-on (``generate``, ``harmonize``/``accompany``, the studio, the benchmarks).
+"""The generation engine: the stateful loop over token ids that every way of generating runs
+on (``generate``, ``infill``, the duet, ``harmonize``/``accompany``, the studio, the
+benchmarks).
 
-An :class:`Engine` holds the model and its cache (key/values, or an RNN's state), the
+An :class:`Engine` runs on a session (session.py: the loaded model, its tokenizer and
+what it reads first) and holds the model's cache (key/values, or an RNN's state), the
 tokenizer's grammar and its clock, the controls (controls.py), the sampling settings and the
 seeded generator. ``feed`` extends the context without sampling (a primer, what a player just
 played); ``step`` draws one token per sample; ``run`` steps until the asked seconds or tokens
@@ -20,8 +22,7 @@ what tokens mean.
 
 Try it::
 
-    eng = Engine(model, tok.grammar(), SampleConfig(seconds=10, key="D minor"), batch=1,
-                 roles=tok.note_roles(), scheme=tok.name)
+    eng = Engine(Session(model, tok), SampleConfig(seconds=10, key="D minor"))
     eng.feed(prompt)            # (T,) or (B, T) ids, starting with BOS
     result = eng.run()          # result.tokens[b], result.stopped[b]
 """
@@ -36,9 +37,9 @@ import torch
 
 from .config import SampleConfig
 from .controls import Controls, Step
+from .data.styles import Conditioning
 from .data.tokenizers import EOS, PAD
-from .data.tokenizers.base import Grammar, NoteRoles
-from .models import TokenModel
+from .data.tokenizers.base import Grammar
 
 Progress = Callable[[float], None]  # hears the share of the sampling done, 0..1
 
@@ -113,20 +114,24 @@ class Run:
 class Engine:
     """One generation session over a batch of ``batch`` samples (see the module's doc)."""
 
-    def __init__(self, model: TokenModel, grammar: Grammar, cfg: SampleConfig, *,
-                 batch: int = 1, period: int = 1, use_cache: bool = True,
-                 roles: NoteRoles | None = None, scheme: str = "",
-                 head: Sequence[int] = (), steps: Sequence[Step] = ()) -> None:
-        self.model, self.grammar, self.cfg = model, grammar, cfg
-        # tokens every window the model reads starts with (a --style's tags): kept through
-        # every slide, never read by the grammar or the controls, never sampled
-        self.head = torch.tensor(list(head), dtype=torch.long).reshape(1, -1)
-        self.batch, self.period, self.use_cache = batch, max(1, period), use_cache
+    def __init__(self, session, cfg: SampleConfig, *, batch: int = 1,
+                 steps: Sequence[Step] = (), use_cache: bool = True,
+                 grammar: Grammar | None = None, head: Conditioning | None = None) -> None:
+        # ``session``: the loaded model (session.Session: its model, tokenizer, voice period
+        # and conditioning); ``grammar``: instead of a fresh one of the session's tokenizer
+        model, tok = session.model, session.tok
+        self.model, self.cfg = model, cfg
+        self.grammar = grammar = grammar if grammar is not None else tok.grammar()
+        # what every window the model reads starts with (a --style's tags; an infill's
+        # fill-in-the-middle prompt): kept through every slide, never read by the grammar or
+        # the controls, never sampled
+        self.head = head if head is not None else session.conditioning(cfg)
+        self.batch, self.period, self.use_cache = batch, session.period, use_cache
         self.device = next(model.parameters()).device
-        self.head = self.head.to(self.device)
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         # the steps after the grammar's mask: each control cfg turns on (controls.py), then
         # any the caller adds; None when there are none (a draw then skips them)
+        roles, scheme = (tok.note_roles(), tok.name) if tok is not None else (None, "")
         self.controls: Controls | None = Controls(cfg, roles, scheme, steps) or None
         if self.controls is not None:
             self.controls.reset(batch)
@@ -181,14 +186,13 @@ class Engine:
     def _window(self, s: torch.Tensor, half: bool = False) -> torch.Tensor:
         """The head, then the latest tokens that fit after it (``half``: the recent half of
         the room, even when all would fit), starting on a voice-period boundary."""
-        k = self.head.shape[1]
-        room = None if self.max_context is None else self.max_context - k
+        room = None if self.max_context is None else self.max_context - len(self.head)
         if not (room is None or (s.shape[1] <= room and not half) or s.shape[1] <= room // 2):
             keep = room // 2 if self.use_cache else room
             drop = s.shape[1] - keep
             drop += (-drop) % self.period
             s = s[:, drop:]
-        return torch.cat([self.head.expand(s.shape[0], -1), s], 1) if k else s
+        return self.head.prepend(s)
 
     @torch.no_grad()  # whichever thread calls (grad mode is per thread): a graph through
     def _next_logits(self) -> torch.Tensor:  # the in-place cache would never be freed
@@ -313,24 +317,20 @@ class Engine:
 
 
 @torch.no_grad()
-def sample(model: TokenModel, prompt: np.ndarray, grammar: Grammar, cfg: SampleConfig,
-           max_new: int, use_cache: bool = True, period: int = 1,
-           progress: Progress | None = None, roles: NoteRoles | None = None,
-           scheme: str = "") -> list[np.ndarray]:
-    """Continue ``prompt`` ((B, T0) ids starting with BOS) by up to ``max_new`` tokens, on a
-    fresh Engine: each sample's new tokens, cut at its end (``Engine.run``)."""
-    return sample_run(model, prompt, grammar, cfg, max_new, use_cache, period, progress,
-                      roles, scheme).tokens
-
-
-@torch.no_grad()
-def sample_run(model: TokenModel, prompt: np.ndarray, grammar: Grammar, cfg: SampleConfig,
-               max_new: int, use_cache: bool = True, period: int = 1,
-               progress: Progress | None = None, roles: NoteRoles | None = None,
-               scheme: str = "", head: Sequence[int] = ()) -> Run:
-    """``sample``, with why each sample stopped; ``head``: tags every window starts with."""
-    eng = Engine(model, grammar, cfg, batch=prompt.shape[0], period=period,
-                 use_cache=use_cache, roles=roles, scheme=scheme, head=head)
+def sample_run(session, prompt: np.ndarray, cfg: SampleConfig, *, max_new: int = 0,
+               use_cache: bool = True, grammar: Grammar | None = None,
+               progress: Progress | None = None, head: Conditioning | None = None) -> Run:
+    """Continue ``prompt`` ((B, T0) ids starting with BOS) on a fresh Engine over ``session``
+    by the config's seconds or tokens (at most ``max_new``: 0, the engine's ceiling): each
+    sample's new tokens, cut at its end, and why it stopped (``Engine.run``)."""
+    eng = Engine(session, cfg, batch=prompt.shape[0], use_cache=use_cache, grammar=grammar,
+                 head=head)
     eng.feed(prompt)
     return eng.run(seconds=cfg.seconds if not cfg.tokens else None,
                    tokens=cfg.tokens or None, max_tokens=max_new, progress=progress)
+
+
+def sample(session, prompt: np.ndarray, cfg: SampleConfig, max_new: int = 0,
+           **how) -> list[np.ndarray]:
+    """``sample_run``'s new tokens only (``how``: its keyword arguments)."""
+    return sample_run(session, prompt, cfg, max_new=max_new, **how).tokens

@@ -38,6 +38,7 @@ from .data.dataset import TokenDataset
 from .data.pairs import pad_batch, prefix_sequence
 from .data.prepare import encode_file
 from .data.sources import BENCHMARK_SUFFIXES, BadInput, SourceError, midi_files, read_benchmark
+from .data.styles import Conditioning
 from .data.task import Task
 from .data.tokenizers import framed
 
@@ -100,11 +101,11 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.device]:
 @torch.no_grad()
 def score_pieces(model: torch.nn.Module, pieces: list[np.ndarray], context: int, stride: int,
                  batch_size: int = 16, precision: str = "fp32", period: int = 1,
-                 prefixes: list[list[int]] | None = None) -> list[np.ndarray]:
+                 prefixes: list[Conditioning] | None = None) -> list[np.ndarray]:
     """Per piece, the NLL (nats) of each content token, shape (len(piece) - 2,).
-    ``prefixes``: per piece, tokens every window of it starts with (style tags: read, not
+    ``prefixes``: per piece, what every window of it starts with (style tags: read, not
     scored; its windows are that much shorter). Without them the windows are as always."""
-    heads = prefixes or [[] for _ in pieces]
+    heads = prefixes or [Conditioning() for _ in pieces]
     with evaluating(model) as device:
         period = max(1, period)
         stride = min(stride, context)  # a longer stride would leave targets no window scores
@@ -121,8 +122,7 @@ def score_pieces(model: torch.nn.Module, pieces: list[np.ndarray], context: int,
             y = torch.zeros(len(chunk), W, dtype=torch.long)
             for r, (i, s, w, _) in enumerate(chunk):
                 k = len(heads[i])
-                x[r, :k] = torch.tensor(heads[i], dtype=torch.long)
-                x[r, k: k + w] = torch.from_numpy(pieces[i][s: s + w])
+                x[r, : k + w] = torch.from_numpy(heads[i].prepend(pieces[i][s: s + w]))
                 y[r, k: k + w] = torch.from_numpy(pieces[i][s + 1: s + w + 1])
             with autocast(device, precision):
                 logits = model(x.to(device))
@@ -335,7 +335,7 @@ def run_evaluate(cfg: EvaluateConfig, *, device: str = "cpu") -> NLLResult:
 
 
 def style_prefixes(cks: list, style: str | None, pieces: list[np.ndarray],
-                   ds: TokenDataset | None, split: str) -> list[list[int]] | None:
+                   ds: TokenDataset | None, split: str) -> list[Conditioning] | None:
     """Each piece's window prefix for ``--style`` (None without one)."""
     if not style:
         return None
@@ -344,12 +344,13 @@ def style_prefixes(cks: list, style: str | None, pieces: list[np.ndarray],
         raise ConfigError(f"--style: {cks[0].path} reads no style tags (or the ensemble's "
                           "models read different ones)")
     if style != "own":
-        return [tags.prompt(style)] * len(pieces)
+        return [Conditioning(tuple(tags.prompt(style)))] * len(pieces)
     if ds is None or ds.tags is None:
         raise ConfigError("--style own: each piece's own tags come from a dataset prepared "
                           "with --tags")
     names = ds.tags.names
-    return [[tags.id(names[j]) for j in row if j >= 0 and names[j] in tags.names]
+    return [Conditioning(tuple(tags.id(names[j]) for j in row
+                               if j >= 0 and names[j] in tags.names))
             for row in ds.piece_tags(split)]
 
 

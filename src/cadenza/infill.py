@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +48,12 @@ from .data.midi import (
     tick_at,
     write_midi,
 )
+from .data.styles import Conditioning
 from .data.tokenizers import BOS
 from .data.tokenizers.performance import SHIFT0, STEPS_PER_SECOND, shift_steps
-from .generate import Generator, sample_run
+from .engine import sample_run
 from .render import piano_roll_png
+from .session import Session
 from .takes import open_take, place_take, write_audio, write_sidecar
 
 INFILL_TRACK = "Infill"
@@ -74,6 +76,17 @@ class Span:
 
 
 @dataclass(frozen=True)
+class Proposals:
+    """How a span's candidates are written and judged: ``candidates`` per sample, weighted
+    by how likely the model finds the ``right_seconds`` of music after the span given each
+    (``method``: fim, resample or auto, as ``--method``)."""
+
+    candidates: int = 8
+    right_seconds: float = 4.0
+    method: str = "auto"
+
+
+@dataclass(frozen=True)
 class InfillInfo:
     """What ``infill`` wrote for one sample (its ``sample-K.json``)."""
 
@@ -90,9 +103,14 @@ class InfillInfo:
     kept_notes: int
     generation_seconds: float
     files: dict[str, str | None]
+    # the notes written: the piece's kept ("Kept") and the span's (INFILL_TRACK), in memory
+    # for a caller that shows them (the studio), never in the JSON
+    tracks: dict[str, Notes] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(replace(self, tracks=None))
+        del d["tracks"]
+        return d
 
 
 # --- spans ---------------------------------------------------------------------------------
@@ -128,21 +146,22 @@ def trim_to(ids: np.ndarray, seconds: float) -> np.ndarray:
 
 @torch.no_grad()
 def right_logprobs(model, left: np.ndarray, middles: list[np.ndarray], right: np.ndarray,
-                   head: list[int] | None = None) -> np.ndarray:
+                   head: Conditioning | None = None) -> np.ndarray:
     """(len(middles), len(right)): log p of each right-context token given BOS, the left
     context, a middle and the right context before it, under ``model`` (one batch, padded
     at the end; the left context keeps its latest tokens that fit, a middle too dense to fit
-    its latest tokens). ``head``: a --style's tags, read first."""
+    its latest tokens). ``head``: what every window starts with (a --style's tags)."""
     if not len(right):
         return np.zeros((len(middles), 0))
-    head = list(head or [])
+    head = head or Conditioning()
     room = (model.max_context or 10**9) - 1 - len(head) - max(len(m) for m in middles) \
         - len(right)
     if room < 0:  # a dense candidate: its latest tokens with the right context
         middles = [m[-(len(m) + room):] for m in middles]
         room = 0
     left = left[len(left) - room:] if room < len(left) else left
-    seqs = [np.concatenate([head, [BOS], left, m, right]).astype(np.int64) for m in middles]
+    seqs = [head.prepend(np.concatenate([[BOS], left, m, right]).astype(np.int64))
+            for m in middles]
     T = max(len(s) for s in seqs)
     batch = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -167,13 +186,13 @@ class Filled:
     chosen: int
 
 
-def check_tokenizer(gen: Generator) -> None:
+def check_tokenizer(gen: Session) -> None:
     if gen.tok.name != "performance":
         raise BadInput(f"--checkpoint {gen.ck.path}: infill works with performance-token "
                        f"models (as pretrained:piano); this one reads {gen.tok.name} tokens")
 
 
-def contexts(gen: Generator, notes: Notes, span: Span, right_seconds: float
+def contexts(gen: Session, notes: Notes, span: Span, right_seconds: float
              ) -> tuple[np.ndarray, np.ndarray, int]:
     """The left context's and the right context's ids, and the tokens a candidate may
     take; BadInput when the span leaves too little of the model's context around it."""
@@ -189,48 +208,46 @@ def contexts(gen: Generator, notes: Notes, span: Span, right_seconds: float
     return left, right, budget
 
 
-def method_of(gen: Generator, method: str) -> str:
-    """``fim`` when the model was trained to infill (``train --fim``: its tags hold the
-    marks) and ``method`` allows it, else ``resample``; ``fim`` asked of a model that
-    cannot is one line."""
-    can = gen.ck.tags is not None and bool(gen.ck.tags.marks)
+def method_of(gen: Session, method: str) -> str:
+    """``fim`` when the model was trained to infill (``train --fim``: it reads the marks)
+    and ``method`` allows it, else ``resample``; ``fim`` asked of a model that cannot is
+    one line."""
+    can = gen.tags is not None and bool(gen.tags.marks)
     if method == "fim" and not can:
-        raise BadInput(f"--method fim: {gen.ck.path} was not trained to infill (train it "
+        raise BadInput(f"--method fim: {gen.name} was not trained to infill (train it "
                        "with --fim); --method resample works with any model")
     return "fim" if can and method != "resample" else "resample"
 
 
-def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidates: int,
-         right_seconds: float, progress=None, ctx: tuple | None = None,
-         method: str = "auto") -> list[Filled]:
+def fill(gen: Session, notes: Notes, span: Span, steering: Steering,
+         how: Proposals = Proposals(), progress=None, ctx: tuple | None = None
+         ) -> list[Filled]:
     """``steering.num_samples`` infills of ``span`` in ``notes`` (seconds), each drawn from
-    ``candidates`` proposals weighted by the right context's likelihood. The proposals:
+    ``how.candidates`` proposals weighted by the right context's likelihood. The proposals:
     ``fim``, the model writes the span after reading both sides (data/fim.py); ``resample``,
     it continues the left side. ``ctx``: what ``contexts`` returned, when the caller has it
     already."""
     tok, model = gen.tok, gen.model
-    left, right, budget = ctx or contexts(gen, notes, span, right_seconds)
-    k, samples = candidates, steering.num_samples
+    left, right, budget = ctx or contexts(gen, notes, span, how.right_seconds)
+    k, samples = how.candidates, steering.num_samples
     cfg = steering.sampling(seconds=span.seconds, num_samples=k * samples)
-    tags = head = gen.head(cfg)  # a --style's tags; the engine's head adds fim's prompt
-    if method_of(gen, method) == "fim":
-        # everything up to <fim:middle> is the head every window keeps: the engine's
-        # grammar and clock start with the span, and a slide never drops the right side
-        marks = gen.ck.tags.mark_ids()
+    tags = head = gen.conditioning(cfg)  # a --style's tags (and the model's marks)
+    if method_of(gen, how.method) == "fim":
+        # everything up to <fim:middle> is kept by every window after the tags: the
+        # engine's grammar and clock start with the span, and a slide never drops the right
+        # side
         context = model.max_context or 10**9
-        sides = len(fim.prompt(left[:0], right, span.seconds, marks))  # all but the left
+        sides = len(tags.fim_prompt(left[:0], right, span.seconds))  # all but the left
         keep = max(context // LEFT_SHARE,
                    context - len(tags) - sides - int(span.seconds * MIDDLE_RATE))
-        whole = fim.prompt(left[len(left) - keep:] if keep < len(left) else left, right,
-                           span.seconds, marks)
+        head = tags.with_fim(tags.fim_prompt(left[len(left) - keep:] if keep < len(left)
+                                             else left, right, span.seconds))
         prompts = np.zeros((k * samples, 0), np.int64)
-        head = [*tags, *whole.tolist()]
     else:
         prompt = np.concatenate([[BOS], left[-(budget // 2):] if len(left) > budget // 2
                                  else left])
         prompts = np.repeat(prompt[None], k * samples, 0)
-    run = sample_run(model, prompts, tok.grammar(), cfg, 0, period=gen.period, progress=progress,
-                     roles=tok.note_roles(), scheme=tok.name, head=head)
+    run = sample_run(gen, prompts, cfg, progress=progress, head=head)
     middles = [trim_to(t, span.seconds) for t in run.tokens]
     rng = np.random.default_rng(steering.seed)
     out = []
@@ -246,15 +263,13 @@ def fill(gen: Generator, notes: Notes, span: Span, steering: Steering, candidate
 
 
 def infill(score: Score, start: float, end: float, steering: Steering | None = None,
-           *, checkpoint: str = "pretrained:piano", candidates: int = 8,
-           right_seconds: float = 4.0, cut_held: bool = False, method: str = "auto"
-           ) -> Score:
-    """Python API: ``score`` with the span [start, end) seconds regenerated (one sample)."""
-    gen = Generator.load(checkpoint)
+           *, checkpoint: str = "pretrained:piano", cut_held: bool = False, **how) -> Score:
+    """Python API: ``score`` with the span [start, end) seconds regenerated (one sample);
+    ``how``: Proposals' fields (candidates, right_seconds, method)."""
+    gen = Session.load(checkpoint)
     notes = notes_from_score(score)
     span = make_span(score, notes, start, end)
-    filled = fill(gen, notes, span, steering or Steering(), candidates, right_seconds,
-                  method=method)[0]
+    filled = fill(gen, notes, span, steering or Steering(), Proposals(**how))[0]
     return replace_span(score, span.start_tick, span.end_tick, filled.notes, INFILL_TRACK,
                         cut_held)
 
@@ -281,29 +296,39 @@ def run_infill(cfg: InfillConfig, *, device: str = "cpu", progress=None,
     if not (notes.start < span.start).any():
         raise BadInput(f"--start {span.start:g}: no note of {path.name} starts before it; "
                        "this is a continuation from nothing: use `cadenza generate`")
-    gen = loaded or Generator.load(cfg.checkpoint, device=device, precision=cfg.precision)
+    gen = loaded or Session.load(cfg.checkpoint, device=device, precision=cfg.precision)
     ctx = contexts(gen, notes, span, cfg.right_seconds)  # a span too long: before writing
     if not (notes.start >= span.end).any():
         print(f"note: no note of {path.name} starts after {span.end:g} s: the span is "
               "continued from the music before it (nothing after it to join)")
     gen.check(cfg.sample.sampling())
-    method = method_of(gen, cfg.method)
+    how = Proposals(cfg.candidates, cfg.right_seconds, method_of(gen, cfg.method))
     take, earlier = open_take(cfg.out, cfg.force)
     try:
         t = time.perf_counter()
-        filled = fill(gen, notes, span, cfg.sample, cfg.candidates, cfg.right_seconds,
-                      progress, ctx, method)
-        gen_s = time.perf_counter() - t
-        infos = [_write(cfg, score, notes, span, f, k, take, gen_s, str(path), method)
-                 for k, f in enumerate(filled)]
+        filled = fill(gen, notes, span, cfg.sample, how, progress, ctx)
+        piece = _Piece(score, span, str(path), how.method, time.perf_counter() - t)
+        infos = [_write(cfg, piece, f, k, take) for k, f in enumerate(filled)]
         place_take(take, Path(cfg.out), earlier, len(infos))
         return infos
     finally:
         shutil.rmtree(take, ignore_errors=True)
 
 
-def _write(cfg: InfillConfig, score, notes: Notes, span: Span, f: Filled, k: int, take: Path,
-           gen_s: float, source: str, method: str) -> InfillInfo:
+@dataclass(frozen=True)
+class _Piece:
+    """The piece a take's samples fill: its score, the span, where it came from, how the
+    span was written and in how many seconds."""
+
+    score: Score
+    span: Span
+    source: str
+    method: str
+    gen_s: float
+
+
+def _write(cfg: InfillConfig, piece: _Piece, f: Filled, k: int, take: Path) -> InfillInfo:
+    score, span = piece.score, piece.span
     base = take / f"sample-{k}"
     out = replace_span(score, span.start_tick, span.end_tick, f.notes, INFILL_TRACK,
                        cfg.cut_held)
@@ -317,14 +342,15 @@ def _write(cfg: InfillConfig, score, notes: Notes, span: Span, f: Filled, k: int
                    span=(span.start, span.end))
     wav = write_audio(base, cfg.soundfont if cfg.audio else False, warn=k == 0)
     info = InfillInfo(
-        sample=k, checkpoint=cfg.checkpoint, input=source,
+        sample=k, checkpoint=cfg.checkpoint, input=piece.source,
         span={"start": span.start, "end": span.end}, candidates=cfg.candidates,
-        method=method,
+        method=piece.method,
         weights=[round(float(x), 3) for x in f.weights], chosen=f.chosen,
         settings=cfg.sample.to_dict(), new_notes=int(len(f.notes)),
-        kept_notes=int(len(kept)), generation_seconds=gen_s,
+        kept_notes=int(len(kept)), generation_seconds=piece.gen_s,
         files={"midi": base.with_suffix(".mid").name, "png": base.with_suffix(".png").name,
-               "wav": wav.name if wav else None})
+               "wav": wav.name if wav else None},
+        tracks={"Kept": kept, INFILL_TRACK: f.notes})
     write_sidecar(base, info.to_dict())
     return info
 

@@ -177,7 +177,7 @@ def live_routes(studio, guarded, json_object) -> list:
                            "stop it first")
             for old in [k for k, d in studio.live.items() if not d.alive][:-KEEP_DUETS or None]:
                 studio.live.pop(old)  # the oldest finished ones (dicts keep their order)
-        gen = await run_in_threadpool(studio.generator, model)
+        gen = await run_in_threadpool(studio.session, model)
         d = LiveDuet(gen, cfg.sample, cfg.wait, cfg.answer, studio.work / "duets" /
                      uuid.uuid4().hex[:12])
         studio.live[d.id] = d

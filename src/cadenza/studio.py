@@ -55,6 +55,7 @@ from .config import (
 from .data.corpus import OPENINGS
 from .data.midi import (
     BadInput,
+    Notes,
     cut_notes,
     load_score,
     midi_seconds,
@@ -63,7 +64,7 @@ from .data.midi import (
     write_midi,
 )
 from .engine import WHY
-from .generate import PRIMER_TRACK, Generator, run_generate
+from .generate import PRIMER_TRACK, run_generate
 from .guard import (
     BadRequest,
     Busy,
@@ -76,6 +77,7 @@ from .guard import (
 from .infill import INFILL_TRACK, run_infill
 from .live import live_routes, open_file_response
 from .render import audio_missing, kill_renders, note_name, render_wav, wav_bytes
+from .session import Session
 
 STATIC = Path(__file__).parent / "static"
 WORK_PREFIX = "cadenza-studio-"
@@ -179,17 +181,14 @@ def _note_rows(start, end, pitch, velocity, primer) -> list[list]:
             for a, b, p, v, m in zip(start, end, pitch, velocity, primer)]
 
 
-def take_notes(midi: Path, infill: bool = False) -> list[list]:
-    """A take's notes with their track: the primer's (for an infilled take: every note but
-    the Infill track's), or the new music's."""
-    score = load_score(midi).to("second")
+def take_notes(tracks: dict[str, Notes], infill: bool = False) -> list[list]:
+    """A take's notes (in memory, by track, as the command wrote them) marked by their
+    track: the primer's (for an infilled take: every note but the Infill track's), or the
+    new music's."""
     rows: list[list] = []
-    for tr in score.tracks:
-        a = tr.notes.numpy()
-        old = tr.name != INFILL_TRACK if infill else tr.name == PRIMER_TRACK
-        is_primer = np.full(len(a["time"]), old)
-        rows += _note_rows(a["time"], a["time"] + a["duration"], a["pitch"], a["velocity"],
-                           is_primer)
+    for name, n in tracks.items():
+        old = name != INFILL_TRACK if infill else name == PRIMER_TRACK
+        rows += _note_rows(n.start, n.end, n.pitch, n.velocity, np.full(len(n), old))
     return sorted(rows)
 
 
@@ -298,7 +297,7 @@ class Studio:
         self.live: dict[str, Any] = {}  # the Play page's duets (live.py)
         self.streams = 0  # the Play page's open event streams (at most --max-streams)
         self.pages: dict[str, None] = {}  # page ids this server issued, oldest first
-        self._generators: dict[str, Any] = {}  # loaded models, least recently used first
+        self._sessions: dict[str, Any] = {}  # loaded models, least recently used first
         self.loads = 0  # models loaded so far (a second take on one model loads none)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -504,7 +503,7 @@ class Studio:
                 model = job.cfg.checkpoint if isinstance(job.cfg, InfillConfig) \
                     else job.cfg.checkpoint[0]
                 infos = run(job.cfg, device=self.device, progress=self._hear(job),
-                            loaded=self.generator(model))
+                            loaded=self.session(model))
                 if self.audio_missing is None:  # the studio renders, within its limits
                     for i in infos:
                         mid = Path(job.cfg.out) / f"sample-{i.sample}.mid"
@@ -543,7 +542,7 @@ class Studio:
         take = {"job": job.id, "take": k, "start": job.start, "settings": info.settings,
                 "midi": f"{base}/mid", "wav": f"{base}/wav" if wav else None,
                 "png": f"{base}/png", "command": command_line(job) + f"   # sample-{k}"}
-        notes = Path(cfg.out) / info.files["midi"]
+        notes = info.tracks  # as written, without reading the MIDI back
         if isinstance(cfg, InfillConfig):
             return {**take, "model": cfg.checkpoint, "primer_seconds": 0.0,
                     "new_seconds": cfg.end - cfg.start, "span": [cfg.start, cfg.end],
@@ -557,18 +556,18 @@ class Studio:
                 "notes": take_notes(notes), "tokens_per_second": info.tokens_per_second,
                 "stopped": info.stopped, "stopped_why": WHY[info.stopped]}
 
-    def generator(self, model: str):
+    def session(self, model: str) -> Session:
         """A model loaded once and kept for every job and duet that uses it: the
         KEEP_SESSIONS used last stay loaded (least recently used first out)."""
         with self.lock:
-            gen = self._generators.pop(model, None)
+            gen = self._sessions.pop(model, None)
         if gen is None:  # loaded outside the lock: status polls go on meanwhile
-            gen = Generator.load(model, device=self.device)
+            gen = Session.load(model, device=self.device)
             self.loads += 1
         with self.lock:
-            self._generators[model] = gen  # the most recent last
-            while len(self._generators) > KEEP_SESSIONS:
-                self._generators.pop(next(iter(self._generators)))
+            self._sessions[model] = gen  # the most recent last
+            while len(self._sessions) > KEEP_SESSIONS:
+                self._sessions.pop(next(iter(self._sessions)))
         return gen
 
     def close(self) -> None:

@@ -40,6 +40,7 @@ from .data.tokenizers import BOS, framed
 from .data.tokenizers.base import Grammar
 from .generate import primer_mask, sample
 from .models import Conditioned
+from .session import Session
 from .takes import open_take, place_take, write_sample, write_sidecar
 
 
@@ -101,7 +102,9 @@ def generate_windows(ck, windows: Windows, drawing: Drawing) -> list[list[np.nda
         scfg = drawing.sampling(may_end=True, **length)
         limit = length["tokens"] if "tokens" in length \
             else model.max_context - prompt.shape[1]
-        return sample(net, prompt, AfterPrefix(grammar(), prompt.shape[1] - 1), scfg, limit)
+        # the task's own grammar holds the answer; the melody's model reads no tags
+        return sample(Session(net, None), prompt, scfg, limit,
+                      grammar=AfterPrefix(grammar(), prompt.shape[1] - 1))
 
     with torch.no_grad():
         if ck.model_cfg.kind == "encoder-decoder":  # row = window * k + sample

@@ -13,6 +13,7 @@ from cadenza.config import AugmentConfig, ModelConfig, TrainConfig
 from cadenza.generate import SampleConfig, sample
 from cadenza.models import build_model
 from cadenza.models.ensemble import Ensemble
+from cadenza.session import Session
 
 
 def tiny(kind="transformer", position="relative", **kw):
@@ -69,8 +70,8 @@ def test_ensemble_sampling_cached_equals_uncached():
     e = Ensemble(members()).eval()
     prompt = np.array([[1, 5, 6, 7]] * 2)
     cfg = SampleConfig(tokens=40, seed=3, num_samples=2)
-    a = sample(e, prompt, NoEnd(40), cfg, 40, use_cache=True)
-    b = sample(e, prompt, NoEnd(40), cfg, 40, use_cache=False)
+    a = sample(Session(e, None), prompt, cfg, 40, use_cache=True, grammar=NoEnd(40))
+    b = sample(Session(e, None), prompt, cfg, 40, use_cache=False, grammar=NoEnd(40))
     assert all(len(s) == 40 for s in a)
     assert all(np.array_equal(s, t) for s, t in zip(a, b))
 

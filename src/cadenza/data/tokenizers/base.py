@@ -35,6 +35,15 @@ PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ["PAD", "BOS", "EOS"]
 
 
+# What a scheme's tokens can tell the controls (NoteRoles.carries):
+PITCH = "pitch"  # the pitch each note token strikes or sounds
+VELOCITY = "velocity"  # velocity tokens
+SOUNDING = "sounding"  # the grammar counts the notes sounding now (Grammar.sounding)
+CLOCK = "clock"  # the grammar's clock advances with the music (notes per second)
+NOTE_TIMES = "note-times"  # each note's onset exactly, token by token (repeated patterns)
+CARRIES = (PITCH, VELOCITY, SOUNDING, CLOCK, NOTE_TIMES)
+
+
 @dataclass(frozen=True)
 class NoteRoles:
     """What the generation controls (controls.py) need to know of a vocabulary, token by
@@ -44,12 +53,13 @@ class NoteRoles:
     tokens a key or a range forbids. ``velocity``: (V,) the MIDI velocity a token gives,
     -1 for none. ``velocity_carries``: a velocity token sets the velocity of every later
     note until the next (performance), else it is the one note's own (MidiTok's, after its
-    pitch); ``default_velocity`` is the velocity before any velocity token. ``supports``:
-    the controls (SampleConfig field names) whose meaning this scheme carries."""
+    pitch); ``default_velocity`` is the velocity before any velocity token. ``carries``:
+    what the scheme's tokens and grammar can tell (CARRIES); each control says which of
+    these it needs (controls.py), so a new control never touches a tokenizer."""
 
     pitch: np.ndarray
     velocity: np.ndarray
-    supports: frozenset[str]
+    carries: frozenset[str]
     velocity_carries: bool = False
     default_velocity: int = -1
 
@@ -92,7 +102,7 @@ class Grammar:
 
     def sounding(self) -> np.ndarray | None:
         """(B,) notes sounding at the next token's moment as the decoder will read them
-        (for ``--max-polyphony``); None where the scheme cannot tell."""
+        (a scheme that carries SOUNDING); None where the scheme cannot tell."""
         return None
 
     def feed(self, ids: np.ndarray) -> None:
@@ -222,7 +232,7 @@ class Tokenizer(ABC):
         """The tokens' roles for the generation controls. By default the pitch tokens
         carry a key and a range and nothing else is known."""
         return NoteRoles(self.pitches, np.full(self.vocab_size, -1, np.int64),
-                         frozenset({"key", "pitch_range"}))
+                         frozenset({PITCH}))
 
     @functools.cached_property
     def pitches(self) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..midi import MAX_PITCH, MIN_PITCH, BadInput, Notes
-from .base import EOS, SPECIALS, Grammar, NoteRoles, Tokenizer
+from .base import EOS, PITCH, SOUNDING, SPECIALS, Grammar, NoteRoles, Tokenizer
 from .grid import Grid, Roll, roll_from_notes, roll_to_columns
 
 VOICES = 4
@@ -57,9 +57,9 @@ class Chorale16Tokenizer(Tokenizer):
 
     def note_roles(self) -> NoteRoles:
         """Every PITCH token sounds a pitch at its step (held notes repeat theirs), so a key
-        and a range apply to all of them, and --max-polyphony to the voices of a step."""
+        and a range apply to all of them; the grammar counts the voices of a step."""
         return NoteRoles(self.pitches, np.full(self.vocab_size, -1, np.int64),
-                         frozenset({"key", "pitch_range", "max_polyphony"}))
+                         frozenset({PITCH, SOUNDING}))
 
     def frame_index(self, ids: np.ndarray) -> np.ndarray:
         """Step index of each content token (for per-step NLL)."""

@@ -22,7 +22,7 @@ import numpy as np
 import symusic
 
 from ..midi import Notes, notes_from_score, score_from_notes
-from .base import BOS, EOS, PAD, Grammar, NoteRoles, Tokenizer
+from .base import BOS, CLOCK, EOS, PAD, PITCH, VELOCITY, Grammar, NoteRoles, Tokenizer
 
 NAMES = ("REMI", "TSD", "MIDILike", "Structured", "CPWord", "Octuple", "MuMIDI", "MMM")
 STREAM_NAMES = ("REMI", "TSD", "MIDILike", "Structured")  # single-stream, no multi-vocab
@@ -165,9 +165,8 @@ class MidiTokTokenizer(Tokenizer):
                 pitch[i] = int(val)
             elif kind == "Velocity" and val.isdigit():
                 velocity[i] = int(val)
-        supports = {"key", "pitch_range", "density"} | \
-            ({"velocity_range"} if (velocity >= 0).any() else set())
-        return NoteRoles(pitch, velocity, frozenset(supports))
+        carries = {PITCH, CLOCK} | ({VELOCITY} if (velocity >= 0).any() else set())
+        return NoteRoles(pitch, velocity, frozenset(carries))
 
     def fit_grammar(self, sequences: Iterable[np.ndarray]) -> None:
         """Record which token types follow which in real data (BOS starts, EOS ends)."""

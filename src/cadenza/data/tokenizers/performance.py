@@ -20,7 +20,7 @@ from collections import deque
 import numpy as np
 
 from ..midi import Notes
-from .base import EOS, SPECIALS, Grammar, NoteRoles, Tokenizer
+from .base import CARRIES, EOS, SPECIALS, Grammar, NoteRoles, Tokenizer
 
 STEPS_PER_SECOND = 100
 MAX_SHIFT = 100
@@ -199,14 +199,12 @@ class PerformanceTokenizer(Tokenizer):
 
     def note_roles(self) -> NoteRoles:
         """NOTE_ON strikes; a VELOCITY token sets every later note's velocity; every
-        control applies (the grammar counts the keys down for --max-polyphony)."""
+        it carries everything a control may need (the grammar counts the keys down)."""
         pitch = np.full(VOCAB, -1, np.int64)
         pitch[ON0:OFF0] = np.arange(128)
         velocity = np.full(VOCAB, -1, np.int64)
         velocity[VEL0:] = bin_velocity(np.arange(N_VEL))
-        return NoteRoles(pitch, velocity, frozenset({"key", "pitch_range", "velocity_range",
-                                                     "max_polyphony", "density",
-                                                     "max_repeats"}),
+        return NoteRoles(pitch, velocity, frozenset(CARRIES),
                          velocity_carries=True, default_velocity=int(bin_velocity(DEFAULT_BIN)))
 
     def augment_together(self, seqs: list[np.ndarray], rng: np.random.Generator, aug

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..midi import MIN_PITCH, Notes
-from .base import EOS, SPECIALS, Grammar, NoteRoles, Tokenizer
+from .base import EOS, PITCH, SOUNDING, SPECIALS, Grammar, NoteRoles, Tokenizer
 from .grid import Grid, Roll, grid_to_roll, roll_from_notes
 
 K0 = len(SPECIALS)  # key i (pitch 21 + i) -> K0 + i
@@ -79,9 +79,9 @@ class PianoRollTokenizer(Tokenizer):
         return t
 
     def note_roles(self) -> NoteRoles:
-        """KEY tokens sound a key in their frame; --max-polyphony counts a frame's keys."""
+        """KEY tokens sound a key in their frame; the grammar counts a frame's keys."""
         return NoteRoles(self.pitches, np.full(self.vocab_size, -1, np.int64),
-                         frozenset({"key", "pitch_range", "max_polyphony"}))
+                         frozenset({PITCH, SOUNDING}))
 
     def frame_index(self, ids: np.ndarray) -> np.ndarray:
         """Frame of each content token; FRAME belongs to the frame it closes."""
