@@ -16,6 +16,7 @@ decides) say so in ``derived``; they have no flag.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -539,9 +540,17 @@ class Steering(Drawing):
                                "arrangement), among those the model knows (its card lists "
                                "them; models trained on `prepare --tags` data)",
                                metavar="NAME")
+    guidance: float = option(1.0, "classifier-free guidance toward --style: each token is "
+                             "drawn from log p(no tag) + W (log p(tag) - log p(no tag)); 1: "
+                             "the tag as read, no guidance; above 1 the style counts more "
+                             "(the model reads every window twice)", metavar="W")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(math.isfinite(self.guidance) and 0 <= self.guidance <= MAX_GUIDANCE,
+               "guidance", f"must be in [0, {MAX_GUIDANCE:g}]", self.guidance)
+        _check(self.guidance == 1.0 or bool(self.style), "guidance",
+               "guides toward a --style; give one", self.guidance)
         _theory_check("key", self.key, theory.key_pitch_classes)
         _theory_check("pitch_range", self.pitch_range, lambda v: theory.parse_range(
             v, theory.LOWEST_KEY, theory.HIGHEST_KEY, "piano's keys"))
@@ -605,6 +614,7 @@ class SampleConfig(Steering):
 
 
 CONTROLS = ("key", "pitch_range", "velocity_range", "max_polyphony", "density", "max_repeats")
+MAX_GUIDANCE = 20.0  # --guidance W: past this the untagged reading barely counts
 
 
 def _theory_check(name: str, value: str | None, parse: Callable[[str], Any]) -> None:

@@ -10,9 +10,11 @@ played); ``step`` draws one token per sample; ``run`` steps until the asked seco
 exist, and says why each sample stopped. Between calls its state can be read: the tokens so
 far, the time the music has reached, why a sample stopped.
 
-Each draw: the model's logits, the grammar's mask (never an undecodable sequence), the hard
-controls' mask, the soft controls' bias, then temperature, top-k and top-p, and a seeded
-draw (same seed, same music). EOS and PAD are masked until the asked length exists, unless
+Each draw: the model's logits (under ``--guidance W`` the model reads the context with the
+style's tags and without them, and the draw uses log p(untagged) + W (log p(tagged) -
+log p(untagged)): classifier-free guidance), the grammar's mask (never an undecodable
+sequence), the hard controls' mask, the soft controls' bias, then temperature, top-k and
+top-p, and a seeded draw (same seed, same music). EOS and PAD are masked until the asked length exists, unless
 ``may_end``. With a cache each token costs one position; past the model's context the
 engine keeps the most recent half (on a voice-period boundary) and re-reads it: the one
 place that slides.
@@ -30,7 +32,7 @@ Try it::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -111,6 +113,17 @@ class Run:
     stopped: list[str]
 
 
+class Reading:
+    """One way the model reads the engine's context: ``head`` before it, the cache of what it
+    has read, how many of the context's tokens that is (``fed``), the logits after them."""
+
+    def __init__(self, head: Conditioning) -> None:
+        self.head = head
+        self.cache = None
+        self.fed = 0
+        self.logits: torch.Tensor | None = None
+
+
 class Engine:
     """One generation session over a batch of ``batch`` samples (see the module's doc)."""
 
@@ -126,6 +139,11 @@ class Engine:
         # fill-in-the-middle prompt): kept through every slide, never read by the grammar or
         # the controls, never sampled
         self.head = head if head is not None else session.conditioning(cfg)
+        # each way the model reads the context: with the head; and, under --guidance W != 1,
+        # without its tags too (classifier-free guidance: the draw mixes the two)
+        self.readings = [Reading(self.head)]
+        if cfg.guidance != 1.0 and self.head.tags:
+            self.readings.append(Reading(replace(self.head, tags=())))
         self.batch, self.period, self.use_cache = batch, session.period, use_cache
         self.device = next(model.parameters()).device
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -138,9 +156,6 @@ class Engine:
         grammar.reset(batch)
         self.buf = torch.zeros((batch, 256), dtype=torch.long, device=self.device)
         self.n = 0  # tokens in the context so far
-        self.fed = 0  # of them, read by the model into its cache
-        self.cache = None
-        self.logits: torch.Tensor | None = None
 
     # --- the context ---------------------------------------------------------------------
 
@@ -183,42 +198,53 @@ class Engine:
             self.controls.feed(ids, times)
         self._append(torch.as_tensor(ids, dtype=torch.long, device=self.device))
 
-    def _window(self, s: torch.Tensor, half: bool = False) -> torch.Tensor:
-        """The head, then the latest tokens that fit after it (``half``: the recent half of
+    def _window(self, head: Conditioning, s: torch.Tensor, half: bool = False
+                ) -> torch.Tensor:
+        """``head``, then the latest tokens that fit after it (``half``: the recent half of
         the room, even when all would fit), starting on a voice-period boundary."""
-        room = None if self.max_context is None else self.max_context - len(self.head)
+        room = None if self.max_context is None else self.max_context - len(head)
         if not (room is None or (s.shape[1] <= room and not half) or s.shape[1] <= room // 2):
             keep = room // 2 if self.use_cache else room
             drop = s.shape[1] - keep
             drop += (-drop) % self.period
             s = s[:, drop:]
-        return self.head.prepend(s)
+        return head.prepend(s)
+
+    def _next_logits(self) -> torch.Tensor:
+        """(B, V) logits after the last token: the model's reading, or under guidance
+        log p(untagged) + W (log p(tagged) - log p(untagged))."""
+        if len(self.readings) == 1:
+            return self._read(self.readings[0])
+        tagged, untagged = (torch.log_softmax(self._read(r).float(), -1)
+                            for r in self.readings)
+        return untagged + self.cfg.guidance * (tagged - untagged)
 
     @torch.no_grad()  # whichever thread calls (grad mode is per thread): a graph through
-    def _next_logits(self) -> torch.Tensor:  # the in-place cache would never be freed
-        """(B, V) logits after the last token, reading what the model has not read yet."""
+    def _read(self, r: Reading) -> torch.Tensor:  # the in-place cache would never be freed
+        """(B, V) logits of reading ``r`` after the last token, reading what it has not
+        read yet."""
         if not self.use_cache:
-            return self.model(self._window(self.buf[:, : self.n]))[:, -1]
-        new = self.n - self.fed
-        if new == 0 and self.logits is not None:
-            return self.logits
+            return self.model(self._window(r.head, self.buf[:, : self.n]))[:, -1]
+        new = self.n - r.fed
+        if new == 0 and r.logits is not None:
+            return r.logits
         max_len = self.max_context
-        if self.cache is None or self.fed == 0 or \
-                (max_len is not None and self.cache.length + new > max_len):
-            return self._reread()  # the first read, or a slide
-        self.logits = self.model(self.buf[:, self.fed: self.n], self.cache)[:, -1]
-        self.fed = self.n
-        return self.logits
+        if r.cache is None or r.fed == 0 or \
+                (max_len is not None and r.cache.length + new > max_len):
+            return self._reread(r)  # the first read, or a slide
+        r.logits = self.model(self.buf[:, r.fed: self.n], r.cache)[:, -1]
+        r.fed = self.n
+        return r.logits
 
     @torch.no_grad()
-    def _reread(self, half: bool = False) -> torch.Tensor:
+    def _reread(self, r: Reading, half: bool = False) -> torch.Tensor:
         """A fresh cache reads the context's window (past the context, or with ``half``:
         its recent half)."""
-        self.cache = self.model.new_cache(self.batch)
-        self.logits = self.model(self._window(self.buf[:, : self.n], half),
-                                 self.cache)[:, -1]
-        self.fed = self.n
-        return self.logits
+        r.cache = self.model.new_cache(self.batch)
+        r.logits = self.model(self._window(r.head, self.buf[:, : self.n], half),
+                              r.cache)[:, -1]
+        r.fed = self.n
+        return r.logits
 
     def prefill(self) -> None:
         """Read what was fed into the cache now, so that the next step costs one position
@@ -229,11 +255,12 @@ class Engine:
         """Slide now (re-read the recent half into a fresh cache) if ``tokens`` more would
         not fit in the model's context; a live session calls it between answers."""
         max_len = self.max_context
-        if not self.use_cache or max_len is None or self.cache is None:
+        if not self.use_cache or max_len is None:
             return
         tokens = min(tokens, max_len // 4)  # a slide keeps half: never one per call
-        if self.cache.length + (self.n - self.fed) + tokens > max_len:
-            self._reread(half=True)
+        for r in self.readings:
+            if r.cache is not None and r.cache.length + (self.n - r.fed) + tokens > max_len:
+                self._reread(r, half=True)
 
     def rewind(self, n: int) -> None:
         """Forget every token after the first ``n`` (tokens drawn ahead that were never
@@ -241,7 +268,8 @@ class Engine:
         its window at the next step (``prefill`` does it ahead of time)."""
         assert 0 < n <= self.n, (n, self.n)
         kept = self.buf[:, :n].cpu().numpy()
-        self.n, self.fed, self.cache, self.logits = 0, 0, None, None
+        self.n = 0
+        self.readings = [Reading(r.head) for r in self.readings]
         self.grammar.reset(self.batch)
         if self.controls is not None:
             self.controls.reset(self.batch)
@@ -270,18 +298,15 @@ class Engine:
         self._append(nxt.to(self.device)[:, None])
         return tokens, dead
 
-    def run(self, seconds: float | None = None, tokens: int | None = None,
-            may_end: bool | None = None, max_tokens: int | None = None,
-            progress: Progress | None = None) -> Run:
-        """Sample until each sample has ``seconds`` of new music or ``tokens`` new tokens
-        (default: the config's), or has ended. EOS/PAD are not drawn before that unless
-        ``may_end`` (default: the config's). ``max_tokens`` caps a seconds run (default 200
-        a second). ``progress``, when given, hears the share done (0..1) every few tokens;
-        an exception it raises stops sampling (the studio cancels that way)."""
+    def run(self, max_tokens: int | None = None, progress: Progress | None = None) -> Run:
+        """Sample until each sample has the settings' seconds of new music or their tokens
+        (the length is said once, in ``cfg``: ``eng.cfg = cfg.replace(seconds=4)`` asks for
+        another), or has ended. EOS/PAD are not drawn before that unless ``cfg.may_end``.
+        ``max_tokens`` caps a seconds run (default 200 a second). ``progress``, when given,
+        hears the share done (0..1) every few tokens; an exception it raises stops sampling
+        (the studio cancels that way)."""
         cfg = self.cfg
-        if seconds is None and tokens is None:
-            seconds, tokens = cfg.seconds, cfg.tokens
-        may_end = cfg.may_end if may_end is None else may_end
+        seconds, tokens, may_end = cfg.seconds, cfg.tokens, cfg.may_end
         limit = max_tokens or tokens or int(max(seconds or 0, 1) * TOKENS_PER_SECOND_CEILING)
         B = self.batch
         t0 = self.grammar.elapsed().copy()
@@ -326,8 +351,7 @@ def sample_run(session, prompt: np.ndarray, cfg: SampleConfig, *, max_new: int =
     eng = Engine(session, cfg, batch=prompt.shape[0], use_cache=use_cache, grammar=grammar,
                  head=head)
     eng.feed(prompt)
-    return eng.run(seconds=cfg.seconds if not cfg.tokens else None,
-                   tokens=cfg.tokens or None, max_tokens=max_new, progress=progress)
+    return eng.run(max_tokens=max_new, progress=progress)
 
 
 def sample(session, prompt: np.ndarray, cfg: SampleConfig, max_new: int = 0,

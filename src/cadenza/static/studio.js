@@ -169,6 +169,7 @@ function showModel() {
                         ...(m.styles || []).map((n) => el("option", { value: n, text: n })));
   style.value = (m.styles || []).includes(kept) ? kept : "";
   style.disabled = !(m.styles || []).length;
+  $("guidance").disabled = style.disabled;
 }
 
 // --- the start ---------------------------------------------------------------------------
@@ -237,6 +238,8 @@ function settings() {
   for (const name of numbers) {
     if (f[name].value !== "") out[name] = Number(f[name].value);
   }
+  // guidance steers toward a style: sent only with one (the server refuses it alone)
+  if (f.style.value && f.guidance.value !== "") out.guidance = Number(f.guidance.value);
   const texts = ["style", ...controls.filter((c) => c.kind === "text").map((c) => c.name)];
   for (const name of texts) {
     if (f[name].value.trim() !== "") out[name] = f[name].value.trim();
@@ -301,6 +304,7 @@ let takeCount = 0;
 function controlsText(s) {
   const parts = [];
   if (s.style) parts.push(`style ${s.style}`);
+  if (s.style && s.guidance !== undefined && s.guidance !== 1) parts.push(`guidance ${s.guidance}`);
   for (const c of (state.info ? state.info.controls : [])) {
     if (s[c.name]) parts.push(`${c.label.toLowerCase()} ${s[c.name]}`);
   }
