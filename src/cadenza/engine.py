@@ -14,10 +14,10 @@ Each draw: the model's logits (under ``--guidance W`` the model reads the contex
 style's tags and without them, and the draw uses log p(untagged) + W (log p(tagged) -
 log p(untagged)): classifier-free guidance), the grammar's mask (never an undecodable
 sequence), the hard controls' mask, the soft controls' bias, then temperature, top-k and
-top-p, and a seeded draw (same seed, same music). EOS and PAD are masked until the asked length exists, unless
-``may_end``. With a cache each token costs one position; past the model's context the
-engine keeps the most recent half (on a voice-period boundary) and re-reads it: the one
-place that slides.
+top-p, and a seeded draw (same seed, same music). EOS and PAD are masked until the asked
+length exists, unless ``may_end``. With a cache each token costs one position; past the
+model's context the engine keeps the most recent half (on a voice-period boundary) and
+re-reads it: the one place that slides.
 
 The model never learns of MIDI: the tokenizer's grammar and ``note_roles`` tell the engine
 what tokens mean.
