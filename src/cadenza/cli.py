@@ -22,6 +22,7 @@ and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import types
@@ -44,6 +45,7 @@ from .config import (
     DemoConfig,
     DownloadConfig,
     DuetConfig,
+    EmbedConfig,
     EvaluateConfig,
     GenerateConfig,
     InfillConfig,
@@ -52,6 +54,7 @@ from .config import (
     PresetChoice,
     ReportConfig,
     Runtime,
+    SimilarConfig,
     StatsConfig,
     StudioConfig,
     TrainConfig,
@@ -64,6 +67,7 @@ from .data.prepare import PrepareError, prepare
 from .data.sources import SourceError, midi_files
 from .demo import run_demo
 from .duet import run_duet
+from .embed import run_embed, run_similar
 from .engine import SECONDS, TOKENS, WHY
 from .evaluate import format_result, run_evaluate
 from .generate import run_generate
@@ -329,6 +333,32 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def cmd_embed(a) -> int:
+    cfg = from_args(EmbedConfig, a)
+    index = run_embed(cfg, device=_device(a))
+    if cfg.json:
+        print(json.dumps(index, indent=1))
+        return 0
+    for s in index["skipped"]:
+        print(f"skipped {s['why']}")
+    windows = sum(f["windows"]["rows"][1] - f["windows"]["rows"][0]
+                  for f in index["files"] if "windows" in f)
+    print(f"{len(index['files'])} files embedded" + (f" ({windows} windows)" if windows else "")
+          + f" with {cfg.checkpoint} (layer {cfg.layer}) into {cfg.out}")
+    return 0
+
+
+def cmd_similar(a) -> int:
+    cfg = from_args(SimilarConfig, a)
+    rows = run_similar(cfg, device=_device(a))
+    if cfg.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for k, r in enumerate(rows, 1):
+        print(f"{k:>3}  {r['score']:.4f}  {r['path']}")
+    return 0
+
+
 def cmd_stats(a) -> int:
     cfg = from_args(StatsConfig, a)
     print(format_stats(run_stats(cfg), cfg.json))
@@ -436,6 +466,18 @@ COMMANDS = (
             "pianoroll/chorale16, with a sliding window for long pieces.",
             "cadenza evaluate --checkpoint runs/mine/best --data data/mine --split test",
             (EvaluateConfig, Runtime), cmd_evaluate),
+    Command("embed", "one vector per MIDI file, from the model's hidden states",
+            "Embed MIDI files: the mean of the model's hidden states over every token of a "
+            "piece (the last block's, after the final norm, by default), unit length; with "
+            "--window-seconds also one per window of music. Writes embeddings.npy, "
+            "index.json (and windows.npy) into --out.",
+            "cadenza embed my_midi/ --out emb/", (EmbedConfig, Runtime), cmd_embed),
+    Command("similar", "rank a folder's pieces by likeness to a query",
+            "Rank the MIDI files of --library by the cosine similarity of their embeddings "
+            "(as `cadenza embed` makes them) to the query's; the library's are cached by "
+            "file hash under $CADENZA_HOME/embeddings, so a second query is fast.",
+            "cadenza similar piece.mid --library my_midi/ --top 5",
+            (SimilarConfig, Runtime), cmd_similar),
     Command("stats", "musical statistics and memorization of generated MIDI",
             "Compare generated MIDI with a reference dataset or folder: per-feature overlap "
             "and KL (Yang & Lerch 2020), decode share, key profile, memorization against the "

@@ -826,6 +826,45 @@ class EvaluateConfig(_Config):
 
 
 @dataclass(frozen=True)
+class EmbedConfig(_Config):
+    """``cadenza embed``: one vector per MIDI file (and per window of music)."""
+
+    inputs: tuple[str, ...] = option(help="MIDI files or folders (searched recursively)",
+                                     positional=True)
+    out: str = option(help="folder to write: embeddings.npy, index.json (windows.npy)",
+                      required=True)
+    checkpoint: str = option("pretrained:piano", "the model whose hidden states embed",
+                             metavar="DIR")
+    layer: int = option(-1, "the block whose output is averaged (-1: the last, after the "
+                        "final norm; 0: the first block's)")
+    window_seconds: float = option(0.0, "also one vector per this many seconds of music "
+                                   "(0: one per file only)")
+    force: bool = option(False, "replace what --out holds")
+    json: bool = option(False, "print the index as JSON")
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.window_seconds) and 0 <= self.window_seconds <= 3600,
+               "window_seconds", "must be in [0, 3600]", self.window_seconds)
+
+
+@dataclass(frozen=True)
+class SimilarConfig(_Config):
+    """``cadenza similar``: a library's pieces ranked by likeness to a query."""
+
+    query: str = option(help="the MIDI file to find pieces like", positional=True)
+    library: str = option(help="folder of MIDI files to rank (searched recursively)",
+                          required=True)
+    top: int = option(10, "how many to list")
+    checkpoint: str = option("pretrained:piano", "the model whose hidden states embed",
+                             metavar="DIR")
+    layer: int = option(-1, "the block whose output is averaged (as for embed)")
+    json: bool = option(False, "print a JSON list of {path, score}, best first")
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.top <= 10_000, "top", "must be in [1, 10000]", self.top)
+
+
+@dataclass(frozen=True)
 class StatsConfig(_Config):
     """``cadenza stats``: generated MIDI beside a reference."""
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from .base import decay_groups
 from .layers import Dropout, Linear, causal_attention, use_chunked_attention
 
@@ -356,6 +356,10 @@ class Transformer(nn.Module):
         ``layers`` (0 is the first block; -1 the last, after the final norm: what the output
         layer reads), read without a cache from position 0."""
         n = len(self.blocks)
+        for k in layers:
+            if not -n <= k < n:
+                raise ConfigError(f"--layer {k}: this model has {n} blocks (0..{n - 1}; "
+                                  "-1: the last, after the final norm)")
         x, rope = self._inputs(idx, 0, None)
         after = []
         for i, block in enumerate(self.blocks):
