@@ -540,6 +540,16 @@ class Steering(Drawing):
                                "arrangement), among those the model knows (its card lists "
                                "them; models trained on `prepare --tags` data)",
                                metavar="NAME")
+    chords: str | None = option(None, "play over these chords, from where the new music "
+                                "starts: bars separated by |, the chords of a bar sharing it "
+                                "evenly, e.g. 'Dm7 G7 | Cmaj7' (N: no chord); the "
+                                "progression repeats", metavar="CHORDS")
+    bpm: float = option(120.0, "--chords: quarter-note beats a minute")
+    beats_per_bar: int = option(4, "--chords: beats a bar")
+    chord_strength: str = option("3", "--chords: how strongly the chord's tones are favoured "
+                                 "over other notes (a logit bias, 0-20; the share of notes "
+                                 "struck stays the model's), or hard: only chord tones",
+                                 metavar="S")
     guidance: float = option(1.0, "classifier-free guidance toward --style: each token is "
                              "drawn from log p(no tag) + W (log p(tag) - log p(no tag)); 1: "
                              "the tag as read, no guidance; above 1 the style counts more "
@@ -552,6 +562,14 @@ class Steering(Drawing):
         _check(self.guidance == 1.0 or bool(self.style), "guidance",
                "guides toward a --style; give one", self.guidance)
         _theory_check("key", self.key, theory.key_pitch_classes)
+        _check(math.isfinite(self.bpm) and 0 < self.bpm <= 1000, "bpm", "must be in (0, 1000]",
+               self.bpm)
+        _check(1 <= self.beats_per_bar <= 64, "beats_per_bar", "must be in [1, 64]",
+               self.beats_per_bar)
+        if self.chords is not None:
+            _theory_check("chords", self.chords, theory.parse_progression)
+        _check(self.chord_strength == "hard" or _strength(self.chord_strength) is not None,
+               "chord_strength", "must be a number in [0, 20] or hard", self.chord_strength)
         _theory_check("pitch_range", self.pitch_range, lambda v: theory.parse_range(
             v, theory.LOWEST_KEY, theory.HIGHEST_KEY, "piano's keys"))
         _theory_check("velocity_range", self.velocity_range,
@@ -613,8 +631,18 @@ class SampleConfig(Steering):
         return Steering(**{f.name: getattr(self, f.name) for f in fields(Steering)})
 
 
-CONTROLS = ("key", "pitch_range", "velocity_range", "max_polyphony", "density", "max_repeats")
+CONTROLS = ("key", "pitch_range", "velocity_range", "max_polyphony", "density", "max_repeats",
+            "chords")
 MAX_GUIDANCE = 20.0  # --guidance W: past this the untagged reading barely counts
+
+
+def _strength(text: str) -> float | None:
+    """--chord-strength as a number in [0, 20], or None."""
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and 0 <= v <= 20 else None
 
 
 def _theory_check(name: str, value: str | None, parse: Callable[[str], Any]) -> None:

@@ -18,8 +18,12 @@ over the notes written in the last few seconds (an exponential window of 3 s, wi
 second of notes as a prior), so that a model that plays too little is pushed a little harder
 each second it stays behind, and a burst is not paid back by a long silence.
 
-The tokenizer says which tokens do what (``Tokenizer.note_roles``) and which controls its
-scheme can carry; asking for another one is refused in one line naming the flag. Controls
+``--chords`` favours the tones of the chord sounding at each moment (soft, a bias that keeps
+the share of notes struck; or ``hard``: only chord tones).
+
+The tokenizer says which tokens do what (``Tokenizer.note_roles``) and what its tokens carry;
+each control says what it needs (``NEEDS``), and asking for one a scheme cannot carry is
+refused in one line naming the flag. Controls
 never leave a sample without a legal token: where they would, the grammar's choice stands
 for that token (a dead end the engine reports).
 
@@ -40,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import theory
 from .config import ConfigError, SampleConfig, flag
 from .data.tokenizers import EOS, build_tokenizer, tokenizer_names
 from .data.tokenizers.base import (
@@ -283,6 +288,62 @@ class Density(Step):
                                         device=logits.device)[:, None] * self._strikes
 
 
+class Chords(Step):
+    """``--chords`` (with ``--chord-strength``, ``--bpm``, ``--beats-per-bar``): the chord
+    sounding at each moment of the new music (the progression starts where the new music
+    starts, and repeats) favours its tones. Soft (a number S): the tokens that strike one of
+    its tones gain S against those that strike another pitch, the strikes' total probability
+    kept (how many notes is still the model's choice); ``hard``: only its tones may be
+    struck. ``N`` (no chord) lets every note. A slash bass is one of the chord's tones."""
+
+    def __init__(self, cfg: SampleConfig, roles: NoteRoles) -> None:
+        bars = theory.parse_progression(cfg.chords, cfg.bpm, cfg.beats_per_bar)
+        self.starts = np.array([a for a, _, _ in bars])
+        self.length = bars[-1][1]
+        self.strikes = roles.pitch >= 0
+        pc = np.where(self.strikes, roles.pitch % 12, -1)
+        tones = []
+        for _, _, label in bars:
+            chord = theory.parse_chord(label)
+            tones.append(self.strikes.copy() if chord is None
+                         else self.strikes & np.isin(pc, sorted(chord[0])))
+        self.tones = np.stack(tones)  # (chords, V): the tokens that strike a tone of each
+        self.hard = cfg.chord_strength == "hard"
+        self.strength = 0.0 if self.hard else float(cfg.chord_strength)
+        self._on: dict[str, torch.Tensor] = {}  # tones and strikes on the logits' device
+        self.begin(np.zeros(0))
+
+    def reset(self, batch: int) -> None:
+        self.begin(np.zeros(batch))
+
+    def begin(self, now: np.ndarray) -> None:
+        self.t0 = np.asarray(now, float).copy()
+
+    def chord(self, now: Now) -> np.ndarray:
+        """(B,) the index of the chord sounding at each sample's moment."""
+        t = np.maximum(now.time - self.t0, 0.0) % self.length
+        return np.searchsorted(self.starts, t, side="right") - 1
+
+    def restrict(self, allowed: np.ndarray, now: Now) -> np.ndarray:
+        if self.hard:
+            allowed &= ~(self.strikes & ~self.tones[self.chord(now)])
+        return allowed
+
+    def bias(self, logits: torch.Tensor, now: Now) -> torch.Tensor:
+        if self.hard or not self.strength:
+            return logits
+        if "strikes" not in self._on or self._on["strikes"].device != logits.device:
+            self._on = {"strikes": torch.from_numpy(self.strikes).to(logits.device),
+                        "tones": torch.from_numpy(self.tones).to(logits.device)}
+        strikes, tone = self._on["strikes"], self._on["tones"][torch.from_numpy(self.chord(now))]
+        lg = logits.float()
+        shifted = lg + self.strength * tone
+        # keep the strikes' total probability: only which pitches, not how many notes
+        before = torch.logsumexp(lg.masked_fill(~strikes, float("-inf")), -1, keepdim=True)
+        after = torch.logsumexp(shifted.masked_fill(~strikes, float("-inf")), -1, keepdim=True)
+        return torch.where(strikes, shifted - (after - before), lg).to(logits.dtype)
+
+
 def _velocity_step(cfg: SampleConfig, roles: NoteRoles) -> Step | None:
     return VelocityRange(cfg, roles) if roles.velocity_carries else None
 
@@ -290,7 +351,8 @@ def _velocity_step(cfg: SampleConfig, roles: NoteRoles) -> Step | None:
 # What each control needs the tokens to carry (NoteRoles.carries), by its config field: a
 # tokenizer that does not carry it refuses the control.
 NEEDS = {"key": PITCH, "pitch_range": PITCH, "velocity_range": VELOCITY,
-         "max_polyphony": SOUNDING, "density": CLOCK, "max_repeats": NOTE_TIMES}
+         "max_polyphony": SOUNDING, "density": CLOCK, "max_repeats": NOTE_TIMES,
+         "chords": PITCH}
 
 # Each control's steps, by its config field (Steering), in the order they shape a draw;
 # the static token masks of --key, --pitch-range and --velocity-range come first, as one.
@@ -299,6 +361,7 @@ STEPS = {
     "max_polyphony": MaxPolyphony,
     "max_repeats": LoopGuard,
     "density": Density,
+    "chords": Chords,
 }
 
 

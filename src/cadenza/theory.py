@@ -94,3 +94,84 @@ def estimate_key(weights) -> str:
             if r > best:
                 best, name = r, f"{NAMES[root]} {mode}"
     return name
+
+
+# --- chords ----------------------------------------------------------------------------------
+
+# A chord quality's tones, as semitones above the root (the spellings musicians and Harte's
+# labels use: "Cm7", "C:min7"; "" is major).
+QUALITIES: dict[str, tuple[int, ...]] = {
+    "": (0, 4, 7), "maj": (0, 4, 7), "M": (0, 4, 7),
+    "m": (0, 3, 7), "min": (0, 3, 7), "-": (0, 3, 7),
+    "7": (0, 4, 7, 10), "dom7": (0, 4, 7, 10),
+    "maj7": (0, 4, 7, 11), "M7": (0, 4, 7, 11),
+    "m7": (0, 3, 7, 10), "min7": (0, 3, 7, 10), "-7": (0, 3, 7, 10),
+    "dim": (0, 3, 6), "o": (0, 3, 6),
+    "dim7": (0, 3, 6, 9), "o7": (0, 3, 6, 9),
+    "m7b5": (0, 3, 6, 10), "hdim7": (0, 3, 6, 10), "ø": (0, 3, 6, 10),
+    "aug": (0, 4, 8), "+": (0, 4, 8),
+    "sus2": (0, 2, 7), "sus4": (0, 5, 7), "7sus4": (0, 5, 7, 10),
+    "6": (0, 4, 7, 9), "maj6": (0, 4, 7, 9), "m6": (0, 3, 7, 9), "min6": (0, 3, 7, 9),
+    "9": (0, 4, 7, 10, 2), "maj9": (0, 4, 7, 11, 2), "m9": (0, 3, 7, 10, 2),
+    "min9": (0, 3, 7, 10, 2), "add9": (0, 4, 7, 2),
+}
+NO_CHORD = "N"
+# a slash bass as Harte writes it: a degree above the root
+_DEGREES = {"1": 0, "b2": 1, "2": 2, "b3": 3, "3": 4, "4": 5, "#4": 6, "b5": 6, "5": 7,
+            "#5": 8, "b6": 8, "6": 9, "bb7": 9, "b7": 10, "7": 11}
+_CHORD = re.compile(r"^([A-Ga-g])(#|♯|b|♭)?:?([^/]*)(?:/(.+))?$")
+
+
+class ChordError(ValueError):
+    """An unreadable chord label or progression; the message names it and where it is."""
+
+
+def parse_chord(label: str) -> tuple[frozenset[int], int] | None:
+    """``"Dm7"`` -> (its pitch classes, the bass pitch class: the root, or the slash bass of
+    ``"C/E"`` / Harte's ``"C:maj/3"``); None for ``N`` (no chord). ChordError names the
+    label."""
+    text = label.strip()
+    if text == NO_CHORD:
+        return None
+    m = _CHORD.match(text)
+    if not m or m.group(3) not in QUALITIES:
+        raise ChordError(f"unknown chord {label!r}; write a root A-G with # or b and one of "
+                         f"the qualities {', '.join(q for q in QUALITIES if q)} (or N)")
+    root = (_LETTER[m.group(1).lower()] + _accidental(m.group(2))) % 12
+    pcs = frozenset((root + i) % 12 for i in QUALITIES[m.group(3)])
+    bass, slash = root, m.group(4)
+    if slash:
+        if slash in _DEGREES:
+            bass = (root + _DEGREES[slash]) % 12
+        else:
+            b = re.fullmatch(r"([A-Ga-g])(#|♯|b|♭)?", slash)
+            if not b:
+                raise ChordError(f"unknown bass {slash!r} in chord {label!r}; write a note "
+                                 "name (C/E) or a degree (C:maj/3)")
+            bass = (_LETTER[b.group(1).lower()] + _accidental(b.group(2))) % 12
+        pcs = pcs | {bass}
+    return pcs, bass
+
+
+def parse_progression(text: str, bpm: float = 120.0, beats_per_bar: int = 4
+                      ) -> list[tuple[float, float, str]]:
+    """``"Dm7 G7 | Cmaj7 | A7sus4 A7"`` -> [(start s, end s, label)]: bars separated by
+    ``|``, the chords of a bar sharing its beats evenly, at ``bpm`` quarter-note beats a
+    minute and ``beats_per_bar`` beats a bar. ChordError names the bar and the chord."""
+    if not text or not text.strip():
+        raise ChordError("empty; write chords, bars separated by | (e.g. 'Dm7 G7 | Cmaj7')")
+    bar = beats_per_bar * 60.0 / bpm
+    out = []
+    for i, chunk in enumerate(text.split("|")):
+        labels = chunk.split()
+        if not labels:
+            raise ChordError(f"bar {i + 1} has no chord")
+        for j, label in enumerate(labels):
+            try:
+                parse_chord(label)
+            except ChordError as e:
+                raise ChordError(f"bar {i + 1}, chord {j + 1}: {e}") from None
+            step = bar / len(labels)
+            out.append((round(i * bar + j * step, 6), round(i * bar + (j + 1) * step, 6),
+                        label))
+    return out

@@ -218,7 +218,8 @@ async function upload(file) {
 // --- generating --------------------------------------------------------------------------
 
 // the controls' inputs, one per field the server lists (a new control is a new input)
-const CONTROL_HINTS = { key: "e.g. D minor", pitch_range: "e.g. C3-C6", velocity_range: "e.g. 40-90" };
+const CONTROL_HINTS = { key: "e.g. D minor", pitch_range: "e.g. C3-C6", velocity_range: "e.g. 40-90",
+                        chords: "e.g. Dm7 G7 | Cmaj7" };
 
 function controlInputs(controls) {
   const box = $("control-fields");
