@@ -110,3 +110,44 @@ def test_a_soft_strength_raises_the_chord_tone_share_monotonically():
         assert n > 30
         shares.append(share)
     assert shares == sorted(shares) and shares[-1] > shares[0] + 0.3, shares
+
+
+def test_a_chords_file_in_pop909s_format_with_an_offset(tmp_path):
+    f = tmp_path / "chord_midi.txt"
+    f.write_text("0.0\t2.0\tC:maj\n2.0\t4.0\tF#:min7/b7\n4.0\t6.0\tN\n")
+    cfg = SampleConfig(chords_file=str(f), chord_offset=2.0)
+    chords, repeats = theory.parse_schedule(cfg.chords)
+    assert not repeats and [c[2] for c in chords] == ["C:maj", "F#:min7/b7", "N"]
+    assert cfg.replace(seed=3).chords == cfg.chords  # replace keeps it (no "both given")
+    tok = build_tokenizer("performance")
+    s = Session(_model(tok, 0), tok)
+    prompt = np.array([BOS])
+    run = s.generate(prompt, SampleConfig(chords_file=str(f), chord_offset=2.0,
+                                          chord_strength="hard", seconds=4.0, num_samples=8,
+                                          temperature=1.5, seed=1))
+    early = late = 0
+    for new in run:
+        starts, pitches = _new_notes(tok, prompt, new)
+        # the new music's first 2 s are the file's 2-4 s: F#m7 over E (its b7)
+        first = starts < 2.0 - 1e-6
+        assert np.isin(pitches[first] % 12, [6, 9, 1, 4]).all()
+        early += int(first.sum())
+        late += int((~first).sum())  # past the file's 4 s: N, every note allowed
+    assert early >= 4 and late > early  # (fixed seeds: 8 samples)
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("0 2 C\n1.5 3 G\n", "line 2: starts at 1.5, before the chord above ends"),
+    ("0 2 C\n3 2.5 G\n", "line 2: the times 3-2.5 run backwards"),
+    ("0 2 C\n2 4\n", "line 2: expected 'start end label'"),
+    ("0 2 C\n2 4 Q:maj\n", "line 2: unknown chord 'Q:maj'")])
+def test_a_bad_chords_file_names_its_line(tmp_path, text, said):
+    f = tmp_path / "chords.txt"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=f"^--chords-file {f}: {said}"):
+        SampleConfig(chords_file=str(f))
+    with pytest.raises(ConfigError, match="no such file"):
+        SampleConfig(chords_file=str(tmp_path / "missing.txt"))
+    with pytest.raises(ConfigError, match="not both"):
+        SampleConfig(chords="C G", chords_file=str(tmp_path / "ok.txt")
+                     if (tmp_path / "ok.txt").write_text("0 1 C\n") else None)

@@ -106,6 +106,10 @@ def test_bad_uploads_get_a_clear_message_and_the_server_keeps_serving(studio, tm
     assert r.json()["error"] == "--temperature: must be in [0.001, 100], got -1"
     r = client.post("/api/jobs", json={"sample": {"num_samples": 99}})
     assert r.status_code == 400 and "--max-takes" in r.json()["error"]
+    # a page never makes the server read a file of its disk (--chords-file is the CLI's)
+    for path in ("/api/jobs", "/api/duet"):
+        r = client.post(path, json={"sample": {"chords_file": "/etc/passwd"}})
+        assert r.status_code == 400 and "names a file on the server's disk" in r.json()["error"]
     assert not list((s.work / "starts").glob("*/start.mid")) if (s.work / "starts").exists() \
         else True  # nothing refused was kept
     # still serving: a good file after the bad ones

@@ -22,6 +22,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from . import theory
@@ -542,8 +543,14 @@ class Steering(Drawing):
                                metavar="NAME")
     chords: str | None = option(None, "play over these chords, from where the new music "
                                 "starts: bars separated by |, the chords of a bar sharing it "
-                                "evenly, e.g. 'Dm7 G7 | Cmaj7' (N: no chord); the "
-                                "progression repeats", metavar="CHORDS")
+                                "evenly, e.g. 'Dm7 G7 | Cmaj7' (N: no chord; the progression "
+                                "repeats), or timed chords 'START END LABEL; ...' in seconds",
+                                metavar="CHORDS")
+    chords_file: str | None = option(None, "--chords from a file: 'start end label' lines in "
+                                     "seconds, as POP909's chord_midi.txt", metavar="FILE")
+    chord_offset: float = option(0.0, "--chords: the schedule's time where the new music "
+                                 "starts (e.g. the primer's length, for a song's own "
+                                 "chord_midi.txt)")
     bpm: float = option(120.0, "--chords: quarter-note beats a minute")
     beats_per_bar: int = option(4, "--chords: beats a bar")
     chord_strength: str = option("3", "--chords: how strongly the chord's tones are favoured "
@@ -566,8 +573,15 @@ class Steering(Drawing):
                self.bpm)
         _check(1 <= self.beats_per_bar <= 64, "beats_per_bar", "must be in [1, 64]",
                self.beats_per_bar)
+        if self.chords_file is not None:
+            text = _read_chords_file(self.chords_file)
+            _check(self.chords in (None, text), "chords_file", "give --chords or "
+                   "--chords-file, not both", self.chords_file)
+            object.__setattr__(self, "chords", text)  # what every step reads
         if self.chords is not None:
-            _theory_check("chords", self.chords, theory.parse_progression)
+            _theory_check("chords", self.chords, theory.parse_schedule)
+        _check(math.isfinite(self.chord_offset) and 0 <= self.chord_offset <= 3 * 3600,
+               "chord_offset", "must be in [0, 10800] seconds", self.chord_offset)
         _check(self.chord_strength == "hard" or _strength(self.chord_strength) is not None,
                "chord_strength", "must be a number in [0, 20] or hard", self.chord_strength)
         _theory_check("pitch_range", self.pitch_range, lambda v: theory.parse_range(
@@ -634,6 +648,27 @@ class SampleConfig(Steering):
 CONTROLS = ("key", "pitch_range", "velocity_range", "max_polyphony", "density", "max_repeats",
             "chords")
 MAX_GUIDANCE = 20.0  # --guidance W: past this the untagged reading barely counts
+
+
+MAX_CHORDS_FILE = 1_000_000  # bytes: a song's chord_midi.txt is a few kilobytes
+
+
+def _read_chords_file(path: str) -> str:
+    """A chords file's text (``start end label`` lines); ConfigError names the file."""
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_CHORDS_FILE:
+            raise ConfigError(f"--chords-file {path}: larger than {MAX_CHORDS_FILE:,} bytes")
+        text = p.read_text(errors="strict")
+    except FileNotFoundError:
+        raise ConfigError(f"--chords-file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--chords-file {path}: not a readable text file ({e})") from None
+    try:
+        theory.parse_schedule(text)
+    except ValueError as e:
+        raise ConfigError(f"--chords-file {path}: {e}") from None
+    return text
 
 
 def _strength(text: str) -> float | None:

@@ -297,17 +297,21 @@ class Chords(Step):
     struck. ``N`` (no chord) lets every note. A slash bass is one of the chord's tones."""
 
     def __init__(self, cfg: SampleConfig, roles: NoteRoles) -> None:
-        bars = theory.parse_progression(cfg.chords, cfg.bpm, cfg.beats_per_bar)
-        self.starts = np.array([a for a, _, _ in bars])
-        self.length = bars[-1][1]
+        chords, self.repeats = theory.parse_schedule(cfg.chords, cfg.bpm, cfg.beats_per_bar)
+        self.offset = cfg.chord_offset
+        # each chord, then "no chord" (a timed schedule's gaps and its end) last
+        self.starts = np.array([a for a, _, _ in chords])
+        self.ends = np.array([b for _, b, _ in chords])
+        self.length = chords[-1][1]
         self.strikes = roles.pitch >= 0
         pc = np.where(self.strikes, roles.pitch % 12, -1)
         tones = []
-        for _, _, label in bars:
+        for _, _, label in chords:
             chord = theory.parse_chord(label)
             tones.append(self.strikes.copy() if chord is None
                          else self.strikes & np.isin(pc, sorted(chord[0])))
-        self.tones = np.stack(tones)  # (chords, V): the tokens that strike a tone of each
+        tones.append(self.strikes.copy())
+        self.tones = np.stack(tones)  # (chords + 1, V): the tokens that strike a tone of each
         self.hard = cfg.chord_strength == "hard"
         self.strength = 0.0 if self.hard else float(cfg.chord_strength)
         self._on: dict[str, torch.Tensor] = {}  # tones and strikes on the logits' device
@@ -320,9 +324,14 @@ class Chords(Step):
         self.t0 = np.asarray(now, float).copy()
 
     def chord(self, now: Now) -> np.ndarray:
-        """(B,) the index of the chord sounding at each sample's moment."""
-        t = np.maximum(now.time - self.t0, 0.0) % self.length
-        return np.searchsorted(self.starts, t, side="right") - 1
+        """(B,) the index of the chord sounding at each sample's moment (the last row: none;
+        bars repeat, a timed schedule has none past its end or between its chords)."""
+        t = np.maximum(now.time - self.t0, 0.0) + self.offset
+        if self.repeats:
+            t = t % self.length
+        i = np.searchsorted(self.starts, t, side="right") - 1
+        none = (i < 0) | (t >= self.ends[np.maximum(i, 0)])
+        return np.where(none, len(self.starts), i)
 
     def restrict(self, allowed: np.ndarray, now: Now) -> np.ndarray:
         if self.hard:

@@ -259,3 +259,22 @@ def body_field(body: dict[str, Any], name: str, kind: type) -> Any:
     if isinstance(v, str) and len(v) > MAX_TEXT:
         raise ConfigError(f"{name}: at most {MAX_TEXT} characters, got {len(v):,}")
     return v
+
+
+# sampling settings that name a file on this computer: a command line may give them, a page
+# never (the server would read its disk for a request)
+SERVER_SIDE = ("chords_file",)
+
+
+def page_settings(body: dict[str, Any]) -> dict[str, Any]:
+    """A request's ``sample`` settings, those left empty dropped; ConfigError for one that
+    names a file on this computer (SERVER_SIDE) or a text too long."""
+    ask = body_field(body, "sample", dict) or {}
+    for name in SERVER_SIDE:
+        if ask.get(name) not in (None, ""):
+            raise ConfigError(f"sample: {name} names a file on the server's disk; a page "
+                              "gives chords as text (chords)")
+    for name, v in ask.items():
+        if isinstance(v, str) and len(v) > MAX_TEXT:
+            raise ConfigError(f"{name}: at most {MAX_TEXT} characters, got {len(v):,}")
+    return {k: v for k, v in ask.items() if v not in (None, "")}

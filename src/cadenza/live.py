@@ -23,7 +23,7 @@ from typing import Any
 
 from .config import ConfigError, DuetConfig, Steering
 from .duet import Clock, Duet, play
-from .guard import Busy, body_field
+from .guard import Busy, body_field, page_settings
 
 KEEP_ALIVE = 10.0  # seconds between comments on an idle event stream
 WAIT = 0.25  # seconds an event stream waits for an event before it looks for the page
@@ -166,10 +166,8 @@ def live_routes(studio, guarded, json_object) -> list:
         model = body_field(body, "model", str) or studio.models[0]["id"]
         if model not in {m["id"] for m in studio.models}:
             raise ConfigError(f"--checkpoint {model}: not one of this studio's models")
-        ask = body_field(body, "sample", dict) or {}
         cfg = DuetConfig.from_dict({
-            "checkpoint": model, "sample": {k: v for k, v in ask.items()
-                                            if v not in (None, "")},
+            "checkpoint": model, "sample": page_settings(body),
             **{k: body[k] for k in ("wait", "answer") if body.get(k) is not None}})
         with studio.lock:
             if any(d.alive for d in studio.live.values()):

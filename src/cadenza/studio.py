@@ -72,6 +72,7 @@ from .guard import (
     GuardMiddleware,
     body_field,
     is_loopback,
+    page_settings,
     parse_json,
 )
 from .infill import INFILL_TRACK, run_infill
@@ -364,13 +365,12 @@ class Studio:
         primer_seconds = body_field(req, "primer_seconds", float) or 0.0
         if not 0 <= primer_seconds <= 3 * 3600:
             raise ConfigError(f"--primer-seconds: must be in [0, 10800], got {primer_seconds!r}")
-        ask = body_field(req, "sample", dict) or {}
+        ask = page_settings(req)
         names = {f.name for f in fields(SampleConfig)}
         unknown = sorted(set(ask) - names)
         if unknown:
             raise ConfigError(f"sample: unknown settings {unknown}")
-        sample = SampleConfig.from_dict({k: v for k, v in ask.items()
-                                         if v not in (None, "")})
+        sample = SampleConfig.from_dict(ask)
         if sample.num_samples > self.cfg.max_takes:
             raise ConfigError(f"--num-samples: the studio makes up to {self.cfg.max_takes} "
                               f"takes at once (--max-takes), got {sample.num_samples}")

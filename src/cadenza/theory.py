@@ -114,6 +114,7 @@ QUALITIES: dict[str, tuple[int, ...]] = {
     "6": (0, 4, 7, 9), "maj6": (0, 4, 7, 9), "m6": (0, 3, 7, 9), "min6": (0, 3, 7, 9),
     "9": (0, 4, 7, 10, 2), "maj9": (0, 4, 7, 11, 2), "m9": (0, 3, 7, 10, 2),
     "min9": (0, 3, 7, 10, 2), "add9": (0, 4, 7, 2),
+    "sus4(b7)": (0, 5, 7, 10), "minmaj7": (0, 3, 7, 11), "mM7": (0, 3, 7, 11),
 }
 NO_CHORD = "N"
 # a slash bass as Harte writes it: a degree above the root
@@ -151,6 +152,41 @@ def parse_chord(label: str) -> tuple[frozenset[int], int] | None:
             bass = (_LETTER[b.group(1).lower()] + _accidental(b.group(2))) % 12
         pcs = pcs | {bass}
     return pcs, bass
+
+
+MAX_SCHEDULE = 20_000  # chords in one schedule (a long song has a few hundred)
+
+
+def parse_schedule(text: str, bpm: float = 120.0, beats_per_bar: int = 4
+                   ) -> tuple[list[tuple[float, float, str]], bool]:
+    """A chord schedule and whether it repeats: bars (``parse_progression``; they repeat),
+    or times, one chord a line (or separated by ``;``): ``start end label`` in seconds, as
+    POP909's ``chord_midi.txt`` (they do not repeat: after the last, no chord). ChordError
+    names the line of a bad one, times that run backwards or overlap."""
+    lines = [x.strip() for x in text.replace(";", "\n").splitlines() if x.strip()]
+    if not lines or not re.match(r"^-?[\d.]+\s", lines[0]):
+        return parse_progression(text, bpm, beats_per_bar), True
+    if len(lines) > MAX_SCHEDULE:
+        raise ChordError(f"{len(lines)} chords; at most {MAX_SCHEDULE}")
+    out: list[tuple[float, float, str]] = []
+    for i, line in enumerate(lines, 1):
+        parts = line.split()
+        try:
+            a, b = float(parts[0]), float(parts[1])
+            label = parts[2]
+        except (IndexError, ValueError):
+            raise ChordError(f"line {i}: expected 'start end label', got {line!r}") from None
+        if not (np.isfinite(a) and np.isfinite(b) and 0 <= a < b):
+            raise ChordError(f"line {i}: the times {a:g}-{b:g} run backwards or are negative")
+        if out and a < out[-1][1] - 1e-6:
+            raise ChordError(f"line {i}: starts at {a:g}, before the chord above ends "
+                             f"({out[-1][1]:g})")
+        try:
+            parse_chord(label)
+        except ChordError as e:
+            raise ChordError(f"line {i}: {e}") from None
+        out.append((a, b, label))
+    return out, False
 
 
 def parse_progression(text: str, bpm: float = 120.0, beats_per_bar: int = 4
