@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("models", {"models"}),  # token ids in, logits out: knows no MIDI
     ("training", {"checkpoint", "progress", "train", "evaluate", "recipes"}),
     ("generation", {"engine", "controls", "session", "generate", "render", "takes", "infill",
-                    "duet", "tasks", "attention", "stats", "embed"}),
+                    "duet", "tasks", "attention", "stats", "embed", "classify"}),
     ("applications", {"cli", "__main__", "studio", "live", "guard", "bench", "report",
                       "demo"}),
 ]

@@ -164,11 +164,13 @@ def test_a_tags_record_round_trips_and_names_only_what_it_has():
     assert t.classical == ("Bach",)  # pop is no classical composer
 
 
-@pytest.fixture
-def registers(tmp_path) -> Path:
+@pytest.fixture(scope="module")
+def registers(tmp_path_factory) -> Path:
     """A tiny model trained on two styles that differ only in register: classical/Low
-    (MIDI 36-55) and classical/High (72-91), 8 pieces each, tagged."""
+    (MIDI 36-55) and classical/High (72-91), 8 pieces each, tagged (trained once for the
+    module; its tests only read it, but the classifier's, which adds a file beside it)."""
     from tests.conftest import make_score
+    tmp_path = tmp_path_factory.mktemp("registers")
     rng = np.random.default_rng(5)
     for name, lo in (("Low", 36), ("High", 72)):
         d = tmp_path / "src" / name
@@ -233,3 +235,40 @@ def test_guidance_is_refused_without_a_style_and_for_an_untagged_model(tiny_run,
                  "--guidance", "3", "--out", str(tmp_path / "g"), "--no-audio"]) == 2
     assert "reads no style tags" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
+
+
+def test_the_style_classifier_is_trained_by_its_script_and_names_the_style(registers,
+                                                                          tmp_path, capsys):
+    """scripts/train_style_classifier.py on the two-register data: twice the same classifier,
+    and `cadenza classify` names a High piece High; without a classifier (or with one
+    trained on other weights) classify is one line."""
+    import subprocess
+    import sys
+
+    from cadenza.classify import FILE, StyleClassifier
+    data = registers.parent.parent / "data"
+    outs = [tmp_path / f"clf{k}.npz" for k in range(2)]
+    for out in outs:
+        r = subprocess.run([sys.executable, "scripts/train_style_classifier.py", "--model",
+                            str(registers), "--dataset", str(data), "--out", str(out),
+                            "--min-files", "3", "--windows", "1", "--window-seconds", "6"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert "majority class" in r.stdout and "macro-F1" in r.stdout
+    a, b = (StyleClassifier.load(o) for o in outs)
+    assert a.classes == ("High", "Low") and np.array_equal(a.weights, b.weights)
+    ck = str(registers)
+    assert main(["classify", str(registers.parent.parent / "src" / "High" / "0.mid"),
+                 "--checkpoint", ck]) == 2
+    assert "no style classifier beside it" in capsys.readouterr().err
+    (registers / FILE).write_bytes(outs[0].read_bytes())
+    assert main(["classify", str(registers.parent.parent / "src" / "High" / "0.mid"),
+                 "--checkpoint", ck, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["styles"][0]["style"] == "High" and res["styles"][0]["probability"] > 0.5
+    other = tmp_path / "other.npz"
+    StyleClassifier(a.weights, a.bias, a.classes, a.layer, a.window_seconds, "0" * 40).save(other)
+    (registers / FILE).write_bytes(other.read_bytes())
+    assert main(["classify", str(registers.parent.parent / "src" / "Low" / "0.mid"),
+                 "--checkpoint", ck]) == 2
+    assert "trained on other weights" in capsys.readouterr().err

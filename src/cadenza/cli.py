@@ -37,10 +37,12 @@ from . import __version__, bench
 from .atomic import Busy
 from .attention import run_attention
 from .checkpoint import CheckpointError
+from .classify import run_classify
 from .config import (
     ArrangeConfig,
     AttentionConfig,
     BenchConfig,
+    ClassifyConfig,
     ConfigError,
     DemoConfig,
     DownloadConfig,
@@ -359,6 +361,17 @@ def cmd_similar(a) -> int:
     return 0
 
 
+def cmd_classify(a) -> int:
+    cfg = from_args(ClassifyConfig, a)
+    res = run_classify(cfg, device=_device(a))
+    if cfg.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    for r in res["styles"]:
+        print(f"{r['probability']:>7.1%}  {r['style']}")
+    return 0
+
+
 def cmd_stats(a) -> int:
     cfg = from_args(StatsConfig, a)
     print(format_stats(run_stats(cfg), cfg.json))
@@ -478,6 +491,11 @@ COMMANDS = (
             "file hash under $CADENZA_HOME/embeddings, so a second query is fast.",
             "cadenza similar piece.mid --library my_midi/ --top 5",
             (SimilarConfig, Runtime), cmd_similar),
+    Command("classify", "the styles a MIDI file sounds like, with probabilities",
+            "Name a MIDI file's style (pop or a composer) with the linear classifier stored "
+            "beside the model, on its embeddings window by window (docs/generation.md: its "
+            "accuracy).", "cadenza classify piece.mid --top 3", (ClassifyConfig, Runtime),
+            cmd_classify),
     Command("stats", "musical statistics and memorization of generated MIDI",
             "Compare generated MIDI with a reference dataset or folder: per-feature overlap "
             "and KL (Yang & Lerch 2020), decode share, key profile, memorization against the "

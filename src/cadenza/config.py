@@ -928,6 +928,20 @@ class SimilarConfig(_Config):
 
 
 @dataclass(frozen=True)
+class ClassifyConfig(_Config):
+    """``cadenza classify``: the styles a MIDI file sounds like, with probabilities."""
+
+    file: str = option(help="the MIDI file", positional=True)
+    checkpoint: str = option("pretrained:piano", "the model (with the style classifier beside "
+                             "it)", metavar="DIR")
+    top: int = option(5, "how many styles to list")
+    json: bool = option(False, "print JSON")
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.top <= 1000, "top", "must be in [1, 1000]", self.top)
+
+
+@dataclass(frozen=True)
 class StatsConfig(_Config):
     """``cadenza stats``: generated MIDI beside a reference."""
 
