@@ -335,41 +335,35 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def _show(as_json: bool, result, lines) -> int:
+    """A command's result: as JSON with --json, else its lines for a reader."""
+    print(json.dumps(result, indent=1) if as_json else "\n".join(lines))
+    return 0
+
+
 def cmd_embed(a) -> int:
     cfg = from_args(EmbedConfig, a)
     index = run_embed(cfg, device=_device(a))
-    if cfg.json:
-        print(json.dumps(index, indent=1))
-        return 0
-    for s in index["skipped"]:
-        print(f"skipped {s['why']}")
     windows = sum(f["windows"]["rows"][1] - f["windows"]["rows"][0]
                   for f in index["files"] if "windows" in f)
-    print(f"{len(index['files'])} files embedded" + (f" ({windows} windows)" if windows else "")
-          + f" with {cfg.checkpoint} (layer {cfg.layer}) into {cfg.out}")
-    return 0
+    return _show(cfg.json, index, [
+        *(f"skipped {s['why']}" for s in index["skipped"]),
+        f"{len(index['files'])} files embedded" + (f" ({windows} windows)" if windows else "")
+        + f" with {cfg.checkpoint} (layer {cfg.layer}) into {cfg.out}"])
 
 
 def cmd_similar(a) -> int:
     cfg = from_args(SimilarConfig, a)
     rows = run_similar(cfg, device=_device(a))
-    if cfg.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    for k, r in enumerate(rows, 1):
-        print(f"{k:>3}  {r['score']:.4f}  {r['path']}")
-    return 0
+    return _show(cfg.json, rows, (f"{k:>3}  {r['score']:.4f}  {r['path']}"
+                                  for k, r in enumerate(rows, 1)))
 
 
 def cmd_classify(a) -> int:
     cfg = from_args(ClassifyConfig, a)
     res = run_classify(cfg, device=_device(a))
-    if cfg.json:
-        print(json.dumps(res, indent=1))
-        return 0
-    for r in res["styles"]:
-        print(f"{r['probability']:>7.1%}  {r['style']}")
-    return 0
+    return _show(cfg.json, res, (f"{r['probability']:>7.1%}  {r['style']}"
+                                 for r in res["styles"]))
 
 
 def cmd_stats(a) -> int:

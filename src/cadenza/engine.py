@@ -125,7 +125,7 @@ class Reading:
 
 
 class Engine:
-    """One generation session over a batch of ``batch`` samples (see the module's doc)."""
+    """Generation over a batch of ``batch`` samples, on a session (see the module's doc)."""
 
     def __init__(self, session, cfg: SampleConfig, *, batch: int = 1,
                  steps: Sequence[Step] = (), use_cache: bool = True,
