@@ -151,3 +151,10 @@ def test_a_bad_chords_file_names_its_line(tmp_path, text, said):
     with pytest.raises(ConfigError, match="not both"):
         SampleConfig(chords="C G", chords_file=str(tmp_path / "ok.txt")
                      if (tmp_path / "ok.txt").write_text("0 1 C\n") else None)
+
+
+def test_the_chords_over_the_new_music_repeat_bars_and_not_times():
+    assert theory.chords_over("Dm7 G7 | C", 120, 4, 3.0, 4.0) == [
+        (0.0, 1.0, "C"), (1.0, 2.0, "Dm7"), (2.0, 3.0, "G7"), (3.0, 4.0, "C")]
+    assert theory.chords_over("0 2 C; 2 4 G", 120, 4, 1.0, 10.0) == [
+        (0.0, 1.0, "C"), (1.0, 3.0, "G")]

@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from . import theory
 from .config import GenerateConfig, SampleConfig
 from .data.midi import Notes
 from .engine import Progress, draw, filter_logits, sample
+from .render import Roll
 from .session import Session, resolve_primer
 from .stats import CONTINUATION_TRACK, memorization, training_index
 from .takes import open_take, place_take, write_sample, write_sidecar
@@ -146,9 +148,15 @@ def _write_take(gen: Session, prompt: np.ndarray, pinfo: dict[str, Any], cfg: Ge
         else:
             tracks = {PRIMER_TRACK: _pick(full, is_primer), CONTINUATION_TRACK: cont}
         base = take / f"sample-{k}"
-        wav = write_sample(base, tracks, full, is_primer, t_split,
-                           f"sample {k}: primer (blue) + continuation (orange)",
-                           cfg.soundfont if cfg.audio else False, warn=k == 0)
+        new_s = gen.seconds_of(np.concatenate([prompt[1:], new])) - t_split
+        s = cfg.sample
+        chords = () if not s.chords else tuple(
+            (t_split + a, t_split + b, label) for a, b, label in theory.chords_over(
+                s.chords, s.bpm, s.beats_per_bar, s.chord_offset, new_s))
+        roll = Roll(full, is_primer, t_split, f"sample {k}: primer (blue) + continuation "
+                    "(orange)", chords)
+        wav = write_sample(base, tracks, roll, cfg.soundfont if cfg.audio else False,
+                           warn=k == 0)
         mem = None
         if mem_index is not None:
             mem = memorization(cont, mem_index)
@@ -157,7 +165,7 @@ def _write_take(gen: Session, prompt: np.ndarray, pinfo: dict[str, Any], cfg: Ge
             checkpoint_sha1=gen.checkpoint_hash, transpositions=gen.transpositions,
             precision=gen.precision, tokenizer=gen.tok.name, settings=cfg.sample.to_dict(),
             primer=pinfo, new_tokens=int(len(new)),
-            new_seconds=gen.seconds_of(np.concatenate([prompt[1:], new])) - t_split,
+            new_seconds=new_s,
             stopped=done.stopped[k],
             notes=int(len(full)), continuation_notes=int(len(cont)),
             continuation_track=CONTINUATION_TRACK, generation_seconds=gen_s,

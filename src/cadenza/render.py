@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -165,13 +166,32 @@ def note_name(p: int) -> str:
     return f"{NOTE_NAMES[p % 12]}{p // 12 - 1}"
 
 
+@dataclass(frozen=True)
+class Roll:
+    """What a take's piano roll shows: ``notes``, those marked ``blue`` (the primer's, the
+    melody's) blue and the others orange, a dashed line at ``split_seconds`` (0: none), a
+    ``title``, and ``chords`` written over the roll (start s, end s, label)."""
+
+    notes: Notes
+    blue: np.ndarray
+    split_seconds: float
+    title: str
+    chords: tuple[tuple[float, float, str], ...] = ()
+
+    def draw(self, path: Path) -> Path:
+        return piano_roll_png(self.notes, self.split_seconds, path, self.title,
+                              primer=self.blue, chords=self.chords)
+
+
 def piano_roll_png(notes: Notes, split_seconds: float, path: Path, title: str = "",
                    primer: np.ndarray | None = None,
-                   span: tuple[float, float] | None = None) -> Path:
+                   span: tuple[float, float] | None = None,
+                   chords: tuple[tuple[float, float, str], ...] = ()) -> Path:
     """Notes as bars: the primer's blue, the continuation's orange. ``primer`` marks the
     primer's notes (a continuation may start under a primer note that still sounds);
     without it, notes before ``split_seconds`` are the primer's. ``span``: a regenerated
-    span (infill), shaded between two lines; the picture shows it with 12 s either side."""
+    span (infill), shaded between two lines; the picture shows it with 12 s either side.
+    ``chords``: (start, end, label), each labelled at the top, every other one shaded."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -195,6 +215,10 @@ def piano_roll_png(notes: Notes, split_seconds: float, path: Path, title: str = 
         ax.axvspan(*span, color="#e8862a", alpha=0.08)
         for t in span:
             ax.axvline(t, color="k", lw=0.8, ls="--")
+    for i, (a, b, label) in enumerate(chords):
+        if i % 2:
+            ax.axvspan(a, b, color="#888888", alpha=0.08, lw=0)
+        ax.text(a + 0.03, hi - 0.5, label, fontsize=8, va="top", clip_on=True)
     ax.set_xlim(t0, t1)
     ax.set_ylim(lo, hi)
     ticks = [p for p in range(lo, hi + 1) if p % 12 in (0, 7)]

@@ -15,11 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .atomic import process_dir, write_bytes
 from .data.midi import Notes, score_from_tracks, write_midi
-from .render import piano_roll_png, render_wav
+from .render import Roll, render_wav
 
 
 def open_take(out: str, force: bool) -> tuple[Path, list[Path]]:
@@ -52,14 +50,13 @@ def place_take(take: Path, out_dir: Path, earlier: list[Path], samples: int) -> 
             os.replace(f, out_dir / f.name)
 
 
-def write_sample(base: Path, tracks: dict[str, Notes], notes: Notes, blue: np.ndarray,
-                 split_seconds: float, title: str, soundfont: str | None | bool,
-                 warn: bool = True) -> Path | None:
-    """BASE.mid (one track per entry), BASE.png (the ``blue`` notes blue, the others
-    orange) and, unless ``soundfont`` is False, BASE.wav; returns the WAV (None when no
-    synthesizer or SoundFont is found, said once when ``warn``)."""
+def write_sample(base: Path, tracks: dict[str, Notes], roll: Roll,
+                 soundfont: str | None | bool, warn: bool = True) -> Path | None:
+    """BASE.mid (one track per entry), BASE.png (``roll``) and, unless ``soundfont`` is
+    False, BASE.wav; returns the WAV (None when no synthesizer or SoundFont is found, said
+    once when ``warn``)."""
     write_midi(score_from_tracks(tracks), base.with_suffix(".mid"))
-    piano_roll_png(notes, split_seconds, base.with_suffix(".png"), primer=blue, title=title)
+    roll.draw(base.with_suffix(".png"))
     return write_audio(base, soundfont, warn)
 
 

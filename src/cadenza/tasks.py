@@ -40,6 +40,7 @@ from .data.tokenizers import BOS, framed
 from .data.tokenizers.base import Grammar
 from .generate import primer_mask, sample
 from .models import Conditioned
+from .render import Roll
 from .session import Session
 from .takes import open_take, place_take, write_sample, write_sidecar
 
@@ -149,9 +150,10 @@ def _write(ck, news: list[list[np.ndarray]], windows: Windows, cfg: ArrangeConfi
         mel = tracks[task.source_track]
         every = Notes.concat(list(tracks.values()))
         base = take / f"sample-{k}"
-        wav = write_sample(base, tracks, every, primer_mask(every, mel), 0.0,
-                           f"sample {k}: melody (blue) + {task.parts} (orange)",
-                           cfg.soundfont if cfg.audio else False, warn=k == 0)
+        roll = Roll(every, primer_mask(every, mel), 0.0,
+                    f"sample {k}: melody (blue) + {task.parts} (orange)")
+        wav = write_sample(base, tracks, roll, cfg.soundfont if cfg.audio else False,
+                           warn=k == 0)
         rec = ArrangeRecord(
             k, task.name, str(ck.path), cfg.melody, cfg.melody_seconds, len(new), task.bars,
             cfg.sample.to_dict(), {n: int(len(t)) for n, t in tracks.items()},

@@ -211,3 +211,21 @@ def parse_progression(text: str, bpm: float = 120.0, beats_per_bar: int = 4
             out.append((round(i * bar + j * step, 6), round(i * bar + (j + 1) * step, 6),
                         label))
     return out
+
+
+def chords_over(text: str, bpm: float, beats_per_bar: int, offset: float, seconds: float
+                ) -> list[tuple[float, float, str]]:
+    """The chords sounding over ``seconds`` of new music (times from its start) for a
+    schedule read from ``offset`` on: bars repeat, timed chords do not."""
+    chords, repeats = parse_schedule(text, bpm, beats_per_bar)
+    length = chords[-1][1]
+    out = []
+    lap = float(np.floor(offset / length) * length) if repeats else 0.0
+    while True:
+        for a, b, label in chords:
+            a, b = a + lap - offset, b + lap - offset
+            if b > 0 and a < seconds:
+                out.append((max(a, 0.0), min(b, seconds), label))
+        lap += length
+        if not repeats or lap - offset >= seconds or len(out) > MAX_SCHEDULE:
+            return out
