@@ -37,7 +37,7 @@ PRECISION=$(python -c "import torch; print('bf16' if torch.backends.mkldnn.is_av
 RUN=runs/piano-cpu-$(date +%Y%m%d-%H%M)
 mkdir -p runs
 nohup nice -n 5 python -m cadenza train --init "$INIT" --data "$DATA" --out "$RUN" \
-  --context 1024 --batch-size 16 --lr 1e-4 --warmup-steps 30 --minutes "$MINUTES" \
+  --context 1024 --batch-size 16 --lr 5e-5 --warmup-steps 30 --minutes "$MINUTES" \
   --precision "$PRECISION" --ema 0.995 --fim 0.2 --eval-tokens 300000 --eval-every 150 \
   --log-every 10 > "$RUN.log" 2>&1 &
 echo "training from $INIT for $MINUTES minutes in $PRECISION: $RUN (log: $RUN.log)"

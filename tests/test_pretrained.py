@@ -44,7 +44,7 @@ def test_pretrained_piano_loads_by_name_and_continues_an_opening():
         == torch.bfloat16
     assert Generator.load("pretrained:piano", precision="fp32").ck.model.tok.weight.dtype \
         == torch.float32
-    assert gen.ck.model_cfg.n_layer >= 4 and gen.ck.train.precision == "bf16"
+    assert gen.ck.model_cfg.n_layer >= 4 and gen.ck.stored_dtype == "bf16"
     prompt, info = gen.encode_primer("builtin:openings/schubert", 4.0)
     assert info and len(prompt) > 20
     new = gen.generate(prompt, SampleConfig(tokens=48, seed=1))[0]
