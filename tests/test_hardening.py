@@ -155,13 +155,13 @@ def test_a_new_take_never_mixes_with_an_earlier_one(run_dir, tmp_path):
 
 
 def test_a_failed_take_leaves_no_sample_and_no_temp_files(run_dir, tmp_path, monkeypatch):
-    import cadenza.takes as takes  # where the sample's picture is drawn from
+    import cadenza.render as render  # where a take's picture is drawn (render.Roll.draw)
     out = tmp_path / "gen"
     out.mkdir()
     stale = out / ".cadenza-take-999999999-x"  # left by a generate killed earlier
     stale.mkdir()
     (stale / "sample-0.wav").write_bytes(b"half")
-    real, n = takes.piano_roll_png, {"calls": 0}
+    real, n = render.piano_roll_png, {"calls": 0}
 
     def fails_on_the_second(*a, **k):
         n["calls"] += 1
@@ -169,7 +169,7 @@ def test_a_failed_take_leaves_no_sample_and_no_temp_files(run_dir, tmp_path, mon
             raise RuntimeError("disk full")
         return real(*a, **k)
 
-    monkeypatch.setattr(takes, "piano_roll_png", fails_on_the_second)
+    monkeypatch.setattr(render, "piano_roll_png", fails_on_the_second)
     with pytest.raises(RuntimeError, match="disk full"):
         run_generate(GenerateConfig(out=str(out),
                                     checkpoint=str(run_dir / "best"),
