@@ -46,7 +46,7 @@ def windows_of(s: Session, path: Path, layer: int, seconds: float, count: int
     """Up to ``count`` windows of ``seconds`` from the piece's start: each window's embedding
     and its stats features (both from the window's tokens)."""
     ids = piece_ids(s, path)[1:]
-    times = token_times(s, ids)
+    times = token_times(s, ids, until=count * seconds)
     emb, stat = [], []
     for k in range(count):
         sel = np.flatnonzero((times > k * seconds) & (times <= (k + 1) * seconds))

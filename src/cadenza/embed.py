@@ -76,15 +76,18 @@ def piece_ids(session: Session, path: Path) -> np.ndarray:
     return np.concatenate([[BOS], ids]).astype(np.int64)
 
 
-def token_times(session: Session, ids: np.ndarray) -> np.ndarray:
-    """(T,) the music's time (seconds) after each token (BOS excluded), by the grammar."""
+def token_times(session: Session, ids: np.ndarray, until: float | None = None) -> np.ndarray:
+    """(T,) the music's time (seconds) after each token (BOS excluded), by the grammar;
+    with ``until``, only as far as the first token past that time."""
     g = session.tok.grammar()
     g.reset(1)
-    out = np.zeros(len(ids))
-    for t, i in enumerate(ids):
+    out = []
+    for i in ids:
         g.feed(np.array([[i]]))
-        out[t] = g.elapsed()[0]
-    return out
+        out.append(g.elapsed()[0])
+        if until is not None and out[-1] > until:
+            break
+    return np.array(out, float)
 
 
 def embed_one(session: Session, path: Path, layer: int = -1,
