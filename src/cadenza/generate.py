@@ -1,9 +1,10 @@
 """``cadenza generate``: continue a primer into new music, as MIDI, JSON, PNG and WAV.
 
 Sampling runs on the generation engine (engine.py): the grammar keeps every sample
-decodable, the controls (controls.py: key, ranges, polyphony, density, repeats) steer it, a
-seeded generator draws (same seed, same music), and a sample is as long as asked (``--seconds``)
-unless ``--may-end`` lets the model end it; each sample's JSON says why it stopped.
+decodable, the controls (controls.py: key, ranges, polyphony, density, repeats, chords) and
+``--guidance`` steer it, a seeded generator draws (same seed, same music), and a sample is as
+long as asked (``--seconds``) unless ``--may-end`` lets the model end it; each sample's JSON
+says why it stopped.
 
 Python API, two lines (the loaded model is a session: session.py)::
 
