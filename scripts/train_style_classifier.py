@@ -119,7 +119,7 @@ def main() -> None:
     clf = StyleClassifier(W, b, tuple(classes), a.layer, a.window_seconds, s.checkpoint_hash)
     pe = clf.probabilities(ve).argmax(1)
     ps = StyleClassifier(Ws, bs, tuple(classes), 0, 0, "").probabilities(vs).argmax(1)
-    majority = Counter(y.tolist()).most_common(1)[0][0]
+    majority = classes.index(max(classes, key=lambda c: counts[c]))  # the training split's
     pm = np.full(len(vy), majority)
     print(f"\nvalidation windows: {len(vy)} ({', '.join(f'{classes[c]} {k}' for c, k in sorted(Counter(vy.tolist()).items()))})")  # noqa: E501
     print(f"{'classifier':<44}{'accuracy':>9}{'macro-F1':>9}")
