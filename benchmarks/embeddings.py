@@ -24,14 +24,7 @@ import torch
 from cadenza.data.midi import load_score, notes_from_score
 from cadenza.embed import embed_one, piece_ids
 from cadenza.session import Session
-from cadenza.stats import FEATURES, features
-
-
-def stats_vector(path: Path) -> np.ndarray:
-    f = features(notes_from_score(load_score(path)))
-    parts = [np.histogram(f[k], bins=bins)[0].astype(float) for k, (bins, _) in FEATURES.items()]
-    v = np.concatenate([p / max(p.sum(), 1) for p in parts])
-    return v / np.linalg.norm(v)
+from cadenza.stats import feature_vector
 
 
 def recall(vectors: np.ndarray, pieces: list[str], k: int) -> float:
@@ -75,7 +68,8 @@ def main() -> None:
             else f"block {layer}"
         rows[f"embedding: {name}"] = np.stack(vecs)
     assert np.allclose(rows[f"embedding: {name}"][0], embed_one(s, files[0]).vector, atol=1e-5)
-    rows["cadenza stats features (histograms)"] = np.stack([stats_vector(f) for f in files])
+    rows["cadenza stats features (histograms)"] = np.stack(
+        [feature_vector(notes_from_score(load_score(f))) for f in files])
     print(f"{len(files)} performances of {len(set(pieces))} pieces "
           f"({sum(pieces.count(p) > 1 for p in set(pieces))} with two or more)")
     print(f"{'features':<50}{'recall@1':>9}{'recall@5':>9}")

@@ -31,14 +31,7 @@ from cadenza.data.midi import BadInput
 from cadenza.data.tokenizers import BOS
 from cadenza.embed import piece_ids, token_times
 from cadenza.session import Session
-from cadenza.stats import FEATURES, features
-
-
-def stats_vector(notes) -> np.ndarray:
-    f = features(notes)
-    parts = [np.histogram(f[k], bins=bins)[0].astype(float) for k, (bins, _) in FEATURES.items()]
-    v = np.concatenate([p / max(p.sum(), 1) for p in parts])
-    return v / max(np.linalg.norm(v), 1e-12)
+from cadenza.stats import feature_vector
 
 
 def windows_of(s: Session, path: Path, layer: int, seconds: float, count: int
@@ -59,7 +52,7 @@ def windows_of(s: Session, path: Path, layer: int, seconds: float, count: int
         if len(notes) < 4:
             emb.pop()
             continue
-        stat.append(stats_vector(notes))
+        stat.append(feature_vector(notes))
     return emb, stat
 
 

@@ -21,7 +21,6 @@ Python API::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path, staged_dir
+from .atomic import atomic_path, file_digests, staged_dir
 from .config import EmbedConfig, SimilarConfig
 from .data.corpus import cadenza_home
 from .data.midi import BadInput, load_score
@@ -57,10 +56,6 @@ class Embedding:
 def _unit(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(n, 1e-12)).astype(np.float32)
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def piece_ids(session: Session, path: Path) -> np.ndarray:
@@ -102,8 +97,8 @@ def embed_one(session: Session, path: Path, layer: int = -1,
         found = np.unique(k)
         windows = _unit(np.stack([h[k == j].mean(0) for j in found]))
         spans = np.stack([found * window_seconds, (found + 1) * window_seconds], 1)
-    return Embedding(str(path), file_sha256(path), int(len(h)), _unit(h.mean(0)), windows,
-                     spans)
+    sha = file_digests(path, "sha256")["sha256"]
+    return Embedding(str(path), sha, int(len(h)), _unit(h.mean(0)), windows, spans)
 
 
 def _files(inputs: list[str], flag: str) -> list[Path]:
@@ -172,7 +167,7 @@ def cached_vector(session: Session, path: Path, layer: int) -> np.ndarray:
     """A file's embedding, from the cache when this model and layer have read these bytes
     before (else computed and cached)."""
     folder = _cache_dir(session, layer)
-    f = folder / f"{file_sha256(path)}.npy"
+    f = folder / (file_digests(path, "sha256")["sha256"] + ".npy")
     if f.exists():
         try:
             return np.load(f)

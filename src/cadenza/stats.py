@@ -168,6 +168,15 @@ def features(n: Notes) -> dict[str, np.ndarray]:
     }
 
 
+def feature_vector(n: Notes) -> np.ndarray:
+    """The features' histograms, each normalised, concatenated and scaled to unit length:
+    one vector per piece or window (a baseline beside the model's embeddings)."""
+    f = features(n)
+    parts = [np.histogram(f[k], bins=bins)[0].astype(float) for k, (bins, _) in FEATURES.items()]
+    v = np.concatenate([p / max(p.sum(), 1) for p in parts])
+    return v / max(np.linalg.norm(v), 1e-12)
+
+
 def _smoothed(h: np.ndarray, eps: float = 1e-4) -> np.ndarray:
     """Normalised histogram with a little mass everywhere (KL stays finite)."""
     p = h / max(h.sum(), 1)
