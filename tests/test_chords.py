@@ -4,6 +4,8 @@ seeds, and a soft strength that raises the share of chord tones monotonically.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +160,113 @@ def test_the_chords_over_the_new_music_repeat_bars_and_not_times():
         (0.0, 1.0, "C"), (1.0, 2.0, "Dm7"), (2.0, 3.0, "G7"), (3.0, 4.0, "C")]
     assert theory.chords_over("0 2 C; 2 4 G", 120, 4, 1.0, 10.0) == [
         (0.0, 1.0, "C"), (1.0, 3.0, "G")]
+
+
+def _block_chords(path, progression, seconds=2.0, extra=()):
+    """A MIDI file of block chords, each held ``seconds`` (root position or inverted as
+    given: a list of MIDI pitch lists), plus ``extra`` notes (start, end, pitch)."""
+    from cadenza.data.midi import Notes, score_from_notes, write_midi
+    start, end, pitch = [], [], []
+    for i, chord in enumerate(progression):
+        for p in chord:
+            start.append(i * seconds)
+            end.append((i + 1) * seconds - 0.05)
+            pitch.append(p)
+    for a, b, p in extra:
+        start.append(a)
+        end.append(b)
+        pitch.append(p)
+    write_midi(score_from_notes(Notes.make(start, end, pitch, [80] * len(pitch))), path)
+    return path
+
+
+def test_chords_read_off_a_midi_file(tmp_path):
+    from cadenza.data.midi import read_chords
+    f = _block_chords(tmp_path / "song.mid", [
+        [48, 64, 67, 72],  # C (root in the bass)
+        [43, 59, 65, 67, 74],  # G7
+        [45, 60, 64, 69],  # Am
+        [45, 60, 65, 72],  # F over A: F/A
+        [50, 62, 65, 69, 72]])  # Dm7
+    # a passing note of one eighth does not make a chord of its own
+    chords = read_chords(f)
+    assert [c[2] for c in chords] == ["C", "G7", "Am", "F/A", "Dm7", "N"][:len(chords)]
+    assert chords[1][:2] == (2.0, 4.0)  # 120 bpm: four half-second beats a chord
+    cfg = SampleConfig(chords_from=str(f), chord_strength="hard", tokens=150, seed=1,
+                       temperature=1.5, num_samples=3)
+    assert cfg.controls["chords"] == str(f) and cfg.has_chords
+    tok = build_tokenizer("performance")
+    s = Session(_model(tok, 2), tok)
+    n = 0
+    for new in s.generate(np.array([BOS]), cfg):
+        starts, pitches = _new_notes(tok, np.array([BOS]), new)
+        for t, p in zip(starts, pitches):
+            label = next((lab for a, b, lab in chords if a <= t + 1e-6 < b), "N")
+            assert label == "N" or p % 12 in theory.parse_chord(label)[0], (t, p, label)
+            n += 1
+    assert n > 10
+
+
+def test_chords_from_refuses_what_is_not_midi_in_one_line(tmp_path):
+    bad = tmp_path / "notes.mid"
+    bad.write_text("not midi")
+    tok = build_tokenizer("performance")
+    s = Session(_model(tok, 0), tok)
+    with pytest.raises(ConfigError, match=f"^--chords-from {bad}: not a MIDI file"):
+        s.generate(np.array([BOS]), SampleConfig(chords_from=str(bad), tokens=5))
+    with pytest.raises(ConfigError, match="^--chords-from: no such file"):
+        SampleConfig(chords_from=str(tmp_path / "gone.mid"))
+    with pytest.raises(ConfigError, match="^--chords-from: give one of"):
+        SampleConfig(chords="C G", chords_from=str(bad))
+
+
+def test_chord_bass_puts_each_chords_bass_first_and_lowest():
+    tok = build_tokenizer("performance")
+    prompt = np.array([BOS])
+    chords = "C G/B | Am7 | F/A Fm6 | Ebmaj7"
+    bars = theory.parse_progression(chords, bpm=120)
+    checked = 0
+    for seed in range(4):
+        s = Session(_model(tok, seed), tok)
+        cfg = SampleConfig(tokens=300, temperature=1.3, num_samples=3, seed=seed,
+                           chords=chords, chord_strength="1", chord_bass=True)
+        for new in s.generate(prompt, cfg):
+            starts, pitches = _new_notes(tok, prompt, new)
+            for lap_start in np.arange(0, 40, bars[-1][1]):
+                for a, b, label in bars:
+                    inside = (starts >= lap_start + a - 1e-6) & (starts < lap_start + b - 1e-6)
+                    if not inside.any():
+                        continue
+                    first = starts[inside].min()
+                    at_first = pitches[inside][np.abs(starts[inside] - first) < 1e-6]
+                    bass = theory.parse_chord(label)[1]
+                    assert at_first.min() % 12 == bass and at_first.min() < 60, (seed, label)
+                    checked += 1
+    assert checked >= 12
+
+
+def test_chord_bass_needs_chords_and_note_times():
+    with pytest.raises(ConfigError, match="^--chord-bass: plays each chord's bass"):
+        SampleConfig(chord_bass=True)
+    tok = build_tokenizer("pianoroll")
+    s = Session(_model(tok, 0), tok)
+    with pytest.raises(ConfigError, match="^--chord-bass: pianoroll tokens cannot carry it; "
+                       "it works with performance"):
+        s.generate(np.array([BOS]), SampleConfig(chords="C", chord_bass=True, tokens=5))
+
+
+def test_stats_measures_chord_tones_and_the_bass(tmp_path, capsys):
+    from cadenza.cli import main
+    f = _block_chords(tmp_path / "take.mid", [[48, 64, 67], [43, 62, 67, 71]])
+    assert main(["stats", str(f), "--chords", "C | G", "--json"]) == 0
+    fit = json.loads(capsys.readouterr().out)["chords"]
+    assert fit["chord_tone_share"] == 1.0 and fit["bass_on_root_share"] == 1.0
+    # against the wrong chords: E minor shares E and G with C; D major shares D with G
+    assert main(["stats", str(f), "--chords", "Em | D", "--json"]) == 0
+    fit = json.loads(capsys.readouterr().out)["chords"]
+    assert abs(fit["chord_tone_share"] - 3 / 7) < 0.02 and fit["bass_on_root_share"] == 0.0
+    # a file's own chords, read off its notes, fit it
+    assert main(["stats", str(f), "--chords-from", str(f)]) == 0
+    assert "100.0% of note-time on the chord's tones" in capsys.readouterr().out
+    assert main(["stats", str(f)]) == 2
+    assert "--reference: compare with a reference" in capsys.readouterr().err

@@ -298,6 +298,7 @@ def test_the_page_in_chromium(server, tmp_path):
         page.fill("#settings [name=num_samples]", "2")
         page.fill("#settings [name=seed]", "7")
         page.fill("#settings [name=key]", "D minor")  # a control: every new note in D minor
+        page.fill("#settings [name=chords]", "Dm | A7")  # and chords, written over the roll
         page.click("#generate")
         page.wait_for_function("document.querySelectorAll('.take').length === 2",
                                timeout=120_000)
@@ -312,6 +313,8 @@ def test_the_page_in_chromium(server, tmp_path):
             assert card.locator("svg.roll rect.note.primer").count() > 0
             assert card.locator("svg.roll rect.note.cont").count() > 0
             assert "seed 7" in card.inner_text() and "key D minor" in card.inner_text()
+            assert "chords Dm | A7" in card.inner_text()
+            assert card.locator("svg.roll text.chord").all_text_contents()[:2] == ["Dm", "A7"]
             assert "stopped: reached the seconds asked" in card.inner_text()
         page.screenshot(path=str(shots / "studio.png"), full_page=True)
 

@@ -76,7 +76,7 @@ from .generate import run_generate
 from .infill import run_infill
 from .recipes import RECIPES, format_recipes, train_configs
 from .report import build_report
-from .stats import format_stats, run_stats
+from .stats import chord_fits, format_stats, run_stats
 from .studio import serve
 from .tasks import arrange
 from .train import TrainingError, train
@@ -368,7 +368,8 @@ def cmd_classify(a) -> int:
 
 def cmd_stats(a) -> int:
     cfg = from_args(StatsConfig, a)
-    print(format_stats(run_stats(cfg), cfg.json))
+    fit = chord_fits(cfg) if cfg.has_chords else None
+    print(format_stats(run_stats(cfg), cfg.json, fit))
     return 0
 
 
@@ -493,7 +494,10 @@ COMMANDS = (
     Command("stats", "musical statistics and memorization of generated MIDI",
             "Compare generated MIDI with a reference dataset or folder: per-feature overlap "
             "and KL (Yang & Lerch 2020), decode share, key profile, memorization against the "
-            "training split.", "cadenza stats out/ --reference data/mine",
+            "training split; with a chord schedule (--chords, --chords-file, --chords-from), "
+            "the share of note-time on the chords' tones and of the bass on their roots.",
+            "cadenza stats out/ --reference data/mine\n  cadenza stats out/ --chords 'Dm7 G7 | "
+            "Cmaj7'",
             (StatsConfig,), cmd_stats),
     Command("bench", "reproduce the published tables on this machine",
             "jsb16: the Music Transformer's JSB chorale setup; pianoroll: the "

@@ -517,7 +517,56 @@ class Drawing(_Config):
 
 
 @dataclass(frozen=True)
-class Steering(Drawing):
+class ChordSchedule(_Config):
+    """Chords over time: what ``--chords`` steers new music toward (Steering) and what
+    ``stats`` measures notes against."""
+
+    chords: str | None = option(None, "chords to play over (or measure against), from "
+                                "where the new music starts: bars separated by |, the chords of a bar sharing it "
+                                "evenly, e.g. 'Dm7 G7 | Cmaj7' (N: no chord; the progression "
+                                "repeats), or timed chords 'START END LABEL; ...' in seconds",
+                                metavar="CHORDS")
+    chords_file: str | None = option(None, "--chords from a file: 'start end label' lines in "
+                                     "seconds, as POP909's chord_midi.txt", metavar="FILE")
+    chord_offset: float = option(0.0, "--chords: the schedule's time where the new music "
+                                 "starts (e.g. the primer's length, for a song's own "
+                                 "chord_midi.txt)")
+    bpm: float = option(120.0, "--chords: quarter-note beats a minute")
+    beats_per_bar: int = option(4, "--chords: beats a bar")
+    chords_from: str | None = option(None, "--chords read off a MIDI file's notes, one chord "
+                                     "a beat of its tempo map (docs/generation.md says how)",
+                                     metavar="FILE.mid")
+
+    def __post_init__(self) -> None:
+        getattr(super(), "__post_init__", lambda: None)()
+        given = [n for n in ("chords", "chords_file", "chords_from") if getattr(self, n)]
+        _check(math.isfinite(self.bpm) and 0 < self.bpm <= 1000, "bpm", "must be in (0, 1000]",
+               self.bpm)
+        _check(1 <= self.beats_per_bar <= 64, "beats_per_bar", "must be in [1, 64]",
+               self.beats_per_bar)
+        if self.chords_file is not None:
+            text = _read_chords_file(self.chords_file)
+            _check(self.chords in (None, text), "chords_file", "give --chords or "
+                   "--chords-file, not both", self.chords_file)
+            object.__setattr__(self, "chords", text)  # what every step reads
+        if self.chords_from is not None:
+            _check(len(given) == 1, "chords_from", f"give one of --chords, --chords-file and "
+                   "--chords-from", self.chords_from)
+            _check_file("chords_from", self.chords_from, MAX_CHORDS_MIDI)
+        if self.chords is not None:
+            _theory_check("chords", self.chords, theory.parse_schedule)
+        _check(math.isfinite(self.chord_offset) and 0 <= self.chord_offset <= 3 * 3600,
+               "chord_offset", "must be in [0, 10800] seconds", self.chord_offset)
+
+    @property
+    def has_chords(self) -> bool:
+        """A schedule is given (``--chords-from``'s is read where MIDI is read:
+        controls.chord_text)."""
+        return bool(self.chords or self.chords_from)
+
+
+@dataclass(frozen=True)
+class Steering(ChordSchedule, Drawing):
     """How each new token is drawn and what the new notes must obey (the controls of
     controls.py; hard ones hold on every new note): for every command that writes music
     note by note (generate, infill)."""
@@ -541,22 +590,13 @@ class Steering(Drawing):
                                "arrangement), among those the model knows (its card lists "
                                "them; models trained on `prepare --tags` data)",
                                metavar="NAME")
-    chords: str | None = option(None, "play over these chords, from where the new music "
-                                "starts: bars separated by |, the chords of a bar sharing it "
-                                "evenly, e.g. 'Dm7 G7 | Cmaj7' (N: no chord; the progression "
-                                "repeats), or timed chords 'START END LABEL; ...' in seconds",
-                                metavar="CHORDS")
-    chords_file: str | None = option(None, "--chords from a file: 'start end label' lines in "
-                                     "seconds, as POP909's chord_midi.txt", metavar="FILE")
-    chord_offset: float = option(0.0, "--chords: the schedule's time where the new music "
-                                 "starts (e.g. the primer's length, for a song's own "
-                                 "chord_midi.txt)")
-    bpm: float = option(120.0, "--chords: quarter-note beats a minute")
-    beats_per_bar: int = option(4, "--chords: beats a bar")
     chord_strength: str = option("3", "--chords: how strongly the chord's tones are favoured "
                                  "over other notes (a logit bias, 0-20; the share of notes "
                                  "struck stays the model's), or hard: only chord tones",
                                  metavar="S")
+    chord_bass: bool = option(False, "--chords: the first new note of each chord is its bass "
+                              "(its root, or a slash chord's bass), and no note struck with "
+                              "it is lower (hard)")
     guidance: float = option(1.0, "classifier-free guidance toward --style: each token is "
                              "drawn from log p(no tag) + W (log p(tag) - log p(no tag)); 1: "
                              "the tag as read, no guidance; above 1 the style counts more "
@@ -569,19 +609,8 @@ class Steering(Drawing):
         _check(self.guidance == 1.0 or bool(self.style), "guidance",
                "guides toward a --style; give one", self.guidance)
         _theory_check("key", self.key, theory.key_pitch_classes)
-        _check(math.isfinite(self.bpm) and 0 < self.bpm <= 1000, "bpm", "must be in (0, 1000]",
-               self.bpm)
-        _check(1 <= self.beats_per_bar <= 64, "beats_per_bar", "must be in [1, 64]",
-               self.beats_per_bar)
-        if self.chords_file is not None:
-            text = _read_chords_file(self.chords_file)
-            _check(self.chords in (None, text), "chords_file", "give --chords or "
-                   "--chords-file, not both", self.chords_file)
-            object.__setattr__(self, "chords", text)  # what every step reads
-        if self.chords is not None:
-            _theory_check("chords", self.chords, theory.parse_schedule)
-        _check(math.isfinite(self.chord_offset) and 0 <= self.chord_offset <= 3 * 3600,
-               "chord_offset", "must be in [0, 10800] seconds", self.chord_offset)
+        _check(not self.chord_bass or self.has_chords, "chord_bass", "plays each chord's bass; "
+               "give --chords, --chords-file or --chords-from", self.chord_bass)
         _check(self.chord_strength == "hard" or _strength(self.chord_strength) is not None,
                "chord_strength", "must be a number in [0, 20] or hard", self.chord_strength)
         _theory_check("pitch_range", self.pitch_range, lambda v: theory.parse_range(
@@ -614,8 +643,11 @@ class Steering(Drawing):
 
     @property
     def controls(self) -> dict[str, Any]:
-        """The controls that are on, by field name."""
-        return {n: getattr(self, n) for n in CONTROLS if getattr(self, n)}
+        """The controls that are on, by field name (``chords`` for any chord schedule)."""
+        on = {n: getattr(self, n) for n in CONTROLS if getattr(self, n)}
+        if self.chords_from and not self.chords:
+            on["chords"] = self.chords_from
+        return on
 
 
 @dataclass(frozen=True)
@@ -646,11 +678,19 @@ class SampleConfig(Steering):
 
 
 CONTROLS = ("key", "pitch_range", "velocity_range", "max_polyphony", "density", "max_repeats",
-            "chords")
+            "chords", "chord_bass")
 MAX_GUIDANCE = 20.0  # --guidance W: past this the untagged reading barely counts
 
 
 MAX_CHORDS_FILE = 1_000_000  # bytes: a song's chord_midi.txt is a few kilobytes
+MAX_CHORDS_MIDI = 20_000_000  # bytes: what data/midi.py's load_score reads at most
+
+
+def _check_file(name: str, path: str, most: int) -> None:
+    """A file a flag names exists, is a file and is at most ``most`` bytes."""
+    p = Path(path)
+    _check(p.is_file(), name, "no such file", path)
+    _check(p.stat().st_size <= most, name, f"larger than {most:,} bytes", path)
 
 
 def _read_chords_file(path: str) -> str:
@@ -941,15 +981,25 @@ class ClassifyConfig(_Config):
         _check(1 <= self.top <= 1000, "top", "must be in [1, 1000]", self.top)
 
 
-@dataclass(frozen=True)
-class StatsConfig(_Config):
-    """``cadenza stats``: generated MIDI beside a reference."""
+@dataclass(frozen=True, kw_only=True)
+class StatsConfig(ChordSchedule):
+    """``cadenza stats``: generated MIDI beside a reference, and how closely it follows a
+    chord schedule (``--chords``, ``--chords-file`` or ``--chords-from``; for a take that
+    ``generate`` wrote the schedule starts where its new music starts, as it did then, and
+    elsewhere at the file's start, read from ``--chord-offset``)."""
 
     generated: str = option(help="folder (or file) of generated MIDI", positional=True)
-    reference: str = option(help="prepared dataset directory or MIDI folder", required=True)
+    reference: str | None = option(None, "prepared dataset directory or MIDI folder (needed "
+                                   "unless a chord schedule is given)")
     split: str = option("train", "the dataset split to compare with (train: the music the "
                         "model learnt)", choices=SPLITS)
     json: bool = option(False, "print JSON")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.reference is not None or self.has_chords, "reference", "compare with a "
+               "reference (--reference) or a chord schedule (--chords, --chords-file, "
+               "--chords-from)", self.reference)
 
 
 @dataclass(frozen=True)

@@ -38,14 +38,17 @@ Try it: ``cadenza generate --primer builtin:openings --key "D minor" --density 6
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import theory
-from .config import ConfigError, SampleConfig, flag
+from .config import ChordSchedule, ConfigError, SampleConfig, flag
+from .data.midi import BadInput, read_chords
 from .data.tokenizers import EOS, build_tokenizer, tokenizer_names
 from .data.tokenizers.base import (
     CLOCK,
@@ -288,29 +291,78 @@ class Density(Step):
                                         device=logits.device)[:, None] * self._strikes
 
 
-class Chords(Step):
-    """``--chords`` (with ``--chord-strength``, ``--bpm``, ``--beats-per-bar``): the chord
-    sounding at each moment of the new music (the progression starts where the new music
-    starts, and repeats) favours its tones. Soft (a number S): the tokens that strike one of
-    its tones gain S against those that strike another pitch, the strikes' total probability
-    kept (how many notes is still the model's choice); ``hard``: only its tones may be
-    struck. ``N`` (no chord) lets every note. A slash bass is one of the chord's tones."""
+@functools.lru_cache(maxsize=8)
+def _midi_chords(path: str, stamp: tuple[int, int]) -> str:
+    try:
+        return theory.schedule_text(read_chords(path))
+    except (BadInput, OSError, ValueError) as e:
+        raise ConfigError(f"{flag('chords_from')} {path}: {e}") from None
 
-    def __init__(self, cfg: SampleConfig, roles: NoteRoles) -> None:
-        chords, self.repeats = theory.parse_schedule(cfg.chords, cfg.bpm, cfg.beats_per_bar)
+
+def chord_text(cfg: ChordSchedule) -> str | None:
+    """The chord schedule's text: ``--chords`` (or a chords file's), or the chords read off
+    ``--chords-from``'s MIDI (data/midi.py's read_chords; read once per file and change)."""
+    if cfg.chords or not cfg.chords_from:
+        return cfg.chords
+    st = Path(cfg.chords_from).stat()
+    return _midi_chords(cfg.chords_from, (st.st_mtime_ns, st.st_size))
+
+
+def chords_over(cfg: ChordSchedule, seconds: float) -> list[tuple[float, float, str]]:
+    """The chords sounding over ``seconds`` of new music, times from its start (none
+    without a schedule)."""
+    text = chord_text(cfg)
+    return [] if not text else theory.chords_over(text, cfg.bpm, cfg.beats_per_bar,
+                                                   cfg.chord_offset, seconds)
+
+
+class Schedule:
+    """Which chord sounds at each sample's moment of the new music: the schedule starts
+    where the new music starts (``begin``), read from ``--chord-offset``; bars repeat, a
+    timed schedule has no chord past its end or between its chords."""
+
+    def __init__(self, cfg: ChordSchedule) -> None:
+        chords, self.repeats = theory.parse_schedule(chord_text(cfg), cfg.bpm,
+                                                     cfg.beats_per_bar)
         self.offset = cfg.chord_offset
-        # each chord, then "no chord" (a timed schedule's gaps and its end) last
         self.starts = np.array([a for a, _, _ in chords])
         self.ends = np.array([b for _, b, _ in chords])
         self.length = chords[-1][1]
+        self.parsed = [theory.parse_chord(label) for _, _, label in chords]
+        self.t0 = np.zeros(0)
+
+    def begin(self, now: np.ndarray) -> None:
+        self.t0 = np.asarray(now, float).copy()
+
+    def at(self, time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B,) the index of the chord sounding at each sample's moment (len(chords): none),
+        and (B,) which stretch of the schedule it is (the index, counted on over laps)."""
+        t = np.maximum(time - self.t0, 0.0) + self.offset
+        lap = np.zeros(len(t), int)
+        if self.repeats:
+            lap, t = np.floor_divide(t, self.length).astype(int), t % self.length
+        i = np.searchsorted(self.starts, t, side="right") - 1
+        none = (i < 0) | (t >= self.ends[np.maximum(i, 0)])
+        index = np.where(none, len(self.starts), i)
+        return index, np.where(none, -1, lap * len(self.starts) + i)
+
+
+class Chords(Step):
+    """``--chords`` (with ``--chord-strength``, ``--bpm``, ``--beats-per-bar``): the chord
+    sounding at each moment of the new music (Schedule) favours its tones. Soft (a number
+    S): the tokens that strike one of its tones gain S against those that strike another
+    pitch, the strikes' total probability kept (how many notes is still the model's
+    choice); ``hard``: only its tones may be struck. ``N`` (no chord) lets every note. A
+    slash bass is one of the chord's tones."""
+
+    def __init__(self, cfg: SampleConfig, roles: NoteRoles) -> None:
+        self.schedule = Schedule(cfg)
         self.strikes = roles.pitch >= 0
         pc = np.where(self.strikes, roles.pitch % 12, -1)
-        tones = []
-        for _, _, label in chords:
-            chord = theory.parse_chord(label)
-            tones.append(self.strikes.copy() if chord is None
-                         else self.strikes & np.isin(pc, sorted(chord[0])))
-        tones.append(self.strikes.copy())
+        tones = [self.strikes.copy() if chord is None
+                 else self.strikes & np.isin(pc, sorted(chord[0]))
+                 for chord in self.schedule.parsed]
+        tones.append(self.strikes.copy())  # no chord: every note
         self.tones = np.stack(tones)  # (chords + 1, V): the tokens that strike a tone of each
         self.hard = cfg.chord_strength == "hard"
         self.strength = 0.0 if self.hard else float(cfg.chord_strength)
@@ -321,17 +373,12 @@ class Chords(Step):
         self.begin(np.zeros(batch))
 
     def begin(self, now: np.ndarray) -> None:
-        self.t0 = np.asarray(now, float).copy()
+        self.schedule.begin(now)
 
     def chord(self, now: Now) -> np.ndarray:
-        """(B,) the index of the chord sounding at each sample's moment (the last row: none;
-        bars repeat, a timed schedule has none past its end or between its chords)."""
-        t = np.maximum(now.time - self.t0, 0.0) + self.offset
-        if self.repeats:
-            t = t % self.length
-        i = np.searchsorted(self.starts, t, side="right") - 1
-        none = (i < 0) | (t >= self.ends[np.maximum(i, 0)])
-        return np.where(none, len(self.starts), i)
+        """(B,) the index of the chord sounding at each sample's moment (the last row of
+        ``tones``: none)."""
+        return self.schedule.at(now.time)[0]
 
     def restrict(self, allowed: np.ndarray, now: Now) -> np.ndarray:
         if self.hard:
@@ -353,6 +400,62 @@ class Chords(Step):
         return torch.where(strikes, shifted - (after - before), lg).to(logits.dtype)
 
 
+BASS_BELOW = 60  # the bass register: below middle C (or a --pitch-range's lowest octave)
+
+
+class ChordBass(Step):
+    """``--chord-bass``: in each chord's stretch of time, the first new note struck is the
+    chord's bass (its root, or a slash chord's bass) in the bass register, and no note
+    struck at the same moment is lower. How "lowest" is known: the tokenizers that carry
+    each note's onset (NOTE_TIMES) write notes that start together from low to high, so
+    the first note of a moment is its lowest, and this step forbids any later note of that
+    moment below it. A stretch in which nothing is struck asks nothing of the next."""
+
+    def __init__(self, cfg: SampleConfig, roles: NoteRoles) -> None:
+        self.schedule = Schedule(cfg)
+        self.pitch, self.strikes = roles.pitch, roles.pitch >= 0
+        lo, hi = cfg.pitch_range_values or (theory.LOWEST_KEY, theory.HIGHEST_KEY)
+        top = BASS_BELOW if lo < BASS_BELOW else lo + 12  # the register's upper bound
+        register = self.strikes & (roles.pitch >= lo) & (roles.pitch < min(top, hi + 1))
+        pc = np.where(self.strikes, roles.pitch % 12, -1)
+        # per chord (then none): the tokens its bass may be struck with
+        self.bass_ok = np.stack([self.strikes.copy() if chord is None
+                                 else register & (pc == chord[1])
+                                 for chord in self.schedule.parsed] + [self.strikes.copy()])
+        self.reset(0)
+
+    def reset(self, batch: int) -> None:
+        self.begin(np.zeros(batch))
+
+    def begin(self, now: np.ndarray) -> None:
+        self.schedule.begin(now)
+        n = len(np.atleast_1d(now))
+        self.stretch = np.full(n, -2)  # the stretch each sample's last draw was in
+        self.need = np.zeros(n, bool)  # its bass is still to be struck
+        self.floor = np.full(n, -1)  # the bass just struck: nothing lower at its moment
+        self.floor_at = np.full(n, -1.0)
+
+    def advance(self, tokens: np.ndarray, now: np.ndarray) -> None:
+        struck = self.strikes[tokens] & (tokens > EOS)
+        first = struck & self.need
+        self.floor = np.where(first, self.pitch[tokens], self.floor)
+        self.floor_at = np.where(first, now, self.floor_at)
+        self.need &= ~struck
+
+    def restrict(self, allowed: np.ndarray, now: Now) -> np.ndarray:
+        index, stretch = self.schedule.at(now.time)
+        new = stretch != self.stretch
+        self.need = np.where(new, (stretch >= 0) & (index < len(self.schedule.parsed)),
+                             self.need)
+        self.stretch = stretch
+        for b in np.flatnonzero(self.need):
+            allowed[b] &= ~self.strikes | self.bass_ok[index[b]]
+        same = (self.floor >= 0) & (np.abs(now.time - self.floor_at) < 1e-9)
+        for b in np.flatnonzero(same):
+            allowed[b] &= ~(self.strikes & (self.pitch < self.floor[b]))
+        return allowed
+
+
 def _velocity_step(cfg: SampleConfig, roles: NoteRoles) -> Step | None:
     return VelocityRange(cfg, roles) if roles.velocity_carries else None
 
@@ -361,7 +464,7 @@ def _velocity_step(cfg: SampleConfig, roles: NoteRoles) -> Step | None:
 # tokenizer that does not carry it refuses the control.
 NEEDS = {"key": PITCH, "pitch_range": PITCH, "velocity_range": VELOCITY,
          "max_polyphony": SOUNDING, "density": CLOCK, "max_repeats": NOTE_TIMES,
-         "chords": PITCH}
+         "chords": PITCH, "chord_bass": NOTE_TIMES}
 
 # Each control's steps, by its config field (Steering), in the order they shape a draw;
 # the static token masks of --key, --pitch-range and --velocity-range come first, as one.
@@ -371,6 +474,7 @@ STEPS = {
     "max_repeats": LoopGuard,
     "density": Density,
     "chords": Chords,
+    "chord_bass": ChordBass,
 }
 
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from . import theory
 from .config import GenerateConfig, SampleConfig
+from .controls import chords_over
 from .data.midi import Notes
 from .engine import Progress, draw, filter_logits, sample
 from .render import Roll
@@ -151,9 +151,8 @@ def _write_take(gen: Session, prompt: np.ndarray, pinfo: dict[str, Any], cfg: Ge
         base = take / f"sample-{k}"
         new_s = gen.seconds_of(np.concatenate([prompt[1:], new])) - t_split
         s = cfg.sample
-        chords = () if not s.chords else tuple(
-            (t_split + a, t_split + b, label) for a, b, label in theory.chords_over(
-                s.chords, s.bpm, s.beats_per_bar, s.chord_offset, new_s))
+        chords = tuple((t_split + a, t_split + b, label)
+                       for a, b, label in chords_over(s, new_s))
         roll = Roll(full, is_primer, t_split, f"sample {k}: primer (blue) + continuation "
                     "(orange)", chords)
         wav = write_sample(base, tracks, roll, cfg.soundfont if cfg.audio else False,

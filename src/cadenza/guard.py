@@ -263,7 +263,7 @@ def body_field(body: dict[str, Any], name: str, kind: type) -> Any:
 
 # sampling settings that name a file on this computer: a command line may give them, a page
 # never (the server would read its disk for a request)
-SERVER_SIDE = ("chords_file",)
+SERVER_SIDE = ("chords_file", "chords_from")
 
 
 def page_settings(body: dict[str, Any]) -> dict[str, Any]:

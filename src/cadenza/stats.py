@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from . import theory
 from .config import StatsConfig
+from .controls import chord_text
 from .data.dataset import TokenDataset
 from .data.midi import BadInput, Notes, load_score, notes_from_score, only_track
 
@@ -252,9 +254,9 @@ class StatsResult:
                            d["features"], d.get("memorization"))
 
 
-def run_stats(cfg: StatsConfig) -> StatsResult:
-    """The ``stats`` command: its config, as every command takes its own."""
-    return stats_of(cfg.generated, cfg.reference, cfg.split)
+def run_stats(cfg: StatsConfig) -> StatsResult | None:
+    """The ``stats`` command's comparison with its reference (None without one)."""
+    return stats_of(cfg.generated, cfg.reference, cfg.split) if cfg.reference else None
 
 
 def stats_of(generated: str, reference: str, split: str = "train") -> StatsResult:
@@ -300,6 +302,81 @@ def stats_of(generated: str, reference: str, split: str = "train") -> StatsResul
                        compare(gen, ref), memorized)
 
 
+# --- a chord schedule ----------------------------------------------------------------------
+
+GRID = 0.05  # seconds: chord fit is sampled this often
+
+
+def chord_fit(notes: Notes, chords: list[tuple[float, float, str]]) -> dict[str, float]:
+    """How closely notes follow chords (``chords`` in the notes' own times), sampled every
+    GRID seconds where a chord (not N) and a note sound: the share of sounding notes on the
+    chord's tones (of note-time), and the share of moments whose lowest sounding note is
+    the chord's bass (its root, or a slash chord's bass); nan where nothing was sampled."""
+    on = total = bass_on = moments = 0
+    if len(notes) and chords:
+        grid = np.arange(notes.start.min(), notes.end.max(), GRID)
+        parsed = [(a, b, theory.parse_chord(label)) for a, b, label in chords]
+        starts = np.array([a for a, _, _ in parsed])
+        which = np.searchsorted(starts, grid, side="right") - 1
+        for t, i in zip(grid, which):
+            if i < 0 or t >= parsed[i][1] or parsed[i][2] is None:
+                continue
+            pcs, bass = parsed[i][2]
+            sounding = notes.pitch[(notes.start <= t) & (notes.end > t)]
+            if not len(sounding):
+                continue
+            on += int(np.isin(sounding % 12, sorted(pcs)).sum())
+            total += len(sounding)
+            bass_on += int(sounding.min() % 12 == bass)
+            moments += 1
+    return {"chord_tone_share": on / total if total else float("nan"),
+            "bass_on_root_share": bass_on / moments if moments else float("nan"),
+            "seconds_measured": moments * GRID}
+
+
+def take_start(midi: Path) -> float | None:
+    """Where a take's new music starts (its ``sample-K.json`` beside it, as ``generate``
+    wrote it: the primer's seconds), or None for any other file."""
+    side = midi.with_suffix(".json")
+    try:
+        info = json.loads(side.read_text()) if side.is_file() else None
+        return float(info["primer"]["seconds"]) if info else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def chord_fits(cfg: StatsConfig) -> dict[str, Any]:
+    """``stats`` with a chord schedule: each file's fit (chord_fit) with the schedule placed
+    where its new music starts (a take's primer end, else the file's start), read from
+    ``--chord-offset``, and the fit over all files' moments together."""
+    text = chord_text(cfg)
+    path = Path(cfg.generated)
+    files = [path] if path.is_file() else sorted(
+        f for f in path.rglob("*") if f.suffix.lower() in (".mid", ".midi"))
+    if not files:
+        raise BadInput(f"{path}: no MIDI files")
+    rows, sums = [], np.zeros(4)
+    for f in files:
+        try:
+            score = load_score(f)
+            notes = notes_from_score(only_track(score, CONTINUATION_TRACK) or score)
+        except (BadInput, OSError) as e:
+            rows.append({"path": str(f), "error": str(e)})
+            continue
+        start = take_start(f) or 0.0
+        span = max(float(notes.end.max()) - start, GRID)
+        chords = [(start + a, start + b, lab) for a, b, lab in theory.chords_over(
+            text, cfg.bpm, cfg.beats_per_bar, cfg.chord_offset, span)]
+        fit = chord_fit(notes, chords)
+        rows.append({"path": str(f), "starts_at": start, **fit})
+        n = fit["seconds_measured"] / GRID
+        if n:
+            sums += [fit["chord_tone_share"] * n, fit["bass_on_root_share"] * n, n, 1]
+    return {"files": rows, "chord_tone_share": sums[0] / sums[2] if sums[2] else float("nan"),
+            "bass_on_root_share": sums[1] / sums[2] if sums[2] else float("nan"),
+            "measured_files": int(sums[3])}
+
+
 FEATURE_COLUMNS = ("feature", "overlap", "KL", "gen mean", "ref mean")
 
 
@@ -327,12 +404,30 @@ def summary_lines(res: StatsResult) -> list[str]:
     return lines
 
 
-def format_stats(res: StatsResult, as_json: bool) -> str:
+def chord_lines(fit: dict[str, Any]) -> list[str]:
+    """A chord fit (chord_fits) in plain sentences, a line a file when there are several."""
+    lines = [f"chords: {fit['chord_tone_share']:.1%} of note-time on the chord's tones, the "
+             f"bass on the chord's root (or slash bass) {fit['bass_on_root_share']:.1%} of "
+             f"the time, over {fit['measured_files']} of {len(fit['files'])} files"]
+    if len(fit["files"]) > 1:
+        lines += [f"  {r['path']}: " + (r["error"] if "error" in r else
+                  f"{r['chord_tone_share']:.1%} chord tones, {r['bass_on_root_share']:.1%} "
+                  f"bass on root") for r in fit["files"]]
+    return lines
+
+
+def format_stats(res: StatsResult | None, as_json: bool,
+                 chords: dict[str, Any] | None = None) -> str:
+    """``stats``'s output: the comparison with a reference, a chord fit, or both."""
     if as_json:
-        return json.dumps(res.to_json(), indent=1)
-    widths = (18, 8, 8, 10, 10)
-    table = ["".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
-                     for i, (c, w) in enumerate(zip(row, widths)))
-             for row in [FEATURE_COLUMNS, *feature_rows(res)]]
-    lines = summary_lines(res)
-    return "\n".join(lines[:1] + table + lines[1:])
+        out = res.to_json() if res is not None else {}
+        return json.dumps(out | ({"chords": chords} if chords is not None else {}), indent=1)
+    lines = []
+    if res is not None:
+        widths = (18, 8, 8, 10, 10)
+        table = ["".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}"
+                         for i, (c, w) in enumerate(zip(row, widths)))
+                 for row in [FEATURE_COLUMNS, *feature_rows(res)]]
+        summary = summary_lines(res)
+        lines = summary[:1] + table + summary[1:]
+    return "\n".join(lines + (chord_lines(chords) if chords is not None else []))

@@ -49,9 +49,11 @@ from .config import (
     GenerateConfig,
     InfillConfig,
     SampleConfig,
+    Steering,
     StudioConfig,
     flag,
 )
+from .controls import chords_over
 from .data.corpus import OPENINGS
 from .data.midi import (
     BadInput,
@@ -182,6 +184,13 @@ def _note_rows(start, end, pitch, velocity, primer) -> list[list]:
             for a, b, p, v, m in zip(start, end, pitch, velocity, primer)]
 
 
+def chords_at(steer: Steering, start: float, seconds: float) -> list[list]:
+    """The chords a take was asked to follow, as [start, end, label] in its own seconds
+    (the schedule starts where its new music starts), for the roll to write over it."""
+    return [[start + a, start + b, label] for a, b, label in chords_over(steer, seconds)
+            if b - a >= 0.05]  # not a sliver past the last note
+
+
 def take_notes(tracks: dict[str, Notes], infill: bool = False) -> list[list]:
     """A take's notes (in memory, by track, as the command wrote them) marked by their
     track: the primer's (for an infilled take: every note but the Infill track's), or the
@@ -266,7 +275,7 @@ def control_fields() -> list[dict[str, Any]]:
             continue
         number = f.type in ("int", "int | None", "float", "float | None")
         out.append({"name": f.name, "label": f.name.replace("_", " ").capitalize(),
-                    "kind": "number" if number else "text",
+                    "kind": "checkbox" if f.type == "bool" else "number" if number else "text",
                     "step": 1 if f.type.startswith("int") else 0.5,
                     "help": f.metadata.get("help", "")})
     return out
@@ -545,13 +554,16 @@ class Studio:
         notes = info.tracks  # as written, without reading the MIDI back
         if isinstance(cfg, InfillConfig):
             return {**take, "model": cfg.checkpoint, "primer_seconds": 0.0,
+                    "chords": chords_at(cfg.sample, cfg.start, cfg.end - cfg.start),
                     "new_seconds": cfg.end - cfg.start, "span": [cfg.start, cfg.end],
                     "memorization": None, "notes": take_notes(notes, infill=True),
                     "tokens_per_second": 0.0, "stopped": "seconds",
                     "stopped_why": f"the span {cfg.start:g}-{cfg.end:g} s is regenerated "
                                    f"({info.method}: candidate {info.chosen + 1} of "
                                    f"{info.candidates})"}
-        return {**take, "model": cfg.checkpoint[0], "primer_seconds": info.primer["seconds"],
+        start = info.primer["seconds"]
+        return {**take, "model": cfg.checkpoint[0], "primer_seconds": start,
+                "chords": chords_at(cfg.sample, start, info.new_seconds),
                 "new_seconds": info.new_seconds, "memorization": info.memorization,
                 "notes": take_notes(notes), "tokens_per_second": info.tokens_per_second,
                 "stopped": info.stopped, "stopped_why": WHY[info.stopped]}

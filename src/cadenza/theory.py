@@ -229,3 +229,77 @@ def chords_over(text: str, bpm: float, beats_per_bar: int, offset: float, second
         lap += length
         if not repeats or lap - offset >= seconds or len(out) > MAX_SCHEDULE:
             return out
+
+
+# Reading chords off notes (``--chords-from``): one chord a beat, by template matching.
+READ_QUALITIES = ("", "m", "7", "m7", "maj7", "dim")  # the qualities read off notes
+EXTRA_TONE = 0.2  # a tone past the triad must hold this share of the beat's sound to count
+BASS_BONUS = 0.15  # of the beat's sound: a root in the bass breaks ties toward it
+MIN_SOUND = 0.1  # seconds of sound a beat (summed over notes) below which it is N
+
+
+def read_chords(start: np.ndarray, end: np.ndarray, pitch: np.ndarray, beats: np.ndarray
+                ) -> list[tuple[float, float, str]]:
+    """Chords read off notes, one a beat (``beats``: the beats' times, in seconds, the last
+    the end), as ``[(start, end, label)]`` with equal neighbours merged. For each beat:
+
+    1. each pitch class's seconds of sound inside the beat (``w``, 12 numbers), and its bass,
+       the lowest note sounding for at least a quarter of it;
+    2. every root with every quality of READ_QUALITIES scores the sound on its tones less
+       the sound off them, less EXTRA_TONE of the beat's sound for each tone past three
+       (a seventh must be heard, not guessed), plus BASS_BONUS of it when the bass is the
+       root; the best is the beat's chord, written over its bass when the bass is another
+       of its tones (``C/E``); a beat with under MIN_SOUND seconds of sound is ``N``;
+    3. a one-beat chord between two beats of one other chord takes theirs (a passing
+       harmony), then equal neighbours merge.
+
+    Simple on purpose (no key, no voice leading): what POP909's annotations agree with is
+    measured in benchmarks/chords.py."""
+    order = np.argsort(start, kind="stable")
+    start, end, pitch = (np.asarray(x)[order] for x in (start, end, pitch))
+    longest = float((end - start).max()) if len(start) else 0.0
+    templates = []  # (label suffix, root, tones as a 12-vector)
+    for q in READ_QUALITIES:
+        for root in range(12):
+            t = np.zeros(12)
+            t[[(root + i) % 12 for i in QUALITIES[q]]] = 1
+            templates.append((q, root, t))
+    mask = np.stack([t for _, _, t in templates])  # (72, 12)
+    sizes = mask.sum(1)
+    roots = np.array([r for _, r, _ in templates])
+    labels = []
+    for a, b in zip(beats[:-1], beats[1:]):
+        near = slice(np.searchsorted(start, a - longest), np.searchsorted(start, b))
+        overlap = np.clip(np.minimum(end[near], b) - np.maximum(start[near], a), 0, None)
+        sounds = overlap > 0
+        p = pitch[near][sounds]
+        overlap = overlap[sounds]
+        w = np.bincount(p % 12, overlap, minlength=12)
+        total = float(w.sum())
+        if total < MIN_SOUND:
+            labels.append(NO_CHORD)
+            continue
+        held = overlap >= 0.25 * (b - a)
+        bass = int((p[held] if held.any() else p).min() % 12)
+        score = (mask @ w - (1 - mask) @ w - EXTRA_TONE * total * (sizes - 3)
+                 + BASS_BONUS * total * (roots == bass))
+        q, root, t = templates[int(np.argmax(score))]
+        name = f"{NAMES[root]}{q}"
+        labels.append(name if bass == root or not t[bass] else f"{name}/{NAMES[bass]}")
+    for i in range(1, len(labels) - 1):
+        if labels[i - 1] == labels[i + 1] != labels[i]:
+            labels[i] = labels[i - 1]
+    out: list[tuple[float, float, str]] = []
+    for a, b, label in zip(beats[:-1], beats[1:], labels):
+        if out and out[-1][2] == label:
+            out[-1] = (out[-1][0], float(b), label)
+        else:
+            out.append((float(a), float(b), label))
+    if len(out) > MAX_SCHEDULE:
+        raise ChordError(f"{len(out)} chords; at most {MAX_SCHEDULE}")
+    return out
+
+
+def schedule_text(chords: list[tuple[float, float, str]]) -> str:
+    """A chord schedule as ``start end label`` lines (what ``--chords-file`` reads)."""
+    return "".join(f"{a:.3f} {b:.3f} {label}\n" for a, b, label in chords)

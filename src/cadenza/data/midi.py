@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import symusic
 
+from .. import theory
 from ..atomic import atomic_path
 
 MIN_PITCH, MAX_PITCH = 21, 108  # the piano's keys: A0..C8
@@ -351,3 +352,21 @@ def replace_span(score: symusic.Score, start_tick: int, end_tick: int, new: Note
             pitch=new.pitch.astype(np.int8), velocity=new.velocity.astype(np.int8))
     out.tracks.append(track)
     return out
+
+
+MAX_BEAT, MIN_BEAT = 2.0, 0.2  # seconds: a beat of the tempo map, kept to this for chords
+
+
+def read_chords(path: str | Path) -> list[tuple[float, float, str]]:
+    """The chords of a MIDI file's notes (``--chords-from``), one a beat of its tempo map
+    (kept within MIN_BEAT..MAX_BEAT seconds; a file without tempo events is at 120 bpm, so
+    a beat is half a second), read by theory.read_chords; times in seconds from the file's
+    start. BadInput for a file that is not usable MIDI."""
+    score = load_score(path)
+    notes = notes_from_score(score)
+    beats, t = [0.0], 0.0
+    while t < notes.duration:
+        q = quarters_at(score, t)
+        t = min(max(seconds_at(score, np.floor(q + 1e-9) + 1) - t, MIN_BEAT), MAX_BEAT) + t
+        beats.append(t)
+    return theory.read_chords(notes.start, notes.end, notes.pitch, np.array(beats))

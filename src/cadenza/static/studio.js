@@ -91,6 +91,14 @@ function roll(notes, opts) {
     r.append(tip);
     svg.append(r);
   }
+  for (const [a, b, label] of opts.chords || []) {  // the chords asked for, written over the roll
+    if (label === "N" || a >= end) continue;
+    const g = svgEl("g", {}), tip = svgEl("title", {}), t = svgEl("text", { x: x(a) + 2, y: T + 11, class: "chord" });
+    tip.textContent = `${label} · ${a.toFixed(2)}–${b.toFixed(2)} s`;
+    t.textContent = label;
+    g.append(tip, svgEl("line", { x1: x(a), x2: x(a), y1: T, y2: T + 14, class: "chord-line" }), t);
+    svg.append(g);
+  }
   const split = opts.keep !== undefined ? opts.keep : opts.split;
   if (split > 0) svg.append(svgEl("line", { x1: x(split), x2: x(split), y1: T, y2: H - B, class: "split" }));
   if (opts.span) {
@@ -245,6 +253,9 @@ function settings() {
   for (const name of texts) {
     if (f[name].value.trim() !== "") out[name] = f[name].value.trim();
   }
+  for (const c of controls.filter((c) => c.kind === "checkbox")) {
+    if (f[c.name].checked) out[c.name] = true;
+  }
   if (f.may_end.checked) out.may_end = true;
   return out;
 }
@@ -323,7 +334,7 @@ function takeCard(t, compact, minSeconds) {
   card.append(head);
   const box = el("div", { class: "roll-box" });
   box.append(roll(t.notes, { split: t.primer_seconds, label: `${title} piano roll`, span: t.span,
-                            width: compact ? 600 : 1000, minSeconds }));
+                            width: compact ? 600 : 1000, minSeconds, chords: t.chords }));
   card.append(box);
   const row = el("div", { class: "row" });
   if (t.wav) row.append(el("audio", { controls: "", preload: "metadata", src: t.wav }));
