@@ -252,3 +252,31 @@ def test_bad_duet_flags_name_themselves():
                                                   "--num-samples")):
         with pytest.raises(ConfigError, match=flag):
             DuetConfig(**kw)
+
+
+def test_replay_over_chords_answers_on_their_tones(tiny_run, tmp_path):
+    """--chords in a duet: the schedule runs from the session's start, a backing
+    progression the player plays along with; with hard chords every note Cadenza answers
+    with is a tone of the chord sounding when it starts."""
+    from cadenza import theory
+    from cadenza.data.midi import load_score, notes_from_score, only_track
+    from tests.conftest import make_score
+    f = tmp_path / "phrase.mid"
+    make_score([(i * 0.15, i * 0.15 + 0.12, 60 + i, 80) for i in range(10)]).dump_midi(str(f))
+    chords = "C | Am | F | G7"
+    r = subprocess.run([sys.executable, "-m", "cadenza", "duet", "--replay", str(f),
+                        "--checkpoint", str(tiny_run / "best"), "--answer", "3", "--wait",
+                        "0.5", "--speed", "2", "--record", str(tmp_path / "rec"),
+                        "--chords", chords, "--bpm", "240", "--chord-strength", "hard"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    mid = next((tmp_path / "rec").glob("duet-*.mid"))
+    answer = notes_from_score(only_track(load_score(mid), CADENZA_TRACK))
+    bars = theory.parse_progression(chords, bpm=240)
+    assert len(answer) >= 3
+    def tones(t):
+        u = (t + 1e-6) % bars[-1][1]
+        return theory.parse_chord(next(lab for a, b, lab in bars if a <= u < b))[0]
+
+    for t, p in zip(answer.start, answer.pitch):
+        assert p % 12 in tones(t) | tones(max(t - 0.1, 0)), (t, p)

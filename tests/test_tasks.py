@@ -308,6 +308,9 @@ def test_paired_misuse_is_one_line(harmonize_run, tiny_dataset, tiny_run, tmp_pa
           "--out", str(tmp_path / "z")], "trained to harmonize, not to accompany"),
         (["prepare", str(chorale_json), "--task", "accompany", "--out", str(tmp_path / "w")],
          "needs training and validation"),
+        (["harmonize", "--checkpoint", str(run / "best"), "--melody", str(melody_file(
+            tmp_path)), "--out", str(tmp_path / "z"), "--chords", "C G"],
+         "--chords: harmonize writes chorale16 voices on an exact grid, which no control"),
         (["prepare", str(chorale_json), "--task", "harmonize", "--tokenizer", "performance",
           "--out", str(tmp_path / "v")], "--tokenizer: --task harmonize uses chorale16"),
     ]
@@ -368,7 +371,8 @@ def only(score: symusic.Score, name: str) -> symusic.Score:
 
 
 @pytest.mark.parametrize("kind", ["encoder-decoder", "transformer"])
-def test_accompany_samples_decode_within_their_bars(kind, tmp_path, pop_folder):
+def test_accompany_samples_decode_within_their_bars_and_follow_chords(kind, tmp_path,
+                                                                     pop_folder):
     prepare(PrepareConfig(sources=(str(pop_folder),), out=str(tmp_path / "a"),
                           task="accompany", valid_frac=0.2), progress=False)
     out = tmp_path / "arun"
@@ -390,6 +394,25 @@ def test_accompany_samples_decode_within_their_bars(kind, tmp_path, pop_folder):
         piano = got.to("second").tracks[1].notes.numpy()
         if len(piano["time"]):  # every note within the last accompanied bar
             assert (piano["time"] + piano["duration"]).max() <= bars[-1] + 0.02
+    # over chords (hard): every piano note is a tone of the chord sounding in the melody's
+    # time when it starts, window after window
+    from cadenza import theory
+    from cadenza.data.midi import notes_from_score
+    assert main(["accompany", "--checkpoint", str(out / "best"), "--melody", str(mel),
+                 "--out", str(tmp_path / "chords"), "--num-samples", "2", "--no-audio",
+                 "--chords", "C | G | Am | F", "--bpm", "100", "--chord-strength", "hard",
+                 "--temperature", "1.5"]) == 0
+    prog = theory.parse_progression("C | G | Am | F", bpm=100)
+    struck = 0
+    for k in range(2):
+        piano = notes_from_score(only(symusic.Score(str(tmp_path / "chords" /
+                                                        f"sample-{k}.mid")), "Piano"))
+        for t, p in zip(piano.start, piano.pitch):
+            u = (t + 1e-6) % prog[-1][1]
+            label = next(lab for a, b, lab in prog if a <= u < b)
+            assert p % 12 in theory.parse_chord(label)[0], (kind, t, p, label)
+            struck += 1
+    assert struck >= 5
 
 
 def test_attention_maps_are_distributions_and_match_the_model():

@@ -25,7 +25,7 @@ import torch
 
 from .atomic import atomic_path, write_bytes
 from .checkpoint import load_checkpoint
-from .config import AttentionConfig, Drawing
+from .config import AttentionConfig, Steering
 from .data.midi import BadInput, load_score
 from .data.task import Windows
 from .data.tokenizers import BOS, framed
@@ -152,7 +152,7 @@ def run_attention(cfg: AttentionConfig, *, device: str = "cpu") -> list[Path]:
             if not windows.sources:
                 raise BadInput("no melody notes")
             first = Windows(windows.sources[:1], windows.places[:1], windows.melody)
-            new = generate_windows(ck, first, Drawing())[0][0]
+            new = generate_windows(ck, first, Steering())[0][0]
             ids = np.concatenate([[BOS], new])[: cfg.tokens]
             src_ids = framed(first.sources[0])[: cfg.tokens]
             if ck.model_cfg.kind != "encoder-decoder":  # one sequence: [BOS src EOS] BOS new

@@ -873,7 +873,8 @@ class ArrangeConfig(_Config):
                              metavar="DIR")
     out: str = option(help="output folder (sample-K.mid/.json/.png/.wav)", required=True)
     melody_seconds: float = option(0.0, "arrange only the melody's first S seconds (0: all)")
-    sample: Drawing = option(help="sampling", factory=Drawing)
+    sample: Steering = option(help="sampling, and for accompany the controls (--chords: "
+                              "the schedule starts at the melody's start)", factory=Steering)
     force: bool = option(False, "replace the samples of an earlier take in --out")
     audio: bool = option(True, "skip the WAV", flag="--no-audio")
     soundfont: str | None = option(None, "SoundFont for the WAV (default: the system's GM "

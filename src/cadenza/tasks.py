@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
-from .config import ArrangeConfig, Drawing
+from .config import ArrangeConfig, ConfigError, Steering, flag
 from .data import pairs
 from .data.midi import BadInput, Notes, load_score
 from .data.task import Windows
@@ -76,6 +76,11 @@ def arrange(cfg: ArrangeConfig, command: str, *, device: str = "cpu") -> list[Ar
         raise BadInput(f"--melody {path}: {e}") from e
     if not windows.sources:
         raise BadInput(f"--melody {path}: no melody notes to {task}")
+    if cfg.sample.controls and ck.tokenizer.name != "performance":
+        name = next(iter(cfg.sample.controls))
+        raise ConfigError(f"{flag(name)}: {command} writes {ck.tokenizer.name} voices on an "
+                          "exact grid, which no control steers; controls steer accompany's "
+                          "performance model")
     take, earlier = open_take(cfg.out, cfg.force)
     try:
         t = time.perf_counter()
@@ -88,35 +93,50 @@ def arrange(cfg: ArrangeConfig, command: str, *, device: str = "cpu") -> list[Ar
         shutil.rmtree(take, ignore_errors=True)
 
 
-def generate_windows(ck, windows: Windows, drawing: Drawing) -> list[list[np.ndarray]]:
+def generate_windows(ck, windows: Windows, steering: Steering) -> list[list[np.ndarray]]:
     """Per sample, each window's new tokens. An encoder-decoder writes every window of every
     sample in one batch (padded sources are masked); a decoder-only model reads
     ``[BOS src EOS] BOS`` and continues it, one window (all samples) at a time. The task
-    says how long each window's answer is and what grammar holds it there."""
+    says how long each window's answer is and what grammar holds it there. A chord schedule
+    runs in the melody's time: each window's answer reads it from the window's start (so an
+    encoder-decoder then writes a window at a time too)."""
     model, tok, task = ck.model.eval(), ck.tokenizer, ck.task
-    n, k = len(windows.sources), drawing.num_samples
+    n, k = len(windows.sources), steering.num_samples
     sources = [framed(s) for s in windows.sources]
+    # the engine reads the tokenizer's note roles only for controls (none: as before)
+    roles_tok = tok if steering.controls else None
 
-    def draw(net, prompt, rows):
+    def draw(net, prompt, rows, start=0.0):
         per_row = np.repeat(rows, len(prompt) // len(rows))
         length, grammar = task.answer_limits(tok, windows, per_row)
-        scfg = drawing.sampling(may_end=True, **length)
+        scfg = steering.sampling(may_end=True, **length)
+        if steering.has_chords:
+            scfg = scfg.replace(chord_offset=steering.chord_offset + start)
         limit = length["tokens"] if "tokens" in length \
             else model.max_context - prompt.shape[1]
         # the task's own grammar holds the answer; the melody's model reads no tags
-        return sample(Session(net, None), prompt, scfg, limit,
+        return sample(Session(net, roles_tok), prompt, scfg, limit,
                       grammar=AfterPrefix(grammar(), prompt.shape[1] - 1))
 
     with torch.no_grad():
-        if ck.model_cfg.kind == "encoder-decoder":  # row = window * k + sample
-            rows = np.repeat(np.arange(n), k)
-            got = draw(Conditioned(model, pairs.pad_batch([sources[w] for w in rows])),
-                       np.full((n * k, 1), BOS), rows)
-        else:
-            got = []
-            for w in range(n):
+        if ck.model_cfg.kind == "encoder-decoder" and not steering.has_chords:
+            rows = np.repeat(np.arange(n), k)  # row = window * k + sample
+            return _by_sample(draw(Conditioned(model, pairs.pad_batch(
+                [sources[w] for w in rows])), np.full((n * k, 1), BOS), rows), n, k)
+        got = []
+        for w in range(n):
+            start = task.place_seconds(tok, windows.places[w])
+            if ck.model_cfg.kind == "encoder-decoder":
+                got += draw(Conditioned(model, pairs.pad_batch([sources[w]] * k)),
+                            np.full((k, 1), BOS), np.full(k, w), start)
+            else:
                 prompt = np.repeat(np.concatenate([sources[w], [BOS]])[None], k, 0)
-                got += draw(model, prompt, np.array([w]))
+                got += draw(model, prompt, np.array([w]), start)
+    return _by_sample(got, n, k)
+
+
+def _by_sample(got: list[np.ndarray], n: int, k: int) -> list[list[np.ndarray]]:
+    """Rows in window-major order (window * k + sample) as each sample's windows."""
     return [[got[w * k + s] for w in range(n)] for s in range(k)]
 
 

@@ -166,6 +166,10 @@ class Paired(Task):
         """The melody's windows (its first ``seconds``; 0: all of it)."""
         raise NotImplementedError
 
+    def place_seconds(self, tok: Tokenizer, place: Any) -> float:
+        """Where a window starts in the melody, seconds (a chord schedule reads from it)."""
+        raise NotImplementedError
+
     def answer_limits(self, tok: Tokenizer, windows: Windows, rows: np.ndarray
                       ) -> tuple[dict[str, Any], Callable[[], Grammar]]:
         """How long each window's answer is (``SampleConfig`` fields) and the grammar that
@@ -229,6 +233,9 @@ class Harmonize(Paired):
         starts = list(range(0, len(sop), width))
         return Windows([grid_ids(sop[s: s + width, None]) for s in starts], starts, sop)
 
+    def place_seconds(self, tok: Tokenizer, place: Any) -> float:
+        return place * tok.step_seconds  # a window's first step
+
     def answer_limits(self, tok: Tokenizer, windows: Windows, rows: np.ndarray
                       ) -> tuple[dict[str, Any], Callable[[], Grammar]]:
         need = np.array([len(windows.sources[w]) * pairs.LOWER_VOICES for w in rows])
@@ -281,6 +288,9 @@ class Accompany(Paired):
                 src.append(tok.encode(w))
                 places.append((t0, t1))
         return Windows(src, places, mel)
+
+    def place_seconds(self, tok: Tokenizer, place: Any) -> float:
+        return place[0]  # a window's (start, end) in seconds
 
     def answer_limits(self, tok: Tokenizer, windows: Windows, rows: np.ndarray
                       ) -> tuple[dict[str, Any], Callable[[], Grammar]]:
