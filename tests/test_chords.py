@@ -270,3 +270,29 @@ def test_stats_measures_chord_tones_and_the_bass(tmp_path, capsys):
     assert "100.0% of note-time on the chord's tones" in capsys.readouterr().out
     assert main(["stats", str(f)]) == 2
     assert "--reference: compare with a reference" in capsys.readouterr().err
+
+
+def test_a_key_held_into_a_chord_it_is_not_part_of_is_lifted():
+    """Performance tokens end a note with a token of its own: after a chord change, a key
+    still held that is not a tone of the new chord has its release favoured by the
+    strength (the chord sounds, not only starts); a key that is a tone is left alone."""
+    from cadenza.controls import Chords, Now
+    from cadenza.data.tokenizers.performance import OFF0, ON0
+    tok = build_tokenizer("performance")
+    roles = tok.note_roles()
+    step = Chords(SampleConfig(chords="C | F#", bpm=120, chord_strength="3"), roles)
+    step.reset(1)
+    step.feed(np.array([[ON0 + 64, ON0 + 67]]), None)  # E and G held (tones of C)
+    zero = torch.zeros(1, tok.vocab_size)
+    under_c = step.bias(zero, Now(None, np.array([1.0])))
+    assert under_c[0, OFF0 + 64] == under_c[0, OFF0 + 67] == 0  # both are C's tones
+    under_fsharp = step.bias(zero, Now(None, np.array([2.5])))  # F# A# C#: neither is
+    assert under_fsharp[0, OFF0 + 64] == under_fsharp[0, OFF0 + 67] == 3.0
+    step.advance(np.array([OFF0 + 64]), np.array([2.5]))  # E lifted: only G is pushed
+    after = step.bias(zero, Now(None, np.array([2.6])))
+    assert after[0, OFF0 + 64] == 0 and after[0, OFF0 + 67] == 3.0
+    hard = Chords(SampleConfig(chords="C | F#", chord_strength="hard"), roles)
+    hard.reset(1)
+    hard.feed(np.array([[ON0 + 64]]), None)
+    assert hard.bias(zero, Now(None, np.array([2.5])))[0, OFF0 + 64] == 8.0
+    assert build_tokenizer("pianoroll").note_roles().release is None  # a grid has none

@@ -353,11 +353,16 @@ class Chords(Step):
     S): the tokens that strike one of its tones gain S against those that strike another
     pitch, the strikes' total probability kept (how many notes is still the model's
     choice); ``hard``: only its tones may be struck. ``N`` (no chord) lets every note. A
-    slash bass is one of the chord's tones."""
+    slash bass is one of the chord's tones.
+
+    Where a note's end is a token of its own (performance), a key still held that is not a
+    tone of the chord now (held over a change, or a passing tone) has its release favoured
+    by the same S (RELEASE_HARD with ``hard``): a pianist lifts it, so that the chord
+    sounds, not only starts."""
 
     def __init__(self, cfg: SampleConfig, roles: NoteRoles) -> None:
         self.schedule = Schedule(cfg)
-        self.strikes = roles.pitch >= 0
+        self.strikes, self.pitch_of, self.releases = roles.pitch >= 0, roles.pitch, roles.release
         pc = np.where(self.strikes, roles.pitch % 12, -1)
         tones = [self.strikes.copy() if chord is None
                  else self.strikes & np.isin(pc, sorted(chord[0]))
@@ -367,13 +372,36 @@ class Chords(Step):
         self.hard = cfg.chord_strength == "hard"
         self.strength = 0.0 if self.hard else float(cfg.chord_strength)
         self._on: dict[str, torch.Tensor] = {}  # tones and strikes on the logits' device
+        if self.releases is not None:  # per chord (then none): the pitches not its tones
+            pitches = np.arange(128)
+            self.off_tone = np.stack([np.zeros(128, bool) if chord is None
+                                      else ~np.isin(pitches % 12, sorted(chord[0]))
+                                      for chord in self.schedule.parsed]
+                                     + [np.zeros(128, bool)])
+            self.release_token = np.full(128, -1)
+            has = self.releases >= 0
+            self.release_token[self.releases[has]] = np.flatnonzero(has)
+        self.down = np.zeros((0, 128), bool)  # the keys each sample holds
         self.begin(np.zeros(0))
 
     def reset(self, batch: int) -> None:
+        self.down = np.zeros((batch, 128), bool)
         self.begin(np.zeros(batch))
 
     def begin(self, now: np.ndarray) -> None:
         self.schedule.begin(now)
+
+    def feed(self, ids: np.ndarray, times: np.ndarray | None) -> None:
+        for t in range(ids.shape[1]):
+            self.advance(ids[:, t], None)
+
+    def advance(self, tokens: np.ndarray, now: np.ndarray | None) -> None:
+        if self.releases is None:
+            return
+        rows = np.arange(len(tokens))
+        on, off = self.strikes[tokens] & (tokens > EOS), self.releases[tokens]
+        self.down[rows[on], np.clip(self.pitch_of[tokens[on]], 0, 127)] = True
+        self.down[rows[off >= 0], off[off >= 0]] = False
 
     def chord(self, now: Now) -> np.ndarray:
         """(B,) the index of the chord sounding at each sample's moment (the last row of
@@ -386,12 +414,15 @@ class Chords(Step):
         return allowed
 
     def bias(self, logits: torch.Tensor, now: Now) -> torch.Tensor:
+        chord = self.chord(now)
+        if self.releases is not None:
+            logits = self._lift(logits, chord)
         if self.hard or not self.strength:
             return logits
         if "strikes" not in self._on or self._on["strikes"].device != logits.device:
             self._on = {"strikes": torch.from_numpy(self.strikes).to(logits.device),
                         "tones": torch.from_numpy(self.tones).to(logits.device)}
-        strikes, tone = self._on["strikes"], self._on["tones"][torch.from_numpy(self.chord(now))]
+        strikes, tone = self._on["strikes"], self._on["tones"][torch.from_numpy(chord)]
         lg = logits.float()
         shifted = lg + self.strength * tone
         # keep the strikes' total probability: only which pitches, not how many notes
@@ -400,6 +431,18 @@ class Chords(Step):
         return torch.where(strikes, shifted - (after - before), lg).to(logits.dtype)
 
 
+    def _lift(self, logits: torch.Tensor, chord: np.ndarray) -> torch.Tensor:
+        """Favour releasing the keys held that are not tones of the chord now."""
+        rows, pitches = np.nonzero(self.down & self.off_tone[chord])
+        if not len(rows):
+            return logits
+        lift = RELEASE_HARD if self.hard else self.strength
+        out = logits.clone()
+        out[torch.from_numpy(rows), torch.from_numpy(self.release_token[pitches])] += lift
+        return out
+
+
+RELEASE_HARD = 8.0  # --chord-strength hard: how strongly a key off the chord is lifted
 BASS_BELOW = 60  # the bass register: below middle C (or a --pitch-range's lowest octave)
 
 

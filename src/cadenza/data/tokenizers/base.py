@@ -55,13 +55,16 @@ class NoteRoles:
     note until the next (performance), else it is the one note's own (MidiTok's, after its
     pitch); ``default_velocity`` is the velocity before any velocity token. ``carries``:
     what the scheme's tokens and grammar can tell (CARRIES); each control says which of
-    these it needs (controls.py), so a new control never touches a tokenizer."""
+    these it needs (controls.py), so a new control never touches a tokenizer.
+    ``release``: (V,) the pitch a token releases, -1 for none, where a note's end is a token
+    of its own (performance: NOTE_OFF); None where it is not (a grid, a duration token)."""
 
     pitch: np.ndarray
     velocity: np.ndarray
     carries: frozenset[str]
     velocity_carries: bool = False
     default_velocity: int = -1
+    release: np.ndarray | None = None
 
 
 def framed(ids: np.ndarray) -> np.ndarray:

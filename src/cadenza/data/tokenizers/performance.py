@@ -198,14 +198,18 @@ class PerformanceTokenizer(Tokenizer):
         return t
 
     def note_roles(self) -> NoteRoles:
-        """NOTE_ON strikes; a VELOCITY token sets every later note's velocity; every
-        it carries everything a control may need (the grammar counts the keys down)."""
+        """NOTE_ON strikes, NOTE_OFF releases; a VELOCITY token sets every later note's
+        velocity; it carries everything a control may need (the grammar counts the keys
+        down)."""
         pitch = np.full(VOCAB, -1, np.int64)
         pitch[ON0:OFF0] = np.arange(128)
+        release = np.full(VOCAB, -1, np.int64)
+        release[OFF0:SHIFT0] = np.arange(128)
         velocity = np.full(VOCAB, -1, np.int64)
         velocity[VEL0:] = bin_velocity(np.arange(N_VEL))
         return NoteRoles(pitch, velocity, frozenset(CARRIES),
-                         velocity_carries=True, default_velocity=int(bin_velocity(DEFAULT_BIN)))
+                         velocity_carries=True, default_velocity=int(bin_velocity(DEFAULT_BIN)),
+                         release=release)
 
     def augment_together(self, seqs: list[np.ndarray], rng: np.random.Generator, aug
                          ) -> list[np.ndarray]:
