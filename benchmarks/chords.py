@@ -8,8 +8,8 @@
    another song's chords (a foreign progression), to show that it follows what it is given
    rather than the primer.
 2. Live classical openings (asap-maestro validation): 8 s primer, 16 s over a ii-V-I in the
-   key the Krumhansl-Kessler key-finder (theory.estimate_key) names for the primer (a chord every 2 s, repeating), against no
-   control measured under the same chords.
+   key the Krumhansl-Kessler key-finder (theory.estimate_key) names for the primer (a chord
+   every 2 s, repeating), against no control measured under the same chords.
 3. How often `--chords-from`'s chords (read off the notes) agree with POP909's annotations.
 
     python benchmarks/chords.py --dataset data/piano-v3 [--songs 12] [--openings 10]

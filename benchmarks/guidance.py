@@ -4,16 +4,19 @@ Openings from the validation splits (8 s each: pop and three composers the train
 much of, Chopin, Bach and Beethoven, two pieces each) are continued for 20 s by
 pretrained:piano under each of the four styles at W in {1, 1.5, 2, 3, 5}; an opening is
 only continued under the styles other than its own (the style must come from the tag, not
-the primer). W = 1 is the tag as read, no guidance.
+the primer), ``--samples`` times (one batch, the same seed per opening). W = 1 is the tag as
+read, no guidance.
 
 Per style and W, over the continuations (the new notes alone, re-read from their own start):
 how often the shipped style classifier (classify.py, one 20 s window) names the requested
-style among its 19, and the mean probability it gives it; the NLL per new token under the
-model without a tag (the cost: how far from what it would play on its own); notes per second
-and pitch range against the primer's; distinct pitch 4-grams (diversity); seconds per take.
+style (its likeliest of all 19), and the mean probability it gives it; the NLL per new token
+under the model without a tag (the cost: how far from what it would play on its own); notes
+per second and pitch range against the primer's; distinct pitch 4-grams (diversity); seconds
+per take.
 Skips clearly when the data is absent.
 
-    python benchmarks/guidance.py --dataset data/piano-v3 [--per-style 2] [--json-out F]
+    python benchmarks/guidance.py --dataset data/piano-v3 [--per-style 1] [--samples 3]
+                                  [--json-out F]
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="data/piano-v3")
     ap.add_argument("--per-style", type=int, default=2, help="openings of each style")
+    ap.add_argument("--samples", type=int, default=1, help="continuations of each opening "
+                    "under each style and W (one batch)")
     ap.add_argument("--model", default="pretrained:piano")
     ap.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS))
     ap.add_argument("--json-out")
@@ -104,24 +109,28 @@ def main() -> None:
             if style == own:
                 continue
             for w in weights:
-                cfg = SampleConfig(seconds=NEW, seed=i, top_p=0.95, style=style, guidance=w)
+                cfg = SampleConfig(seconds=NEW, seed=i, top_p=0.95, style=style, guidance=w,
+                                   num_samples=a.samples)
                 t = time.perf_counter()
-                new = s.generate(prompt, cfg)[0]
-                took = time.perf_counter() - t
-                full = s.tok.decode_notes(np.concatenate([prompt[1:], new]))
-                fresh = ~primer_mask(full, primer)
-                n = Notes(full.start[fresh], full.end[fresh], full.pitch[fresh],
-                          full.velocity[fresh])
-                p = style_probabilities(s, clf, n) if len(n) > 3 else np.zeros(len(want))
-                vals = dict(named=float(len(n) > 3 and int(np.argmax(p)) == k),
-                            probability=float(p[k]) if len(n) > 3 else 0.0,
-                            nll=nll_plain(s, prompt, new),
-                            rate_ratio=len(n) / NEW / max(p_rate, 1e-6),
-                            range_change=float(n.pitch.max() - n.pitch.min()) - p_range
-                            if len(n) else float("nan"),
-                            distinct_4grams=distinct4(n.pitch), seconds=took)
-                for key, v in vals.items():
-                    rows.setdefault((style, w), {}).setdefault(key, []).append(v)
+                run = s.generate(prompt, cfg)
+                took = (time.perf_counter() - t) / len(run)
+                for new in run:
+                    full = s.tok.decode_notes(np.concatenate([prompt[1:], new]))
+                    fresh = ~primer_mask(full, primer)
+                    n = Notes(full.start[fresh], full.end[fresh], full.pitch[fresh],
+                              full.velocity[fresh])
+                    p = style_probabilities(s, clf, n) if len(n) > 3 else np.zeros(len(want))
+                    vals = dict(named=float(len(n) > 3 and int(np.argmax(p)) == k),
+                                probability=float(p[k]),
+                                nll=nll_plain(s, prompt, new),
+                                rate_ratio=len(n) / NEW / max(p_rate, 1e-6),
+                                range_change=float(n.pitch.max() - n.pitch.min()) - p_range
+                                if len(n) else float("nan"),
+                                distinct_4grams=distinct4(n.pitch), seconds=took)
+                    for key, v in vals.items():
+                        rows.setdefault((style, w), {}).setdefault(key, []).append(v)
+                named = np.mean(rows[(style, w)]["named"][-len(run):])
+                print(f"  {style} W={w:g}: named {named:.2f} ({took:.0f} s a take)", flush=True)
         print(f"opening {i + 1}/{len(openings)} ({own}) {path.name} done "
               f"({time.perf_counter() - t_all:.0f} s)", flush=True)
     cols = ("named", "probability", "nll", "rate_ratio", "range_change", "distinct_4grams",

@@ -522,10 +522,10 @@ class ChordSchedule(_Config):
     ``stats`` measures notes against."""
 
     chords: str | None = option(None, "chords to play over (or measure against), from "
-                                "where the new music starts: bars separated by |, the chords of a bar sharing it "
-                                "evenly, e.g. 'Dm7 G7 | Cmaj7' (N: no chord; the progression "
-                                "repeats), or timed chords 'START END LABEL; ...' in seconds",
-                                metavar="CHORDS")
+                                "where the new music starts: bars separated by |, the chords "
+                                "of a bar sharing it evenly, e.g. 'Dm7 G7 | Cmaj7' (N: no "
+                                "chord; the progression repeats), or timed chords 'START END "
+                                "LABEL; ...' in seconds", metavar="CHORDS")
     chords_file: str | None = option(None, "--chords from a file: 'start end label' lines in "
                                      "seconds, as POP909's chord_midi.txt", metavar="FILE")
     chord_offset: float = option(0.0, "--chords: the schedule's time where the new music "
@@ -550,7 +550,7 @@ class ChordSchedule(_Config):
                    "--chords-file, not both", self.chords_file)
             object.__setattr__(self, "chords", text)  # what every step reads
         if self.chords_from is not None:
-            _check(len(given) == 1, "chords_from", f"give one of --chords, --chords-file and "
+            _check(len(given) == 1, "chords_from", "give one of --chords, --chords-file and "
                    "--chords-from", self.chords_from)
             _check_file("chords_from", self.chords_from, MAX_CHORDS_MIDI)
         if self.chords is not None:
