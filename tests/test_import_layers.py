@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"config", "atomic", "theory"}),
     ("data", {"data"}),  # MIDI, tokenizers, datasets: knows no model
     ("models", {"models"}),  # token ids in, logits out: knows no MIDI
-    ("training", {"checkpoint", "progress", "train", "evaluate", "recipes"}),
+    ("training", {"checkpoint", "progress", "train", "evaluate", "recipes", "adapt"}),
     ("generation", {"engine", "controls", "session", "generate", "render", "takes", "infill",
                     "duet", "tasks", "attention", "stats", "embed", "classify"}),
     ("applications", {"cli", "__main__", "studio", "live", "guard", "bench", "report",

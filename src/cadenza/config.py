@@ -903,6 +903,9 @@ class AttentionConfig(_Config):
         _check(2 <= self.tokens <= 512, "tokens", "must be in 2..512", self.tokens)
 
 
+MIN_ADAPT_SEGMENT = 16  # tokens: a shorter segment is a step per note, all noise
+
+
 @dataclass(frozen=True)
 class EvaluateConfig(_Config):
     """``cadenza evaluate``: exact NLL of a split, a benchmark file or MIDI files."""
@@ -921,12 +924,27 @@ class EvaluateConfig(_Config):
     style: str | None = option(None, "start every window with this style tag (a name the "
                                "model knows), or 'own': each piece's own tags (a dataset "
                                "prepared with --tags); default: untagged", metavar="NAME")
+    adapt: bool = option(False, "dynamic evaluation: learn each piece while it is read (one "
+                         "SGD step after each --adapt-segment tokens are scored; each piece "
+                         "from the trained weights; docs/evaluation.md)")
+    adapt_lr: float = option(1e-2, "--adapt: the SGD step's learning rate")
+    adapt_segment: int = option(256, "--adapt: tokens scored between steps (16 to the "
+                                "model's context)")
     json: bool = option(False, "print JSON")
 
     def __post_init__(self) -> None:
         _check(self.stride >= 0, "stride", "must be >= 0", self.stride)
         _check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
         transposition_shifts(self.transpositions)
+        _check(math.isfinite(self.adapt_lr) and 0 < self.adapt_lr <= 1, "adapt_lr",
+               "must be a number in (0, 1]", self.adapt_lr)
+        _check(self.adapt_segment >= MIN_ADAPT_SEGMENT, "adapt_segment",
+               f"must be at least {MIN_ADAPT_SEGMENT} tokens", self.adapt_segment)
+        if self.adapt:
+            _check(len(self.checkpoint) == 1, "adapt", "adapts one checkpoint, not an "
+                   "ensemble", self.checkpoint)
+            _check(self.transpositions == 1, "adapt", "reads each piece in its own key (no "
+                   "--transpositions)", self.transpositions)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .adapt import Adaptation, score_adapted
 from .checkpoint import common_period, key_views, load_members
 from .config import ConfigError, EvaluateConfig, transposition_shifts
 from .data.dataset import TokenDataset
@@ -201,6 +202,7 @@ class NLLResult:
     frames: int | None = None
     files: list[dict] | None = None  # MIDI input: per file {path, nll, tokens}
     skipped: list[dict] | None = None  # MIDI input: files not scored {path, reason}
+    adapted: dict | None = None  # --adapt: how (adapt.Adaptation), None: static weights
 
     @property
     def bits(self) -> float:
@@ -222,6 +224,8 @@ class NLLResult:
             d.update(frame_nll=self.frame_nll, frames=self.frames)
         if self.files is not None:
             d.update(files=self.files, skipped=self.skipped or [])
+        if self.adapted is not None:
+            d.update(adapted=self.adapted)
         return d
 
 
@@ -259,13 +263,16 @@ class Scores:
 def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str | Path,
                      split: str = "valid", *, batch_size: int = 16, stride: int = 0,
                      device: str = "cpu", precision: str = "fp32",
-                     transpositions: int = 1, style: str | None = None) -> Scores:
+                     transpositions: int = 1, style: str | None = None,
+                     adapt: Adaptation | None = None) -> Scores:
     """NLL of a split under one checkpoint or the ensemble of several, each averaged over
     ``transpositions`` keys (checkpoint.key_views), and under each checkpoint alone. Each
     model and key is scored once, on the windows every member can read (the shortest
     context, starting where every voice period starts); the ensemble's token NLL is the
     mixture of theirs. ``style``: every window starts with that style tag, or with
-    ``"own"`` each piece's own tags (a dataset prepared with --tags); none: untagged."""
+    ``"own"`` each piece's own tags (a dataset prepared with --tags); none: untagged.
+    ``adapt``: one checkpoint in the pieces' own keys, learning each piece as it is read
+    (adapt.py)."""
 
     cks = load_members(checkpoints, device)
     ck = cks[0]
@@ -280,6 +287,9 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
             raise ValueError(f"--data {data}: its vocabulary differs from the checkpoint's "
                              f"({ds.tokenizer.name} vs {ck.tokenizer.name})")
         task = Task.of_dataset(ds)
+        if task.paired and adapt is not None:
+            raise ConfigError(f"--adapt: {data} is a {task} dataset; adaptation learns "
+                              "pieces a model continues")
         if task.paired:
             return _evaluate_pairs(cks, ds, task, split, batch_size, precision,
                                    transpositions)
@@ -296,12 +306,19 @@ def evaluate_members(checkpoints: str | Path | Sequence[str | Path], data: str |
     ctx = min(c.train.context for c in cks)
     stride = stride or min(c.train.stride for c in cks)
     period = common_period(cks)
-    nlls = [[score_pieces(v, pieces, ctx, stride, batch_size, precision, period, prefixes)
-             for v in vs] for vs in views]
+    if adapt is not None:
+        if adapt.segment > ctx:
+            raise ConfigError(f"--adapt-segment: {adapt.segment} is longer than the model's "
+                              f"context ({ctx} tokens)")
+        nlls = [[score_adapted(ck.model, pieces, ctx, adapt, prefixes)]]
+    else:
+        nlls = [[score_pieces(v, pieces, ctx, stride, batch_size, precision, period,
+                              prefixes) for v in vs] for vs in views]
 
     def together(per_view: list[list[np.ndarray]]) -> NLLResult:
         token_nll = per_view[0] if len(per_view) == 1 else mix(per_view)
         res = summarize(token_nll, ck.tokenizer, pieces)
+        res.adapted = adapt.as_dict() if adapt is not None else None
         if names is not None:
             res.files = [{"path": n, "nll": float(v.mean()) if len(v) else float("nan"),
                           "tokens": len(v)} for n, v in zip(names, token_nll)]
@@ -329,9 +346,11 @@ def _evaluate_pairs(cks: list, ds, task: Task, split: str, batch_size: int, prec
 
 def run_evaluate(cfg: EvaluateConfig, *, device: str = "cpu") -> NLLResult:
     """The ``evaluate`` command: its config, as every command takes its own."""
+    adapt = Adaptation(cfg.adapt_lr, cfg.adapt_segment) if cfg.adapt else None
     return evaluate_members(list(cfg.checkpoint), list(cfg.data), cfg.split,
                             batch_size=cfg.batch_size, stride=cfg.stride, device=device,
-                            transpositions=cfg.transpositions, style=cfg.style).result
+                            transpositions=cfg.transpositions, style=cfg.style,
+                            adapt=adapt).result
 
 
 def style_prefixes(cks: list, style: str | None, pieces: list[np.ndarray],
@@ -407,6 +426,10 @@ def format_result(res: NLLResult, as_json: bool, split: str = "") -> str:
     if res.frame_nll is not None:
         s += (f"\nNLL {res.frame_nll:.4f} nats per frame (pianoroll) / per 4-voice step "
               f"(chorale16) over {res.frames:,} of them")
+    if res.adapted is not None:
+        s += (f"\nadapted while read (--adapt): one {res.adapted['optimizer'].upper()} step of "
+              f"learning rate {res.adapted['lr']:g} after every {res.adapted['segment']} "
+              "tokens scored, each piece from the trained weights")
     if res.files is not None:
         s = f"{len(res.files)} MIDI files, each whole: " + s
         for sk in res.skipped or []:
