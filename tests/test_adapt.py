@@ -107,3 +107,32 @@ def test_bad_adapt_flags_name_themselves(kw, said):
     with pytest.raises(ConfigError, match="^" + said.replace("(", r"\(").replace(")", r"\)")
                        .replace("[", r"\[")):
         EvaluateConfig(**{**base, **kw})
+
+
+def test_generate_adapt_learns_the_primer_on_a_copy(tiny_run, tmp_path, midi_folder):
+    from cadenza.session import Session
+    s = Session.load(str(tiny_run / "best"))
+    before = {k: v.clone() for k, v in s.model.state_dict().items()}
+    primer = next(midi_folder.glob("*.mid"))
+    prompt, _ = s.encode_primer(str(primer))
+    a = s.adapted(prompt, Adaptation(lr=0.05, segment=32), passes=2)
+    assert a.model is not s.model
+    for k, v in s.model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # the loaded model is untouched
+
+    def nll(session):
+        ids = torch.as_tensor(prompt[-64:][None])
+        logp = torch.log_softmax(session.logits(ids).float()[0, :-1], -1)
+        return float(-logp.gather(-1, ids[0, 1:, None]).mean())
+
+    assert nll(a) < nll(s) - 0.05  # it has learnt the primer
+    best = tiny_run / "best"
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in best.iterdir()}
+    assert main(["generate", "--checkpoint", str(best), "--primer", str(primer), "--out",
+                 str(tmp_path / "g"), "--tokens", "40", "--no-audio", "--adapt",
+                 "--adapt-lr", "0.05", "--adapt-segment", "32"]) == 0
+    assert (tmp_path / "g" / "sample-0.mid").exists()
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in best.iterdir()} == digest
+    assert main(["generate", "--checkpoint", str(best), "--out", str(tmp_path / "h"),
+                 "--adapt", "--adapt-passes", "9"]) == 2

@@ -85,3 +85,17 @@ def _one(model: torch.nn.Module, piece: np.ndarray, context: int, how: Adaptatio
                 if p.grad is not None:
                     p.add_(p.grad, alpha=-how.lr)
     return nll
+
+
+def learn(model: torch.nn.Module, ids: np.ndarray, context: int, how: Adaptation,
+          passes: int) -> None:
+    """Train ``model`` in place on ``ids`` (BOS first: a primer): ``passes`` times through
+    it, one SGD step per segment in order, as score_adapted steps (its scores unused)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(passes):
+            _one(model, np.r_[ids, 0], context, how, Conditioning())  # every token a target
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)

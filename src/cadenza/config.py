@@ -735,8 +735,33 @@ def _theory_check(name: str, value: str | None, parse: Callable[[str], Any]) -> 
 GENERATE_PRECISIONS = ("auto", "fp32", "fp16w", "bf16")
 
 
+MIN_ADAPT_SEGMENT = 16  # tokens: a shorter segment is a step per note, all noise
+
+
 @dataclass(frozen=True)
-class GenerateConfig(_Config):
+class Adapting(_Config):
+    """Learning the piece while it is read or played (adapt.py): one SGD step on each
+    segment of tokens after it is scored, from a copy of the weights (``evaluate``: per
+    piece; ``generate``: passes over the primer before continuing it)."""
+
+    adapt: bool = option(False, "learn the piece while reading it: one SGD step after each "
+                         "--adapt-segment tokens (evaluate: after scoring them; generate: "
+                         "over the primer before continuing it), from a copy of the trained "
+                         "weights (docs/evaluation.md)")
+    adapt_lr: float = option(1e-2, "--adapt: the SGD step's learning rate")
+    adapt_segment: int = option(256, "--adapt: tokens between steps (16 to the model's "
+                                "context)")
+
+    def __post_init__(self) -> None:
+        getattr(super(), "__post_init__", lambda: None)()
+        _check(math.isfinite(self.adapt_lr) and 0 < self.adapt_lr <= 1, "adapt_lr",
+               "must be a number in (0, 1]", self.adapt_lr)
+        _check(self.adapt_segment >= MIN_ADAPT_SEGMENT, "adapt_segment",
+               f"must be at least {MIN_ADAPT_SEGMENT} tokens", self.adapt_segment)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateConfig(Adapting):
     """``cadenza generate``: what to continue, with which model, and what to write."""
 
     out: str = option(help="output folder (sample-K.mid/.json/.png/.wav)", required=True)
@@ -761,8 +786,11 @@ class GenerateConfig(_Config):
                             "1); bf16; auto: for weights stored in bf16 (pretrained models) "
                             "fp16w on a CPU and bf16 on a GPU, else fp32",
                             choices=GENERATE_PRECISIONS)
+    adapt_passes: int = option(2, "--adapt: passes over the primer before continuing it "
+                               "(1-8)")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._nest()
         if not isinstance(self.checkpoint, tuple):  # one path, or a list of them
             one = isinstance(self.checkpoint, (str, os.PathLike))
@@ -777,6 +805,13 @@ class GenerateConfig(_Config):
         transposition_shifts(self.transpositions)
         _check(self.precision in GENERATE_PRECISIONS, "precision",
                f"must be one of {GENERATE_PRECISIONS}", self.precision)
+        _check(1 <= self.adapt_passes <= 8, "adapt_passes", "must be in 1..8",
+               self.adapt_passes)
+        if self.adapt:
+            _check(len(self.checkpoint) == 1, "adapt", "adapts one checkpoint, not an "
+                   "ensemble", self.checkpoint)
+            _check(self.transpositions == 1, "adapt", "reads the primer in its own key (no "
+                   "--transpositions)", self.transpositions)
 
 
 @dataclass(frozen=True)
@@ -903,11 +938,8 @@ class AttentionConfig(_Config):
         _check(2 <= self.tokens <= 512, "tokens", "must be in 2..512", self.tokens)
 
 
-MIN_ADAPT_SEGMENT = 16  # tokens: a shorter segment is a step per note, all noise
-
-
-@dataclass(frozen=True)
-class EvaluateConfig(_Config):
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(Adapting):
     """``cadenza evaluate``: exact NLL of a split, a benchmark file or MIDI files."""
 
     checkpoint: tuple[str, ...] = option(help="checkpoint directory (RUN/best) or "
@@ -924,22 +956,13 @@ class EvaluateConfig(_Config):
     style: str | None = option(None, "start every window with this style tag (a name the "
                                "model knows), or 'own': each piece's own tags (a dataset "
                                "prepared with --tags); default: untagged", metavar="NAME")
-    adapt: bool = option(False, "dynamic evaluation: learn each piece while it is read (one "
-                         "SGD step after each --adapt-segment tokens are scored; each piece "
-                         "from the trained weights; docs/evaluation.md)")
-    adapt_lr: float = option(1e-2, "--adapt: the SGD step's learning rate")
-    adapt_segment: int = option(256, "--adapt: tokens scored between steps (16 to the "
-                                "model's context)")
     json: bool = option(False, "print JSON")
 
     def __post_init__(self) -> None:
         _check(self.stride >= 0, "stride", "must be >= 0", self.stride)
         _check(self.batch_size >= 1, "batch_size", "must be >= 1", self.batch_size)
         transposition_shifts(self.transpositions)
-        _check(math.isfinite(self.adapt_lr) and 0 < self.adapt_lr <= 1, "adapt_lr",
-               "must be a number in (0, 1]", self.adapt_lr)
-        _check(self.adapt_segment >= MIN_ADAPT_SEGMENT, "adapt_segment",
-               f"must be at least {MIN_ADAPT_SEGMENT} tokens", self.adapt_segment)
+        super().__post_init__()
         if self.adapt:
             _check(len(self.checkpoint) == 1, "adapt", "adapts one checkpoint, not an "
                    "ensemble", self.checkpoint)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .adapt import Adaptation
 from .config import GenerateConfig, SampleConfig
 from .controls import chords_over
 from .data.midi import Notes
@@ -115,6 +116,9 @@ def run_generate(cfg: GenerateConfig, *, device: str = "cpu",
                                    transpositions=cfg.transpositions, precision=cfg.precision)
     gen.check(cfg.sample)
     prompt, pinfo = gen.encode_primer(cfg.primer, cfg.primer_seconds, cfg.primer_tokens)
+    if cfg.adapt:  # a copy of the weights that has learnt the primer, dropped with the take
+        gen = gen.adapted(prompt, Adaptation(cfg.adapt_lr, cfg.adapt_segment),
+                          cfg.adapt_passes)
     take, earlier = open_take(cfg.out, cfg.force)
     try:
         infos = _write_take(gen, prompt, pinfo, cfg, take, progress)

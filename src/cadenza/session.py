@@ -20,6 +20,7 @@ the benchmarks drive the engine that way.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .adapt import Adaptation, learn
 from .checkpoint import Checkpoint, common_period, key_views, load_members, weights_digest
 from .config import ConfigError, GenerateConfig, SampleConfig, Steering
 from .controls import Controls
@@ -162,6 +164,27 @@ class Session:
             for k, h in enumerate(model.hidden(x, layers)):
                 parts[k].append(h[0, 1:].float().cpu().numpy())  # the window's tokens
         return [np.concatenate(p) for p in parts]
+
+    def adapted(self, prompt: np.ndarray, how: Adaptation, passes: int) -> Session:
+        """A session on a copy of the weights that has learnt ``prompt`` (``generate
+        --adapt``: ``passes`` times through it, one SGD step per segment; adapt.py). The
+        copy (one model's weights, in fp32 while it learns) lives as long as the returned
+        session: the caller drops it with the piece; this session's model is untouched."""
+        if len(self.members) > 1 or self.transpositions > 1 or self.ck is None:
+            raise ConfigError("--adapt: adapts one checkpoint's model in the primer's own key")
+        model = copy.deepcopy(self.ck.model)
+        use_half_weights(model, False)
+        model.float()
+        if len(prompt) > 2:
+            learn(model, prompt, min(self.ck.train.context, model.max_context or 10**9) - 1,
+                  how, passes)
+        if self.precision != "fp32":
+            model.to(torch.bfloat16 if self.precision == "bf16" else torch.float32)
+            use_half_weights(model, self.precision == "fp16w")
+        out = Session(model, self.tok, period=self.period, tags=self.tags)
+        out.ck, out.members = self.ck, self.members
+        out.precision, out.checkpoint_hash = self.precision, self.checkpoint_hash
+        return out
 
     # --- what it reads before the music -----------------------------------------------------
 
