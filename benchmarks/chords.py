@@ -17,7 +17,8 @@
 Per condition, over the new notes: the share of note-time on the sounding chord's tones and
 the share of moments whose lowest note is the chord's bass (stats.chord_fit: 50 ms samples,
 "N" left out), under the true chords and, for a foreign progression, under the chords it was
-given; notes per second; distinct pitch 4-grams (a share of all 4-grams: diversity); the NLL
+given (no control is measured under those foreign chords too: the base a foreign progression
+rises from); notes per second; distinct pitch 4-grams (a share of all 4-grams: diversity); the NLL
 per new token under the model without any control (the cost); seconds per take. Skips
 clearly when the data is absent.
 """
@@ -144,8 +145,8 @@ def pop909(s: Session, songs: list[Path]) -> dict:
             vals = dict(chord_tones=fit["chord_tone_share"], bass_on_root=fit[
                 "bass_on_root_share"], notes_per_s=len(n) / NEW, distinct_4grams=distinct4(
                 n.pitch), nll=nll, seconds=took)
-            if name.startswith("foreign"):
-                given = chord_fit(n, foreign)
+            if name.startswith("foreign") or name == "no chord control":
+                given = chord_fit(n, foreign)  # no control, measured under them: the base
                 vals |= dict(given_chord_tones=given["chord_tone_share"],
                              given_bass=given["bass_on_root_share"])
             add(name, **vals)

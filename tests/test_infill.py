@@ -159,3 +159,31 @@ def test_a_model_of_other_tokens_is_refused_in_one_line():
 def test_the_config_refuses_a_backwards_span():
     with pytest.raises(ConfigError, match="--end"):
         InfillConfig(input="x.mid", out="o", start=3, end=2)
+
+
+def test_an_infill_over_chords_starts_them_at_the_span(tiny_run, tmp_path):
+    """--chords in infill: the schedule starts where the span starts; with hard chords
+    every note struck inside the span is a tone of the chord sounding then."""
+    from cadenza import theory
+    from cadenza.data.midi import notes_from_score, only_track
+    f = _piece(tmp_path)
+    chords = "C | F#"  # no tone in common: a schedule started elsewhere would fail
+    cfg = InfillConfig(input=str(f), out=str(tmp_path / "o"), start=4.0, end=5.5,
+                       checkpoint=str(tiny_run / "best"), candidates=2, audio=False,
+                       sample=Steering(seed=1, num_samples=3, temperature=1.3, chords=chords,
+                                       density=10,  # notes enough to check
+                                       bpm=200, chord_strength="hard"))
+    run_infill(cfg)
+    bars = theory.parse_progression(chords, bpm=200)
+    n = 0
+    for k in range(3):
+        track = only_track(load_score(tmp_path / "o" / f"sample-{k}.mid"), INFILL_TRACK)
+        if track is None:  # nothing struck in this sample's span
+            continue
+        new = notes_from_score(track)
+        for t, p in zip(new.start, new.pitch):
+            u = (t - 4.0 + 1e-6) % bars[-1][1]
+            label = next(lab for a, b, lab in bars if a <= u < b)
+            assert p % 12 in theory.parse_chord(label)[0], (t, p, label)
+            n += 1
+    assert n >= 4
