@@ -39,24 +39,11 @@ from cadenza.config import SampleConfig
 from cadenza.data.midi import Notes, load_score, notes_from_score, read_chords
 from cadenza.generate import primer_mask
 from cadenza.session import Session
-from cadenza.stats import chord_fit
+from cadenza.stats import chord_fit, distinct_ngrams
 
 PRIMER, NEW, OPENING_NEW = 8.0, 20.0, 16.0
 COLS = ("chord_tones", "bass_on_root", "given_chord_tones", "given_bass", "notes_per_s",
         "distinct_4grams", "nll", "seconds")
-
-
-def distinct4(pitches: np.ndarray) -> float:
-    grams = [tuple(pitches[i: i + 4]) for i in range(len(pitches) - 3)]
-    return len(set(grams)) / len(grams) if grams else float("nan")
-
-
-@torch.no_grad()
-def nll_new(s: Session, prompt: np.ndarray, new: np.ndarray) -> float:
-    ids = np.concatenate([prompt, new])[-(s.model.max_context or 10**9):]
-    logp = torch.log_softmax(s.logits(torch.as_tensor(ids[None])).float()[0, :-1], -1)
-    k = min(len(new), len(ids) - 1)  # the new tokens still in the window
-    return float(-logp[-k:].gather(-1, torch.as_tensor(ids[-k:])[:, None]).mean())
 
 
 def key_of(song: Path) -> str | None:
@@ -81,7 +68,7 @@ def take(s: Session, prompt: np.ndarray, cfg: SampleConfig) -> tuple[Notes, floa
     full = s.tok.decode_notes(np.concatenate([prompt[1:], new]))
     fresh = ~primer_mask(full, s.tok.decode_notes(prompt[1:]))
     n = Notes(full.start[fresh], full.end[fresh], full.pitch[fresh], full.velocity[fresh])
-    return n, nll_new(s, prompt, new), took
+    return n, s.continuation_nll(prompt, new), took
 
 
 def shifted(chords, by: float):
@@ -122,7 +109,7 @@ def pop909(s: Session, songs: list[Path]) -> dict:
         fit = chord_fit(real, true)
         add("the song's true continuation", chord_tones=fit["chord_tone_share"],
             bass_on_root=fit["bass_on_root_share"], notes_per_s=len(real) / NEW,
-            distinct_4grams=distinct4(real.pitch))
+            distinct_4grams=distinct_ngrams(real.pitch))
         base = dict(seconds=NEW, seed=i, top_p=0.95)
         true_chords = dict(chords_file=str(chords_file), chord_offset=t0)
         conditions = {"no chord control": SampleConfig(**base)}
@@ -143,7 +130,7 @@ def pop909(s: Session, songs: list[Path]) -> dict:
             n, nll, took = take(s, prompt, cfg)
             fit = chord_fit(n, true)
             vals = dict(chord_tones=fit["chord_tone_share"], bass_on_root=fit[
-                "bass_on_root_share"], notes_per_s=len(n) / NEW, distinct_4grams=distinct4(
+                "bass_on_root_share"], notes_per_s=len(n) / NEW, distinct_4grams=distinct_ngrams(
                 n.pitch), nll=nll, seconds=took)
             if name.startswith("foreign") or name == "no chord control":
                 given = chord_fit(n, foreign)  # no control, measured under them: the base
@@ -192,7 +179,7 @@ def openings(s: Session, pieces: list[Path]) -> dict:
             fit = chord_fit(n, chords)
             for k, v in dict(chord_tones=fit["chord_tone_share"],
                              bass_on_root=fit["bass_on_root_share"],
-                             notes_per_s=len(n) / OPENING_NEW, distinct_4grams=distinct4(
+                             notes_per_s=len(n) / OPENING_NEW, distinct_4grams=distinct_ngrams(
                                  n.pitch), nll=nll, seconds=took).items():
                 rows.setdefault(name, {}).setdefault(k, []).append(v)
         print(f"opening {i + 1}/{len(pieces)} {piece.name} in {key}: {prog}", flush=True)

@@ -36,24 +36,11 @@ from cadenza.data.midi import Notes, load_score, notes_from_score
 from cadenza.data.tokenizers import BOS
 from cadenza.generate import primer_mask
 from cadenza.session import Session
+from cadenza.stats import distinct_ngrams
 
 STYLES = ("pop", "Chopin", "Bach", "Beethoven")
 WEIGHTS = (1.0, 1.5, 2.0, 3.0, 5.0)
 PRIMER, NEW = 8.0, 20.0
-
-
-def distinct4(pitches: np.ndarray) -> float:
-    grams = [tuple(pitches[i: i + 4]) for i in range(len(pitches) - 3)]
-    return len(set(grams)) / len(grams) if grams else float("nan")
-
-
-@torch.no_grad()
-def nll_plain(s: Session, prompt: np.ndarray, new: np.ndarray) -> float:
-    """NLL per new token read without any tag (the prompt is BOS + the primer)."""
-    ids = np.concatenate([prompt, new])[-(s.model.max_context or 10**9):]
-    logp = torch.log_softmax(s.logits(torch.as_tensor(ids[None])).float()[0, :-1], -1)
-    k = min(len(new), len(ids) - 1)
-    return float(-logp[-k:].gather(-1, torch.as_tensor(ids[-k:])[:, None]).mean())
 
 
 @torch.no_grad()
@@ -122,11 +109,11 @@ def main() -> None:
                     p = style_probabilities(s, clf, n) if len(n) > 3 else np.zeros(len(want))
                     vals = dict(named=float(len(n) > 3 and int(np.argmax(p)) == k),
                                 probability=float(p[k]),
-                                nll=nll_plain(s, prompt, new),
+                                nll=s.continuation_nll(prompt, new),
                                 rate_ratio=len(n) / NEW / max(p_rate, 1e-6),
                                 range_change=float(n.pitch.max() - n.pitch.min()) - p_range
                                 if len(n) else float("nan"),
-                                distinct_4grams=distinct4(n.pitch), seconds=took)
+                                distinct_4grams=distinct_ngrams(n.pitch), seconds=took)
                     for key, v in vals.items():
                         rows.setdefault((style, w), {}).setdefault(key, []).append(v)
                 named = np.mean(rows[(style, w)]["named"][-len(run):])

@@ -296,3 +296,19 @@ def test_a_key_held_into_a_chord_it_is_not_part_of_is_lifted():
     hard.feed(np.array([[ON0 + 64]]), None)
     assert hard.bias(zero, Now(None, np.array([2.5])))[0, OFF0 + 64] == 8.0
     assert build_tokenizer("pianoroll").note_roles().release is None  # a grid has none
+
+
+def test_the_measures_the_benchmarks_share():
+    """stats.distinct_ngrams (diversity) and Session.continuation_nll (the cost of a steered
+    continuation), which benchmarks/chords.py and guidance.py report."""
+    from cadenza.evaluate import score_pieces
+    from cadenza.stats import distinct_ngrams
+    assert distinct_ngrams(np.array([60, 62, 64, 65, 60, 62, 64, 65])) == 4 / 5
+    assert np.isnan(distinct_ngrams(np.array([60, 62])))
+    tok = build_tokenizer("performance")
+    s = Session(_model(tok, 4), tok)
+    rng = np.random.default_rng(0)
+    prompt = np.r_[BOS, rng.integers(3, tok.vocab_size, 20)]
+    new = rng.integers(3, tok.vocab_size, 30)
+    want = score_pieces(s.model, [np.r_[prompt, new, 2]], 64, 32)[0][-30:].mean()
+    assert abs(s.continuation_nll(prompt, new) - want) < 1e-4

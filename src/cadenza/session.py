@@ -186,6 +186,18 @@ class Session:
         out.precision, out.checkpoint_hash = self.precision, self.checkpoint_hash
         return out
 
+    @torch.no_grad()
+    def continuation_nll(self, prompt: np.ndarray, new: np.ndarray) -> float:
+        """Nats per token of ``new`` after ``prompt`` (BOS first), read untagged in one
+        window of the model's context (its end: the new tokens still inside it): what a
+        steered continuation costs against what the model would play on its own."""
+        ids = np.concatenate([prompt, new]).astype(np.int64)[-(self.model.max_context
+                                                               or 10**9):]
+        logp = torch.log_softmax(self.logits(torch.as_tensor(ids[None])).float()[0, :-1], -1)
+        k = min(len(new), len(ids) - 1)
+        return float(-logp[-k:].gather(-1, torch.as_tensor(ids[-k:])[:, None].to(
+            logp.device)).mean())
+
     # --- what it reads before the music -----------------------------------------------------
 
     def conditioning(self, cfg: Steering) -> Conditioning:

@@ -128,6 +128,13 @@ def longest_repeat(notes: Notes, max_pattern: int = 8, same: float = 0.02) -> in
     return best
 
 
+def distinct_ngrams(pitches: np.ndarray, n: int = 4) -> float:
+    """Diversity: the share of a line's pitch n-grams (notes in order) that are distinct;
+    nan for fewer than n notes."""
+    grams = [tuple(pitches[i: i + n]) for i in range(len(pitches) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
 def time_edges(top: float, n: int) -> np.ndarray:
     """Log-spaced bin edges for times in seconds, each moved to 3 ms past a multiple of 10
     ms. Decoded times are multiples of 10 ms (performance) or of 1/8 s (grids), and a MIDI
