@@ -588,8 +588,9 @@ class Steering(ChordSchedule, Drawing):
     style: str | None = option(None, "start the music's context with this style tag: a "
                                "composer, pop, classical, or a kind (live, score, "
                                "arrangement), among those the model knows (its card lists "
-                               "them; models trained on `prepare --tags` data)",
-                               metavar="NAME")
+                               "them; models trained on `prepare --tags` data); with "
+                               "pretrained:piano a tag changes the music little, guided or "
+                               "not (measured in docs/generation.md)", metavar="NAME")
     chord_strength: str = option("3", "--chords: how strongly the chord's tones are favoured "
                                  "over other notes (a logit bias, 0-20; the share of notes "
                                  "struck stays the model's), or hard: only chord tones",
@@ -600,7 +601,8 @@ class Steering(ChordSchedule, Drawing):
     guidance: float = option(1.0, "classifier-free guidance toward --style: each token is "
                              "drawn from log p(no tag) + W (log p(tag) - log p(no tag)); 1: "
                              "the tag as read, no guidance; above 1 the style counts more "
-                             "(the model reads every window twice)", metavar="W")
+                             "(the model reads every window twice; pretrained:piano's tags "
+                             "are too weak for it to steer audibly yet)", metavar="W")
 
     def __post_init__(self) -> None:
         super().__post_init__()
