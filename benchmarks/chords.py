@@ -36,6 +36,7 @@ import torch
 
 from cadenza import theory
 from cadenza.config import SampleConfig
+from cadenza.data.dataset import TokenDataset
 from cadenza.data.midi import Notes, load_score, notes_from_score, read_chords
 from cadenza.generate import primer_mask
 from cadenza.session import Session
@@ -196,9 +197,7 @@ def agreement(songs: list[Path]) -> dict:
         ours = read_chords(song)
         true = theory.parse_schedule((song.parent / "chord_midi.txt").read_text())[0]
         grid = np.arange(0, min(ours[-1][1], true[-1][1]), 0.1)
-        for t in grid:
-            a = next((theory.parse_chord(lab) for x, y, lab in ours if x <= t < y), None)
-            b = next((theory.parse_chord(lab) for x, y, lab in true if x <= t < y), None)
+        for a, b in zip(theory.chords_at(ours, grid), theory.chords_at(true, grid)):
             if b is None:
                 continue
             total += 1
@@ -239,12 +238,10 @@ def main() -> None:
     if not manifest.exists():
         print(f"skipped: {manifest} not found (--dataset names the prepared piano data)")
         sys.exit(0)
-    files = json.loads(manifest.read_text())["files"]
-    pop = sorted(Path(r["path"]) for r in files
-                 if r["split"] == "valid" and "pop909" in r["source"]
+    files = TokenDataset(a.dataset).files("valid")
+    pop = sorted(Path(r["path"]) for r in files if "pop909" in r["source"]
                  and (Path(r["path"]).parent / "chord_midi.txt").exists())
-    live = sorted(Path(r["path"]) for r in files
-                  if r["split"] == "valid" and r["source"].endswith("asap-maestro"))
+    live = sorted(Path(r["path"]) for r in files if r["source"].endswith("asap-maestro"))
     if len(pop) < 2:
         print("skipped: fewer than two POP909 validation songs with chord_midi.txt")
         sys.exit(0)

@@ -32,6 +32,7 @@ import torch
 
 from cadenza.classify import classifier_of
 from cadenza.config import SampleConfig
+from cadenza.data.dataset import TokenDataset
 from cadenza.data.midi import Notes, load_score, notes_from_score
 from cadenza.data.tokenizers import BOS
 from cadenza.generate import primer_mask
@@ -69,11 +70,10 @@ def main() -> None:
     if not manifest.exists():
         print(f"skipped: {manifest} not found (--dataset names the prepared piano data)")
         sys.exit(0)
-    files = json.loads(manifest.read_text())["files"]
+    files = TokenDataset(a.dataset).files("valid")
     openings = []
     for style in STYLES:
-        mine = sorted(Path(r["path"]) for r in files
-                      if r["split"] == "valid" and r.get("style") == style)
+        mine = sorted(Path(r["path"]) for r in files if r.get("style") == style)
         step = max(len(mine) // max(a.per_style, 1), 1)
         openings += [(style, p) for p in mine[::step][: a.per_style]]
     if len(openings) < 2:

@@ -17,7 +17,6 @@ Deterministic: the same data and model give the same classifier.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 
 from cadenza.checkpoint import resolve
 from cadenza.classify import FILE, StyleClassifier, fit
+from cadenza.data.dataset import TokenDataset
 from cadenza.data.midi import BadInput
 from cadenza.data.tokenizers import BOS
 from cadenza.embed import piece_ids, token_times
@@ -82,7 +82,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    files = json.loads((Path(a.dataset) / "manifest.json").read_text())["files"]
+    files = TokenDataset(a.dataset).files()
     counts = Counter(r.get("style") for r in files if r["split"] == "train")
     classes = sorted(c for c, n in counts.items() if c and n >= a.min_files)
     s = Session.load(a.model)

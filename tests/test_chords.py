@@ -282,20 +282,25 @@ def test_a_key_held_into_a_chord_it_is_not_part_of_is_lifted():
     roles = tok.note_roles()
     step = Chords(SampleConfig(chords="C | F#", bpm=120, chord_strength="3"), roles)
     step.reset(1)
-    step.feed(np.array([[ON0 + 64, ON0 + 67]]), None)  # E and G held (tones of C)
+    keys = tok.grammar()  # the keys held are the grammar's
+    keys.reset(1)
+    keys.feed(np.array([[ON0 + 64, ON0 + 67]]))  # E and G held (tones of C)
     zero = torch.zeros(1, tok.vocab_size)
-    under_c = step.bias(zero, Now(None, np.array([1.0])))
+    under_c = step.bias(zero, Now(keys, np.array([1.0])))
     assert under_c[0, OFF0 + 64] == under_c[0, OFF0 + 67] == 0  # both are C's tones
-    under_fsharp = step.bias(zero, Now(None, np.array([2.5])))  # F# A# C#: neither is
+    under_fsharp = step.bias(zero, Now(keys, np.array([2.5])))  # F# A# C#: neither is
     assert under_fsharp[0, OFF0 + 64] == under_fsharp[0, OFF0 + 67] == 3.0
-    step.advance(np.array([OFF0 + 64]), np.array([2.5]))  # E lifted: only G is pushed
-    after = step.bias(zero, Now(None, np.array([2.6])))
+    keys.advance(np.array([OFF0 + 64]))  # E lifted: only G is pushed
+    after = step.bias(zero, Now(keys, np.array([2.6])))
     assert after[0, OFF0 + 64] == 0 and after[0, OFF0 + 67] == 3.0
     hard = Chords(SampleConfig(chords="C | F#", chord_strength="hard"), roles)
     hard.reset(1)
-    hard.feed(np.array([[ON0 + 64]]), None)
-    assert hard.bias(zero, Now(None, np.array([2.5])))[0, OFF0 + 64] == 8.0
+    one = tok.grammar()
+    one.reset(1)
+    one.feed(np.array([[ON0 + 64]]))
+    assert hard.bias(zero, Now(one, np.array([2.5])))[0, OFF0 + 64] == 8.0
     assert build_tokenizer("pianoroll").note_roles().release is None  # a grid has none
+    assert build_tokenizer("pianoroll").grammar().held() is None
 
 
 def test_the_measures_the_benchmarks_share():

@@ -44,14 +44,15 @@ def test_prepare_tags_each_piece_with_its_folder_and_kind(tmp_path, corpus):
     tags = ds.tags
     assert tags.names == ("classical", "Bach", "Chopin", "pop", "score", "arrangement")
     assert tags.base == 391 and tags.classical == ("Bach", "Chopin")
-    files = ds.manifest["files"]
+    files = ds.files()
+    assert files == ds.manifest["files"] and len(files) > len(ds.files("train")) > 0
     for f in files:
         want = ("pop", "arrangement") if "/pop/" in f["path"] else \
             (Path(f["path"]).parent.name, "score")
         assert (f["style"], f["kind"]) == want
     for split in ds.splits:  # the arrays the sampler reads agree with the records
         rows = ds.piece_tags(split)
-        recs = sorted((f for f in files if f["split"] == split), key=lambda f: f["piece"])
+        recs = sorted(ds.files(split), key=lambda f: f["piece"])
         assert [(tags.names[s], tags.names[k]) for s, k in rows] == \
             [(f["style"], f["kind"]) for f in recs]
 

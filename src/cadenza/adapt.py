@@ -18,6 +18,8 @@ to the trained weights are not implemented.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -48,16 +50,26 @@ def score_adapted(model: torch.nn.Module, pieces: list[np.ndarray], context: int
     ``prefixes``: per piece, what every window starts with (read, not scored)."""
     heads = prefixes or [Conditioning() for _ in pieces]
     base = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out = []
+    with _learning(model):
+        try:
+            for piece, head in zip(pieces, heads):
+                out.append(_one(model, piece, context - len(head), how, head))
+                model.load_state_dict(base)  # the next piece starts from the trained weights
+        finally:
+            model.load_state_dict(base)  # also after an error: the model is as it was
+    return out
+
+
+@contextlib.contextmanager
+def _learning(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode (no dropout: the function the static figure scores) while it
+    learns; its mode restored and its gradients dropped afterwards, also on an error."""
     was_training = model.training
-    model.eval()  # no dropout: the same function the static figure scores
+    model.eval()
     try:
-        out = []
-        for piece, head in zip(pieces, heads):
-            out.append(_one(model, piece, context - len(head), how, head))
-            model.load_state_dict(base)  # the next piece starts from the trained weights
-        return out
+        yield
     finally:
-        model.load_state_dict(base)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
 
@@ -91,11 +103,6 @@ def learn(model: torch.nn.Module, ids: np.ndarray, context: int, how: Adaptation
           passes: int) -> None:
     """Train ``model`` in place on ``ids`` (BOS first: a primer): ``passes`` times through
     it, one SGD step per segment in order, as score_adapted steps (its scores unused)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with _learning(model):
         for _ in range(passes):
             _one(model, np.r_[ids, 0], context, how, Conditioning())  # every token a target
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)

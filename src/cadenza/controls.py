@@ -308,12 +308,19 @@ def chord_text(cfg: ChordSchedule) -> str | None:
     return _midi_chords(cfg.chords_from, (st.st_mtime_ns, st.st_size))
 
 
-def chords_over(cfg: ChordSchedule, seconds: float) -> list[tuple[float, float, str]]:
-    """The chords sounding over ``seconds`` of new music, times from its start (none
-    without a schedule)."""
+SLIVER = 0.05  # seconds: a chord this short at the end of the music is not shown
+
+
+def chords_over(cfg: ChordSchedule, seconds: float, start: float = 0.0
+                ) -> list[tuple[float, float, str]]:
+    """The chords sounding over ``seconds`` of new music that starts at ``start`` (in the
+    caller's time: a take's primer end, an infill's span), for a roll to show or stats to
+    measure; none without a schedule, and no sliver shorter than SLIVER."""
     text = chord_text(cfg)
-    return [] if not text else theory.chords_over(text, cfg.bpm, cfg.beats_per_bar,
-                                                   cfg.chord_offset, seconds)
+    if not text:
+        return []
+    return [(start + a, start + b, label) for a, b, label in theory.chords_over(
+        text, cfg.bpm, cfg.beats_per_bar, cfg.chord_offset, seconds) if b - a >= SLIVER]
 
 
 class Schedule:
@@ -362,7 +369,7 @@ class Chords(Step):
 
     def __init__(self, cfg: SampleConfig, roles: NoteRoles) -> None:
         self.schedule = Schedule(cfg)
-        self.strikes, self.pitch_of, self.releases = roles.pitch >= 0, roles.pitch, roles.release
+        self.strikes = roles.pitch >= 0
         pc = np.where(self.strikes, roles.pitch % 12, -1)
         tones = [self.strikes.copy() if chord is None
                  else self.strikes & np.isin(pc, sorted(chord[0]))
@@ -372,36 +379,23 @@ class Chords(Step):
         self.hard = cfg.chord_strength == "hard"
         self.strength = 0.0 if self.hard else float(cfg.chord_strength)
         self._on: dict[str, torch.Tensor] = {}  # tones and strikes on the logits' device
-        if self.releases is not None:  # per chord (then none): the pitches not its tones
-            pitches = np.arange(128)
+        self.release_token = None  # per pitch, the token that releases it (performance)
+        if roles.release is not None:
+            pitches = np.arange(128)  # per chord (then none): the pitches not its tones
             self.off_tone = np.stack([np.zeros(128, bool) if chord is None
                                       else ~np.isin(pitches % 12, sorted(chord[0]))
                                       for chord in self.schedule.parsed]
                                      + [np.zeros(128, bool)])
+            has = roles.release >= 0
             self.release_token = np.full(128, -1)
-            has = self.releases >= 0
-            self.release_token[self.releases[has]] = np.flatnonzero(has)
-        self.down = np.zeros((0, 128), bool)  # the keys each sample holds
+            self.release_token[roles.release[has]] = np.flatnonzero(has)
         self.begin(np.zeros(0))
 
     def reset(self, batch: int) -> None:
-        self.down = np.zeros((batch, 128), bool)
         self.begin(np.zeros(batch))
 
     def begin(self, now: np.ndarray) -> None:
         self.schedule.begin(now)
-
-    def feed(self, ids: np.ndarray, times: np.ndarray | None) -> None:
-        for t in range(ids.shape[1]):
-            self.advance(ids[:, t], None)
-
-    def advance(self, tokens: np.ndarray, now: np.ndarray | None) -> None:
-        if self.releases is None:
-            return
-        rows = np.arange(len(tokens))
-        on, off = self.strikes[tokens] & (tokens > EOS), self.releases[tokens]
-        self.down[rows[on], np.clip(self.pitch_of[tokens[on]], 0, 127)] = True
-        self.down[rows[off >= 0], off[off >= 0]] = False
 
     def chord(self, now: Now) -> np.ndarray:
         """(B,) the index of the chord sounding at each sample's moment (the last row of
@@ -415,8 +409,9 @@ class Chords(Step):
 
     def bias(self, logits: torch.Tensor, now: Now) -> torch.Tensor:
         chord = self.chord(now)
-        if self.releases is not None:
-            logits = self._lift(logits, chord)
+        held = now.grammar.held() if self.release_token is not None else None
+        if held is not None:
+            logits = self._lift(logits, chord, held)
         if self.hard or not self.strength:
             return logits
         if "strikes" not in self._on or self._on["strikes"].device != logits.device:
@@ -430,10 +425,11 @@ class Chords(Step):
         after = torch.logsumexp(shifted.masked_fill(~strikes, float("-inf")), -1, keepdim=True)
         return torch.where(strikes, shifted - (after - before), lg).to(logits.dtype)
 
-
-    def _lift(self, logits: torch.Tensor, chord: np.ndarray) -> torch.Tensor:
-        """Favour releasing the keys held that are not tones of the chord now."""
-        rows, pitches = np.nonzero(self.down & self.off_tone[chord])
+    def _lift(self, logits: torch.Tensor, chord: np.ndarray, held: np.ndarray
+              ) -> torch.Tensor:
+        """Favour releasing the keys held (the grammar's) that are not tones of the chord
+        now."""
+        rows, pitches = np.nonzero(held & self.off_tone[chord])
         if not len(rows):
             return logits
         lift = RELEASE_HARD if self.hard else self.strength
@@ -491,11 +487,10 @@ class ChordBass(Step):
         self.need = np.where(new, (stretch >= 0) & (index < len(self.schedule.parsed)),
                              self.need)
         self.stretch = stretch
-        for b in np.flatnonzero(self.need):
-            allowed[b] &= ~self.strikes | self.bass_ok[index[b]]
+        need = self.need
+        allowed[need] &= ~self.strikes | self.bass_ok[index[need]]
         same = (self.floor >= 0) & (np.abs(now.time - self.floor_at) < 1e-9)
-        for b in np.flatnonzero(same):
-            allowed[b] &= ~(self.strikes & (self.pitch < self.floor[b]))
+        allowed[same] &= ~(self.strikes & (self.pitch < self.floor[same, None]))
         return allowed
 
 

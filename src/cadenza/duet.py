@@ -109,6 +109,9 @@ class NoteFirst(Grammar):
     def sounding(self):
         return self.inner.sounding()
 
+    def held(self):
+        return self.inner.held()
+
 
 @dataclass
 class Answer:

@@ -154,11 +154,8 @@ def _write_take(gen: Session, prompt: np.ndarray, pinfo: dict[str, Any], cfg: Ge
             tracks = {PRIMER_TRACK: _pick(full, is_primer), CONTINUATION_TRACK: cont}
         base = take / f"sample-{k}"
         new_s = gen.seconds_of(np.concatenate([prompt[1:], new])) - t_split
-        s = cfg.sample
-        chords = tuple((t_split + a, t_split + b, label)
-                       for a, b, label in chords_over(s, new_s))
         roll = Roll(full, is_primer, t_split, f"sample {k}: primer (blue) + continuation "
-                    "(orange)", chords)
+                    "(orange)", tuple(chords_over(cfg.sample, new_s, t_split)))
         wav = write_sample(base, tracks, roll, cfg.soundfont if cfg.audio else False,
                            warn=k == 0)
         mem = None

@@ -39,6 +39,7 @@ from .data.styles import Conditioning, Tags
 from .data.tokenizers import BOS
 from .data.tokenizers.base import Tokenizer
 from .engine import Progress, Run, sample_run
+from .evaluate import label_nll
 from .models import TokenModel
 from .models.ensemble import Ensemble
 from .models.layers import use_half_weights
@@ -172,15 +173,13 @@ class Session:
         session: the caller drops it with the piece; this session's model is untouched."""
         if len(self.members) > 1 or self.transpositions > 1 or self.ck is None:
             raise ConfigError("--adapt: adapts one checkpoint's model in the primer's own key")
-        model = copy.deepcopy(self.ck.model)
+        model = copy.deepcopy(self.ck.model).float()  # learns in fp32
         use_half_weights(model, False)
-        model.float()
         if len(prompt) > 2:
-            learn(model, prompt, min(self.ck.train.context, model.max_context or 10**9) - 1,
-                  how, passes)
-        if self.precision != "fp32":
-            model.to(torch.bfloat16 if self.precision == "bf16" else torch.float32)
-            use_half_weights(model, self.precision == "fp16w")
+            learn(model, prompt, self.ck.train.context, how, passes)
+        if self.precision == "bf16":
+            model.to(torch.bfloat16)
+        use_half_weights(model, self.precision == "fp16w")  # as this session decodes
         out = Session(model, self.tok, period=self.period, tags=self.tags)
         out.ck, out.members = self.ck, self.members
         out.precision, out.checkpoint_hash = self.precision, self.checkpoint_hash
@@ -191,12 +190,10 @@ class Session:
         """Nats per token of ``new`` after ``prompt`` (BOS first), read untagged in one
         window of the model's context (its end: the new tokens still inside it): what a
         steered continuation costs against what the model would play on its own."""
-        ids = np.concatenate([prompt, new]).astype(np.int64)[-(self.model.max_context
-                                                               or 10**9):]
-        logp = torch.log_softmax(self.logits(torch.as_tensor(ids[None])).float()[0, :-1], -1)
-        k = min(len(new), len(ids) - 1)
-        return float(-logp[-k:].gather(-1, torch.as_tensor(ids[-k:])[:, None].to(
-            logp.device)).mean())
+        ids = torch.as_tensor(np.concatenate([prompt, new]).astype(np.int64)[
+            -(self.model.max_context or 10**9):][None], device=self.device)
+        nll = label_nll(self.logits(ids)[:, :-1], ids[:, 1:])[0]
+        return float(nll[-min(len(new), len(nll)):].mean())
 
     # --- what it reads before the music -----------------------------------------------------
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import theory
 from .config import StatsConfig
-from .controls import chord_text
+from .controls import chords_over
 from .data.dataset import TokenDataset
 from .data.midi import BadInput, Notes, load_score, notes_from_score, only_track
 
@@ -208,16 +208,22 @@ def compare(gen: list[Notes], ref: list[Notes]) -> dict[str, dict[str, float]]:
     return out
 
 
+def midi_files_under(path: Path) -> list[Path]:
+    """A MIDI file, or every MIDI file under a folder (BadInput when there is none)."""
+    files = [path] if path.is_file() else sorted(
+        f for f in path.rglob("*") if f.suffix.lower() in (".mid", ".midi"))
+    if not files:
+        raise BadInput(f"{path}: no MIDI files")
+    return files
+
+
 def load_notes_folder(path: Path, continuation_only: bool = False
                       ) -> tuple[list[Notes], int, list[str]]:
     """Notes of every MIDI file under path (or of one file); (notes, total, failures).
 
     With ``continuation_only``, a file written by ``generate`` (it has a track named
     ``Continuation``) contributes that track alone: the primer is not generated music."""
-    files = [path] if path.is_file() else sorted(
-        f for f in path.rglob("*") if f.suffix.lower() in (".mid", ".midi"))
-    if not files:
-        raise BadInput(f"{path}: no MIDI files")
+    files = midi_files_under(path)
     notes, bad = [], []
     for f in files:
         try:
@@ -322,13 +328,10 @@ def chord_fit(notes: Notes, chords: list[tuple[float, float, str]]) -> dict[str,
     on = total = bass_on = moments = 0
     if len(notes) and chords:
         grid = np.arange(notes.start.min(), notes.end.max(), GRID)
-        parsed = [(a, b, theory.parse_chord(label)) for a, b, label in chords]
-        starts = np.array([a for a, _, _ in parsed])
-        which = np.searchsorted(starts, grid, side="right") - 1
-        for t, i in zip(grid, which):
-            if i < 0 or t >= parsed[i][1] or parsed[i][2] is None:
+        for t, chord in zip(grid, theory.chords_at(chords, grid)):
+            if chord is None:
                 continue
-            pcs, bass = parsed[i][2]
+            pcs, bass = chord
             sounding = notes.pitch[(notes.start <= t) & (notes.end > t)]
             if not len(sounding):
                 continue
@@ -356,14 +359,8 @@ def chord_fits(cfg: StatsConfig) -> dict[str, Any]:
     """``stats`` with a chord schedule: each file's fit (chord_fit) with the schedule placed
     where its new music starts (a take's primer end, else the file's start), read from
     ``--chord-offset``, and the fit over all files' moments together."""
-    text = chord_text(cfg)
-    path = Path(cfg.generated)
-    files = [path] if path.is_file() else sorted(
-        f for f in path.rglob("*") if f.suffix.lower() in (".mid", ".midi"))
-    if not files:
-        raise BadInput(f"{path}: no MIDI files")
     rows, sums = [], np.zeros(4)
-    for f in files:
+    for f in midi_files_under(Path(cfg.generated)):
         try:
             score = load_score(f)
             notes = notes_from_score(only_track(score, CONTINUATION_TRACK) or score)
@@ -372,9 +369,7 @@ def chord_fits(cfg: StatsConfig) -> dict[str, Any]:
             continue
         start = take_start(f) or 0.0
         span = max(float(notes.end.max()) - start, GRID)
-        chords = [(start + a, start + b, lab) for a, b, lab in theory.chords_over(
-            text, cfg.bpm, cfg.beats_per_bar, cfg.chord_offset, span)]
-        fit = chord_fit(notes, chords)
+        fit = chord_fit(notes, chords_over(cfg, span, start))
         rows.append({"path": str(f), "starts_at": start, **fit})
         n = fit["seconds_measured"] / GRID
         if n:

@@ -49,7 +49,6 @@ from .config import (
     GenerateConfig,
     InfillConfig,
     SampleConfig,
-    Steering,
     StudioConfig,
     flag,
 )
@@ -182,13 +181,6 @@ def _note_rows(start, end, pitch, velocity, primer) -> list[list]:
     """Notes as the page draws them: [start s, end s, pitch, velocity, 1 primer / 0 new]."""
     return [[round(float(a), 4), round(float(b), 4), int(p), int(v), int(m)]
             for a, b, p, v, m in zip(start, end, pitch, velocity, primer)]
-
-
-def chords_at(steer: Steering, start: float, seconds: float) -> list[list]:
-    """The chords a take was asked to follow, as [start, end, label] in its own seconds
-    (the schedule starts where its new music starts), for the roll to write over it."""
-    return [[start + a, start + b, label] for a, b, label in chords_over(steer, seconds)
-            if b - a >= 0.05]  # not a sliver past the last note
 
 
 def take_notes(tracks: dict[str, Notes], infill: bool = False) -> list[list]:
@@ -554,7 +546,7 @@ class Studio:
         notes = info.tracks  # as written, without reading the MIDI back
         if isinstance(cfg, InfillConfig):
             return {**take, "model": cfg.checkpoint, "primer_seconds": 0.0,
-                    "chords": chords_at(cfg.sample, cfg.start, cfg.end - cfg.start),
+                    "chords": chords_over(cfg.sample, cfg.end - cfg.start, cfg.start),
                     "new_seconds": cfg.end - cfg.start, "span": [cfg.start, cfg.end],
                     "memorization": None, "notes": take_notes(notes, infill=True),
                     "tokens_per_second": 0.0, "stopped": "seconds",
@@ -563,7 +555,7 @@ class Studio:
                                    f"{info.candidates})"}
         start = info.primer["seconds"]
         return {**take, "model": cfg.checkpoint[0], "primer_seconds": start,
-                "chords": chords_at(cfg.sample, start, info.new_seconds),
+                "chords": chords_over(cfg.sample, info.new_seconds, start),
                 "new_seconds": info.new_seconds, "memorization": info.memorization,
                 "notes": take_notes(notes), "tokens_per_second": info.tokens_per_second,
                 "stopped": info.stopped, "stopped_why": WHY[info.stopped]}

@@ -300,6 +300,18 @@ def read_chords(start: np.ndarray, end: np.ndarray, pitch: np.ndarray, beats: np
     return out
 
 
+def chords_at(chords: list[tuple[float, float, str]], times: np.ndarray
+              ) -> list[tuple[frozenset[int], int] | None]:
+    """The parsed chord (parse_chord) sounding at each of ``times`` under a timed schedule
+    (``[(start, end, label)]``, in order): None between and past its chords and for N."""
+    parsed = [parse_chord(label) for _, _, label in chords]
+    starts = np.array([a for a, _, _ in chords])
+    ends = np.array([b for _, b, _ in chords])
+    i = np.searchsorted(starts, times, side="right") - 1
+    inside = (i >= 0) & (times < ends[np.maximum(i, 0)])
+    return [parsed[j] if ok else None for j, ok in zip(i.tolist(), inside.tolist())]
+
+
 def schedule_text(chords: list[tuple[float, float, str]]) -> str:
     """A chord schedule as ``start end label`` lines (what ``--chords-file`` reads)."""
     return "".join(f"{a:.3f} {b:.3f} {label}\n" for a, b, label in chords)

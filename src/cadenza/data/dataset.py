@@ -62,6 +62,11 @@ class TokenDataset:
                                f"{t['name']} of this version; prepare it again")
         self._splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
+    def files(self, split: str | None = None) -> list[dict[str, Any]]:
+        """The manifest's row of each source file (its path, source, split, style, ...), of
+        one split or all."""
+        return [r for r in self.manifest["files"] if split is None or r["split"] == split]
+
     @property
     def tags(self) -> Tags | None:
         """The style tags its pieces carry (``prepare --tags``), or None."""

@@ -108,6 +108,11 @@ class Grammar:
         (a scheme that carries SOUNDING); None where the scheme cannot tell."""
         return None
 
+    def held(self) -> np.ndarray | None:
+        """(B, 128) bool: the keys down now, where a note's end is a token of its own
+        (``NoteRoles.release``); None where the scheme has no such keys."""
+        return None
+
     def feed(self, ids: np.ndarray) -> None:
         """Advance through a (B, T) prefix; BOS and PAD are skipped."""
         for t in range(ids.shape[1]):

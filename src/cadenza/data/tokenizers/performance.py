@@ -316,3 +316,6 @@ class PerformanceGrammar(Grammar):
 
     def sounding(self) -> np.ndarray:
         return self.down.sum(1) + self.blip
+
+    def held(self) -> np.ndarray:
+        return self.down > 0
