@@ -64,6 +64,9 @@ def main() -> None:
                     "under each style and W (one batch)")
     ap.add_argument("--model", default="pretrained:piano")
     ap.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS))
+    ap.add_argument("--guidance-context", type=int, default=0, help="--guidance-context N "
+                    "(0: guidance over the whole context)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--json-out")
     a = ap.parse_args()
     manifest = Path(a.dataset) / "manifest.json"
@@ -79,7 +82,7 @@ def main() -> None:
     if len(openings) < 2:
         print("skipped: no validation pieces with these styles")
         sys.exit(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     s = Session.load(a.model)
     clf = classifier_of(s, a.model)
     want = [clf.classes.index(st) for st in STYLES]
@@ -97,6 +100,7 @@ def main() -> None:
                 continue
             for w in weights:
                 cfg = SampleConfig(seconds=NEW, seed=i, top_p=0.95, style=style, guidance=w,
+                                   guidance_context=a.guidance_context if w != 1 else 0,
                                    num_samples=a.samples)
                 t = time.perf_counter()
                 run = s.generate(prompt, cfg)
@@ -116,8 +120,10 @@ def main() -> None:
                                 distinct_4grams=distinct_ngrams(n.pitch), seconds=took)
                     for key, v in vals.items():
                         rows.setdefault((style, w), {}).setdefault(key, []).append(v)
-                named = np.mean(rows[(style, w)]["named"][-len(run):])
-                print(f"  {style} W={w:g}: named {named:.2f} ({took:.0f} s a take)", flush=True)
+                last = {key: np.mean(v[-len(run):]) for key, v in rows[(style, w)].items()}
+                print(f"  {style} W={w:g}: named {last['named']:.2f}, probability "
+                      f"{last['probability']:.3f}, NLL {last['nll']:.3f} ({took:.0f} s a take)",
+                      flush=True)
         print(f"opening {i + 1}/{len(openings)} ({own}) {path.name} done "
               f"({time.perf_counter() - t_all:.0f} s)", flush=True)
     cols = ("named", "probability", "nll", "rate_ratio", "range_change", "distinct_4grams",

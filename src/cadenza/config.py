@@ -603,6 +603,10 @@ class Steering(ChordSchedule, Drawing):
                              "the tag as read, no guidance; above 1 the style counts more "
                              "(the model reads every window twice; pretrained:piano's tags "
                              "are too weak for it to steer audibly yet)", metavar="W")
+    guidance_context: int = option(0, "--guidance: compare the tagged and untagged readings "
+                                   "over the latest N tokens only, added to the tagged "
+                                   "reading of the whole context (a tag counts most near "
+                                   "a window's start; 0: over the whole context)", metavar="N")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -610,6 +614,8 @@ class Steering(ChordSchedule, Drawing):
                "guidance", f"must be in [0, {MAX_GUIDANCE:g}]", self.guidance)
         _check(self.guidance == 1.0 or bool(self.style), "guidance",
                "guides toward a --style; give one", self.guidance)
+        _check(self.guidance_context >= 0, "guidance_context", "must be 0 or more tokens",
+               self.guidance_context)
         _theory_check("key", self.key, theory.key_pitch_classes)
         _check(not self.chord_bass or self.has_chords, "chord_bass", "plays each chord's bass; "
                "give --chords, --chords-file or --chords-from", self.chord_bass)

@@ -117,8 +117,9 @@ class Reading:
     """One way the model reads the engine's context: ``head`` before it, the cache of what it
     has read, how many of the context's tokens that is (``fed``), the logits after them."""
 
-    def __init__(self, head: Conditioning) -> None:
+    def __init__(self, head: Conditioning, room: int | None = None) -> None:
         self.head = head
+        self.room = room  # the most context tokens it reads after its head (None: the model's)
         self.cache = None
         self.fed = 0
         self.logits: torch.Tensor | None = None
@@ -140,10 +141,15 @@ class Engine:
         # the controls, never sampled
         self.head = head if head is not None else session.conditioning(cfg)
         # each way the model reads the context: with the head; and, under --guidance W != 1,
-        # without its tags too (classifier-free guidance: the draw mixes the two)
+        # the latest --guidance-context tokens with the tags and without them (classifier-free
+        # guidance: the draw adds W - 1 times their difference; with the whole context the
+        # first reading is the tagged one)
         self.readings = [Reading(self.head)]
         if cfg.guidance != 1.0 and self.head.tags:
-            self.readings.append(Reading(replace(self.head, tags=())))
+            if cfg.guidance_context:
+                self.readings.append(Reading(self.head, cfg.guidance_context))
+            self.readings.append(Reading(replace(self.head, tags=()), cfg.guidance_context
+                                         or None))
         self.batch, self.period, self.use_cache = batch, session.period, use_cache
         self.device = next(model.parameters()).device
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -198,11 +204,19 @@ class Engine:
             self.controls.feed(ids, times)
         self._append(torch.as_tensor(ids, dtype=torch.long, device=self.device))
 
-    def _window(self, head: Conditioning, s: torch.Tensor, half: bool = False
-                ) -> torch.Tensor:
-        """``head``, then the latest tokens that fit after it (``half``: the recent half of
-        the room, even when all would fit), starting on a voice-period boundary."""
-        room = None if self.max_context is None else self.max_context - len(head)
+    def _limit(self, r: Reading) -> int | None:
+        """The most tokens reading ``r`` holds at once, its head included (None: no limit)."""
+        if r.room is None:
+            return self.max_context
+        mine = len(r.head) + r.room
+        return mine if self.max_context is None else min(mine, self.max_context)
+
+    def _window(self, r: Reading, s: torch.Tensor, half: bool = False) -> torch.Tensor:
+        """Reading ``r``'s head, then the latest tokens that fit after it (``half``: the
+        recent half of the room, even when all would fit), starting on a voice-period
+        boundary."""
+        head, limit = r.head, self._limit(r)
+        room = None if limit is None else limit - len(head)
         if not (room is None or (s.shape[1] <= room and not half) or s.shape[1] <= room // 2):
             keep = room // 2 if self.use_cache else room
             drop = s.shape[1] - keep
@@ -212,23 +226,26 @@ class Engine:
 
     def _next_logits(self) -> torch.Tensor:
         """(B, V) logits after the last token: the model's reading, or under guidance
-        log p(untagged) + W (log p(tagged) - log p(untagged))."""
+        log p(tagged) + (W - 1) (log p(tagged | recent) - log p(untagged | recent)), where
+        "recent" is the latest --guidance-context tokens (with the whole context: log
+        p(untagged) + W (log p(tagged) - log p(untagged)))."""
         if len(self.readings) == 1:
             return self._read(self.readings[0])
-        tagged, untagged = (torch.log_softmax(self._read(r).float(), -1)
-                            for r in self.readings)
-        return untagged + self.cfg.guidance * (tagged - untagged)
+        tagged, *recent = (torch.log_softmax(self._read(r).float(), -1)
+                           for r in self.readings)
+        near, untagged = recent if len(recent) == 2 else (tagged, recent[0])
+        return tagged + (self.cfg.guidance - 1.0) * (near - untagged)
 
     @torch.no_grad()  # whichever thread calls (grad mode is per thread): a graph through
     def _read(self, r: Reading) -> torch.Tensor:  # the in-place cache would never be freed
         """(B, V) logits of reading ``r`` after the last token, reading what it has not
         read yet."""
         if not self.use_cache:
-            return self.model(self._window(r.head, self.buf[:, : self.n]))[:, -1]
+            return self.model(self._window(r, self.buf[:, : self.n]))[:, -1]
         new = self.n - r.fed
         if new == 0 and r.logits is not None:
             return r.logits
-        max_len = self.max_context
+        max_len = self._limit(r)
         if r.cache is None or r.fed == 0 or \
                 (max_len is not None and r.cache.length + new > max_len):
             return self._reread(r)  # the first read, or a slide
@@ -241,7 +258,7 @@ class Engine:
         """A fresh cache reads the context's window (past the context, or with ``half``:
         its recent half)."""
         r.cache = self.model.new_cache(self.batch)
-        r.logits = self.model(self._window(r.head, self.buf[:, : self.n], half),
+        r.logits = self.model(self._window(r, self.buf[:, : self.n], half),
                               r.cache)[:, -1]
         r.fed = self.n
         return r.logits
@@ -254,12 +271,14 @@ class Engine:
     def make_room(self, tokens: int) -> None:
         """Slide now (re-read the recent half into a fresh cache) if ``tokens`` more would
         not fit in the model's context; a live session calls it between answers."""
-        max_len = self.max_context
-        if not self.use_cache or max_len is None:
+        if not self.use_cache:
             return
-        tokens = min(tokens, max_len // 4)  # a slide keeps half: never one per call
         for r in self.readings:
-            if r.cache is not None and r.cache.length + (self.n - r.fed) + tokens > max_len:
+            max_len = self._limit(r)
+            if max_len is None:
+                continue
+            ahead = min(tokens, max_len // 4)  # a slide keeps half: never one per call
+            if r.cache is not None and r.cache.length + (self.n - r.fed) + ahead > max_len:
                 self._reread(r, half=True)
 
     def rewind(self, n: int) -> None:
@@ -269,7 +288,7 @@ class Engine:
         assert 0 < n <= self.n, (n, self.n)
         kept = self.buf[:, :n].cpu().numpy()
         self.n = 0
-        self.readings = [Reading(r.head) for r in self.readings]
+        self.readings = [Reading(r.head, r.room) for r in self.readings]
         self.grammar.reset(self.batch)
         if self.controls is not None:
             self.controls.reset(self.batch)
