@@ -260,6 +260,10 @@ def test_guidance_over_a_context_the_model_holds_whole_is_whole_context_guidance
         near.step()
         lengths += [r.cache.length - len(r.head) for r in near.readings[1:]]
     assert max(lengths) == 16 and min(lengths) >= 8  # a slide keeps the recent half
+    # an infill's fixed prompt stays in the whole reading and out of the recent two
+    head = s.conditioning(cfg).with_fim(primer[:5])
+    fim = Engine(s, cfg.replace(guidance_context=16), head=head)
+    assert [r.head.head for r in fim.readings] == [head.head, head.tags, ()]
 
 
 def test_every_hard_control_holds_under_guidance(registers):

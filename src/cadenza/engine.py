@@ -141,15 +141,17 @@ class Engine:
         # the controls, never sampled
         self.head = head if head is not None else session.conditioning(cfg)
         # each way the model reads the context: with the head; and, under --guidance W != 1,
-        # the latest --guidance-context tokens with the tags and without them (classifier-free
-        # guidance: the draw adds W - 1 times their difference; with the whole context the
-        # first reading is the tagged one)
+        # the latest --guidance-context tokens alone (an infill's fixed prompt left out too)
+        # with the tags and without them (classifier-free guidance: the draw adds W - 1
+        # times their difference; over the whole context the first reading is the tagged one)
         self.readings = [Reading(self.head)]
         if cfg.guidance != 1.0 and self.head.tags:
             if cfg.guidance_context:
-                self.readings.append(Reading(self.head, cfg.guidance_context))
-            self.readings.append(Reading(replace(self.head, tags=()), cfg.guidance_context
-                                         or None))
+                recent = replace(self.head, fixed=())
+                self.readings += [Reading(recent, cfg.guidance_context),
+                                  Reading(replace(recent, tags=()), cfg.guidance_context)]
+            else:
+                self.readings.append(Reading(replace(self.head, tags=())))
         self.batch, self.period, self.use_cache = batch, session.period, use_cache
         self.device = next(model.parameters()).device
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
