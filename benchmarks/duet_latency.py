@@ -86,12 +86,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--answers", type=int, default=50)
+    ap.add_argument("--style", help="--style NAME (with --guidance: the guided duet's latency)")
+    ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--out", default="runs/duet-bench.json")
     a = ap.parse_args()
     torch.set_num_threads(1)  # as `cadenza duet` runs
     gen = Session.load("pretrained:piano")
     sent: list[tuple[float, object]] = []
-    duet = Duet(gen, Steering(top_p=0.95, seed=0), wait=0.6, answer=2.0, clock=Clock(),
+    steer = Steering(top_p=0.95, style=a.style, guidance=a.guidance)
+    duet = Duet(gen, steer.replace(seed=0), wait=0.6, answer=2.0, clock=Clock(),
                 send=lambda m: sent.append((time.perf_counter(), m)))
     t = time.perf_counter()
     pianist = Pianist(duet, phrases(a.answers))
@@ -109,7 +112,7 @@ def main() -> None:
     # sustained rate: three long answers, tokens drawn per second of wall time vs music
     rates = []
     for seed in range(3):
-        d = Duet(gen, Steering(top_p=0.95, seed=seed), wait=0.6, answer=20.0, clock=Clock())
+        d = Duet(gen, steer.replace(seed=seed), wait=0.6, answer=20.0, clock=Clock())
         pianist = Pianist(d, phrases(1))
         n0 = d.engine.n
         steps = []

@@ -2,9 +2,9 @@
 # docs/guidance.png: one opening continued by pretrained:piano under four styles with
 # classifier-free guidance (the same seed: only the style differs), each roll titled by the
 # style the shipped classifier names for the continuation alone.
-# Usage: bash scripts/guidance_figure.sh [W] [OPENING.mid] [OUT.png]
+# Usage: bash scripts/guidance_figure.sh [W (default 4)] [OPENING.mid] [OUT.png]
 set -euo pipefail
-W=${1:-3}
+W=${1:-4}
 OPENING=${2:-builtin:openings/schubert-moment-musical-3}
 OUT=${3:-docs/guidance.png}
 T=$(mktemp -d)

@@ -217,7 +217,7 @@ def test_guidance_moves_the_music_toward_the_style_more_as_it_grows(registers):
         low = _new_pitches(s, SampleConfig(style="Low", guidance=w, **base))
         assert len(high) > 20 and len(low) > 20
         gap[w] = high.mean() - low.mean()
-    assert gap[4.0] > gap[1.0] + 5 and gap[1.0] > 0, gap  # measured: 9.8 and 22.1
+    assert gap[4.0] > gap[1.0] + 5 and gap[1.0] > 0, gap  # measured: 9.8 and 24.6
 
 
 def _low_primer(tok) -> np.ndarray:
@@ -236,7 +236,7 @@ def test_guidance_over_the_recent_tokens_steers_a_primed_continuation_further(re
     primer = _low_primer(s.tok)
     base = dict(style="High", tokens=60, num_samples=8, seed=0, temperature=1.0)
     high = {k: float((_new_pitches_after(s, primer, SampleConfig(**base, **how)) >= 72).mean())
-            for k, how in (("plain", {}), ("whole", dict(guidance=2.0)),
+            for k, how in (("plain", {}), ("whole", dict(guidance=2.0, guidance_context=0)),
                            ("recent", dict(guidance=2.0, guidance_context=8)))}
     assert high["recent"] > high["whole"] + 0.04 and high["whole"] > high["plain"], high
 
@@ -247,7 +247,7 @@ def test_guidance_over_a_context_the_model_holds_whole_is_whole_context_guidance
     hold more than the tokens asked (their slides keep them there)."""
     s = Session.load(str(registers))
     primer = _low_primer(s.tok)
-    cfg = SampleConfig(style="High", guidance=3.0, tokens=150, seed=0)
+    cfg = SampleConfig(style="High", guidance=3.0, guidance_context=0, tokens=150, seed=0)
     whole, wide = Engine(s, cfg), Engine(s, cfg.replace(guidance_context=500))
     for eng in (whole, wide):
         eng.feed(primer)

@@ -86,10 +86,12 @@ def _one(model: torch.nn.Module, piece: np.ndarray, context: int, how: Adaptatio
         s = max(0, e - 1 - context)  # inputs s..e-2 predict positions s+1..e-1
         x = torch.from_numpy(head.prepend(piece[s: e - 1]))[None].to(device)
         y = torch.from_numpy(np.asarray(piece[a: e], np.int64))[None].to(device)
-        with torch.enable_grad():
+        with torch.set_grad_enabled(how.lr > 0):  # lr 0: the segments alone (benchmarks)
             logits = model(x)[:, k + a - s - 1:]  # the columns that predict a..e-1
             tok = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")[0]
             nll[a - 1: e - 1] = tok.detach().cpu().numpy()  # scored before any step on it
+            if how.lr <= 0:
+                continue
             model.zero_grad(set_to_none=True)
             tok.mean().backward()
         with torch.no_grad():
