@@ -217,7 +217,7 @@ def test_guidance_moves_the_music_toward_the_style_more_as_it_grows(registers):
         low = _new_pitches(s, SampleConfig(style="Low", guidance=w, **base))
         assert len(high) > 20 and len(low) > 20
         gap[w] = high.mean() - low.mean()
-    assert gap[4.0] > gap[1.0] + 5 and gap[1.0] > 0, gap  # measured: 9.8 and 24.6
+    assert gap[4.0] > gap[1.0] + 5 and gap[1.0] > 0, gap  # measured: 9.8 and 24.1
 
 
 def _low_primer(tok) -> np.ndarray:
@@ -243,8 +243,9 @@ def test_guidance_over_the_recent_tokens_steers_a_primed_continuation_further(re
 
 def test_guidance_over_a_context_the_model_holds_whole_is_whole_context_guidance(registers):
     """--guidance-context at or past the model's context reads what the whole-context
-    guidance reads: the same next-token distribution; below it, the recent readings never
-    hold more than the tokens asked (their slides keep them there)."""
+    guidance reads: the same next-token distribution but for the releases, which take the
+    tagged reading's; below it, the recent readings never hold more than the tokens asked
+    (their slides keep them there)."""
     s = Session.load(str(registers))
     primer = _low_primer(s.tok)
     cfg = SampleConfig(style="High", guidance=3.0, guidance_context=0, tokens=150, seed=0)
@@ -252,7 +253,11 @@ def test_guidance_over_a_context_the_model_holds_whole_is_whole_context_guidance
     for eng in (whole, wide):
         eng.feed(primer)
     assert len(whole.readings) == 2 and len(wide.readings) == 3
-    torch.testing.assert_close(whole._next_logits(), wide._next_logits())
+    # the same, but for releases: over recent tokens they take no guidance (the tag as read)
+    releases = torch.from_numpy(np.flatnonzero(s.tok.note_roles().release >= 0))
+    got, want = wide._next_logits(), whole._next_logits()
+    want[:, releases] = torch.log_softmax(wide._read(wide.readings[0]).float(), -1)[:, releases]
+    torch.testing.assert_close(got, want)
     near = Engine(s, cfg.replace(guidance_context=16))
     near.feed(primer)
     lengths = []

@@ -161,6 +161,13 @@ class Engine:
         self.controls: Controls | None = Controls(cfg, roles, scheme, steps) or None
         if self.controls is not None:
             self.controls.reset(batch)
+        # releases (NOTE_OFF) take no guidance over the recent tokens: the note a release ends
+        # may have slid out of the recent window, where releasing it reads as noise (with the
+        # term on them, guided takes filled with notes never released: docs/generation.md)
+        self.unguided = None
+        if len(self.readings) == 3 and roles is not None and roles.release is not None:
+            self.unguided = torch.as_tensor(np.flatnonzero(roles.release >= 0),
+                                            device=self.device)
         grammar.reset(batch)
         self.buf = torch.zeros((batch, 256), dtype=torch.long, device=self.device)
         self.n = 0  # tokens in the context so far
@@ -236,7 +243,10 @@ class Engine:
         tagged, *recent = (torch.log_softmax(self._read(r).float(), -1)
                            for r in self.readings)
         near, untagged = recent if len(recent) == 2 else (tagged, recent[0])
-        return tagged + (self.cfg.guidance - 1.0) * (near - untagged)
+        toward = near - untagged
+        if self.unguided is not None:
+            toward[:, self.unguided] = 0.0
+        return tagged + (self.cfg.guidance - 1.0) * toward
 
     @torch.no_grad()  # whichever thread calls (grad mode is per thread): a graph through
     def _read(self, r: Reading) -> torch.Tensor:  # the in-place cache would never be freed
