@@ -10,9 +10,10 @@ played); ``step`` draws one token per sample; ``run`` steps until the asked seco
 exist, and says why each sample stopped. Between calls its state can be read: the tokens so
 far, the time the music has reached, why a sample stopped.
 
-Each draw: the model's logits (under ``--guidance W`` the model reads the context with the
-style's tags and without them, and the draw uses log p(untagged) + W (log p(tagged) -
-log p(untagged)): classifier-free guidance), the grammar's mask (never an undecodable
+Each draw: the model's logits (under ``--guidance W``, classifier-free guidance: the model
+also reads the latest ``--guidance-context`` tokens with the style's tags and without them,
+and the draw uses log p(tagged) + (W - 1) (log p(tagged | recent) - log p(untagged |
+recent)), releases left out of that term), the grammar's mask (never an undecodable
 sequence), the hard controls' mask, the soft controls' bias, then temperature, top-k and
 top-p, and a seeded draw (same seed, same music). EOS and PAD are masked until the asked
 length exists, unless ``may_end``. With a cache each token costs one position; past the
