@@ -16,7 +16,10 @@ per take.
 Skips clearly when the data is absent.
 
     python benchmarks/guidance.py --dataset data/piano-v3 [--per-style 1] [--samples 3]
-                                  [--json-out F]
+                                  [--weights 1,4] [--guidance-context 16] [--json-out F]
+
+docs/generation.md's table: ``--weights 1,4`` at the default --guidance-context (16), and
+``--weights 4 --guidance-context K`` for the other rows.
 """
 
 from __future__ import annotations
@@ -64,8 +67,9 @@ def main() -> None:
                     "under each style and W (one batch)")
     ap.add_argument("--model", default="pretrained:piano")
     ap.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS))
-    ap.add_argument("--guidance-context", type=int, default=0, help="--guidance-context N "
-                    "(0: guidance over the whole context)")
+    ap.add_argument("--guidance-context", type=int,
+                    default=SampleConfig().guidance_context, help="--guidance-context N "
+                    "(default: generate's; 0: guidance over the whole context)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--json-out")
     a = ap.parse_args()
