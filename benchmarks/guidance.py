@@ -104,7 +104,7 @@ def main() -> None:
                 continue
             for w in weights:
                 cfg = SampleConfig(seconds=NEW, seed=i, top_p=0.95, style=style, guidance=w,
-                                   guidance_context=a.guidance_context if w != 1 else 0,
+                                   guidance_context=a.guidance_context,
                                    num_samples=a.samples)
                 t = time.perf_counter()
                 run = s.generate(prompt, cfg)

@@ -81,19 +81,20 @@ def _one(model: torch.nn.Module, piece: np.ndarray, context: int, how: Adaptatio
     nll = np.zeros(max(last, 0))
     params = [p for p in model.parameters() if p.requires_grad]
     k = len(head)
+    learns = how.lr > 0  # lr 0: the same segments, scored without a step (benchmarks)
     for a in range(1, last + 1, how.segment):
         e = min(a + how.segment, last + 1)  # this segment's targets: positions a..e-1
         s = max(0, e - 1 - context)  # inputs s..e-2 predict positions s+1..e-1
         x = torch.from_numpy(head.prepend(piece[s: e - 1]))[None].to(device)
         y = torch.from_numpy(np.asarray(piece[a: e], np.int64))[None].to(device)
-        with torch.set_grad_enabled(how.lr > 0):  # lr 0: the segments alone (benchmarks)
+        with torch.set_grad_enabled(learns):
             logits = model(x)[:, k + a - s - 1:]  # the columns that predict a..e-1
             tok = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")[0]
-            nll[a - 1: e - 1] = tok.detach().cpu().numpy()  # scored before any step on it
-            if how.lr <= 0:
-                continue
-            model.zero_grad(set_to_none=True)
-            tok.mean().backward()
+        nll[a - 1: e - 1] = tok.detach().cpu().numpy()  # scored before any step on it
+        if not learns:
+            continue
+        model.zero_grad(set_to_none=True)
+        tok.mean().backward()
         with torch.no_grad():
             for p in params:
                 if p.grad is not None:
