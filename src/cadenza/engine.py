@@ -268,9 +268,12 @@ class Engine:
 
     @torch.no_grad()
     def _reread(self, r: Reading, half: bool = False) -> torch.Tensor:
-        """A fresh cache reads the context's window (past the context, or with ``half``:
+        """An emptied cache reads the context's window (past the context, or with ``half``:
         its recent half)."""
-        r.cache = self.model.new_cache(self.batch)
+        if r.cache is not None and hasattr(r.cache, "reset"):
+            r.cache.reset()  # its buffers reused: a slide costs the read alone
+        else:
+            r.cache = self.model.new_cache(self.batch)
         r.logits = self.model(self._window(r, self.buf[:, : self.n], half),
                               r.cache)[:, -1]
         r.fed = self.n

@@ -23,7 +23,8 @@ class TokenModel(Protocol):
         ...
 
     def new_cache(self, batch: int, device: Any = None, dtype: Any = None) -> Any:
-        """An empty cache for ``batch`` sequences (key/values, or a hidden state)."""
+        """An empty cache for ``batch`` sequences (key/values, or a hidden state). A cache
+        with a ``reset()`` (ours) is emptied and reused when the engine slides."""
         ...
 
 

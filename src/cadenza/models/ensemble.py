@@ -37,6 +37,10 @@ class EnsembleCache:
     def length(self) -> int:
         return self.caches[0].length
 
+    def reset(self) -> None:
+        for c in self.caches:
+            c.reset()
+
 
 class Ensemble(nn.Module):
     def __init__(self, members: list[nn.Module]) -> None:

@@ -21,6 +21,9 @@ class RecurrentState:
         self.h = None  # (n_layer, B, d) or a pair for the LSTM
         self.length = 0
 
+    def reset(self) -> None:
+        self.h, self.length = None, 0
+
 
 class Recurrent(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:

@@ -50,6 +50,12 @@ class KVCache:
         self.max_len = max_len
         self.steps: torch.Tensor | None = None  # step positions: (steps, index in step), (2, B)
 
+    def reset(self) -> None:
+        """Empty it for a fresh read from position 0, keeping its buffers (a slide re-reads
+        into them: a new cache's first writes fault in all its pages, twice the read)."""
+        self.length = 0
+        self.steps = None
+
 
 def step_positions(idx: torch.Tensor, step_token: int, state: torch.Tensor | None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
